@@ -1,0 +1,79 @@
+"""Fixtures shared by every app's tests."""
+
+from __future__ import annotations
+
+import pytest
+from django.contrib.auth import get_user_model
+
+from portal.models import Membership, Tenant
+from portal.services import ensure_quota
+from portal.testing import Actors
+
+
+@pytest.fixture(autouse=True)
+def _fast_password_hashing(settings):
+    """Tests create many users; the production hasher's 1M PBKDF2 rounds would dominate the run time."""
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture
+def make_user(db):
+    User = get_user_model()
+
+    def make(username: str, *, staff: bool = False, password: str = "pw-Secret-123"):
+        user = User.objects.create_user(username=username, password=password, email=f"{username}@example.test")
+        if staff:
+            user.is_staff = True
+            user.is_superuser = True
+            user.save()
+        return user
+
+    return make
+
+
+@pytest.fixture
+def make_tenant(db):
+    def make(name: str, **limits: int) -> Tenant:
+        from django.utils.text import slugify
+
+        tenant = Tenant.objects.create(name=name, slug=slugify(name))
+        ensure_quota(tenant=tenant, limits=limits or None)
+        return tenant
+
+    return make
+
+
+@pytest.fixture
+def actors(make_user, make_tenant) -> Actors:
+    tenant = make_tenant("Tenant A")
+    other = make_tenant("Tenant B")
+    outsider = make_user("outsider")
+    member = make_user("member")
+    tenant_admin = make_user("tadmin")
+    cloud_admin = make_user("cloudadmin", staff=True)
+    Membership.objects.create(user=outsider, tenant=other, role=Membership.Role.ADMIN)
+    Membership.objects.create(user=member, tenant=tenant, role=Membership.Role.MEMBER)
+    Membership.objects.create(user=tenant_admin, tenant=tenant, role=Membership.Role.ADMIN)
+    return Actors(
+        tenant=tenant,
+        other_tenant=other,
+        outsider=outsider,
+        member=member,
+        tenant_admin=tenant_admin,
+        cloud_admin=cloud_admin,
+    )
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``postgres`` need real row locks: they run in the PostgreSQL pass of the suite
+    (scripts/test.sh runs the suite on SQLite and then on PostgreSQL) and are deselected on SQLite."""
+    from django.conf import settings
+
+    if settings.DATABASES["default"]["ENGINE"].endswith("postgresql"):
+        return
+    selected, deselected = [], []
+    for item in items:
+        (deselected if item.get_closest_marker("postgres") else selected).append(item)
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = selected

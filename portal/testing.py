@@ -1,0 +1,101 @@
+"""Test helpers shared by every app's tests (imported by the root conftest.py).
+
+The access matrix
+-----------------
+Every endpoint and page is checked for the five standard actors:
+
+    anonymous     not logged in
+    outsider      member of another tenant only
+    member        member of the object's tenant
+    tenant_admin  admin of the object's tenant
+    cloud_admin   Django staff
+
+``assert_access_matrix`` runs one request per actor, each with a fresh client, and
+reports every mismatch at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from django.db import connection
+from django.test import Client
+from django.test.utils import CaptureQueriesContext
+from rest_framework.test import APIClient
+
+ROLES = ("anonymous", "outsider", "member", "tenant_admin", "cloud_admin")
+
+
+@dataclass
+class Actors:
+    """The five standard actors and the two tenants they live in."""
+
+    tenant: Any  # the tenant under test ("A")
+    other_tenant: Any  # the outsider's tenant ("B")
+    outsider: Any
+    member: Any
+    tenant_admin: Any
+    cloud_admin: Any
+
+    def user(self, role: str):
+        return None if role == "anonymous" else getattr(self, role)
+
+    def client(self, role: str, *, api: bool = True):
+        client = APIClient() if api else Client()
+        user = self.user(role)
+        if user is not None:
+            client.force_login(user)
+        return client
+
+
+def assert_access_matrix(
+    actors: Actors,
+    *,
+    method: str,
+    url: str | Callable[[], str],
+    expected: Mapping[str, int | tuple[int, ...]],
+    data: Any = None,
+    api: bool = True,
+) -> None:
+    """Request ``url`` as each actor and compare the status codes with ``expected``.
+
+    ``url`` may be a callable, called once per actor, so a test can create a fresh
+    object for each request (e.g. for DELETE). ``expected`` must name every role.
+    """
+    missing = set(ROLES) - set(expected)
+    assert not missing, f"expected statuses missing for {sorted(missing)}"
+    failures = []
+    for role in ROLES:
+        client = actors.client(role, api=api)
+        target = url() if callable(url) else url
+        send = getattr(client, method.lower())
+        if data is None:
+            response = send(target)
+        else:
+            response = send(target, data, format="json") if api else send(target, data)
+        want = expected[role]
+        allowed = want if isinstance(want, tuple) else (want,)
+        if response.status_code not in allowed:
+            failures.append(f"{role}: {method} {target} -> {response.status_code}, expected {want}")
+    assert not failures, "access matrix mismatch:\n" + "\n".join(failures)
+
+
+def count_queries(func: Callable[[], Any]) -> int:
+    with CaptureQueriesContext(connection) as ctx:
+        func()
+    return len(ctx.captured_queries)
+
+
+def assert_constant_queries(make_rows: Callable[[int], None], request: Callable[[], Any], *, budget: int) -> None:
+    """A list's query count must not grow with its rows, and must stay within ``budget``.
+
+    ``make_rows(n)`` adds n more rows; ``request()`` performs the list request.
+    """
+    make_rows(2)
+    few = count_queries(request)
+    make_rows(20)
+    many = count_queries(request)
+    assert many == few, f"query count grows with rows: {few} queries for few rows, {many} for many"
+    assert many <= budget, f"{many} queries, budget {budget}"
