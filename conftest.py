@@ -20,7 +20,7 @@ def _fast_password_hashing(settings):
 def make_user(db):
     User = get_user_model()
 
-    def make(username: str, *, staff: bool = False, password: str = "pw-Secret-123"):
+    def make(username: str, *, staff: bool = False, password: str = "pw-Secret-123"):  # noqa: S107 - test fixture
         user = User.objects.create_user(username=username, password=password, email=f"{username}@example.test")
         if staff:
             user.is_staff = True

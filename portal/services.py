@@ -49,10 +49,7 @@ class QuotaExceeded(ServiceError):
     def __init__(self, *, resource: str, requested: int, limit: int, in_use: int) -> None:
         label = QUOTA_RESOURCES.get(resource, resource)
         super().__init__(
-            _(
-                "Quota exceeded for %(resource)s: requested %(requested)d, limit %(limit)d, "
-                "currently in use %(in_use)d."
-            )
+            _("Quota exceeded for %(resource)s: requested %(requested)d, limit %(limit)d, currently in use %(in_use)d.")
             % {"resource": label, "requested": requested, "limit": limit, "in_use": in_use}
         )
         self.resource = resource
@@ -118,9 +115,7 @@ def create_tenant(
         raise ConflictError(_("A tenant named “%(name)s” already exists.") % {"name": name}, field="name")
     if slug and Tenant.objects.filter(slug=slug).exists():
         raise ConflictError(_("The slug “%(slug)s” is taken.") % {"slug": slug}, field="slug")
-    tenant = Tenant.objects.create(
-        name=name, slug=slug or _unique_slug(name), description=description, enabled=enabled
-    )
+    tenant = Tenant.objects.create(name=name, slug=slug or _unique_slug(name), description=description, enabled=enabled)
     ensure_quota(tenant=tenant, limits=limits)
     record_audit(user=actor, action="tenant.create", target=tenant, tenant=tenant, ip=ip)
     return tenant
@@ -291,7 +286,7 @@ def lock_quota(*, tenant: Tenant) -> Quota:
 # ---------------------------------------------------------------- API tokens
 
 
-TOKEN_PREFIX = "lc_"
+TOKEN_PREFIX = "lc_"  # noqa: S105 - a public marker, not a secret
 
 
 @transaction.atomic

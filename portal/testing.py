@@ -73,8 +73,10 @@ def assert_access_matrix(
         send = getattr(client, method.lower())
         if data is None:
             response = send(target)
+        elif api:
+            response = send(target, data, format="json")
         else:
-            response = send(target, data, format="json") if api else send(target, data)
+            response = send(target, data)
         want = expected[role]
         allowed = want if isinstance(want, tuple) else (want,)
         if response.status_code not in allowed:

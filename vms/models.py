@@ -31,7 +31,9 @@ class Host(models.Model):
 
     name = models.CharField(_("name"), max_length=100, unique=True)
     kind = models.CharField(_("kind"), max_length=16, choices=Kind.choices, default=Kind.LIBVIRT)
-    uri = models.CharField(_("libvirt URI"), max_length=255, help_text=_("e.g. qemu:///system or qemu+ssh://host/system"))
+    uri = models.CharField(
+        _("libvirt URI"), max_length=255, help_text=_("e.g. qemu:///system or qemu+ssh://host/system")
+    )
     enabled = models.BooleanField(_("enabled"), default=True)
     state = models.CharField(_("state"), max_length=16, choices=State.choices, default=State.UNKNOWN)
     last_seen = models.DateTimeField(_("last seen"), null=True, blank=True)

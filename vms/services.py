@@ -69,7 +69,7 @@ def update_flavor(
     flavor.save()
     if tenants is not None:
         flavor.tenants.set(list(tenants))
-    detail = {k: v for k, v in changes.items()}
+    detail = dict(changes)
     if tenants is not None:
         detail["tenants"] = sorted(t.slug for t in flavor.tenants.all())
     record_audit(user=actor, action="flavor.update", target=flavor, ip=ip, detail=detail)
@@ -95,7 +95,9 @@ def ensure_host(*, name: str, uri: str, actor=None) -> Host:
     return host
 
 
-def reserve_instances(*, actor, tenant: Tenant, flavor: Flavor, names: Sequence[str], ip: str | None = None) -> list[Instance]:
+def reserve_instances(
+    *, actor, tenant: Tenant, flavor: Flavor, names: Sequence[str], ip: str | None = None
+) -> list[Instance]:
     """Record the intent to run ``names`` instances of ``flavor`` and reserve their quota, all or nothing.
 
     This is the first, transactional half of a launch: the quota row is locked,
@@ -109,7 +111,9 @@ def reserve_instances(*, actor, tenant: Tenant, flavor: Flavor, names: Sequence[
     if len(set(names)) != len(names):
         raise ServiceError(_("Instance names must be unique."), field="name")
     if not Flavor.objects.usable_by(tenant).filter(pk=flavor.pk).exists():
-        raise ServiceError(_("Flavor “%(name)s” is not available to this tenant.") % {"name": flavor.name}, field="flavor")
+        raise ServiceError(
+            _("Flavor “%(name)s” is not available to this tenant.") % {"name": flavor.name}, field="flavor"
+        )
     count = len(names)
     try:
         with transaction.atomic():

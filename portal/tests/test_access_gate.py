@@ -101,7 +101,13 @@ def test_public_flavor(actors):
 
 def test_private_flavor_only_for_tenants_with_access(actors):
     flavor = create_flavor(
-        actor=actors.cloud_admin, name="priv", vcpus=1, ram_mib=128, disk_gib=1, is_public=False, tenants=[actors.tenant]
+        actor=actors.cloud_admin,
+        name="priv",
+        vcpus=1,
+        ram_mib=128,
+        disk_gib=1,
+        is_public=False,
+        tenants=[actors.tenant],
     )
     assert_gate(actors, lambda: Flavor.objects, flavor, {VIEW: roles("member", "tenant_admin", "cloud_admin")})
 

@@ -72,7 +72,7 @@ def test_usage_follows_rows_not_flavor_edits(actors, flavor):
 
 @pytest.mark.django_db(transaction=True)
 def test_reserve_outside_a_transaction_is_a_programming_error(actors):
-    with pytest.raises(RuntimeError, match="transaction.atomic"):
+    with pytest.raises(RuntimeError, match=r"transaction\.atomic"):
         reserve_quota(tenant=actors.tenant, request={"instances": 1})
 
 

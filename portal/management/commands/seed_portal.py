@@ -76,8 +76,6 @@ class Command(BaseCommand):
         created = 0
         for name, vcpus, ram, disk, description in DEFAULT_FLAVORS:
             if not Flavor.objects.filter(name=name).exists():
-                create_flavor(
-                    actor=admin, name=name, vcpus=vcpus, ram_mib=ram, disk_gib=disk, description=description
-                )
+                create_flavor(actor=admin, name=name, vcpus=vcpus, ram_mib=ram, disk_gib=disk, description=description)
                 created += 1
         return created

@@ -1,0 +1,81 @@
+"""Admin site: staff only, usage columns without N+1, changes audited, quotas always present."""
+
+import pytest
+from django.urls import reverse
+
+from portal.models import AuditEvent, Tenant
+from portal.testing import assert_access_matrix, assert_constant_queries
+from vms.services import create_flavor, reserve_instances
+
+ADMIN_PAGES = [
+    "admin:index",
+    "admin:portal_tenant_changelist",
+    "admin:portal_quota_changelist",
+    "admin:portal_membership_changelist",
+    "admin:portal_apitoken_changelist",
+    "admin:portal_auditevent_changelist",
+    "admin:vms_flavor_changelist",
+    "admin:vms_host_changelist",
+    "admin:vms_instance_changelist",
+]
+STAFF_ONLY = {"anonymous": 302, "outsider": 302, "member": 302, "tenant_admin": 302, "cloud_admin": 200}
+
+
+@pytest.mark.parametrize("page", ADMIN_PAGES)
+def test_admin_pages_are_for_cloud_admins_only(actors, page):
+    assert_access_matrix(actors, method="GET", url=reverse(page), expected=STAFF_ONLY, api=False)
+
+
+def test_tenant_change_page_access(actors):
+    url = reverse("admin:portal_tenant_change", args=[actors.tenant.pk])
+    assert_access_matrix(actors, method="GET", url=url, expected=STAFF_ONLY, api=False)
+
+
+def test_tenant_list_shows_usage_against_limits(actors, client):
+    flavor = create_flavor(actor=actors.cloud_admin, name="adm.f", vcpus=3, ram_mib=256, disk_gib=2)
+    reserve_instances(actor=actors.member, tenant=actors.tenant, flavor=flavor, names=["a", "b"])
+    client.force_login(actors.cloud_admin)
+    page = client.get(reverse("admin:portal_tenant_changelist")).content.decode()
+    limits = actors.tenant.quota
+    assert f"2 / {limits.instances}" in page
+    assert f"6 / {limits.vcpus}" in page
+
+
+def test_tenant_and_quota_lists_have_constant_query_counts(actors, client, make_tenant):
+    client.force_login(actors.cloud_admin)
+    counter = {"n": 0}
+
+    def make_rows(n):
+        for _ in range(n):
+            counter["n"] += 1
+            make_tenant(f"Bulk {counter['n']}")
+
+    for page in ("admin:portal_tenant_changelist", "admin:portal_quota_changelist"):
+        assert_constant_queries(make_rows, lambda page=page: client.get(reverse(page)), budget=15)
+
+
+def test_creating_a_tenant_in_the_admin_creates_its_quota_and_an_audit_event(actors, client):
+    client.force_login(actors.cloud_admin)
+    form = {
+        "name": "Admin Made",
+        "slug": "admin-made",
+        "description": "",
+        "enabled": "on",
+        "quota-TOTAL_FORMS": "0",
+        "quota-INITIAL_FORMS": "0",
+        "memberships-TOTAL_FORMS": "0",
+        "memberships-INITIAL_FORMS": "0",
+    }
+    response = client.post(reverse("admin:portal_tenant_add"), form)
+    assert response.status_code == 302, response.content.decode()[:2000]
+    tenant = Tenant.objects.get(slug="admin-made")
+    assert tenant.quota.instances >= 0
+    assert AuditEvent.objects.filter(action="tenant.create", tenant=tenant).exists()
+
+
+def test_audit_events_are_read_only_in_the_admin(actors, client):
+    event = AuditEvent.objects.create(action="x", username="member")
+    client.force_login(actors.cloud_admin)
+    assert client.get(reverse("admin:portal_auditevent_add")).status_code == 403
+    assert client.post(reverse("admin:portal_auditevent_delete", args=[event.pk]), {"post": "yes"}).status_code == 403
+    assert AuditEvent.objects.filter(pk=event.pk).exists()
