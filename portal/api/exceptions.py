@@ -1,8 +1,8 @@
 """One error format for the whole API: RFC 7807 problem+json.
 
-    {"type": "…/quota_exceeded", "title": "Quota exceeded", "status": 403,
-     "detail": "Quota exceeded for vCPUs: requested 4, limit 8, currently in use 6.",
-     "code": "quota_exceeded", "errors": {...field errors...}}
+{"type": "…/quota_exceeded", "title": "Quota exceeded", "status": 403,
+ "detail": "Quota exceeded for vCPUs: requested 4, limit 8, currently in use 6.",
+ "code": "quota_exceeded", "errors": {...field errors...}}
 """
 
 from __future__ import annotations

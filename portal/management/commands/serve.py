@@ -119,7 +119,7 @@ class Command(BaseCommand):
                 code = proc.poll()
                 if code is not None:
                     self._log(f"{spec.name} exited with code {code}, stopping the others")
-                    return code or 1
+                    return 128 - code if code < 0 else code or 1  # killed by signal N: 128 + N
             if not announced and _accepts(host, port):
                 announced = True
                 url_host = WILDCARD_HOSTS.get(host, host)
