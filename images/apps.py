@@ -5,3 +5,9 @@ from django.utils.translation import gettext_lazy as _
 class ImagesConfig(AppConfig):
     name = "images"
     verbose_name = _("Images")
+
+    def ready(self) -> None:
+        from images.selectors import image_usage
+        from portal.selectors import register_usage_provider
+
+        register_usage_provider(image_usage)

@@ -187,6 +187,18 @@ LABCLOUD_DEFAULT_QUOTA = {
 }
 LABCLOUD_DEFAULT_LIBVIRT_URI = os.environ.get("LABCLOUD_DEFAULT_LIBVIRT_URI", "qemu:///system")
 
+# Images: where uploaded files live, and what the portal accepts.
+LABCLOUD_IMAGE_STORE = Path(os.environ.get("LABCLOUD_IMAGE_STORE", VAR_DIR / "images"))
+LABCLOUD_IMAGE_MAX_UPLOAD_BYTES = int(os.environ.get("IMAGE_MAX_UPLOAD_BYTES", str(64 * 1024**3)))
+LABCLOUD_IMAGE_MAX_VIRTUAL_SIZE = int(os.environ.get("IMAGE_MAX_VIRTUAL_SIZE", str(2 * 1024**4)))
+# Hosts the worker may download images from (URL import); empty: any host. Comma-separated.
+LABCLOUD_IMAGE_IMPORT_ALLOWED_HOSTS = env_list("IMAGE_IMPORT_ALLOWED_HOSTS", "")
+LABCLOUD_QEMU_IMG_LIMITS = {
+    "address_space_bytes": int(os.environ.get("QEMU_IMG_MAX_MEMORY_BYTES", str(1024**3))),
+    "info_cpu_seconds": int(os.environ.get("QEMU_IMG_INFO_CPU_SECONDS", "30")),
+    "convert_cpu_seconds": int(os.environ.get("QEMU_IMG_CONVERT_CPU_SECONDS", "3600")),
+}
+
 SESSION_COOKIE_HTTPONLY = True
 CSRF_COOKIE_HTTPONLY = False
 SECURE_CONTENT_TYPE_NOSNIFF = True

@@ -38,3 +38,10 @@ def flavors_for(*, user, tenant: Tenant | None = None) -> QuerySet[Flavor]:
 
 def hosts_for(*, user) -> QuerySet[Host]:
     return Host.objects.restrict(user, VIEW)
+
+
+def operations_for_target(*, user, target) -> QuerySet:
+    """Operations on one object, newest first, through the access gate."""
+    from vms.models import Operation
+
+    return Operation.objects.restrict(user, VIEW).filter(target_type=target._meta.label_lower, target_id=str(target.pk))

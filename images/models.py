@@ -1,0 +1,150 @@
+"""The image catalogue: bootable disk images and installer ISOs, and their copies on hosts."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+from django.conf import settings
+from django.core.validators import MinValueValidator
+from django.db import models
+from django.utils.translation import gettext_lazy as _
+
+from portal.access import ADMIN_ROLES, CHANGE, DELETE, MEMBER_ROLES, VIEW, RestrictedQuerySet, tenant_ids_for
+from portal.models import Tenant
+
+
+class ImageQuerySet(RestrictedQuerySet):
+    def _restrict_for_member(self, user, action: str) -> ImageQuerySet:
+        """Who sees an image: everyone (public), its owner tenant, and the tenants it is shared with.
+
+        Changing or deleting is for the owner tenant (members change, tenant admins delete);
+        images provided by the cloud (no owner tenant) are changed by cloud admins only.
+        """
+        if action == VIEW:
+            mine = tenant_ids_for(user, MEMBER_ROLES)
+            visible = (
+                models.Q(visibility=Image.Visibility.PUBLIC)
+                | models.Q(tenant__in=mine)
+                | models.Q(visibility=Image.Visibility.SHARED, shared_with__in=mine)
+            )
+            return self.filter(pk__in=Image.objects.filter(visible).values("pk"))
+        return super()._restrict_for_member(user, action)
+
+
+class Image(models.Model):
+    class Kind(models.TextChoices):
+        DISK = "disk", _("Disk image")
+        ISO = "iso", _("Installer ISO")
+
+    class Visibility(models.TextChoices):
+        PRIVATE = "private", _("Private")
+        SHARED = "shared", _("Shared with chosen tenants")
+        PUBLIC = "public", _("Public")
+
+    class DiskFormat(models.TextChoices):
+        QCOW2 = "qcow2", "qcow2"
+        RAW = "raw", "raw"
+        ISO = "iso", "ISO 9660"
+        VMDK = "vmdk", "VMDK"
+        VHD = "vhd", "VHD (vpc)"
+        VDI = "vdi", "VDI"
+
+    class OsType(models.TextChoices):
+        LINUX = "linux", _("Linux")
+        WINDOWS = "windows", _("Windows")
+        OTHER = "other", _("Other")
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", _("Queued")
+        UPLOADING = "uploading", _("Uploading")
+        INSPECTING = "inspecting", _("Inspecting")
+        CONVERTING = "converting", _("Converting")
+        ACTIVE = "active", _("Active")
+        FAILED = "failed", _("Failed")
+        DELETING = "deleting", _("Deleting")
+
+    uuid = models.UUIDField(_("UUID"), default=uuid.uuid4, unique=True, editable=False)
+    name = models.CharField(_("name"), max_length=100)
+    description = models.CharField(_("description"), max_length=255, blank=True)
+    tenant = models.ForeignKey(
+        Tenant,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="images",
+        verbose_name=_("owner tenant"),
+        help_text=_("Empty for images provided by the cloud admins."),
+    )
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    visibility = models.CharField(_("visibility"), max_length=8, choices=Visibility.choices, default=Visibility.PRIVATE)
+    shared_with = models.ManyToManyField(
+        Tenant, blank=True, related_name="shared_images", verbose_name=_("shared with")
+    )
+    kind = models.CharField(_("kind"), max_length=8, choices=Kind.choices, default=Kind.DISK)
+    disk_format = models.CharField(_("disk format"), max_length=8, choices=DiskFormat.choices)
+    stored_format = models.CharField(_("stored format"), max_length=8, choices=DiskFormat.choices, blank=True)
+    size = models.BigIntegerField(_("size (bytes)"), default=0, help_text=_("Stored (or announced) file size."))
+    virtual_size = models.BigIntegerField(_("virtual size (bytes)"), null=True, blank=True)
+    sha256 = models.CharField(_("SHA-256"), max_length=64, blank=True)
+    min_disk_gib = models.PositiveIntegerField(_("minimum disk (GiB)"), default=0)
+    min_ram_mib = models.PositiveIntegerField(_("minimum RAM (MiB)"), default=0, validators=[MinValueValidator(0)])
+    os_type = models.CharField(_("OS type"), max_length=8, choices=OsType.choices, default=OsType.LINUX)
+    cloud_init = models.BooleanField(_("cloud-init capable"), default=False)
+    protected = models.BooleanField(_("protected"), default=False, help_text=_("Protected images cannot be deleted."))
+    status = models.CharField(_("status"), max_length=12, choices=Status.choices, default=Status.QUEUED)
+    failure_reason = models.TextField(_("failure reason"), blank=True)
+    source_url = models.URLField(_("source URL"), max_length=1000, blank=True)
+    received_bytes = models.BigIntegerField(_("received bytes"), default=0)
+    created_at = models.DateTimeField(_("created"), auto_now_add=True)
+    updated_at = models.DateTimeField(_("updated"), auto_now=True)
+
+    access_tenant_field = "tenant"
+    access_policy = {VIEW: MEMBER_ROLES, CHANGE: MEMBER_ROLES, DELETE: ADMIN_ROLES | MEMBER_ROLES}
+    objects = ImageQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["name", "id"]
+        verbose_name = _("image")
+        verbose_name_plural = _("images")
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def path(self) -> Path:
+        """The stored file (only meaningful once the image is active)."""
+        extension = {"qcow2": "qcow2", "iso": "iso"}.get(self.stored_format or self.disk_format, "img")
+        return Path(settings.LABCLOUD_IMAGE_STORE) / f"{self.uuid}.{extension}"
+
+    @property
+    def partial_path(self) -> Path:
+        """Where an upload or download lands before inspection."""
+        return Path(settings.LABCLOUD_IMAGE_STORE) / "incoming" / f"{self.uuid}.part"
+
+
+class ImageReplica(models.Model):
+    """A copy of an image as a storage volume on one host, shared by every instance there."""
+
+    class State(models.TextChoices):
+        COPYING = "copying", _("Copying")
+        READY = "ready", _("Ready")
+        FAILED = "failed", _("Failed")
+
+    image = models.ForeignKey(Image, on_delete=models.CASCADE, related_name="replicas", verbose_name=_("image"))
+    host = models.ForeignKey("vms.Host", on_delete=models.CASCADE, related_name="image_replicas")
+    pool = models.CharField(_("storage pool"), max_length=100)
+    volume = models.CharField(_("volume"), max_length=200)
+    state = models.CharField(_("state"), max_length=8, choices=State.choices, default=State.COPYING)
+    error = models.TextField(_("error"), blank=True)
+    created_at = models.DateTimeField(_("created"), auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["image", "host"], name="replica_unique_image_host")]
+        verbose_name = _("image replica")
+        verbose_name_plural = _("image replicas")
+
+    def __str__(self) -> str:
+        return f"{self.image} on {self.host}"

@@ -1,0 +1,106 @@
+"""qemu-img, always with an explicit format and under CPU/memory limits (prlimit).
+
+Never hand a file to qemu-img before ``images.inspection.inspect_file`` vouched for it:
+qemu-img follows backing files and external data files when it is allowed to probe.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from django.conf import settings
+
+QEMU_IMG = "qemu-img"
+PRLIMIT = "prlimit"
+_PROGRESS = re.compile(rb"\((\d+(?:\.\d+)?)/100%\)")
+
+
+class QemuImgError(Exception):
+    pass
+
+
+def _limited(argv: list[str], *, cpu_seconds: int | None = None) -> list[str]:
+    limits = settings.LABCLOUD_QEMU_IMG_LIMITS
+    cpu = cpu_seconds if cpu_seconds is not None else limits["info_cpu_seconds"]
+    return [PRLIMIT, f"--as={limits['address_space_bytes']}", f"--cpu={cpu}", "--", *argv]
+
+
+def _run(argv: list[str], *, timeout: int = 60) -> subprocess.CompletedProcess:
+    try:
+        return subprocess.run(argv, capture_output=True, timeout=timeout, check=False)  # noqa: S603
+    except subprocess.TimeoutExpired as exc:
+        raise QemuImgError(f"{argv[4] if len(argv) > 4 else argv[0]} timed out") from exc
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    format: str
+    virtual_size: int
+    actual_size: int
+    backing_file: str | None
+    data_file: str | None
+    raw: dict
+
+
+def info(path: Path, *, fmt: str) -> ImageInfo:
+    proc = _run(_limited([QEMU_IMG, "info", "-f", fmt, "--output=json", str(path)]))
+    if proc.returncode != 0:
+        raise QemuImgError(proc.stderr.decode(errors="replace").strip() or "qemu-img info failed")
+    data = json.loads(proc.stdout)
+    specific = (data.get("format-specific") or {}).get("data") or {}
+    return ImageInfo(
+        format=data.get("format", ""),
+        virtual_size=int(data.get("virtual-size", 0)),
+        actual_size=int(data.get("actual-size", 0)),
+        backing_file=data.get("backing-filename") or data.get("full-backing-filename"),
+        data_file=specific.get("data-file"),
+        raw=data,
+    )
+
+
+def check(path: Path, *, fmt: str) -> None:
+    """Consistency check (qcow2, vdi, vhdx…): refuses truncated or corrupt images."""
+    proc = _run(_limited([QEMU_IMG, "check", "-f", fmt, "--output=json", str(path)]), timeout=300)
+    if proc.returncode == 0:
+        return
+    try:
+        data = json.loads(proc.stdout)
+        detail = f"{data.get('corruptions', 0)} corruption(s), {data.get('check-errors', 0)} check error(s)"
+    except ValueError:
+        detail = proc.stderr.decode(errors="replace").strip()[:300]
+    raise QemuImgError(detail or "qemu-img check failed")
+
+
+def convert(
+    source: Path,
+    target: Path,
+    *,
+    source_fmt: str,
+    target_fmt: str = "qcow2",
+    progress: Callable[[int], None] | None = None,
+) -> None:
+    """Convert (and so flatten) ``source`` into a standalone ``target`` image, reporting progress in %."""
+    cpu = settings.LABCLOUD_QEMU_IMG_LIMITS["convert_cpu_seconds"]
+    argv = _limited(
+        [QEMU_IMG, "convert", "-p", "-f", source_fmt, "-O", target_fmt, str(source), str(target)], cpu_seconds=cpu
+    )
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # noqa: S603
+    buffer = b""
+    last = -1
+    while chunk := proc.stdout.read1(256):  # type: ignore[union-attr]
+        buffer = (buffer + chunk)[-256:]
+        found = _PROGRESS.findall(buffer)
+        if found and progress is not None:
+            percent = int(float(found[-1]))
+            if percent != last:
+                last = percent
+                progress(percent)
+    stderr = proc.stderr.read() if proc.stderr else b""
+    if proc.wait() != 0:
+        target.unlink(missing_ok=True)
+        raise QemuImgError(stderr.decode(errors="replace").strip() or "qemu-img convert failed")

@@ -1,0 +1,77 @@
+"""Operation services: record long actions, queue their Celery task on commit, report progress.
+
+A task receives the operation id, calls ``begin`` (idempotent: a redelivered task of a
+finished operation does nothing), reports ``progress`` as it goes and ends with
+``succeed`` or ``fail``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from django.db import models, transaction
+from django.utils import timezone
+
+from portal.models import Tenant
+from vms.models import Operation
+
+
+def create_operation(
+    *,
+    kind: str,
+    target: models.Model,
+    tenant: Tenant | None,
+    user=None,
+    task: Callable | None = None,
+    params: dict | None = None,
+) -> Operation:
+    """Record an operation; with ``task``, queue ``task.delay(operation_id)`` once the transaction commits."""
+    operation = Operation.objects.create(
+        kind=kind,
+        tenant=tenant,
+        user=user if user is not None and user.is_authenticated else None,
+        target_type=target._meta.label_lower,
+        target_id=str(target.pk),
+        target_repr=str(target)[:200],
+        params=params or {},
+    )
+    if task is not None:
+        transaction.on_commit(lambda: task.delay(operation.pk))
+    return operation
+
+
+def begin(*, operation_id: int) -> Operation | None:
+    """Mark the operation running; None when it is already finished (a redelivered task)."""
+    with transaction.atomic():
+        operation = Operation.objects.select_for_update().filter(pk=operation_id).first()
+        if operation is None or operation.finished:
+            return None
+        operation.state = Operation.State.RUNNING
+        operation.started_at = operation.started_at or timezone.now()
+        operation.save(update_fields=["state", "started_at"])
+    return operation
+
+
+def progress(*, operation: Operation, percent: int, message: str | None = None) -> None:
+    percent = max(0, min(100, int(percent)))
+    fields = {"progress": percent}
+    if message is not None:
+        fields["message"] = message[:200]
+    Operation.objects.filter(pk=operation.pk).update(**fields)
+    for key, value in fields.items():
+        setattr(operation, key, value)
+
+
+def succeed(*, operation: Operation, message: str = "") -> None:
+    _finish(operation, Operation.State.SUCCEEDED, progress=100, message=message)
+
+
+def fail(*, operation: Operation, error: str) -> None:
+    _finish(operation, Operation.State.FAILED, error=error)
+
+
+def _finish(operation: Operation, state: str, **fields) -> None:
+    fields = {"state": state, "finished_at": timezone.now(), **fields}
+    Operation.objects.filter(pk=operation.pk).update(**fields)
+    for key, value in fields.items():
+        setattr(operation, key, value)
