@@ -16,6 +16,19 @@ def _fast_password_hashing(settings):
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
+@pytest.fixture(autouse=True)
+def _isolated_request_state():
+    """Each test starts in English with an empty cache (throttle counters live there; user ids repeat)."""
+    from django.core.cache import cache
+    from django.utils import translation
+
+    cache.clear()
+    translation.activate("en")
+    yield
+    translation.deactivate()
+    cache.clear()
+
+
 @pytest.fixture
 def make_user(db):
     User = get_user_model()

@@ -335,3 +335,15 @@ def authenticate_api_token(*, raw: str) -> ApiToken | None:
         ApiToken.objects.filter(pk=token.pk).update(last_used_at=now)
         token.last_used_at = now
     return token
+
+
+def delete_tenant(*, actor, tenant: Tenant, ip: str | None = None) -> None:
+    """Delete a tenant with its memberships and quota; refused while it still owns instances or other rows."""
+    try:
+        with transaction.atomic():
+            record_audit(user=actor, action="tenant.delete", target=tenant, ip=ip, detail={"slug": tenant.slug})
+            tenant.delete()
+    except (models.ProtectedError, models.RestrictedError) as exc:
+        raise ConflictError(
+            _("Tenant “%(name)s” still owns instances or other resources; delete them first.") % {"name": tenant.name}
+        ) from exc

@@ -160,7 +160,7 @@ REST_FRAMEWORK = {
         "user": os.environ.get("API_THROTTLE_USER", "3000/min"),
     },
     "EXCEPTION_HANDLER": "portal.api.exceptions.problem_exception_handler",
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_SCHEMA_CLASS": "portal.api.base.ProblemAutoSchema",
     "TEST_REQUEST_DEFAULT_FORMAT": "json",
 }
 SPECTACULAR_SETTINGS = {

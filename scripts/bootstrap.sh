@@ -115,7 +115,8 @@ command -v node >/dev/null || PKGS+=(nodejs)
 command -v npm >/dev/null || PKGS+=(npm)
 ((DEBIAN_PY)) && PKGS+=(python3 python3-venv python3-dev)
 if ((TEST)); then
-    PKGS+=(postgresql chromium)
+    # fonts-wqy-microhei: CJK glyphs, so browser screenshots of the Chinese UI are readable.
+    PKGS+=(postgresql chromium fonts-wqy-microhei)
     # Tools to build the offline test guests (ISOs, tiny disks).
     PKGS+=(xorriso isolinux syslinux syslinux-common mtools busybox-static grub-rescue-pc cpio)
 fi
@@ -297,6 +298,11 @@ done_ "migrated"
 done_ "collected static files"
 if ((!TEST)); then
     "${DJ[@]}" seed_portal
+fi
+
+# Tiny test guests (kernel + busybox disk, installer ISO, GRUB rescue ISO), built offline and cached.
+if ((TEST)); then
+    bash scripts/build_test_media.sh
 fi
 
 say "bootstrap$( ((TEST)) && echo ' --test') done in $((SECONDS - T0)) s"

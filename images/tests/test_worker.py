@@ -1,0 +1,60 @@
+"""The real path: a Celery worker consuming from Redis processes an upload queued on commit."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+from celery.contrib.testing.worker import start_worker
+
+from images.models import Image
+from images.services import create_image
+from images.tests.conftest import upload
+from portal.celery import app as celery_app
+from vms.models import Operation
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def redis_worker():
+    """A worker thread on a Redis database of its own, so no other worker on this machine takes the tasks."""
+    base = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0").rsplit("/", 1)[0]
+    previous = celery_app.conf.broker_url
+
+    def switch_broker(url: str) -> None:
+        # Producers keep the connection pool of the broker they first used (even eager calls create it).
+        if celery_app._pool is not None:
+            celery_app._pool.force_close_all()
+        celery_app._pool = None
+        celery_app.amqp._producer_pool = None
+        celery_app.conf.broker_url = url
+
+    switch_broker(f"{base}/14")
+    celery_app.conf.task_always_eager = False
+    try:
+        with start_worker(celery_app, pool="solo", perform_ping_check=False, shutdown_timeout=30):
+            yield
+    finally:
+        switch_broker(previous)
+
+
+def test_upload_is_processed_by_a_real_worker(actors, media, redis_worker):
+    path = media["vmdk"]
+    image = create_image(
+        actor=actors.member, tenant=actors.tenant, name="via redis", disk_format="vmdk", size=path.stat().st_size
+    )
+    upload(actor=actors.member, image=image, path=path)  # the last chunk queues the task when its transaction commits
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        image.refresh_from_db()
+        if image.status in {Image.Status.ACTIVE, Image.Status.FAILED}:
+            break
+        time.sleep(0.2)
+    assert image.status == Image.Status.ACTIVE, image.failure_reason
+    assert image.stored_format == "qcow2"
+    operation = Operation.objects.get(kind="image.process", target_id=str(image.pk))
+    assert operation.state == Operation.State.SUCCEEDED
+    assert operation.started_at and operation.finished_at

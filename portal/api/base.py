@@ -1,0 +1,97 @@
+"""Base classes for every app's API: the problem+json-aware schema and the viewset mixin."""
+
+from __future__ import annotations
+
+from django.utils.translation import gettext_lazy as _
+from django_filters.rest_framework import DjangoFilterBackend
+from drf_spectacular.openapi import AutoSchema
+from drf_spectacular.utils import OpenApiResponse
+from rest_framework.exceptions import NotFound
+from rest_framework.filters import OrderingFilter
+from rest_framework.parsers import JSONParser
+
+from portal.access import VIEW, is_cloud_admin
+from portal.api.exceptions import PROBLEM_CONTENT_TYPE
+from portal.api.serializers import ProblemSerializer
+
+MAX_ID = 2**63 - 1
+
+PROBLEM_DESCRIPTIONS = {
+    400: _("Invalid request (field errors in `errors`)."),
+    401: _("Not authenticated, or the token is invalid, expired or revoked."),
+    403: _("Not allowed (role, read-only token or quota)."),
+    404: _("Not found, or not visible to you."),
+    409: _("Conflicts with the current state (duplicate name, last tenant admin, still in use…)."),
+    429: _("Too many requests."),
+}
+
+
+class ProblemAutoSchema(AutoSchema):
+    """drf-spectacular schema that also documents the problem+json answers an operation can give."""
+
+    def _resolve_path_parameters(self, variables):
+        parameters = super()._resolve_path_parameters(variables)
+        for parameter in parameters:
+            # ids matched by ApiViewSetMixin.lookup_value_regex are positive integers
+            if parameter["schema"].get("pattern") == "^[0-9]+$":
+                parameter["schema"] = {"type": "integer", "minimum": 1}
+        return parameters
+
+    def problem_statuses(self) -> list[int]:
+        method = self.method.upper()
+        statuses = {401, 429}
+        if method == "GET" and self._is_list_view():
+            statuses |= {400, 404}  # bad filter values; a page past the end
+        elif "{" in self.path:
+            statuses.add(404)
+        if method in {"POST", "PUT", "PATCH"}:
+            statuses |= {400, 403, 409}
+        elif method == "DELETE":
+            statuses |= {403, 409}
+        return sorted(statuses)
+
+    def _get_response_bodies(self, direction="response"):
+        responses = super()._get_response_bodies(direction)
+        for status_code in self.problem_statuses():
+            key = str(status_code)
+            if key not in responses:
+                response = OpenApiResponse(
+                    response=ProblemSerializer, description=str(PROBLEM_DESCRIPTIONS[status_code])
+                )
+                responses[key] = self._get_response_for_code(response, key, [PROBLEM_CONTENT_TYPE], direction)
+        return responses
+
+
+class ApiViewSetMixin:
+    """Common behaviour of the API viewsets: JSON bodies, numeric ids, the access gate for writes."""
+
+    parser_classes = [JSONParser]
+    lookup_value_regex = r"[0-9]+"
+    filter_backends = [DjangoFilterBackend, OrderingFilter]
+    #: the model whose ``objects.restrict(user, action)`` decides what may be changed or deleted
+    model = None
+
+    @property
+    def client_ip(self) -> str | None:
+        return self.request.META.get("REMOTE_ADDR")
+
+    def restricted(self, action: str):
+        return self.model.objects.restrict(self.request.user, action)
+
+    def get_object(self):
+        # Ids beyond the 64-bit range cannot exist; some lookups (foreign keys) would overflow the database driver.
+        value = str(self.kwargs.get(self.lookup_url_kwarg or self.lookup_field, ""))
+        if not value.isdigit() or int(value) > MAX_ID:
+            raise NotFound()
+        return super().get_object()
+
+    def get_object_for(self, action: str):
+        """The object of the URL if ``action`` is allowed on it: 404 when invisible, 403 when only visible."""
+        obj = self.get_object()
+        if action != VIEW and not self.restricted(action).filter(pk=obj.pk).exists():
+            self.permission_denied(self.request, message=_("You are not allowed to do this."))
+        return obj
+
+    def require_cloud_admin(self, message) -> None:
+        if not is_cloud_admin(self.request.user):
+            self.permission_denied(self.request, message=message)

@@ -1,0 +1,25 @@
+"""/api/v1/: every app's API routes on one router, plus the OpenAPI schema and its viewers (served offline)."""
+
+from django.urls import include, path, re_path
+from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
+from rest_framework.routers import DefaultRouter
+
+from portal.api import views as portal_views
+from vms.api import views as vms_views
+
+router = DefaultRouter()
+router.register("tenants", portal_views.TenantViewSet, basename="tenant")
+router.register("memberships", portal_views.MembershipViewSet, basename="membership")
+router.register("quotas", portal_views.QuotaViewSet, basename="quota")
+router.register("tokens", portal_views.ApiTokenViewSet, basename="apitoken")
+router.register("audit-events", portal_views.AuditEventViewSet, basename="auditevent")
+router.register("flavors", vms_views.FlavorViewSet, basename="flavor")
+
+urlpatterns = [
+    path("schema/", SpectacularAPIView.as_view(), name="api-schema"),
+    path("docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
+    path("redoc/", SpectacularRedocView.as_view(url_name="api-schema"), name="api-redoc"),
+    path("", include(router.urls)),
+    # Last: anything else under /api/v1/ is a problem+json 404, not the HTML error page.
+    re_path(r"^.*/$", portal_views.not_found, name="api-not-found"),
+]

@@ -1,0 +1,96 @@
+"""Every API error is an RFC 7807 problem+json document."""
+
+from __future__ import annotations
+
+import pytest
+from django.core.cache import cache
+from rest_framework.test import APIClient
+
+from portal.models import Membership
+
+PROBLEM = "application/problem+json"
+
+
+@pytest.fixture(autouse=True)
+def _fresh_throttles():
+    cache.clear()
+
+
+def assert_problem(response, status: int, code: str) -> dict:
+    assert response.status_code == status, response.content
+    assert response["Content-Type"].split(";")[0] == PROBLEM
+    body = response.json()
+    assert body["status"] == status
+    assert body["code"] == code
+    assert body["type"].endswith("/" + code)
+    assert isinstance(body["title"], str)
+    assert body["title"]
+    assert isinstance(body["detail"], str)
+    assert body["detail"]
+    return body
+
+
+def test_400_validation_lists_field_errors(actors):
+    response = actors.client("cloud_admin").post("/api/v1/tenants/", {"name": "", "enabled": "maybe"}, format="json")
+    body = assert_problem(response, 400, "invalid")
+    assert set(body["errors"]) == {"name", "enabled"}
+    assert all(isinstance(messages, list) for messages in body["errors"].values())
+    assert body["detail"] in body["errors"]["name"]
+
+
+def test_400_from_a_service_names_the_field(actors):
+    response = actors.client("tenant_admin").patch(f"/api/v1/tenants/{actors.tenant.pk}/", {"enabled": False})
+    body = assert_problem(response, 400, "invalid")
+    assert body["errors"] == {"enabled": [body["detail"]]}
+
+
+def test_400_malformed_json(actors):
+    client = actors.client("cloud_admin")
+    response = client.generic("POST", "/api/v1/tenants/", "{not json", content_type="application/json")
+    assert_problem(response, 400, "parse_error")
+
+
+def test_401_anonymous(db):
+    assert_problem(APIClient().get("/api/v1/tenants/"), 401, "not_authenticated")
+
+
+def test_403_forbidden(actors):
+    response = actors.client("member").patch(f"/api/v1/tenants/{actors.tenant.pk}/", {"name": "Mine"}, format="json")
+    assert_problem(response, 403, "permission_denied")
+
+
+def test_404_foreign_object(actors):
+    response = actors.client("outsider").get(f"/api/v1/tenants/{actors.tenant.pk}/")
+    assert_problem(response, 404, "not_found")
+
+
+@pytest.mark.parametrize("path", ["/api/v1/nothing-here/", "/api/v1/tenants/abc/", "/api/v1/tenants/-1/"])
+def test_404_unknown_addresses_are_problems_too(actors, path):
+    assert_problem(actors.client("member").get(path), 404, "not_found")
+
+
+def test_404_page_out_of_range(actors):
+    assert_problem(actors.client("member").get("/api/v1/tenants/", {"page": 99}), 404, "not_found")
+
+
+def test_405_method_not_allowed(actors):
+    response = actors.client("cloud_admin").put(f"/api/v1/tenants/{actors.tenant.pk}/", {"name": "x"}, format="json")
+    assert_problem(response, 405, "method_not_allowed")
+
+
+def test_409_conflict(actors):
+    membership = Membership.objects.get(tenant=actors.tenant, user=actors.tenant_admin)
+    response = actors.client("tenant_admin").delete(f"/api/v1/memberships/{membership.pk}/")
+    body = assert_problem(response, 409, "conflict")
+    assert body["title"] == "Conflict"
+
+
+def test_415_only_json_bodies(actors):
+    response = actors.client("cloud_admin").post("/api/v1/tenants/", {"name": "Form"}, format="multipart")
+    assert_problem(response, 415, "unsupported_media_type")
+
+
+def test_missing_trailing_slash_redirects(actors):
+    response = actors.client("member").get("/api/v1/tenants")
+    assert response.status_code == 301
+    assert response["Location"] == "/api/v1/tenants/"

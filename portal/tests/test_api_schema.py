@@ -1,0 +1,75 @@
+"""The OpenAPI schema and its viewers, served offline (sidecar assets, no CDN)."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from django.core.cache import cache
+from drf_spectacular.validation import validate_schema
+from rest_framework.test import APIClient
+
+ENDPOINTS = ("tenants", "memberships", "quotas", "flavors", "tokens", "audit-events")
+
+
+@pytest.fixture(autouse=True)
+def _fresh_throttles():
+    cache.clear()
+
+
+@pytest.fixture
+def schema(db) -> dict:
+    response = APIClient().get("/api/v1/schema/", {"format": "json"})
+    assert response.status_code == 200
+    assert response["Content-Type"].startswith("application/vnd.oai.openapi+json")
+    return response.json()
+
+
+def test_schema_is_valid_openapi_3(schema):
+    assert schema["openapi"].startswith("3.")
+    validate_schema(schema)  # raises on an invalid document
+
+
+def test_schema_lists_every_endpoint(schema):
+    for name in ENDPOINTS:
+        assert f"/api/v1/{name}/" in schema["paths"]
+        assert f"/api/v1/{name}/{{{'tenant' if name == 'quotas' else 'id'}}}/" in schema["paths"]
+    assert not any("{" in path and "format" in path for path in schema["paths"])
+
+
+def test_schema_documents_problems_and_token_auth(schema):
+    assert schema["components"]["securitySchemes"]["apiToken"] == {
+        "type": "http",
+        "scheme": "bearer",
+        "description": schema["components"]["securitySchemes"]["apiToken"]["description"],
+    }
+    for path, operations in schema["paths"].items():
+        for method, operation in operations.items():
+            responses = operation["responses"]
+            assert "401" in responses, f"{method} {path}"
+            for status, response in responses.items():
+                if status.startswith("4"):
+                    assert list(response["content"]) == ["application/problem+json"], f"{method} {path} {status}"
+            if method in {"post", "patch", "delete"}:
+                assert {"403", "409"} <= set(responses), f"{method} {path}"
+    assert "put" not in schema["paths"]["/api/v1/tenants/{id}/"]
+
+
+def test_schema_yaml_default(db):
+    response = APIClient().get("/api/v1/schema/")
+    assert response.status_code == 200
+    assert b"openapi: 3." in response.content
+
+
+@pytest.mark.parametrize("url", ["/api/v1/docs/", "/api/v1/redoc/"])
+def test_viewers_render_offline(client, url):
+    response = client.get(url)
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert "cdn" not in html.lower()
+    assert "jsdelivr" not in html.lower()
+    assert "/api/v1/schema/" in html
+    assets = re.findall(r"""(?:src|href)=["'](/static/[^"']+)["']""", html)
+    assert assets, "the viewer should load its assets from our static files"
+    for asset in assets:
+        assert client.get(asset).status_code == 200, asset

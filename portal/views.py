@@ -1,0 +1,300 @@
+"""Dashboard pages of the tenancy core.
+
+Views stay thin: reads go through the access gate (``restrict``) or the selectors,
+writes through the services. A ``ServiceError`` is shown to the user and changes nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
+from django.http import Http404
+from django.shortcuts import get_object_or_404, redirect, render, resolve_url
+from django.utils import timezone
+from django.utils.functional import SimpleLazyObject
+from django.utils.http import url_has_allowed_host_and_scheme
+from django.utils.text import capfirst
+from django.utils.translation import gettext as _
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_POST
+
+from portal.access import CHANGE, DELETE, VIEW, is_cloud_admin
+from portal.forms import AddMemberForm, ApiTokenForm, RoleForm, SwitchTenantForm
+from portal.middleware import SESSION_KEY
+from portal.models import ApiToken, Membership, Quota, Tenant
+from portal.selectors import QuotaLine, quota_overview, role_in, tenants_for_user
+from portal.services import (
+    ServiceError,
+    add_member,
+    change_role,
+    create_api_token,
+    find_user,
+    remove_member,
+    revoke_api_token,
+)
+
+# ---------------------------------------------------------------- helpers
+
+
+def current_tenant(request) -> Tenant | None:
+    """The active tenant of the request (set by ActiveTenantMiddleware) as a plain model instance, or None."""
+    tenant = getattr(request, "tenant", None)
+    if not tenant:  # also evaluates the lazy object
+        return None
+    if isinstance(tenant, SimpleLazyObject):
+        tenant = tenant._wrapped
+    return tenant
+
+
+def client_ip(request) -> str | None:
+    return request.META.get("REMOTE_ADDR") or None
+
+
+def safe_next(request, fallback: str = "overview") -> str:
+    target = request.POST.get("next") or request.GET.get("next") or ""
+    if target and url_has_allowed_host_and_scheme(
+        target, allowed_hosts={request.get_host()}, require_https=request.is_secure()
+    ):
+        return target
+    return resolve_url(fallback)
+
+
+def can_manage_members(user, tenant: Tenant | None) -> bool:
+    return tenant is not None and Tenant.objects.restrict(user, CHANGE).filter(pk=tenant.pk).exists()
+
+
+def role_label(user, tenant: Tenant) -> str:
+    role = role_in(user=user, tenant=tenant)
+    if role is not None:
+        return str(Membership.Role(role).label)
+    return _("Cloud admin") if is_cloud_admin(user) else ""
+
+
+# ---------------------------------------------------------------- overview
+
+RESOURCE_ICONS = {
+    "instances": "pc-display",
+    "vcpus": "cpu",
+    "ram_mib": "memory",
+    "disk_gib": "hdd-stack",
+    "snapshots": "camera",
+    "images": "disc",
+    "image_storage_gib": "database",
+}
+
+
+@dataclass(frozen=True)
+class QuotaCard:
+    line: QuotaLine
+
+    @property
+    def label(self) -> str:
+        label = self.line.label
+        # "instances" → "Instances", but "vCPUs" stays as it is.
+        return label if label[1:2].isupper() else capfirst(label)
+
+    @property
+    def icon(self) -> str:
+        return RESOURCE_ICONS.get(self.line.resource, "box")
+
+    @property
+    def level(self) -> str:
+        """Bootstrap colour of the bar: green below 70 %, amber below 90 %, red from 90 %."""
+        if self.line.unlimited:
+            return "info"
+        if self.line.percent >= 90:
+            return "danger"
+        if self.line.percent >= 70:
+            return "warning"
+        return "success"
+
+
+@login_required
+def overview(request):
+    tenant = current_tenant(request)
+    context: dict = {"tenant": tenant}
+    if tenant is not None:
+        try:
+            lines = quota_overview(tenant=tenant)
+        except Quota.DoesNotExist:
+            lines = []
+        cards = [QuotaCard(line) for line in lines]
+        limited = [card for card in cards if not card.line.unlimited]
+        context.update(
+            cards=cards,
+            role=role_label(request.user, tenant),
+            member_count=tenant.memberships.count(),
+            can_manage=can_manage_members(request.user, tenant),
+            chart={
+                "labels": [card.label for card in limited],
+                "values": [card.line.percent for card in limited],
+                "levels": [card.level for card in limited],
+                "title": _("Usage in percent"),
+            },
+        )
+    return render(request, "portal/overview.html", context)
+
+
+# ---------------------------------------------------------------- tenant switch
+
+
+@login_required
+@require_POST
+def switch_tenant(request):
+    form = SwitchTenantForm(request.POST)
+    if not form.is_valid():
+        raise Http404
+    tenant = get_object_or_404(tenants_for_user(user=request.user).filter(enabled=True), pk=form.cleaned_data["tenant"])
+    request.session[SESSION_KEY] = tenant.pk
+    messages.success(request, _("You are now working in %(tenant)s.") % {"tenant": tenant.name})
+    return redirect(safe_next(request))
+
+
+# ---------------------------------------------------------------- API tokens
+
+
+def token_status(token: ApiToken, now) -> str:
+    if token.revoked_at is not None:
+        return "revoked"
+    if token.expires_at is not None and token.expires_at <= now:
+        return "expired"
+    return "active"
+
+
+@never_cache  # the response to a creation carries the raw secret
+@login_required
+def tokens(request):
+    created = raw = None
+    if request.method == "POST":
+        form = ApiTokenForm(request.POST)
+        if form.is_valid():
+            try:
+                created, raw = create_api_token(
+                    user=request.user,
+                    name=form.cleaned_data["name"],
+                    scope=form.cleaned_data["scope"],
+                    expires_at=form.expiry(),
+                    ip=client_ip(request),
+                )
+            except ServiceError as exc:
+                form.add_service_error(exc)
+            else:
+                form = ApiTokenForm()
+    else:
+        form = ApiTokenForm()
+    now = timezone.now()
+    token_list = list(ApiToken.objects.restrict(request.user, VIEW))
+    for token in token_list:
+        token.status = token_status(token, now)
+    return render(
+        request,
+        "portal/tokens.html",
+        {"form": form, "tokens": token_list, "created": created, "raw_token": raw},
+    )
+
+
+@login_required
+@require_POST
+def token_revoke(request, pk: int):
+    token = get_object_or_404(ApiToken.objects.restrict(request.user, CHANGE), pk=pk)
+    if token.revoked_at is not None:
+        messages.info(request, _("Token “%(name)s” was already revoked.") % {"name": token.name})
+    else:
+        revoke_api_token(actor=request.user, token=token, ip=client_ip(request))
+        messages.success(request, _("Token “%(name)s” has been revoked.") % {"name": token.name})
+    return redirect("tokens")
+
+
+# ---------------------------------------------------------------- members
+
+
+@login_required
+def members(request):
+    tenant = current_tenant(request)
+    can_manage = can_manage_members(request.user, tenant)
+    form = AddMemberForm()
+    if request.method == "POST":
+        if not can_manage:
+            raise PermissionDenied
+        form = AddMemberForm(request.POST)
+        if form.is_valid():
+            try:
+                user = find_user(username=form.cleaned_data["username"].strip())
+                membership = add_member(
+                    actor=request.user, tenant=tenant, user=user, role=form.cleaned_data["role"], ip=client_ip(request)
+                )
+            except ServiceError as exc:
+                form.add_service_error(exc)
+            else:
+                messages.success(
+                    request,
+                    _("%(user)s has been added to %(tenant)s as %(role)s.")
+                    % {"user": user.get_username(), "tenant": tenant.name, "role": membership.get_role_display()},
+                )
+                return redirect("members")
+    memberships = []
+    if tenant is not None:
+        memberships = list(
+            Membership.objects.restrict(request.user, VIEW).filter(tenant=tenant).select_related("user", "tenant")
+        )
+    return render(
+        request,
+        "portal/members.html",
+        {
+            "tenant": tenant,
+            "memberships": memberships,
+            "can_manage": can_manage,
+            "form": form,
+            "role_choices": Membership.Role.choices,
+        },
+    )
+
+
+def _membership_for(request, pk: int, action: str) -> Membership:
+    """A membership the user may see (else 404) and act on (else 403)."""
+    membership = get_object_or_404(
+        Membership.objects.restrict(request.user, VIEW).select_related("tenant", "user"), pk=pk
+    )
+    if not Membership.objects.restrict(request.user, action).filter(pk=pk).exists():
+        raise PermissionDenied
+    return membership
+
+
+@login_required
+@require_POST
+def member_role(request, pk: int):
+    membership = _membership_for(request, pk, CHANGE)
+    form = RoleForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, _("Choose a valid role."))
+        return redirect("members")
+    try:
+        change_role(actor=request.user, membership=membership, role=form.cleaned_data["role"], ip=client_ip(request))
+    except ServiceError as exc:
+        messages.error(request, exc.message)
+    else:
+        messages.success(
+            request,
+            _("%(user)s is now %(role)s.")
+            % {"user": membership.user.get_username(), "role": membership.get_role_display()},
+        )
+    return redirect("members")
+
+
+@login_required
+@require_POST
+def member_remove(request, pk: int):
+    membership = _membership_for(request, pk, DELETE)
+    username, tenant_name = membership.user.get_username(), membership.tenant.name
+    try:
+        remove_member(actor=request.user, membership=membership, ip=client_ip(request))
+    except ServiceError as exc:
+        messages.error(request, exc.message)
+    else:
+        messages.success(
+            request, _("%(user)s has been removed from %(tenant)s.") % {"user": username, "tenant": tenant_name}
+        )
+    return redirect("members")

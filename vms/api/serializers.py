@@ -1,0 +1,55 @@
+"""Serializers of the compute API. They shape and validate data only: writes go through vms.services."""
+
+from __future__ import annotations
+
+from django.utils.translation import gettext_lazy as _
+from rest_framework import serializers
+
+from portal.access import is_cloud_admin
+from portal.api.serializers import MAX_INT32
+from portal.models import Tenant
+from vms.models import Flavor
+
+
+class FlavorSerializer(serializers.ModelSerializer):
+    """A flavor. `tenants` (who may use a private flavor) is shown to and set by cloud admins only."""
+
+    tenants = serializers.PrimaryKeyRelatedField(
+        many=True,
+        queryset=Tenant.objects.all(),
+        required=False,
+        help_text=_("Ids of the tenants that may use this flavor when it is not public (cloud admins only)."),
+    )
+
+    class Meta:
+        model = Flavor
+        fields = [
+            "id",
+            "name",
+            "vcpus",
+            "ram_mib",
+            "disk_gib",
+            "description",
+            "is_public",
+            "disabled",
+            "created_at",
+            "tenants",
+        ]
+        read_only_fields = ["id", "created_at"]
+        extra_kwargs = {
+            # Uniqueness is the service's call (409 Conflict), not a serializer 400.
+            "name": {"validators": []},
+            "vcpus": {"max_value": MAX_INT32},
+            "ram_mib": {"max_value": MAX_INT32},
+            "disk_gib": {"max_value": MAX_INT32},
+        }
+
+    def get_fields(self):
+        fields = super().get_fields()
+        view = self.context.get("view")
+        request = self.context.get("request")
+        if getattr(view, "swagger_fake_view", False):
+            return fields  # the schema documents every field
+        if not is_cloud_admin(getattr(request, "user", None)):
+            fields.pop("tenants")  # users do not learn who else a private flavor is shared with
+        return fields
