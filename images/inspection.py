@@ -34,7 +34,27 @@ FORMATS: dict[str, tuple[frozenset[str], str]] = {
     "vhd": (frozenset({"vhd"}), "vpc"),
     "vdi": (frozenset({"vdi"}), "vdi"),
 }
-CHECKABLE = {"qcow2", "vdi"}  # formats qemu-img check understands and that carry metadata to corrupt
+CHECKABLE = {"qcow2", "vdi"}
+CHUNK = 64 * 1024  # formats qemu-img check understands and that carry metadata to corrupt
+
+
+def _detect(path: Path) -> format_inspector.FileInspector | None:
+    """The format inspector's verdict, like ``detect_file_format``, but accepting a bootable (hybrid) ISO.
+
+    Installer ISOs usually carry a GPT as well, so both the ISO and the GPT inspector match;
+    like Nova, the ISO wins in exactly that case. Any other double match is refused.
+    """
+    with open(path, "rb") as fh:
+        wrapper = format_inspector.InspectWrapper(fh)
+        try:
+            while wrapper.read(CHUNK) and wrapper.formats is None:
+                pass
+        finally:
+            wrapper.close()
+        matches = wrapper.formats or []
+    if len(matches) > 1 and {str(m) for m in matches} == {"iso", "gpt"}:
+        return next(m for m in matches if str(m) == "iso")
+    return wrapper.format
 
 
 class ImageRejected(Exception):
@@ -62,7 +82,7 @@ def inspect_file(path: Path, *, declared_format: str) -> Inspection:
         raise ImageRejected(_("The file is empty."))
 
     try:
-        inspector = format_inspector.detect_file_format(str(path))
+        inspector = _detect(path)
     except format_inspector.ImageFormatError as exc:
         raise ImageRejected(_("The image format could not be determined safely: %(error)s") % {"error": exc}) from exc
     detected = str(inspector) if inspector is not None else "unknown"

@@ -24,10 +24,11 @@ class QemuImgError(Exception):
     pass
 
 
-def _limited(argv: list[str], *, cpu_seconds: int | None = None) -> list[str]:
+def _limited(argv: list[str], *, convert: bool = False) -> list[str]:
     limits = settings.LABCLOUD_QEMU_IMG_LIMITS
-    cpu = cpu_seconds if cpu_seconds is not None else limits["info_cpu_seconds"]
-    return [PRLIMIT, f"--as={limits['address_space_bytes']}", f"--cpu={cpu}", "--", *argv]
+    memory = limits["convert_address_space_bytes" if convert else "address_space_bytes"]
+    cpu = limits["convert_cpu_seconds" if convert else "info_cpu_seconds"]
+    return [PRLIMIT, f"--as={memory}", f"--cpu={cpu}", "--", *argv]
 
 
 def _run(argv: list[str], *, timeout: int = 60) -> subprocess.CompletedProcess:
@@ -85,9 +86,8 @@ def convert(
     progress: Callable[[int], None] | None = None,
 ) -> None:
     """Convert (and so flatten) ``source`` into a standalone ``target`` image, reporting progress in %."""
-    cpu = settings.LABCLOUD_QEMU_IMG_LIMITS["convert_cpu_seconds"]
     argv = _limited(
-        [QEMU_IMG, "convert", "-p", "-f", source_fmt, "-O", target_fmt, str(source), str(target)], cpu_seconds=cpu
+        [QEMU_IMG, "convert", "-p", "-f", source_fmt, "-O", target_fmt, str(source), str(target)], convert=True
     )
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # noqa: S603
     buffer = b""

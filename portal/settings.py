@@ -193,8 +193,11 @@ LABCLOUD_IMAGE_MAX_UPLOAD_BYTES = int(os.environ.get("IMAGE_MAX_UPLOAD_BYTES", s
 LABCLOUD_IMAGE_MAX_VIRTUAL_SIZE = int(os.environ.get("IMAGE_MAX_VIRTUAL_SIZE", str(2 * 1024**4)))
 # Hosts the worker may download images from (URL import); empty: any host. Comma-separated.
 LABCLOUD_IMAGE_IMPORT_ALLOWED_HOSTS = env_list("IMAGE_IMPORT_ALLOWED_HOSTS", "")
+# Limits of qemu-img runs (as Nova and Glance do for qemu-img info). Conversion gets more address space:
+# its I/O thread pool reserves 8 MiB of stack per thread and grows under load.
 LABCLOUD_QEMU_IMG_LIMITS = {
     "address_space_bytes": int(os.environ.get("QEMU_IMG_MAX_MEMORY_BYTES", str(1024**3))),
+    "convert_address_space_bytes": int(os.environ.get("QEMU_IMG_CONVERT_MAX_MEMORY_BYTES", str(4 * 1024**3))),
     "info_cpu_seconds": int(os.environ.get("QEMU_IMG_INFO_CPU_SECONDS", "30")),
     "convert_cpu_seconds": int(os.environ.get("QEMU_IMG_CONVERT_CPU_SECONDS", "3600")),
 }

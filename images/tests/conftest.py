@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import subprocess
 import uuid
 from pathlib import Path
@@ -120,3 +121,16 @@ def lctest_pool(tmp_path):
             pool.destroy()
         except libvirt.libvirtError:
             pass
+
+
+@pytest.fixture(scope="session")
+def guest_media() -> dict[str, Path]:
+    """The tiny bootable guests built by scripts/build_test_media.sh (part of `make test`'s set-up)."""
+    from django.conf import settings
+
+    folder = Path(os.environ.get("LABCLOUD_TEST_MEDIA", Path(settings.BASE_DIR) / "var" / "test-media"))
+    files = {name: folder / name for name in ("tiny.qcow2", "installer.iso", "grub-rescue-cdrom.iso")}
+    missing = [name for name, path in files.items() if not path.exists()]
+    if missing:
+        pytest.fail(f"test guests missing in {folder}: {missing}; run `make test` or scripts/build_test_media.sh")
+    return files

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import time
+import uuid
 
 import pytest
+import redis
 from celery.contrib.testing.worker import start_worker
 
 from images.models import Image
@@ -19,7 +21,8 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 @pytest.fixture
 def redis_worker():
-    """A worker thread on a Redis database of its own, so no other worker on this machine takes the tasks."""
+    """A worker thread on a Redis database and a queue of its own, so no other worker on this machine
+    (a developer's `make run`, another test run) takes the tasks."""
     base = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0").rsplit("/", 1)[0]
     previous = celery_app.conf.broker_url
 
@@ -31,12 +34,21 @@ def redis_worker():
         celery_app.amqp._producer_pool = None
         celery_app.conf.broker_url = url
 
+    previous_queue = celery_app.conf.task_default_queue
     switch_broker(f"{base}/14")
+    queue = f"lctest-{uuid.uuid4().hex[:12]}"
+    celery_app.conf.task_default_queue = queue
     celery_app.conf.task_always_eager = False
     try:
         with start_worker(celery_app, pool="solo", perform_ping_check=False, shutdown_timeout=30):
             yield
     finally:
+        # kombu keeps the queue's bindings in Redis keys named after it: remove what this test declared.
+        client = redis.Redis.from_url(f"{base}/14")
+        leftovers = client.keys(f"*{queue}*")
+        if leftovers:
+            client.delete(*leftovers)
+        celery_app.conf.task_default_queue = previous_queue
         switch_broker(previous)
 
 

@@ -17,6 +17,7 @@ ADMIN_PAGES = [
     "admin:vms_flavor_changelist",
     "admin:vms_host_changelist",
     "admin:vms_instance_changelist",
+    "admin:vms_operation_changelist",
 ]
 STAFF_ONLY = {"anonymous": 302, "outsider": 302, "member": 302, "tenant_admin": 302, "cloud_admin": 200}
 
