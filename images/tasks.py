@@ -1,6 +1,9 @@
 """Celery tasks of the image catalogue: thin wrappers around images.services, idempotent by operation."""
 
+from datetime import timedelta
+
 from celery import shared_task
+from django.conf import settings
 
 from images import services
 
@@ -23,3 +26,8 @@ def capture_image_task(operation_id: int) -> None:
 @shared_task(acks_late=True)
 def distribute_image_task(operation_id: int) -> None:
     services.distribute_image(operation_id=operation_id)
+
+
+@shared_task
+def purge_stale_uploads_task() -> int:
+    return services.purge_stale_uploads(older_than=timedelta(hours=settings.LABCLOUD_IMAGE_UPLOAD_STALE_HOURS))

@@ -138,6 +138,12 @@ CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", REDIS_URL)
 CELERY_RESULT_BACKEND = None
 CELERY_TASK_ACKS_LATE = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
+CELERY_BEAT_SCHEDULE = {
+    "purge-stale-uploads": {"task": "images.tasks.purge_stale_uploads_task", "schedule": 3600.0},
+}
+# Uploads nobody continued for this long are failed and their partial files removed.
+LABCLOUD_IMAGE_UPLOAD_STALE_HOURS = int(os.environ.get("IMAGE_UPLOAD_STALE_HOURS", "24"))
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [

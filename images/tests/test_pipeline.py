@@ -186,3 +186,11 @@ def test_stale_uploads_are_purged(actors, media, image_store):
     assert image.status == Image.Status.FAILED and "abandoned" in image.failure_reason
     assert store_files(image_store) == []
     assert tenant_usage(tenant_ids=[actors.tenant.pk])[actors.tenant.pk]["image_storage_gib"] == 0
+
+
+def test_the_purge_runs_on_the_beat_schedule(db, settings):
+    from images import tasks
+
+    entry = settings.CELERY_BEAT_SCHEDULE["purge-stale-uploads"]
+    assert entry["task"] == tasks.purge_stale_uploads_task.name
+    assert tasks.purge_stale_uploads_task.apply().get() == 0

@@ -39,7 +39,10 @@ def process_specs(host: str, port: int) -> list[ProcessSpec]:
     py = sys.executable
     return [
         ProcessSpec("web", [py, "-m", "daphne", "-b", host, "-p", str(port), "portal.asgi:application"]),
-        ProcessSpec("worker", [py, "-m", "celery", "-A", "portal", "worker", "-l", "info", "--concurrency", "2"]),
+        # --beat: the periodic housekeeping of CELERY_BEAT_SCHEDULE runs inside the worker (one machine).
+        ProcessSpec(
+            "worker", [py, "-m", "celery", "-A", "portal", "worker", "--beat", "-l", "info", "--concurrency", "2"]
+        ),
         # ProcessSpec("hostwatch", [py, "manage.py", "hostwatch"]),
         # ProcessSpec("console", [py, "manage.py", "consoleproxy"]),
     ]
