@@ -101,3 +101,17 @@ def assert_constant_queries(make_rows: Callable[[int], None], request: Callable[
     many = count_queries(request)
     assert many == few, f"query count grows with rows: {few} queries for few rows, {many} for many"
     assert many <= budget, f"{many} queries, budget {budget}"
+
+
+def assert_problem(response, status: int, code: str | None = None) -> dict:
+    """The response is an RFC 7807 problem document with ``status`` (and ``code``, when given)."""
+    assert response.status_code == status, response.content
+    assert response["Content-Type"].split(";")[0] == "application/problem+json"
+    body = response.json()
+    assert body["status"] == status
+    assert isinstance(body["title"], str) and body["title"]
+    assert isinstance(body["detail"], str) and body["detail"]
+    if code is not None:
+        assert body["code"] == code
+        assert body["type"].endswith("/" + code)
+    return body

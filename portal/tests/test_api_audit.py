@@ -5,7 +5,6 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from django.core.cache import cache
 from django.utils import timezone
 
 from portal.models import AuditEvent
@@ -14,11 +13,6 @@ from portal.testing import assert_access_matrix, assert_constant_queries
 
 URL = "/api/v1/audit-events/"
 ALL_ROLES = ("anonymous", "outsider", "member", "tenant_admin", "cloud_admin")
-
-
-@pytest.fixture(autouse=True)
-def _fresh_throttles():
-    cache.clear()
 
 
 @pytest.fixture

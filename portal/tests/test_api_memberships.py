@@ -3,17 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from django.core.cache import cache
 
 from portal.models import AuditEvent, Membership, Tenant
-from portal.testing import assert_access_matrix, assert_constant_queries
+from portal.testing import assert_access_matrix, assert_constant_queries, assert_problem
 
 URL = "/api/v1/memberships/"
-
-
-@pytest.fixture(autouse=True)
-def _fresh_throttles():
-    cache.clear()
 
 
 @pytest.fixture
@@ -27,14 +21,6 @@ def detail(membership) -> str:
 
 def membership_of(actors, user) -> Membership:
     return Membership.objects.get(tenant=actors.tenant, user=user)
-
-
-def assert_problem(response, status: int) -> dict:
-    assert response.status_code == status, response.content
-    assert response["Content-Type"].startswith("application/problem+json")
-    body = response.json()
-    assert body["status"] == status
-    return body
 
 
 # ---------------------------------------------------------------- access matrix

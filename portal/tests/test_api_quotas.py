@@ -3,18 +3,12 @@
 from __future__ import annotations
 
 import pytest
-from django.core.cache import cache
 
 from portal.models import QUOTA_RESOURCES, AuditEvent, Membership, Quota, Tenant
 from portal.testing import assert_access_matrix, assert_constant_queries
 from vms.models import Flavor, Instance
 
 URL = "/api/v1/quotas/"
-
-
-@pytest.fixture(autouse=True)
-def _fresh_throttles():
-    cache.clear()
 
 
 def detail(tenant) -> str:

@@ -5,16 +5,10 @@ from __future__ import annotations
 import re
 
 import pytest
-from django.core.cache import cache
 from drf_spectacular.validation import validate_schema
 from rest_framework.test import APIClient
 
 ENDPOINTS = ("tenants", "memberships", "quotas", "flavors", "tokens", "audit-events")
-
-
-@pytest.fixture(autouse=True)
-def _fresh_throttles():
-    cache.clear()
 
 
 @pytest.fixture

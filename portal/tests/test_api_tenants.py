@@ -3,32 +3,16 @@
 from __future__ import annotations
 
 import pytest
-from django.core.cache import cache
 
 from portal.models import AuditEvent, Membership, Quota, Tenant
-from portal.testing import assert_access_matrix, assert_constant_queries
+from portal.testing import assert_access_matrix, assert_constant_queries, assert_problem
 from vms.models import Flavor, Instance
 
 URL = "/api/v1/tenants/"
 
 
-@pytest.fixture(autouse=True)
-def _fresh_throttles():
-    cache.clear()  # throttle counters live in the cache and user ids repeat across tests
-
-
 def detail(tenant) -> str:
     return f"{URL}{tenant.pk}/"
-
-
-def assert_problem(response, status: int) -> dict:
-    assert response.status_code == status, response.content
-    assert response["Content-Type"].startswith("application/problem+json")
-    body = response.json()
-    assert body["status"] == status
-    assert body["title"]
-    assert body["detail"]
-    return body
 
 
 # ---------------------------------------------------------------- access matrix

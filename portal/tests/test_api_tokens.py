@@ -5,20 +5,14 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from django.core.cache import cache
 from django.utils import timezone
 from rest_framework.test import APIClient
 
 from portal.models import ApiToken, AuditEvent
 from portal.services import create_api_token, revoke_api_token
-from portal.testing import assert_access_matrix, assert_constant_queries
+from portal.testing import assert_access_matrix, assert_constant_queries, assert_problem
 
 URL = "/api/v1/tokens/"
-
-
-@pytest.fixture(autouse=True)
-def _fresh_throttles():
-    cache.clear()
 
 
 def detail(token) -> str:
@@ -29,16 +23,6 @@ def bearer(raw: str) -> APIClient:
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Bearer {raw}")
     return client
-
-
-def assert_problem(response, status: int) -> dict:
-    assert response.status_code == status, response.content
-    assert response["Content-Type"].startswith("application/problem+json")
-    body = response.json()
-    assert body["status"] == status
-    assert body["title"]
-    assert body["detail"]
-    return body
 
 
 # ---------------------------------------------------------------- access matrix

@@ -3,18 +3,12 @@
 from __future__ import annotations
 
 import pytest
-from django.core.cache import cache
 
 from portal.models import AuditEvent
-from portal.testing import assert_access_matrix, assert_constant_queries
+from portal.testing import assert_access_matrix, assert_constant_queries, assert_problem
 from vms.models import Flavor, Instance
 
 URL = "/api/v1/flavors/"
-
-
-@pytest.fixture(autouse=True)
-def _fresh_throttles():
-    cache.clear()
 
 
 @pytest.fixture
@@ -37,14 +31,6 @@ def detail(flavor) -> str:
 def names(response) -> set[str]:
     assert response.status_code == 200, response.content
     return {row["name"] for row in response.json()["results"]}
-
-
-def assert_problem(response, status: int) -> dict:
-    assert response.status_code == status, response.content
-    assert response["Content-Type"].startswith("application/problem+json")
-    body = response.json()
-    assert body["status"] == status
-    return body
 
 
 # ---------------------------------------------------------------- access matrix
