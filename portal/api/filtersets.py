@@ -6,7 +6,10 @@ Filters that name a tenant only accept tenants the requester can see: any other 
 
 from __future__ import annotations
 
+from datetime import UTC
+
 import django_filters
+from django import forms
 from django.db.models import Q
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
@@ -15,6 +18,21 @@ from drf_spectacular.utils import extend_schema_field
 
 from portal.access import VIEW
 from portal.models import ApiToken, AuditEvent, Membership, Quota, Tenant
+
+
+class UtcIsoDateTimeRangeField(django_filters.fields.IsoDateTimeRangeField):
+    """ISO 8601 bounds, normalised to UTC: PostgreSQL refuses the offsets beyond ±15:59 that ISO text can carry."""
+
+    def compress(self, data_list):
+        try:
+            data_list = [value.astimezone(UTC) if value is not None else None for value in data_list or []]
+        except OverflowError as exc:
+            raise forms.ValidationError(_("The date is out of range."), code="invalid") from exc
+        return super().compress(data_list)
+
+
+class UtcIsoDateTimeFromToRangeFilter(django_filters.IsoDateTimeFromToRangeFilter):
+    field_class = UtcIsoDateTimeRangeField
 
 
 def visible_tenants(request):
@@ -83,7 +101,7 @@ class AuditEventFilter(django_filters.FilterSet):
     outcome = django_filters.ChoiceFilter(choices=AuditEvent.Outcome.choices, label=_("outcome"))
     username = django_filters.CharFilter(label=_("username"))
     target_type = django_filters.CharFilter(label=_("target type"))
-    created_at = django_filters.IsoDateTimeFromToRangeFilter(
+    created_at = UtcIsoDateTimeFromToRangeFilter(
         label=_("time"), help_text=_("Use created_at_after and/or created_at_before (ISO 8601).")
     )
 

@@ -4,6 +4,7 @@ from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 from rest_framework.routers import DefaultRouter
 
+from images.api import views as images_views
 from portal.api import views as portal_views
 from vms.api import views as vms_views
 
@@ -14,6 +15,8 @@ router.register("quotas", portal_views.QuotaViewSet, basename="quota")
 router.register("tokens", portal_views.ApiTokenViewSet, basename="apitoken")
 router.register("audit-events", portal_views.AuditEventViewSet, basename="auditevent")
 router.register("flavors", vms_views.FlavorViewSet, basename="flavor")
+router.register("operations", vms_views.OperationViewSet, basename="operation")
+router.register("images", images_views.ImageViewSet, basename="image")
 
 urlpatterns = [
     path("schema/", SpectacularAPIView.as_view(), name="api-schema"),

@@ -123,3 +123,17 @@ def test_list_has_constant_queries(actors, role):
             record_audit(user=actors.member, action="test.event", target=actors.tenant, tenant=actors.tenant)
 
     assert_constant_queries(make_rows, lambda: client.get(URL), budget=8)
+
+
+@pytest.mark.parametrize(
+    ("bound", "status"),
+    [
+        ("0327-05-18T10:28:31.54+21:06", 200),  # an offset PostgreSQL would refuse as it is
+        ("0001-01-01T00:00:00+14:00", 400),  # before year 1 in UTC
+        ("not-a-date", 400),
+    ],
+)
+def test_created_at_bounds_with_odd_offsets(actors, bound, status):
+    client = actors.client("cloud_admin")
+    response = client.get(URL, {"created_at_after": bound})
+    assert response.status_code == status, response.content

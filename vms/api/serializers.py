@@ -8,7 +8,7 @@ from rest_framework import serializers
 from portal.access import is_cloud_admin
 from portal.api.serializers import MAX_INT32
 from portal.models import Tenant
-from vms.models import Flavor
+from vms.models import Flavor, Operation
 
 
 class FlavorSerializer(serializers.ModelSerializer):
@@ -53,3 +53,32 @@ class FlavorSerializer(serializers.ModelSerializer):
         if not is_cloud_admin(getattr(request, "user", None)):
             fields.pop("tenants")  # users do not learn who else a private flavor is shared with
         return fields
+
+
+class OperationSerializer(serializers.ModelSerializer):
+    """A long action run by the workers (image processing, copies to hosts, boots…) and its progress."""
+
+    user = serializers.CharField(
+        source="user.username", read_only=True, allow_null=True, help_text=_("Username of who started it.")
+    )
+
+    class Meta:
+        model = Operation
+        fields = [
+            "id",
+            "uuid",
+            "kind",
+            "tenant",
+            "user",
+            "target_type",
+            "target_id",
+            "target_repr",
+            "state",
+            "progress",
+            "message",
+            "error",
+            "created_at",
+            "started_at",
+            "finished_at",
+        ]
+        read_only_fields = fields

@@ -1,0 +1,183 @@
+"""Serializers of the image API. They shape and validate data only: writes go through images.services."""
+
+from __future__ import annotations
+
+from django.urls import reverse
+from django.utils.translation import gettext_lazy as _
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+from images.models import Image
+from portal.access import MEMBER_ROLES, is_cloud_admin, tenant_ids_for
+from portal.api.serializers import MAX_INT32, VisibleTenantField
+from portal.models import Tenant
+from vms.models import Host
+
+# Sizes are stored in 64-bit columns.
+MAX_BYTES = 2**63 - 1
+MAX_ID = 2**63 - 1
+
+
+class ImageSerializer(serializers.ModelSerializer):
+    """An image or installer ISO of the catalogue."""
+
+    owner = serializers.CharField(
+        source="owner.username", read_only=True, allow_null=True, help_text=_("Username of who created the image.")
+    )
+    shared_with = serializers.SerializerMethodField(
+        help_text=_(
+            "Ids of the tenants the image is shared with; null unless you are a member of the owner tenant "
+            "(or a cloud admin)."
+        )
+    )
+    stored_format = serializers.CharField(
+        read_only=True, help_text=_("Format of the stored file: qcow2, or iso for an ISO; empty until processed.")
+    )
+    source_url = serializers.CharField(read_only=True, help_text=_("The URL an import came from; empty for uploads."))
+    upload_url = serializers.SerializerMethodField(
+        help_text=_("Where to PUT the file (resumable, `Content-Range`) and to GET it back once active.")
+    )
+
+    class Meta:
+        model = Image
+        fields = [
+            "id",
+            "uuid",
+            "name",
+            "description",
+            "tenant",
+            "owner",
+            "visibility",
+            "shared_with",
+            "kind",
+            "disk_format",
+            "stored_format",
+            "size",
+            "virtual_size",
+            "sha256",
+            "min_disk_gib",
+            "min_ram_mib",
+            "os_type",
+            "cloud_init",
+            "protected",
+            "status",
+            "failure_reason",
+            "received_bytes",
+            "source_url",
+            "created_at",
+            "updated_at",
+            "upload_url",
+        ]
+        read_only_fields = fields
+        extra_kwargs = {"tenant": {"help_text": _("Id of the owner tenant; null for images provided by the cloud.")}}
+
+    def _member_tenant_ids(self) -> set[int]:
+        """The requester's tenants, looked up once per response (the context is shared by a list's rows)."""
+        key = "_image_member_tenant_ids"
+        if key not in self.context:
+            request = self.context.get("request")
+            user = getattr(request, "user", None)
+            ids: set[int] = set()
+            if user is not None and user.is_authenticated:
+                ids = set(tenant_ids_for(user, MEMBER_ROLES).values_list("tenant_id", flat=True))
+            self.context[key] = ids
+        return self.context[key]
+
+    def _sees_sharing(self, image: Image) -> bool:
+        request = self.context.get("request")
+        if is_cloud_admin(getattr(request, "user", None)):
+            return True
+        return image.tenant_id is not None and image.tenant_id in self._member_tenant_ids()
+
+    @extend_schema_field(serializers.ListField(child=serializers.IntegerField(), allow_null=True))
+    def get_shared_with(self, image: Image) -> list[int] | None:
+        if not self._sees_sharing(image):
+            return None
+        return sorted(tenant.pk for tenant in image.shared_with.all())  # prefetched by the view
+
+    @extend_schema_field(OpenApiTypes.STR)
+    def get_upload_url(self, image: Image) -> str:
+        return reverse("image-file", args=[image.pk])
+
+
+class ImageMetadataSerializer(serializers.Serializer):
+    """Descriptive fields shared by creation and import."""
+
+    description = serializers.CharField(max_length=255, required=False, allow_blank=True, default="")
+    visibility = serializers.ChoiceField(
+        choices=Image.Visibility.choices,
+        default=Image.Visibility.PRIVATE,
+        help_text=_("“public” is for cloud admins; share with chosen tenants through /share/."),
+    )
+    kind = serializers.ChoiceField(
+        choices=Image.Kind.choices, required=False, help_text=_("Derived from the disk format when omitted.")
+    )
+    min_disk_gib = serializers.IntegerField(min_value=0, max_value=MAX_INT32, default=0)
+    min_ram_mib = serializers.IntegerField(min_value=0, max_value=MAX_INT32, default=0)
+    os_type = serializers.ChoiceField(choices=Image.OsType.choices, default=Image.OsType.LINUX)
+    cloud_init = serializers.BooleanField(default=False)
+    protected = serializers.BooleanField(default=False)
+
+
+class ImageCreateSerializer(ImageMetadataSerializer):
+    tenant = VisibleTenantField(
+        required=False,
+        allow_null=True,
+        help_text=_("Owner tenant (one of yours). Only cloud admins may omit it, for an image of the cloud."),
+    )
+    name = serializers.CharField(max_length=100)
+    disk_format = serializers.ChoiceField(choices=Image.DiskFormat.choices)
+    size = serializers.IntegerField(
+        min_value=1, max_value=MAX_BYTES, help_text=_("Size of the file you will upload, in bytes.")
+    )
+
+
+class ImageImportSerializer(ImageMetadataSerializer):
+    tenant = VisibleTenantField(
+        required=False,
+        allow_null=True,
+        help_text=_("Owner tenant (one of yours). Only cloud admins may omit it, for an image of the cloud."),
+    )
+    name = serializers.CharField(max_length=100)
+    url = serializers.URLField(max_length=1000, help_text=_("An http:// or https:// URL the worker downloads."))
+    disk_format = serializers.ChoiceField(choices=Image.DiskFormat.choices)
+
+
+class ImageUpdateSerializer(serializers.Serializer):
+    name = serializers.CharField(max_length=100, required=False)
+    description = serializers.CharField(max_length=255, required=False, allow_blank=True)
+    visibility = serializers.ChoiceField(choices=Image.Visibility.choices, required=False)
+    min_disk_gib = serializers.IntegerField(min_value=0, max_value=MAX_INT32, required=False)
+    min_ram_mib = serializers.IntegerField(min_value=0, max_value=MAX_INT32, required=False)
+    os_type = serializers.ChoiceField(choices=Image.OsType.choices, required=False)
+    cloud_init = serializers.BooleanField(required=False)
+    protected = serializers.BooleanField(required=False)
+
+
+@extend_schema_field({"oneOf": [{"type": "integer", "minimum": 1}, {"type": "string", "maxLength": 100}]})
+class TenantReferenceField(serializers.CharField):
+    """A tenant named by its id or its slug (JSON number or string)."""
+
+
+class ImageShareSerializer(serializers.Serializer):
+    tenant = TenantReferenceField(max_length=100, help_text=_("Id or slug of any enabled tenant."))
+
+    def validate_tenant(self, value: str) -> Tenant:
+        tenants = Tenant.objects.filter(enabled=True)
+        if value.isdigit():
+            tenant = tenants.filter(pk=int(value)).first() if int(value) <= MAX_ID else None
+        else:
+            tenant = tenants.filter(slug=value).first()
+        if tenant is None:
+            raise serializers.ValidationError(_("There is no enabled tenant “%(tenant)s”.") % {"tenant": value})
+        return tenant
+
+
+class ImageDistributeSerializer(serializers.Serializer):
+    host = serializers.PrimaryKeyRelatedField(queryset=Host.objects.all(), help_text=_("Id of the host."))
+
+
+class UploadProgressSerializer(serializers.Serializer):
+    received_bytes = serializers.IntegerField(help_text=_("Bytes stored so far: where the next chunk starts."))
+    status = serializers.ChoiceField(choices=Image.Status.choices)
