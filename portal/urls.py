@@ -7,4 +7,5 @@ urlpatterns = [
     path("api/v1/", include("portal.api.urls")),
     path("", include("portal.dashboard_urls")),
     path("", include("vms.urls")),
+    path("", include("images.urls")),
 ]

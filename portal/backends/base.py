@@ -1,11 +1,26 @@
-"""The driver-facing vocabulary: frozen dataclasses in and out, and the errors drivers raise."""
+"""The driver-facing vocabulary: frozen dataclasses in and out, and the errors drivers raise.
+
+Drivers (``portal/backends/*``) take and return these plain values and never import models; the
+services translate model rows into specs (``InstanceSpec``) and facts (``InstanceState``) back
+into rows.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Protocol, runtime_checkable
 
 ProgressCallback = Callable[[int], None]  # percent 0..100
+
+VIRT_TYPES = ("kvm", "qemu")  # qemu = TCG (software emulation)
+CPU_MODES = ("host-model", "host-passthrough", "default", "custom")
+OS_TYPES = ("linux", "windows", "other")
+POWER_STATES = ("running", "paused", "shutoff", "crashed", "building", "unknown")
+DISK_DEVICES = ("disk", "cdrom")
+DISK_BUSES = ("virtio", "sata", "ide", "scsi", "usb")
+NIC_MODELS = ("virtio", "e1000", "e1000e", "rtl8139")
 
 
 class BackendError(Exception):
@@ -20,6 +35,15 @@ class HostUnreachable(BackendError):
     pass
 
 
+class NotFound(BackendError):
+    """The domain, volume, pool or snapshot does not exist (any more) on the host."""
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(message)
+
+
 @dataclass(frozen=True)
 class VolumeRef:
     """A storage volume on a host: pool name, volume name and its path there."""
@@ -29,3 +53,202 @@ class VolumeRef:
     path: str
     capacity: int
     allocation: int
+
+
+@dataclass(frozen=True)
+class DiskSpec:
+    """One disk or CD-ROM of an instance.
+
+    The source is either a file ``path`` on the host or a libvirt storage ``pool`` + ``volume``
+    (preferred: works the same on remote hosts). A CD-ROM may have no source at all (empty tray).
+    ``bus`` and ``target`` left as ``None`` are filled in by the domain builder from the
+    instance's OS type (see ``portal.backends.libvirt.domain.resolve``). ``boot_order`` is the
+    per-device ``<boot order='N'/>``: 1 boots first, ``None`` is not bootable.
+    """
+
+    device: str = "disk"
+    path: str | None = None
+    pool: str | None = None
+    volume: str | None = None
+    format: str | None = None  # qcow2 for disks, raw for CD-ROMs when None
+    bus: str | None = None
+    target: str | None = None  # vda, sda, hdc…
+    readonly: bool = False
+    boot_order: int | None = None
+
+    def __post_init__(self) -> None:
+        _check(self.device in DISK_DEVICES, f"disk device must be one of {DISK_DEVICES}, not {self.device!r}")
+        _check(self.bus is None or self.bus in DISK_BUSES, f"disk bus must be one of {DISK_BUSES}, not {self.bus!r}")
+        _check(
+            self.path is None or (self.pool is None and self.volume is None),
+            "a disk has either a path or a pool/volume, not both",
+        )
+        _check((self.pool is None) == (self.volume is None), "pool and volume go together")
+        _check(
+            self.device == "cdrom" or self.path is not None or self.volume is not None,
+            "a disk needs a path or a pool/volume (only a CD-ROM may be empty)",
+        )
+        _check(self.boot_order is None or self.boot_order >= 1, "boot_order starts at 1")
+
+    @property
+    def empty(self) -> bool:
+        return self.path is None and self.volume is None
+
+
+@dataclass(frozen=True)
+class InstanceSpec:
+    """Everything a driver needs to define an instance (a libvirt domain).
+
+    Memory: ``memory_mib`` is what the guest gets now (balloon target, ``<currentMemory>``),
+    ``max_memory_mib`` the ceiling a live ``set_memory`` may grow to (``<memory>``); vCPUs likewise
+    (``<vcpu current=…>max</vcpu>``). ``None`` maxima mean "same as current".
+
+    Device models: ``disk_bus``/``nic_model`` left as ``None`` follow ``os_type`` — virtio disk and
+    NIC for linux and other; SATA disks and an e1000 NIC for windows (which has no virtio drivers
+    out of the box). Set them to ``"virtio"`` for a Windows image with the virtio drivers.
+
+    ``metadata`` (str → str, e.g. tenant and instance ids) is stored in the domain XML under
+    labcloud's own namespace and read back by the parser; it is frozen into a read-only mapping.
+    """
+
+    uuid: str
+    name: str
+    title: str = ""
+    description: str = ""
+    vcpus: int = 1
+    max_vcpus: int | None = None
+    memory_mib: int = 512
+    max_memory_mib: int | None = None
+    virt_type: str = "kvm"
+    cpu_mode: str = "default"
+    cpu_model: str | None = None  # for cpu_mode "custom"
+    os_type: str = "linux"
+    machine: str = "pc"
+    arch: str = "x86_64"
+    disk_bus: str | None = None
+    nic_model: str | None = None
+    disks: tuple[DiskSpec, ...] = ()
+    network: str | None = None  # libvirt network name; None = no NIC at all
+    mac_address: str | None = None
+    vnc_listen: str = "127.0.0.1"
+    vnc_password: str | None = None
+    serial_log: str | None = None  # host path the serial console is also logged to
+    memballoon: bool = True
+    metadata: Mapping[str, str] = field(default_factory=dict, hash=False)
+
+    def __post_init__(self) -> None:
+        _check(bool(self.uuid), "uuid is required")
+        _check(bool(self.name) and "/" not in self.name, "name must be non-empty and contain no '/'")
+        _check("\n" not in self.title and "\r" not in self.title, "title must be a single line")
+        _check(self.vcpus >= 1, "vcpus must be at least 1")
+        _check(self.max_vcpus is None or self.max_vcpus >= self.vcpus, "max_vcpus must be at least vcpus")
+        _check(self.memory_mib >= 1, "memory_mib must be positive")
+        _check(
+            self.max_memory_mib is None or self.max_memory_mib >= self.memory_mib,
+            "max_memory_mib must be at least memory_mib",
+        )
+        _check(self.virt_type in VIRT_TYPES, f"virt_type must be one of {VIRT_TYPES}, not {self.virt_type!r}")
+        _check(self.cpu_mode in CPU_MODES, f"cpu_mode must be one of {CPU_MODES}, not {self.cpu_mode!r}")
+        _check(self.cpu_mode != "custom" or bool(self.cpu_model), "cpu_mode 'custom' needs a cpu_model")
+        _check(self.os_type in OS_TYPES, f"os_type must be one of {OS_TYPES}, not {self.os_type!r}")
+        _check(self.disk_bus is None or self.disk_bus in DISK_BUSES, f"disk_bus must be one of {DISK_BUSES}")
+        _check(self.nic_model is None or self.nic_model in NIC_MODELS, f"nic_model must be one of {NIC_MODELS}")
+        _check(
+            self.vnc_password is None or len(self.vnc_password.encode()) <= 8,
+            "vnc_password has at most 8 bytes (UTF-8): all VNC authentication uses",
+        )
+        _check(all(isinstance(d, DiskSpec) for d in self.disks), "disks must be DiskSpec values")
+        _check(
+            all(isinstance(k, str) and isinstance(v, str) for k, v in self.metadata.items()),
+            "metadata maps str to str",
+        )
+        object.__setattr__(self, "disks", tuple(self.disks))
+        object.__setattr__(self, "metadata", MappingProxyType(dict(self.metadata)))
+
+    @property
+    def effective_max_vcpus(self) -> int:
+        return self.max_vcpus if self.max_vcpus is not None else self.vcpus
+
+    @property
+    def effective_max_memory_mib(self) -> int:
+        return self.max_memory_mib if self.max_memory_mib is not None else self.memory_mib
+
+
+@dataclass(frozen=True)
+class InstanceState:
+    """What the hypervisor says about an instance right now (fact, not intent)."""
+
+    uuid: str
+    name: str
+    state: str  # one of POWER_STATES
+    reason: str = ""
+    vcpus: int = 0
+    memory_mib: int = 0
+    vnc_host: str | None = None
+    vnc_port: int | None = None
+
+
+@dataclass(frozen=True)
+class HostCapacity:
+    """A host's size and use; the pool numbers are those of the pool asked for (None without one)."""
+
+    hostname: str
+    cpus: int
+    memory_mib: int
+    free_memory_mib: int
+    virt_types: tuple[str, ...]
+    libvirt_version: str
+    hypervisor_version: str
+    arch: str = ""
+    pool: str | None = None
+    pool_capacity: int | None = None
+    pool_allocation: int | None = None
+    pool_available: int | None = None
+
+
+@dataclass(frozen=True)
+class ConsoleTarget:
+    """Where the console proxy connects to reach an instance's VNC server."""
+
+    host: str
+    port: int
+    password: str | None = None
+
+
+@dataclass(frozen=True)
+class SnapshotInfo:
+    name: str
+    description: str = ""
+    created: int = 0  # Unix time
+    state: str = ""  # the domain state the snapshot captured: running, shutoff…
+    parent: str | None = None
+    current: bool = False
+
+
+@runtime_checkable
+class ComputeBackend(Protocol):
+    """The operations every compute driver offers; instances are addressed by UUID."""
+
+    def capacity(self) -> HostCapacity: ...
+
+    def define(self, spec: InstanceSpec) -> InstanceState: ...
+
+    def start(self, uuid: str) -> InstanceState: ...
+
+    def shutdown(self, uuid: str) -> InstanceState: ...
+
+    def power_off(self, uuid: str) -> InstanceState: ...
+
+    def reboot(self, uuid: str) -> InstanceState: ...
+
+    def pause(self, uuid: str) -> InstanceState: ...
+
+    def resume(self, uuid: str) -> InstanceState: ...
+
+    def undefine(self, uuid: str) -> bool: ...
+
+    def state(self, uuid: str) -> InstanceState: ...
+
+    def list_instances(self) -> list[InstanceState]: ...
+
+    def console_target(self, uuid: str) -> ConsoleTarget: ...

@@ -1,0 +1,396 @@
+"""Dashboard pages of the image catalogue.
+
+Reads go through the access gate (``Image.objects.restrict`` via the selectors), writes
+through images.services; a ``ServiceError`` is shown to the user and changes nothing.
+Uploads are sent by static/images/upload.js to the REST API in resumable chunks; the
+upload view's own POST is the fallback for browsers without JavaScript (small files).
+Pages with images in progress poll a small htmx partial every 2 s.
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
+from django.core.paginator import Paginator
+from django.db import transaction
+from django.http import Http404, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import NoReverseMatch, reverse
+from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy, pgettext
+from django.views.decorators.http import require_GET, require_POST
+
+from images import services
+from images.forms import DistributeForm, ImageEditForm, ImageImportForm, ImageUploadForm, ShareForm
+from images.models import Image
+from images.selectors import images_for, visible_to_tenant
+from portal.access import CHANGE, DELETE, VIEW, is_cloud_admin
+from portal.models import Tenant
+from portal.services import ServiceError
+from portal.views import client_ip, current_tenant
+from vms.selectors import hosts_for, operations_for_target
+
+FINAL_STATUSES = frozenset({Image.Status.ACTIVE, Image.Status.FAILED})
+UPLOAD_CHUNK_BYTES = 8 * 1024 * 1024
+# Largest file the plain form (no JavaScript) accepts; Django spools it to a temporary file first.
+FALLBACK_UPLOAD_LIMIT = 2 * 1024**3
+PAGE_SIZE = 50
+OPERATIONS_SHOWN = 10
+
+
+def _api_url(name: str, fallback: str, *args) -> str:
+    """A URL of the REST API by route name, or its documented path while the route is not registered."""
+    try:
+        return reverse(name, args=args)
+    except NoReverseMatch:
+        return fallback
+
+
+def _image_for(request, pk: int, action: str = VIEW) -> Image:
+    """An image the user may see (else 404) and perform ``action`` on (else 403)."""
+    image = get_object_or_404(images_for(user=request.user), pk=pk)
+    if action != VIEW and not Image.objects.restrict(request.user, action).filter(pk=pk).exists():
+        raise PermissionDenied
+    return image
+
+
+def _is_htmx(request) -> bool:
+    return request.headers.get("HX-Request") == "true"
+
+
+# ---------------------------------------------------------------- list
+
+
+FILTERS = {
+    "kind": (gettext_lazy("Kind"), Image.Kind.choices),
+    "status": (gettext_lazy("Status"), Image.Status.choices),
+    "visibility": (gettext_lazy("Visibility"), Image.Visibility.choices),
+}
+
+
+@login_required
+@require_GET
+def image_list(request):
+    tenant = current_tenant(request)
+    staff = is_cloud_admin(request.user)
+    images = images_for(user=request.user)
+    if not staff:
+        # Everyone else sees the catalogue as their active tenant does: its own, shared with it, public.
+        if tenant is None:
+            images = images.none()
+        else:
+            images = images.filter(pk__in=Image.objects.filter(visible_to_tenant(tenant_id=tenant.pk)).values("pk"))
+    filters = []
+    for name, (label, choices) in FILTERS.items():
+        value = request.GET.get(name, "")
+        if value not in dict(choices):
+            value = ""
+        if value:
+            images = images.filter(**{name: value})
+        filters.append({"name": name, "label": label, "choices": choices, "value": value})
+    query = request.GET.get("q", "").strip()[:100]
+    if query:
+        images = images.filter(name__icontains=query)
+    page = Paginator(images.order_by("name", "id"), PAGE_SIZE).get_page(request.GET.get("page"))
+    rows = list(page.object_list)
+    context = {
+        "tenant": tenant,
+        "staff": staff,
+        "page": page,
+        "images": rows,
+        "live": any(image.status not in FINAL_STATUSES for image in rows),
+        "filtered": bool(query or any(f["value"] for f in filters)),
+        "query": query,
+        "filters": filters,
+        "can_add": staff or tenant is not None,
+    }
+    if _is_htmx(request):
+        return render(request, "images/_image_rows.html", context)
+    return render(request, "images/list.html", context)
+
+
+# ---------------------------------------------------------------- upload and import
+
+
+@login_required
+def image_upload(request):
+    tenant = current_tenant(request)
+    staff = is_cloud_admin(request.user)
+    if tenant is None and not staff:
+        return render(request, "images/upload.html", {"tenant": None, "form": None})
+    form_kwargs = {"tenant": tenant, "staff": staff, "fallback_limit": FALLBACK_UPLOAD_LIMIT}
+    if request.method == "POST":
+        form = ImageUploadForm(request.POST, request.FILES, **form_kwargs)
+        if form.is_valid():
+            image = _upload_without_javascript(request, form)
+            if image is not None:
+                messages.success(request, _("Image “%(name)s” uploaded; it is being checked.") % {"name": image.name})
+                return redirect("image_detail", pk=image.pk)
+    else:
+        form = ImageUploadForm(**form_kwargs)
+    return render(
+        request,
+        "images/upload.html",
+        {
+            "tenant": tenant,
+            "form": form,
+            "chunk_size": UPLOAD_CHUNK_BYTES,
+            "fallback_limit": FALLBACK_UPLOAD_LIMIT,
+            "upload_limit": settings.LABCLOUD_IMAGE_MAX_UPLOAD_BYTES,
+            "upload_text": _upload_text(),
+            "api_images_url": _api_url("image-list", "/api/v1/images/"),
+            "detail_url_template": reverse("image_detail", args=[0]),
+        },
+    )
+
+
+def _upload_text() -> dict[str, str]:
+    """Messages of static/images/upload.js, translated here ({placeholders} are filled in by the script)."""
+    return {
+        "chooseFile": _("Choose a file to upload."),
+        "creating": _("Creating the image…"),
+        "uploading": _("Uploading…"),
+        "bytes": _("{sent} of {total}"),
+        "speed": _("{speed}/s"),
+        "eta": _("· {time} left"),
+        "retrying": _("Connection problem; retrying this chunk ({attempt} of {max})…"),
+        "resuming": _("Resuming at {sent}…"),
+        "finishing": _("Upload complete. The image is being checked…"),
+        "cancelling": _("Cancelling…"),
+        "cancelled": _("The upload was cancelled and the image deleted."),
+        "failed": _("The upload failed: {error}"),
+        "network": _("The server could not be reached."),
+        "upload": _("Upload"),
+        "resume": _("Resume upload"),
+        "leave": _("The upload is still running. Leave the page and stop it?"),
+        "units": [
+            pgettext("file size unit", "B"),
+            pgettext("file size unit", "KB"),
+            pgettext("file size unit", "MB"),
+            pgettext("file size unit", "GB"),
+            pgettext("file size unit", "TB"),
+        ],
+    }
+
+
+def _upload_without_javascript(request, form: ImageUploadForm) -> Image | None:
+    """The plain form: create the image and store the posted file as its one and only chunk."""
+    upload = form.cleaned_data["file"]
+    image = None
+    try:
+        with transaction.atomic():
+            image = services.create_image(
+                actor=request.user,
+                tenant=form.owner_tenant(),
+                name=form.cleaned_data["name"],
+                disk_format=form.cleaned_data["disk_format"],
+                size=upload.size,
+                ip=client_ip(request),
+                **form.options(),
+            )
+            upload.seek(0)
+            image = services.receive_chunk(
+                actor=request.user, image=image, stream=upload, offset=0, length=upload.size, ip=client_ip(request)
+            )
+    except ServiceError as exc:
+        if image is not None:
+            image.partial_path.unlink(missing_ok=True)
+        form.add_service_error(exc)
+        return None
+    return image
+
+
+@login_required
+def image_import(request):
+    tenant = current_tenant(request)
+    staff = is_cloud_admin(request.user)
+    if tenant is None and not staff:
+        return render(request, "images/import.html", {"tenant": None, "form": None})
+    if request.method == "POST":
+        form = ImageImportForm(request.POST, tenant=tenant, staff=staff)
+        if form.is_valid():
+            try:
+                image = services.import_image(
+                    actor=request.user,
+                    tenant=form.owner_tenant(),
+                    name=form.cleaned_data["name"],
+                    url=form.cleaned_data["url"],
+                    disk_format=form.cleaned_data["disk_format"],
+                    ip=client_ip(request),
+                    **form.options(),
+                )
+            except ServiceError as exc:
+                form.add_service_error(exc)
+            else:
+                messages.success(
+                    request, _("Import of “%(name)s” queued: the file is being downloaded.") % {"name": image.name}
+                )
+                return redirect("image_detail", pk=image.pk)
+    else:
+        form = ImageImportForm(tenant=tenant, staff=staff)
+    return render(request, "images/import.html", {"tenant": tenant, "form": form})
+
+
+# ---------------------------------------------------------------- detail
+
+
+def _live_context(request, image: Image) -> dict:
+    operations = list(operations_for_target(user=request.user, target=image)[:OPERATIONS_SHOWN])
+    busy = image.status not in FINAL_STATUSES or any(not op.finished for op in operations)
+    upload_percent = 0
+    if image.size:
+        upload_percent = min(100, image.received_bytes * 100 // image.size)
+    return {"image": image, "operations": operations, "live": busy, "upload_percent": upload_percent}
+
+
+def _render_detail(request, image: Image, *, status: int = 200, **forms) -> HttpResponse:
+    user = request.user
+    staff = is_cloud_admin(user)
+    can_change = Image.objects.restrict(user, CHANGE).filter(pk=image.pk).exists()
+    can_delete = Image.objects.restrict(user, DELETE).filter(pk=image.pk).exists()
+    context = {
+        **_live_context(request, image),
+        "staff": staff,
+        "can_change": can_change,
+        "can_delete": can_delete,
+        # Downloads are for the owner tenant's members and cloud admins (as in the API): the CHANGE audience.
+        "can_download": can_change and image.status == Image.Status.ACTIVE,
+        "download_url": _api_url("image-file", f"/api/v1/images/{image.pk}/file/", image.pk),
+        "shared_with": list(image.shared_with.order_by("name")),
+    }
+    if can_change:
+        context["edit_form"] = forms.get("edit_form") or ImageEditForm(image=image, staff=staff)
+        context["share_form"] = forms.get("share_form") or ShareForm()
+    if staff:
+        hosts = hosts_for(user=user).filter(enabled=True)
+        context["distribute_form"] = forms.get("distribute_form") or DistributeForm(hosts=hosts)
+        context["has_hosts"] = hosts.exists()
+        context["replicas"] = list(image.replicas.select_related("host").order_by("host__name"))
+    return render(request, "images/detail.html", context, status=status)
+
+
+@login_required
+@require_GET
+def image_detail(request, pk: int):
+    image = get_object_or_404(images_for(user=request.user).select_related("owner"), pk=pk)
+    return _render_detail(request, image)
+
+
+@login_required
+@require_GET
+def image_live(request, pk: int):
+    """The polled part of the detail page: status, failure reason and operations with their progress.
+
+    When nothing is in progress any more, the page reloads itself (``HX-Refresh``) so every
+    fact that processing changed (size, checksum, formats) is shown.
+    """
+    image = images_for(user=request.user).filter(pk=pk).first()
+    if image is None:
+        if _is_htmx(request):
+            response = HttpResponse(status=200)
+            response["HX-Redirect"] = reverse("images")
+            return response
+        raise Http404
+    context = _live_context(request, image)
+    response = render(request, "images/_image_live.html", context)
+    if not context["live"] and _is_htmx(request):
+        response["HX-Refresh"] = "true"
+    return response
+
+
+# ---------------------------------------------------------------- actions
+
+
+@login_required
+@require_POST
+def image_edit(request, pk: int):
+    image = _image_for(request, pk, CHANGE)
+    form = ImageEditForm(request.POST, image=image, staff=is_cloud_admin(request.user))
+    if form.is_valid():
+        changes = form.changes()
+        if not changes:
+            messages.info(request, _("Nothing was changed."))
+            return redirect("image_detail", pk=image.pk)
+        try:
+            services.update_image(actor=request.user, image=image, ip=client_ip(request), **changes)
+        except ServiceError as exc:
+            form.add_service_error(exc)
+            image.refresh_from_db()
+        else:
+            messages.success(request, _("Image “%(name)s” has been saved.") % {"name": image.name})
+            return redirect("image_detail", pk=image.pk)
+    return _render_detail(request, image, edit_form=form)
+
+
+@login_required
+@require_POST
+def image_share(request, pk: int):
+    image = _image_for(request, pk, CHANGE)
+    form = ShareForm(request.POST)
+    if form.is_valid():
+        slug = form.cleaned_data["tenant"]
+        # Sharing addresses tenants the user cannot see, by their slug (like a project id elsewhere).
+        tenant = Tenant.objects.filter(slug=slug, enabled=True).first()
+        try:
+            if tenant is None:
+                raise ServiceError(_("There is no tenant “%(slug)s”.") % {"slug": slug}, field="tenant")
+            services.share_image(actor=request.user, image=image, tenant=tenant, ip=client_ip(request))
+        except ServiceError as exc:
+            form.add_service_error(exc)
+        else:
+            messages.success(
+                request,
+                _("Image “%(name)s” is now shared with %(tenant)s.") % {"name": image.name, "tenant": tenant.name},
+            )
+            return redirect("image_detail", pk=image.pk)
+    return _render_detail(request, image, share_form=form)
+
+
+@login_required
+@require_POST
+def image_unshare(request, pk: int, tenant_pk: int):
+    image = _image_for(request, pk, CHANGE)
+    tenant = get_object_or_404(image.shared_with.all(), pk=tenant_pk)
+    services.unshare_image(actor=request.user, image=image, tenant=tenant, ip=client_ip(request))
+    messages.success(
+        request,
+        _("Image “%(name)s” is no longer shared with %(tenant)s.") % {"name": image.name, "tenant": tenant.name},
+    )
+    return redirect("image_detail", pk=image.pk)
+
+
+@login_required
+@require_POST
+def image_delete(request, pk: int):
+    image = _image_for(request, pk, DELETE)
+    name = image.name
+    try:
+        services.delete_image(actor=request.user, image=image, ip=client_ip(request))
+    except ServiceError as exc:
+        messages.error(request, exc.message)
+        return redirect("image_detail", pk=pk)
+    messages.success(request, _("Image “%(name)s” has been deleted.") % {"name": name})
+    return redirect("images")
+
+
+@login_required
+@require_POST
+def image_distribute(request, pk: int):
+    image = _image_for(request, pk)
+    if not is_cloud_admin(request.user):
+        raise PermissionDenied
+    form = DistributeForm(request.POST, hosts=hosts_for(user=request.user).filter(enabled=True))
+    if form.is_valid():
+        host = form.cleaned_data["host"]
+        try:
+            services.request_distribution(actor=request.user, image=image, host=host, ip=client_ip(request))
+        except ServiceError as exc:
+            form.add_service_error(exc)
+        else:
+            messages.success(
+                request, _("Copying “%(name)s” to %(host)s has been queued.") % {"name": image.name, "host": host.name}
+            )
+            return redirect("image_detail", pk=image.pk)
+    return _render_detail(request, image, distribute_form=form)

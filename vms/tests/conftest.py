@@ -1,0 +1,146 @@
+"""Fixtures for the libvirt driver tests.
+
+- ``test_driver``: the driver on libvirt's in-memory ``test:///default`` (fast; its state lives in
+  this process and is shared by every connection, so the fixture removes every ``lctest-`` domain
+  and volume it left behind).
+- ``lctest_host``: the driver on the real ``qemu:///system`` with a private transient dir pool
+  (``lctest-pool-…`` in a 0755 folder under /var/tmp, so QEMU and virtlogd can use it whatever
+  user they run as) and a tracker; on teardown, also after failures, it destroys and undefines
+  every domain it was told about or whose name starts with its own prefix, deletes the volumes
+  and the pool, and removes the folder.
+- ``guest_media``: the tiny test guests (from images/tests/conftest.py).
+
+Tests that boot real guests are marked ``libvirt_guests``; they do not depend on the database, so
+the PostgreSQL pass of scripts/test.sh deselects them (they already ran in the SQLite pass).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import secrets
+import shutil
+import tempfile
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import libvirt
+import pytest
+
+from images.tests.conftest import guest_media  # noqa: F401 - re-exported fixture
+from portal.backends.libvirt.connection import connect
+from portal.backends.libvirt.driver import LibvirtDriver
+
+PREFIX = "lctest-"
+QEMU_URI = "qemu:///system"
+TEST_URI = "test:///default"
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "libvirt_guests: boots real guests on qemu:///system under TCG (slow)")
+
+
+def pytest_collection_modifyitems(config, items):
+    from django.conf import settings
+
+    if not settings.DATABASES["default"]["ENGINE"].endswith("postgresql"):
+        return
+    selected, deselected = [], []
+    for item in items:
+        (deselected if item.get_closest_marker("libvirt_guests") else selected).append(item)
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = selected
+
+
+def fake_ssh_key(comment: str) -> str:
+    """A well-formed (but unused) ed25519 public key line."""
+    blob = b"\x00\x00\x00\x0bssh-ed25519\x00\x00\x00\x20" + secrets.token_bytes(32)
+    return f"ssh-ed25519 {base64.b64encode(blob).decode()} {comment}"
+
+
+def _remove_domain(conn: libvirt.virConnect, dom: libvirt.virDomain) -> None:
+    with contextlib.suppress(libvirt.libvirtError):
+        if dom.isActive():
+            dom.destroy()
+    with contextlib.suppress(libvirt.libvirtError):
+        if dom.isPersistent():
+            flags = libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
+            if dom.snapshotNum(0):
+                flags |= libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
+            dom.undefineFlags(flags)
+
+
+@pytest.fixture
+def test_driver():
+    driver = LibvirtDriver(TEST_URI)
+    yield driver
+    conn = connect(TEST_URI)
+    for dom in conn.listAllDomains(0):
+        if dom.name().startswith(PREFIX):
+            _remove_domain(conn, dom)
+    for pool in conn.listAllStoragePools(0):
+        with contextlib.suppress(libvirt.libvirtError):
+            for vol in pool.listAllVolumes(0):
+                if vol.name().startswith(PREFIX):
+                    vol.delete(0)
+
+
+@dataclass
+class LcTestHost:
+    """The real host of one test: driver, private pool and work folder, and what to clean up."""
+
+    driver: LibvirtDriver
+    pool: str
+    work: Path
+    prefix: str
+    uuids: list[str] = field(default_factory=list)
+
+    def name(self, what: str) -> str:
+        return f"{self.prefix}{what}"
+
+    def track(self, uuid: str) -> str:
+        self.uuids.append(uuid)
+        return uuid
+
+
+@pytest.fixture
+def lctest_host():
+    driver = LibvirtDriver(QEMU_URI)
+    conn = connect(QEMU_URI)
+    token = secrets.token_hex(3)
+    work = Path(tempfile.mkdtemp(prefix=f"{PREFIX}{token}-", dir="/var/tmp"))
+    work.chmod(0o755)
+    (work / "pool").mkdir(mode=0o755)
+    pool_name = f"{PREFIX}pool-{token}"
+    pool_el = ET.Element("pool", type="dir")
+    ET.SubElement(pool_el, "name").text = pool_name
+    ET.SubElement(ET.SubElement(pool_el, "target"), "path").text = str(work / "pool")
+    pool = conn.storagePoolCreateXML(ET.tostring(pool_el, encoding="unicode"), 0)  # transient
+    host = LcTestHost(driver=driver, pool=pool_name, work=work, prefix=f"{PREFIX}{token}-")
+    try:
+        yield host
+    finally:
+        for dom in conn.listAllDomains(0):
+            with contextlib.suppress(libvirt.libvirtError):
+                if dom.UUIDString() in host.uuids or dom.name().startswith(host.prefix):
+                    _remove_domain(conn, dom)
+        with contextlib.suppress(libvirt.libvirtError):
+            for vol in pool.listAllVolumes(0):
+                with contextlib.suppress(libvirt.libvirtError):
+                    vol.delete(0)
+        with contextlib.suppress(libvirt.libvirtError):
+            pool.destroy()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def leftovers(conn: libvirt.virConnect, prefix: str) -> list[str]:
+    """Names of domains, pools and volumes starting with ``prefix`` (should be none after a test)."""
+    found = [f"domain {d.name()}" for d in conn.listAllDomains(0) if d.name().startswith(prefix)]
+    for pool in conn.listAllStoragePools(0):
+        if pool.name().startswith(prefix):
+            found.append(f"pool {pool.name()}")
+        with contextlib.suppress(libvirt.libvirtError):
+            found += [f"volume {v.name()}" for v in pool.listAllVolumes(0) if v.name().startswith(prefix)]
+    return found
