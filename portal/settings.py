@@ -102,6 +102,10 @@ DATABASES = {
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # Wait for the write lock instead of failing at once when the web and worker write together.
     DATABASES["default"].setdefault("OPTIONS", {})["timeout"] = 20
+    # Tests use a database file too (one per test process), not SQLite's in-memory database: with that,
+    # the live server's threads would share the test's single connection, and concurrent requests
+    # (a browser cancelling an upload while a chunk is in flight) would interleave in one transaction.
+    DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / f"test-{os.getpid()}.sqlite3")}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [

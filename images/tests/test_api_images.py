@@ -522,7 +522,6 @@ def test_download_is_for_owners_only_and_of_active_images(actors, images):
     shared = images["shared"]
     response = actors.client("tenant_admin").get(file_url(shared))
     assert b"".join(response.streaming_content) == shared.path.read_bytes()
-    response.close()
     assert_problem(actors.client("outsider").get(file_url(shared)), 403, "permission_denied")
     uploading = make_image(actors, status="uploading")
     assert_problem(actors.client("member").get(file_url(uploading)), 409, "conflict")
