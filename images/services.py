@@ -14,9 +14,11 @@ usage; failed images do not count against the image quota either.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import logging
 import math
 import shutil
+import socket
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -292,6 +294,38 @@ def sha256_of(path: Path) -> str:
 # ---------------------------------------------------------------- import from a URL
 
 
+def check_import_url(url: str) -> str:
+    """Refuse URLs the worker must not fetch: other schemes, hosts outside the allow-list, and, unless the
+    allow-list names the host, any host that resolves to a loopback, private, link-local or otherwise
+    non-global address (cloud metadata services, the portal's own services, the lab's internal network)."""
+    parsed = urllib.parse.urlparse(url)
+    if parsed.scheme not in {"http", "https"} or not parsed.hostname:
+        raise ServiceError(_("Import from an http:// or https:// URL."), field="url")
+    host = parsed.hostname
+    allowed = settings.LABCLOUD_IMAGE_IMPORT_ALLOWED_HOSTS
+    if allowed and host not in allowed:
+        raise ServiceError(_("Imports from %(host)s are not allowed on this cloud.") % {"host": host}, field="url")
+    if host in allowed:
+        return url
+    try:
+        port = parsed.port or (443 if parsed.scheme == "https" else 80)
+        addresses = {info[4][0] for info in socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)}
+    except (OSError, ValueError) as exc:
+        raise ServiceError(_("The host %(host)s cannot be resolved.") % {"host": host}, field="url") from exc
+    if not all(ipaddress.ip_address(address.split("%")[0]).is_global for address in addresses):
+        raise ServiceError(
+            _("Imports from local or private addresses are not allowed (%(host)s).") % {"host": host}, field="url"
+        )
+    return url
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """Redirects are not followed: their target would escape the checks of check_import_url."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        raise ImageRejected(_("The server redirected the download; give the final URL."))
+
+
 def import_image(
     *,
     actor,
@@ -302,14 +336,7 @@ def import_image(
     ip: str | None = None,
     **options: Any,
 ) -> Image:
-    parsed = urllib.parse.urlparse(url)
-    if parsed.scheme not in {"http", "https"} or not parsed.hostname:
-        raise ServiceError(_("Import from an http:// or https:// URL."), field="url")
-    allowed = settings.LABCLOUD_IMAGE_IMPORT_ALLOWED_HOSTS
-    if allowed and parsed.hostname not in allowed:
-        raise ServiceError(
-            _("Imports from %(host)s are not allowed on this cloud.") % {"host": parsed.hostname}, field="url"
-        )
+    check_import_url(url)
     from images.tasks import import_image_task
 
     with transaction.atomic():
@@ -337,12 +364,15 @@ def download_image(*, operation_id: int) -> None:
     image = Image.objects.get(pk=operation.target_id)
     try:
         _store()
+        check_import_url(image.source_url)  # again: DNS may answer differently now
+        opener = urllib.request.build_opener(_NoRedirect)
         request = urllib.request.Request(image.source_url, headers={"User-Agent": "labcloud-image-import"})  # noqa: S310
-        with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 - scheme checked in import_image
+        with opener.open(request, timeout=30) as response:
             announced = int(response.headers.get("Content-Length") or 0)
             limit = _download_budget(image, announced)
             operations.progress(operation=operation, percent=1, message=_("Downloading"))
             received = 0
+            last_percent = -1
             with open(image.partial_path, "wb") as fh:
                 while chunk := response.read(COPY_CHUNK):
                     received += len(chunk)
@@ -352,38 +382,62 @@ def download_image(*, operation_id: int) -> None:
                             % {"limit": filesizeformat(limit)}
                         )
                     fh.write(chunk)
-                    if announced:
-                        operations.progress(operation=operation, percent=received * 60 // announced)
+                    percent = received * 60 // announced if announced else 0
+                    if percent != last_percent:
+                        last_percent = percent
+                        operations.progress(operation=operation, percent=percent)
+            if announced and received != announced:
+                raise ImageRejected(
+                    _("The download ended after %(received)d of %(announced)d bytes.")
+                    % {"received": received, "announced": announced}
+                )
         Image.objects.filter(pk=image.pk).update(size=received, received_bytes=received)
-    except (ImageRejected, ServiceError, urllib.error.URLError, OSError, ValueError) as exc:
-        reason = getattr(exc, "message", None) or _("Download failed: %(error)s") % {"error": exc}
-        _reject(image, reason)
-        operations.fail(operation=operation, error=reason)
+    except urllib.error.HTTPError as exc:
+        _fail_download(image, operation, _("The server answered HTTP %(code)d.") % {"code": exc.code})
+        return
+    except (ImageRejected, ServiceError) as exc:
+        _fail_download(image, operation, exc.message)
+        return
+    except Exception:  # anything else (network, disk, HTTP protocol): fail cleanly, never leave it running
+        log.exception("import of image %s failed", image.pk)
+        _fail_download(image, operation, _("The download failed."))
         return
     operations.succeed(operation=operation)
     with transaction.atomic():
         _queue_processing(Image.objects.get(pk=image.pk), actor=operation.user)
 
 
+def _fail_download(image: Image, operation: Operation, reason: str) -> None:
+    _reject(image, reason)
+    operations.fail(operation=operation, error=reason)
+
+
 def _download_budget(image: Image, announced: int) -> int:
-    """Bytes the download may take: the upload limit, and the tenant's remaining storage quota (reserved now)."""
+    """Bytes the download may take: the upload limit, and the tenant's remaining storage quota.
+
+    The budget is reserved at once (written as the image's size under the quota lock), so
+    concurrent imports cannot each count on the same remaining quota.
+    """
     limit = settings.LABCLOUD_IMAGE_MAX_UPLOAD_BYTES
     if announced:
         _check_size(announced)
     if image.tenant is None:
-        return limit
+        return min(limit, announced) if announced else limit
     with transaction.atomic():
         if announced:
             reserve_quota(tenant=image.tenant, request={"image_storage_gib": gib(announced)})
-            Image.objects.filter(pk=image.pk).update(size=announced)
-            return min(limit, announced)
-        quota = reserve_quota(tenant=image.tenant, request={})
-        if quota.image_storage_gib < 0:
-            return limit
-        from portal.selectors import tenant_usage
+            budget = min(limit, announced)
+        else:
+            quota = reserve_quota(tenant=image.tenant, request={})
+            if quota.image_storage_gib < 0:
+                budget = limit
+            else:
+                from portal.selectors import tenant_usage
 
-        used = tenant_usage(tenant_ids=[image.tenant_id])[image.tenant_id]["image_storage_gib"]
-        return min(limit, max(0, quota.image_storage_gib - used) * GIB)
+                used = tenant_usage(tenant_ids=[image.tenant_id])[image.tenant_id]["image_storage_gib"]
+                budget = min(limit, max(0, quota.image_storage_gib - used) * GIB)
+        Image.objects.filter(pk=image.pk).update(size=budget)
+    return budget
 
 
 # ---------------------------------------------------------------- capture

@@ -20,6 +20,13 @@ def image_store(tmp_path, settings) -> Path:
     return store
 
 
+@pytest.fixture(autouse=True)
+def local_mirror_allowed(settings):
+    """The tests' HTTP server runs on 127.0.0.1, which imports refuse unless the allow-list names it,
+    as a lab does for its own mirror. test_ssrf.py checks the refusal without it."""
+    settings.LABCLOUD_IMAGE_IMPORT_ALLOWED_HOSTS = ["127.0.0.1"]
+
+
 @pytest.fixture
 def eager_tasks():
     """Run Celery tasks in-process (Celery's own eager mode); on-commit hooks still decide when they are queued."""
