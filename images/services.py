@@ -255,6 +255,7 @@ def process_image(*, operation_id: int) -> None:
         if target_format in {"iso", image.disk_format}:
             shutil.move(source, final)
         else:
+            _reserve_conversion(image, qemu.measure(source, fmt=inspection.qemu_format))
             Image.objects.filter(pk=image.pk).update(status=Image.Status.CONVERTING)
             operations.progress(operation=operation, percent=10, message=_("Converting to qcow2"))
             qemu.convert(
@@ -272,15 +273,50 @@ def process_image(*, operation_id: int) -> None:
         image.min_disk_gib = max(image.min_disk_gib, gib(inspection.virtual_size))
         image.status = Image.Status.ACTIVE
         image.failure_reason = ""
-        image.save()
+        # Only the fields this task owns: a user may rename or describe the image meanwhile.
+        image.save(
+            update_fields=[
+                "stored_format",
+                "sha256",
+                "size",
+                "virtual_size",
+                "min_disk_gib",
+                "status",
+                "failure_reason",
+                "updated_at",
+            ]
+        )
         operations.succeed(operation=operation)
-    except (ImageRejected, qemu.QemuImgError, OSError) as exc:
-        reason = exc.message if isinstance(exc, ImageRejected) else str(exc)
+    except Exception as exc:  # whatever went wrong, the image fails cleanly and holds nothing
+        if isinstance(exc, ImageRejected):
+            reason = exc.message
+        elif isinstance(exc, qemu.QemuImgError):
+            reason = _("qemu-img failed: %(error)s") % {"error": exc}
+        else:
+            log.exception("processing image %s failed", image.pk)
+            reason = _("The image could not be processed.")
         _reject(image, reason)
         operations.fail(operation=operation, error=reason)
         record_audit(
             action="image.reject", target=image, tenant=image.tenant, outcome="failure", detail={"reason": reason}
         )
+
+
+def _reserve_conversion(image: Image, required: int) -> None:
+    """A compressed or sparse upload can grow when converted: reserve what qemu-img measures first."""
+    if required <= image.size:
+        return
+    with transaction.atomic():
+        if image.tenant is not None:
+            try:
+                reserve_quota(tenant=image.tenant, request={"image_storage_gib": gib(required) - gib(image.size)})
+            except ServiceError as exc:
+                raise ImageRejected(
+                    _("Converted, the image would need %(size)s: %(reason)s")
+                    % {"size": filesizeformat(required), "reason": exc.message}
+                ) from exc
+        Image.objects.filter(pk=image.pk).update(size=required)
+        image.size = required
 
 
 def sha256_of(path: Path) -> str:
@@ -508,14 +544,20 @@ def update_image(*, actor, image: Image, ip: str | None = None, **changes: Any) 
         raise ServiceError(_("These fields cannot be changed: %(fields)s.") % {"fields": ", ".join(sorted(unknown))})
     if "name" in changes and not str(changes["name"]).strip():
         raise ServiceError(_("An image needs a name."), field="name")
-    if "visibility" in changes:
+    if "visibility" in changes and changes["visibility"] != image.visibility:
         _check_visibility(actor=actor, tenant=image.tenant, visibility=changes["visibility"])
+    if "min_disk_gib" in changes and image.virtual_size and changes["min_disk_gib"] < gib(image.virtual_size):
+        raise ServiceError(
+            _("The minimum disk cannot be smaller than the image's virtual size (%(size)d GiB).")
+            % {"size": gib(image.virtual_size)},
+            field="min_disk_gib",
+        )
     if "os_type" in changes and changes["os_type"] not in Image.OsType.values:
         raise ServiceError(_("Unknown OS type “%(value)s”.") % {"value": changes["os_type"]}, field="os_type")
     with transaction.atomic():
         for field, value in changes.items():
             setattr(image, field, value)
-        image.save()
+        image.save(update_fields=[*changes, "updated_at"])  # never the fields the worker is filling in
         if image.visibility != Image.Visibility.SHARED:
             image.shared_with.clear()
         record_audit(

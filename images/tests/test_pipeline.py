@@ -194,3 +194,57 @@ def test_the_purge_runs_on_the_beat_schedule(db, settings):
     entry = settings.CELERY_BEAT_SCHEDULE["purge-stale-uploads"]
     assert entry["task"] == tasks.purge_stale_uploads_task.name
     assert tasks.purge_stale_uploads_task.apply().get() == 0
+
+
+def test_conversion_that_outgrows_the_storage_quota_is_refused(actors):
+    """A compressed VMDK can be far bigger as qcow2: what qemu-img measures is reserved before converting."""
+    from images.inspection import ImageRejected
+    from images.services import _reserve_conversion
+
+    set_quota(actor=actors.cloud_admin, tenant=actors.tenant, limits={"image_storage_gib": 2})
+    image = create_image(actor=actors.member, tenant=actors.tenant, name="z", disk_format="vmdk", size=100 * 1024**2)
+    _reserve_conversion(image, 2 * 1024**3)  # fits: 2 GiB
+    image.refresh_from_db()
+    assert image.size == 2 * 1024**3
+    with pytest.raises(ImageRejected, match=r"would need 3\.0"):
+        _reserve_conversion(image, 3 * 1024**3)
+    image.refresh_from_db()
+    assert image.size == 2 * 1024**3
+
+
+def test_conversion_reserves_what_qemu_img_measures(actors, media, eager_tasks, django_capture_on_commit_callbacks):
+    from images import qemu
+
+    required = qemu.measure(media["vmdk"], fmt="vmdk")
+    assert required > 0
+    image = new_image(actors, media["vmdk"], "vmdk")
+    with django_capture_on_commit_callbacks(execute=True):
+        upload(actor=actors.member, image=image, path=media["vmdk"])
+    image.refresh_from_db()
+    assert image.status == Image.Status.ACTIVE
+    assert image.size <= required  # the stored file never exceeds what was reserved
+
+
+def test_editing_during_processing_does_not_undo_the_worker(actors, media):
+    from images.services import process_image, update_image
+
+    image = new_image(actors, media["qcow2"], "qcow2")
+    upload(actor=actors.member, image=image, path=media["qcow2"])  # queues processing (on commit: not run here)
+    image.refresh_from_db()
+    stale = Image.objects.get(pk=image.pk)  # what a web request loaded while the worker runs
+    process_image(operation_id=Operation.objects.get(kind="image.process", target_id=str(image.pk)).pk)
+    update_image(actor=actors.member, image=stale, name="renamed meanwhile")
+    image.refresh_from_db()
+    assert image.name == "renamed meanwhile"
+    assert image.status == Image.Status.ACTIVE and image.sha256
+
+
+def test_min_disk_cannot_go_below_the_virtual_size(actors, media, eager_tasks, django_capture_on_commit_callbacks):
+    from images.services import update_image
+
+    image = new_image(actors, media["qcow2"], "qcow2")
+    with django_capture_on_commit_callbacks(execute=True):
+        upload(actor=actors.member, image=image, path=media["qcow2"])
+    image.refresh_from_db()
+    with pytest.raises(ServiceError, match="minimum disk"):
+        update_image(actor=actors.member, image=image, min_disk_gib=0)
