@@ -140,6 +140,7 @@ class ImageReplica(models.Model):
     state = models.CharField(_("state"), max_length=8, choices=State.choices, default=State.COPYING)
     error = models.TextField(_("error"), blank=True)
     created_at = models.DateTimeField(_("created"), auto_now_add=True)
+    updated_at = models.DateTimeField(_("updated"), auto_now=True)
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["image", "host"], name="replica_unique_image_host")]

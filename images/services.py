@@ -29,6 +29,7 @@ from typing import IO, Any
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Q
 from django.template.defaultfilters import filesizeformat
 from django.utils import timezone
 from django.utils.translation import gettext as _
@@ -595,23 +596,33 @@ def unshare_image(*, actor, image: Image, tenant: Tenant, ip: str | None = None)
 
 
 def delete_image(*, actor, image: Image, ip: str | None = None) -> None:
-    """Delete the image, its file and its copies on hosts; refused while protected or used by an instance."""
-    if image.protected:
-        raise ConflictError(_("Image “%(name)s” is protected; unprotect it first.") % {"name": image.name})
-    users = Instance.objects.filter(image=image).count()
-    if users:
-        raise ConflictError(
-            _("Image “%(name)s” is used by %(count)d instance(s).") % {"name": image.name, "count": users}
-        )
-    if image.status in {Image.Status.INSPECTING, Image.Status.CONVERTING}:
-        raise ConflictError(_("Image “%(name)s” is being processed; try again when it is done.") % {"name": image.name})
+    """Delete the image, its file and its copies on hosts; refused while protected or used by an instance.
+
+    The checks run with the image row locked and mark it "deleting", so a launch that
+    starts meanwhile sees it gone; if a host refuses to drop its copy, the image is active again.
+    """
+    with transaction.atomic():
+        image = Image.objects.select_for_update().get(pk=image.pk)
+        if image.protected:
+            raise ConflictError(_("Image “%(name)s” is protected; unprotect it first.") % {"name": image.name})
+        users = Instance.objects.filter(image=image).count()
+        if users:
+            raise ConflictError(
+                _("Image “%(name)s” is used by %(count)d instance(s).") % {"name": image.name, "count": users}
+            )
+        if image.status in {Image.Status.INSPECTING, Image.Status.CONVERTING, Image.Status.DELETING}:
+            raise ConflictError(
+                _("Image “%(name)s” is being processed; try again when it is done.") % {"name": image.name}
+            )
+        previous_status = image.status
+        Image.objects.filter(pk=image.pk).update(status=Image.Status.DELETING)
     for replica in image.replicas.select_related("host"):
         try:
             storage.delete_volume(replica.host.uri, pool_name=replica.pool, name=replica.volume)
         except BackendError as exc:
+            Image.objects.filter(pk=image.pk).update(status=previous_status)
             raise ConflictError(
-                _("The copy on host %(host)s could not be removed: %(error)s")
-                % {"host": replica.host.name, "error": exc.message}
+                _("The copy on host %(host)s could not be removed; try again later.") % {"host": replica.host.name}
             ) from exc
         replica.delete()
     image.partial_path.unlink(missing_ok=True)
@@ -639,19 +650,38 @@ def volume_name(image: Image) -> str:
     return f"labcloud-image-{image.uuid}.{image.stored_format or 'img'}"
 
 
+COPY_STALE_AFTER = timedelta(hours=1)
+
+
 def ensure_image_on_host(*, image: Image, host: Host, operation: Operation | None = None) -> ImageReplica:
-    """The image's volume in the host's pool, uploaded once through libvirt's stream API and reused after."""
+    """The image's volume in the host's pool, uploaded once through libvirt's stream API and reused after.
+
+    One copy at a time: the replica row is claimed with a conditional update; a second caller
+    while a copy runs gets a ConflictError (a copy silent for an hour counts as dead and is redone).
+    """
     if image.status != Image.Status.ACTIVE:
         raise ServiceError(_("Image “%(name)s” is not active yet.") % {"name": image.name})
-    with transaction.atomic():
-        replica, _created = ImageReplica.objects.select_for_update().get_or_create(
-            image=image, host=host, defaults={"pool": host.storage_pool, "volume": volume_name(image)}
+    replica, created = ImageReplica.objects.get_or_create(
+        image=image,
+        host=host,
+        defaults={"pool": host.storage_pool, "volume": volume_name(image), "state": ImageReplica.State.COPYING},
+    )
+    if replica.state == ImageReplica.State.READY:
+        return replica
+    if not created:
+        claimable = Q(state=ImageReplica.State.FAILED) | Q(
+            state=ImageReplica.State.COPYING, updated_at__lt=timezone.now() - COPY_STALE_AFTER
         )
-        if replica.state == ImageReplica.State.READY:
-            return replica
-        replica.state = ImageReplica.State.COPYING
-        replica.error = ""
-        replica.save(update_fields=["state", "error"])
+        claimed = ImageReplica.objects.filter(claimable, pk=replica.pk).update(
+            state=ImageReplica.State.COPYING, error="", updated_at=timezone.now()
+        )
+        if not claimed:
+            replica.refresh_from_db()
+            if replica.state == ImageReplica.State.READY:
+                return replica
+            raise ConflictError(
+                _("Image “%(name)s” is being copied to %(host)s already.") % {"name": image.name, "host": host.name}
+            )
 
     def report(percent: int) -> None:
         if operation is not None:
@@ -660,7 +690,13 @@ def ensure_image_on_host(*, image: Image, host: Host, operation: Operation | Non
             )
 
     try:
-        storage.upload_file(host.uri, pool_name=replica.pool, name=replica.volume, source=image.path, progress=report)
+        storage.upload_file(
+            host.uri,
+            pool_name=replica.pool,
+            name=replica.volume,
+            source=image.path,
+            progress=report,
+        )
     except BackendError as exc:
         ImageReplica.objects.filter(pk=replica.pk).update(state=ImageReplica.State.FAILED, error=exc.message)
         raise

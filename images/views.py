@@ -14,7 +14,6 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
-from django.db import transaction
 from django.http import Http404, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import NoReverseMatch, reverse
@@ -176,30 +175,37 @@ def _upload_text() -> dict[str, str]:
 
 
 def _upload_without_javascript(request, form: ImageUploadForm) -> Image | None:
-    """The plain form: create the image and store the posted file as its one and only chunk."""
+    """The plain form: create the image and store the posted file as its one and only chunk.
+
+    The image is created in a transaction of its own, so the tenant's quota row is not held
+    locked while the file is copied; if storing the file fails, the image is deleted again.
+    """
     upload = form.cleaned_data["file"]
-    image = None
     try:
-        with transaction.atomic():
-            image = services.create_image(
-                actor=request.user,
-                tenant=form.owner_tenant(),
-                name=form.cleaned_data["name"],
-                disk_format=form.cleaned_data["disk_format"],
-                size=upload.size,
-                ip=client_ip(request),
-                **form.options(),
-            )
-            upload.seek(0)
-            image = services.receive_chunk(
-                actor=request.user, image=image, stream=upload, offset=0, length=upload.size, ip=client_ip(request)
-            )
+        image = services.create_image(
+            actor=request.user,
+            tenant=form.owner_tenant(),
+            name=form.cleaned_data["name"],
+            disk_format=form.cleaned_data["disk_format"],
+            size=upload.size,
+            ip=client_ip(request),
+            **form.options(),
+        )
     except ServiceError as exc:
-        if image is not None:
-            image.partial_path.unlink(missing_ok=True)
         form.add_service_error(exc)
         return None
-    return image
+    try:
+        upload.seek(0)
+        return services.receive_chunk(
+            actor=request.user, image=image, stream=upload, offset=0, length=upload.size, ip=client_ip(request)
+        )
+    except Exception as exc:
+        image.refresh_from_db()
+        services.delete_image(actor=request.user, image=image, ip=client_ip(request))
+        if not isinstance(exc, ServiceError):
+            raise
+        form.add_service_error(exc)
+        return None
 
 
 @login_required

@@ -209,3 +209,21 @@ def test_access_gate_private_shared_public(actors, active_image):
         update_image(actor=actors.tenant_admin, image=active_image, visibility="public")
     update_image(actor=actors.cloud_admin, image=active_image, visibility="public")
     assert seen_by(actors, active_image) == {"outsider", "member", "tenant_admin", "cloud_admin"}
+
+
+def test_a_second_copy_to_the_same_host_waits_its_turn(actors, active_image, lctest_pool):
+    host = Host.objects.create(name="lctest-busy", uri="qemu:///system", storage_pool=lctest_pool)
+    ImageReplica.objects.create(
+        image=active_image, host=host, pool=lctest_pool, volume="x", state=ImageReplica.State.COPYING
+    )
+    with pytest.raises(ConflictError, match="being copied"):
+        ensure_image_on_host(image=active_image, host=host)
+    # A failed copy is taken over and redone.
+    ImageReplica.objects.filter(image=active_image, host=host).update(state=ImageReplica.State.FAILED)
+    assert ensure_image_on_host(image=active_image, host=host).state == ImageReplica.State.READY
+
+
+def test_deleting_marks_the_image_so_a_second_delete_is_refused(actors, active_image):
+    Image.objects.filter(pk=active_image.pk).update(status=Image.Status.DELETING)
+    with pytest.raises(ConflictError, match="being processed"):
+        delete_image(actor=actors.member, image=active_image)
