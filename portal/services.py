@@ -296,9 +296,16 @@ def create_api_token(
     name: str,
     scope: str = ApiToken.Scope.READ,
     expires_at: datetime | None = None,
+    parent: ApiToken | None = None,
     ip: str | None = None,
 ) -> tuple[ApiToken, str]:
-    """Create a personal token; the raw secret is returned once and never stored."""
+    """Create a personal token; the raw secret is returned once and never stored.
+
+    A token created with another token (``parent``) never outlives it, so a leaked
+    short-lived token cannot mint itself a permanent successor.
+    """
+    if parent is not None and parent.expires_at is not None:
+        expires_at = min(expires_at or parent.expires_at, parent.expires_at)
     name = name.strip()
     if not name:
         raise ServiceError(_("A token needs a name."), field="name")

@@ -3,14 +3,32 @@
 from __future__ import annotations
 
 import uuid
+from urllib.parse import parse_qs, urlsplit
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.core.validators import MinValueValidator
 from django.db import models
 from django.utils.translation import gettext_lazy as _
 
 from portal.access import CHANGE, MEMBER_ROLES, VIEW, RestrictedQuerySet, is_cloud_admin, tenant_ids_for
 from portal.models import Tenant
+
+LIBVIRT_SCHEMES = {"qemu", "qemu+ssh", "qemu+tls", "test"}
+# URI parameters that make libvirt run a program or talk to an arbitrary local socket.
+LIBVIRT_FORBIDDEN_PARAMS = {"command", "socket", "netcat", "proxy", "keyfile", "known_hosts", "sshauth"}
+
+
+def validate_libvirt_uri(value: str) -> None:
+    """Only QEMU over the local socket, SSH or TLS (and libvirt's test driver); no program-running options."""
+    parts = urlsplit(value)
+    if parts.scheme not in LIBVIRT_SCHEMES:
+        raise ValidationError(
+            _("Use a qemu:///system, qemu+ssh://… or qemu+tls://… URI (not “%(scheme)s”).") % {"scheme": parts.scheme}
+        )
+    forbidden = sorted(LIBVIRT_FORBIDDEN_PARAMS & {key.lower() for key in parse_qs(parts.query)})
+    if forbidden:
+        raise ValidationError(_("These URI parameters are not allowed: %(params)s.") % {"params": ", ".join(forbidden)})
 
 
 class HostQuerySet(models.QuerySet):
@@ -32,7 +50,10 @@ class Host(models.Model):
     name = models.CharField(_("name"), max_length=100, unique=True)
     kind = models.CharField(_("kind"), max_length=16, choices=Kind.choices, default=Kind.LIBVIRT)
     uri = models.CharField(
-        _("libvirt URI"), max_length=255, help_text=_("e.g. qemu:///system or qemu+ssh://host/system")
+        _("libvirt URI"),
+        max_length=255,
+        validators=[validate_libvirt_uri],
+        help_text=_("e.g. qemu:///system or qemu+ssh://host/system"),
     )
     storage_pool = models.CharField(
         _("storage pool"), max_length=100, default="default", help_text=_("libvirt storage pool for disks and images.")

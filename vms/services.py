@@ -89,6 +89,14 @@ def delete_flavor(*, actor, flavor: Flavor, ip: str | None = None) -> None:
 
 @transaction.atomic
 def ensure_host(*, name: str, uri: str, actor=None) -> Host:
+    from django.core.exceptions import ValidationError
+
+    from vms.models import validate_libvirt_uri
+
+    try:
+        validate_libvirt_uri(uri)
+    except ValidationError as exc:
+        raise ServiceError(exc.messages[0], field="uri") from exc
     host, created = Host.objects.get_or_create(name=name, defaults={"uri": uri})
     if created:
         record_audit(user=actor, action="host.create", target=host)

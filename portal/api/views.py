@@ -255,7 +255,10 @@ class ApiTokenViewSet(ApiViewSetMixin, mixins.ListModelMixin, mixins.RetrieveMod
     def create(self, request, *args, **kwargs):
         serializer = ApiTokenCreateSerializer(data=request.data, context=self.get_serializer_context())
         serializer.is_valid(raise_exception=True)
-        token, raw = services.create_api_token(user=request.user, ip=self.client_ip, **serializer.validated_data)
+        parent = request.auth if isinstance(request.auth, ApiToken) else None
+        token, raw = services.create_api_token(
+            user=request.user, parent=parent, ip=self.client_ip, **serializer.validated_data
+        )
         token.token = raw
         return Response(ApiTokenCreatedSerializer(token).data, status=status.HTTP_201_CREATED)
 

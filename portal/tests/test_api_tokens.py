@@ -206,6 +206,19 @@ def test_write_token_may_create_tokens(actors):
     assert ApiToken.objects.get(pk=response.json()["id"]).user == actors.member
 
 
+def test_a_token_made_with_a_token_never_outlives_it(actors):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    parent_expiry = timezone.now() + timedelta(hours=1)
+    _parent, raw = create_api_token(user=actors.member, name="short", scope="write", expires_at=parent_expiry)
+    for body in ({"name": "forever"}, {"name": "later", "expires_at": (parent_expiry + timedelta(days=9)).isoformat()}):
+        response = bearer(raw).post(URL, body, format="json")
+        assert response.status_code == 201, response.content
+        assert ApiToken.objects.get(pk=response.json()["id"]).expires_at == parent_expiry
+
+
 # ---------------------------------------------------------------- queries
 
 
