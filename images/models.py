@@ -10,7 +10,7 @@ from django.core.validators import MinValueValidator
 from django.db import models
 from django.utils.translation import gettext_lazy as _
 
-from portal.access import ADMIN_ROLES, CHANGE, DELETE, MEMBER_ROLES, VIEW, RestrictedQuerySet, tenant_ids_for
+from portal.access import CHANGE, DELETE, MEMBER_ROLES, VIEW, RestrictedQuerySet, tenant_ids_for
 from portal.models import Tenant
 
 
@@ -18,7 +18,7 @@ class ImageQuerySet(RestrictedQuerySet):
     def _restrict_for_member(self, user, action: str) -> ImageQuerySet:
         """Who sees an image: everyone (public), its owner tenant, and the tenants it is shared with.
 
-        Changing or deleting is for the owner tenant (members change, tenant admins delete);
+        Changing and deleting are for the owner tenant's members (as in Horizon's projects);
         images provided by the cloud (no owner tenant) are changed by cloud admins only.
         """
         if action == VIEW:
@@ -102,7 +102,7 @@ class Image(models.Model):
     updated_at = models.DateTimeField(_("updated"), auto_now=True)
 
     access_tenant_field = "tenant"
-    access_policy = {VIEW: MEMBER_ROLES, CHANGE: MEMBER_ROLES, DELETE: ADMIN_ROLES | MEMBER_ROLES}
+    access_policy = {VIEW: MEMBER_ROLES, CHANGE: MEMBER_ROLES, DELETE: MEMBER_ROLES}
     objects = ImageQuerySet.as_manager()
 
     class Meta:

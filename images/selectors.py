@@ -36,10 +36,6 @@ def images_for(*, user, kind: str | None = None, launchable: bool = False) -> Qu
     return images
 
 
-def image_in_use(*, image: Image) -> bool:
-    return image.instances.exists()
-
-
 def visible_to_tenant(*, tenant_id: int) -> Q:
     return (
         Q(visibility=Image.Visibility.PUBLIC)

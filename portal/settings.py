@@ -102,6 +102,9 @@ DATABASES = {
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # Wait for the write lock instead of failing at once when the web and worker write together.
     DATABASES["default"].setdefault("OPTIONS", {})["timeout"] = 20
+    # SQLite has no SELECT … FOR UPDATE: take the write lock when a transaction begins, so concurrent
+    # reservations and uploads wait their turn instead of failing with "database is locked".
+    DATABASES["default"]["OPTIONS"]["transaction_mode"] = "IMMEDIATE"
     # Tests use a database file too (one per test process), not SQLite's in-memory database: with that,
     # the live server's threads would share the test's single connection, and concurrent requests
     # (a browser cancelling an upload while a chunk is in flight) would interleave in one transaction.
@@ -196,6 +199,10 @@ LABCLOUD_DEFAULT_QUOTA = {
     "image_storage_gib": int(os.environ.get("QUOTA_IMAGE_STORAGE_GIB", "100")),
 }
 LABCLOUD_DEFAULT_LIBVIRT_URI = os.environ.get("LABCLOUD_DEFAULT_LIBVIRT_URI", "qemu:///system")
+
+# Largest request body the web server accepts (checked before Django spools it to disk): the
+# browser's plain upload form sends a file of up to 2 GiB in one request; API clients use chunks.
+LABCLOUD_MAX_REQUEST_BYTES = int(os.environ.get("LABCLOUD_MAX_REQUEST_BYTES", str(2 * 1024**3 + 1024**2)))
 
 # Images: where uploaded files live, and what the portal accepts.
 LABCLOUD_IMAGE_STORE = Path(os.environ.get("LABCLOUD_IMAGE_STORE", VAR_DIR / "images"))

@@ -3,7 +3,6 @@ from __future__ import annotations
 from django.utils.translation import gettext_lazy as _
 from rest_framework import permissions
 
-from portal.access import is_cloud_admin
 from portal.models import ApiToken
 
 
@@ -19,15 +18,3 @@ class IsAuthenticatedWithScope(permissions.IsAuthenticated):
         if isinstance(token, ApiToken) and token.scope == ApiToken.Scope.READ:
             return request.method in permissions.SAFE_METHODS
         return True
-
-
-class IsCloudAdminOrReadOnly(IsAuthenticatedWithScope):
-    """Everyone authenticated may read (through the access gate); only cloud admins may write."""
-
-    def has_permission(self, request, view) -> bool:
-        if not super().has_permission(request, view):
-            return False
-        if request.method in permissions.SAFE_METHODS or is_cloud_admin(request.user):
-            return True
-        self.message = _("Only cloud admins may change this.")
-        return False
