@@ -34,7 +34,9 @@ class ImageSerializer(serializers.ModelSerializer):
     stored_format = serializers.CharField(
         read_only=True, help_text=_("Format of the stored file: qcow2, or iso for an ISO; empty until processed.")
     )
-    source_url = serializers.CharField(read_only=True, help_text=_("The URL an import came from; empty for uploads."))
+    source_url = serializers.SerializerMethodField(
+        help_text=_("The URL an import came from (it may hold credentials, so only the owner tenant sees it).")
+    )
     upload_url = serializers.SerializerMethodField(
         help_text=_("Where to PUT the file (resumable, `Content-Range`) and to GET it back once active.")
     )
@@ -95,6 +97,10 @@ class ImageSerializer(serializers.ModelSerializer):
         if not self._sees_sharing(image):
             return None
         return sorted(tenant.pk for tenant in image.shared_with.all())  # prefetched by the view
+
+    @extend_schema_field(serializers.CharField(allow_null=True))
+    def get_source_url(self, image: Image) -> str | None:
+        return image.source_url if self._sees_sharing(image) else None
 
     @extend_schema_field(OpenApiTypes.STR)
     def get_upload_url(self, image: Image) -> str:

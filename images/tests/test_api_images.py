@@ -737,3 +737,12 @@ def test_distribute_needs_an_active_image_and_a_host(actors):
     response = staff.post(f"{detail(active)}distribute/", {"host": host.pk + 1000}, format="json")
     assert "host" in assert_problem(response, 400, "invalid")["errors"]
     assert not Operation.objects.filter(kind="image.distribute").exists()
+
+
+def test_source_url_is_only_shown_to_the_owner_tenant(actors, images):
+    shared = images["shared"]
+    Image.objects.filter(pk=shared.pk).update(source_url="https://user:secret@mirror.test/x.qcow2?sig=1")
+    owner_view = actors.client("member").get(detail(shared.pk)).json()
+    outsider_view = actors.client("outsider").get(detail(shared.pk)).json()
+    assert owner_view["source_url"].startswith("https://user:secret@")
+    assert outsider_view["source_url"] is None
