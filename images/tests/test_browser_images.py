@@ -16,7 +16,7 @@ from django.urls import reverse
 
 from images.models import Image
 from portal.models import Membership
-from portal.tests.test_browser import CHROMIUM, CHROMIUM_ARGS, PASSWORD, SCREENSHOT, TIMEOUT_MS
+from portal.tests.test_browser import PASSWORD, SCREENSHOT
 from portal.tests.test_i18n import ensure_compiled_messages
 from vms.models import Operation
 
@@ -24,28 +24,6 @@ pytestmark = pytest.mark.browser
 
 CHUNK = 128 * 1024  # the 512 KiB test qcow2 in four chunks
 SHOTS = SCREENSHOT.parent
-
-
-@pytest.fixture
-def browser_page(monkeypatch):
-    if not CHROMIUM.exists():
-        pytest.fail("Debian's Chromium is missing: `make test` installs it (scripts/bootstrap.sh --test)")
-    from playwright import sync_api
-
-    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
-        context = browser.new_context(viewport={"width": 1440, "height": 1000}, locale="en-US")
-        context.set_default_timeout(TIMEOUT_MS)
-        page = context.new_page()
-        errors: list[str] = []
-        page.on("pageerror", lambda exc: errors.append(str(exc)))
-        page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
-        try:
-            yield page, errors
-        finally:
-            context.close()
-            browser.close()
 
 
 @pytest.fixture
