@@ -9,6 +9,8 @@ import uuid
 import pytest
 import redis
 from celery.contrib.testing.worker import start_worker
+from celery.signals import task_postrun
+from django.db import connections
 
 from images.models import Image
 from images.services import create_image
@@ -39,10 +41,17 @@ def redis_worker():
     queue = f"lctest-{uuid.uuid4().hex[:12]}"
     celery_app.conf.task_default_queue = queue
     celery_app.conf.task_always_eager = False
+
+    def close_db(**_kwargs) -> None:
+        # The worker thread's database connection would outlive the test and block dropping the test database.
+        connections.close_all()
+
+    task_postrun.connect(close_db, weak=False)
     try:
         with start_worker(celery_app, pool="solo", perform_ping_check=False, shutdown_timeout=30):
             yield
     finally:
+        task_postrun.disconnect(close_db)
         # kombu keeps the queue's bindings in Redis keys named after it: remove what this test declared.
         client = redis.Redis.from_url(f"{base}/14")
         leftovers = client.keys(f"*{queue}*")
