@@ -13,7 +13,8 @@ from django.utils.translation import ngettext
 from images import services
 from images.models import Image, ImageReplica
 from portal.access import VIEW
-from portal.admin import AuditedAdminMixin, RestrictedAdminMixin, client_ip
+from portal.admin import AuditedAdminMixin, RestrictedAdminMixin
+from portal.middleware import client_ip
 from portal.services import ServiceError
 
 _DELETED = "_lc_images_deleted"

@@ -12,6 +12,11 @@ from portal.access import VIEW
 GIB = 1024**3
 
 
+def gib(size: int) -> int:
+    """Bytes as whole GiB, rounded up: the unit of the image storage quota."""
+    return math.ceil(size / GIB) if size > 0 else 0
+
+
 def image_usage(tenant_ids: list[int]) -> dict[int, dict[str, int]]:
     """Quota usage derived from image rows (failed images hold nothing): one query for any number of tenants."""
     rows = (
@@ -21,10 +26,7 @@ def image_usage(tenant_ids: list[int]) -> dict[int, dict[str, int]]:
         .annotate(images=Count("id"), stored=Sum("size"))
         .order_by()
     )
-    return {
-        row["tenant_id"]: {"images": row["images"], "image_storage_gib": math.ceil((row["stored"] or 0) / GIB)}
-        for row in rows
-    }
+    return {row["tenant_id"]: {"images": row["images"], "image_storage_gib": gib(row["stored"] or 0)} for row in rows}
 
 
 def images_for(*, user, kind: str | None = None, launchable: bool = False) -> QuerySet[Image]:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import logging
-import math
 import shutil
 import socket
 import urllib.error
@@ -37,6 +36,7 @@ from django.utils.translation import gettext as _
 from images import qemu
 from images.inspection import ImageRejected, inspect_file
 from images.models import Image, ImageReplica
+from images.selectors import GIB, gib
 from portal.access import is_cloud_admin
 from portal.backends.base import BackendError
 from portal.backends.libvirt import storage
@@ -47,13 +47,8 @@ from vms.models import Host, Instance, Operation
 
 log = logging.getLogger(__name__)
 
-GIB = 1024**3
 COPY_CHUNK = 1024 * 1024
 EDITABLE_FIELDS = {"name", "description", "min_disk_gib", "min_ram_mib", "os_type", "cloud_init", "protected"}
-
-
-def gib(size: int) -> int:
-    return math.ceil(size / GIB) if size > 0 else 0
 
 
 def _store() -> Path:

@@ -26,9 +26,10 @@ from images.forms import DistributeForm, ImageEditForm, ImageImportForm, ImageUp
 from images.models import Image
 from images.selectors import images_for, visible_to_tenant
 from portal.access import CHANGE, DELETE, VIEW, is_cloud_admin
+from portal.middleware import client_ip
 from portal.models import Tenant
 from portal.services import ServiceError
-from portal.views import client_ip, current_tenant
+from portal.views import current_tenant
 from vms.selectors import hosts_for, operations_for_target
 
 FINAL_STATUSES = frozenset({Image.Status.ACTIVE, Image.Status.FAILED})

@@ -8,6 +8,7 @@ from django.utils.html import format_html
 from django.utils.translation import gettext_lazy as _
 
 from portal.access import VIEW
+from portal.middleware import client_ip
 from portal.models import QUOTA_RESOURCES, ApiToken, AuditEvent, Membership, Quota, Tenant
 from portal.selectors import tenant_usage
 from portal.services import ensure_quota, record_audit, revoke_api_token
@@ -15,10 +16,6 @@ from portal.services import ensure_quota, record_audit, revoke_api_token
 admin.site.site_header = _("labcloud administration")
 admin.site.site_title = _("labcloud admin")
 admin.site.index_title = _("Cloud administration")
-
-
-def client_ip(request) -> str | None:
-    return request.META.get("REMOTE_ADDR")
 
 
 class RestrictedAdminMixin:

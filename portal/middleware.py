@@ -9,6 +9,11 @@ from portal.selectors import active_tenant
 SESSION_KEY = "active_tenant_id"
 
 
+def client_ip(request) -> str | None:
+    """The client's address as the audit trail records it (the web server's view; see docs/operations.md)."""
+    return request.META.get("REMOTE_ADDR") or None
+
+
 class ActiveTenantMiddleware:
     def __init__(self, get_response):
         self.get_response = get_response

@@ -23,7 +23,7 @@ from django.views.decorators.http import require_POST
 
 from portal.access import CHANGE, DELETE, VIEW, is_cloud_admin
 from portal.forms import AddMemberForm, ApiTokenForm, RoleForm, SwitchTenantForm
-from portal.middleware import SESSION_KEY
+from portal.middleware import SESSION_KEY, client_ip
 from portal.models import ApiToken, Membership, Quota, Tenant
 from portal.selectors import QuotaLine, quota_overview, role_in, tenants_for_user
 from portal.services import (
@@ -47,10 +47,6 @@ def current_tenant(request) -> Tenant | None:
     if isinstance(tenant, SimpleLazyObject):
         tenant = tenant._wrapped
     return tenant
-
-
-def client_ip(request) -> str | None:
-    return request.META.get("REMOTE_ADDR") or None
 
 
 def safe_next(request, fallback: str = "overview") -> str:

@@ -13,6 +13,7 @@ from rest_framework.parsers import JSONParser
 from portal.access import VIEW, is_cloud_admin
 from portal.api.exceptions import PROBLEM_CONTENT_TYPE
 from portal.api.serializers import ProblemSerializer
+from portal.middleware import client_ip as request_ip
 
 MAX_ID = 2**63 - 1
 
@@ -73,7 +74,7 @@ class ApiViewSetMixin:
 
     @property
     def client_ip(self) -> str | None:
-        return self.request.META.get("REMOTE_ADDR")
+        return request_ip(self.request)
 
     def restricted(self, action: str):
         return self.model.objects.restrict(self.request.user, action)
