@@ -41,6 +41,16 @@ class Host(models.Model):
     class Kind(models.TextChoices):
         LIBVIRT = "libvirt", _("libvirt")
 
+    class VirtType(models.TextChoices):
+        KVM = "kvm", _("KVM (hardware)")
+        QEMU = "qemu", _("QEMU (TCG software emulation)")
+
+    class CpuMode(models.TextChoices):
+        DEFAULT = "default", _("QEMU default model")
+        HOST_MODEL = "host-model", _("host-model")
+        HOST_PASSTHROUGH = "host-passthrough", _("host-passthrough")
+        CUSTOM = "custom", _("custom model")
+
     class State(models.TextChoices):
         UNKNOWN = "unknown", _("Unknown")
         UP = "up", _("Up")
@@ -58,8 +68,48 @@ class Host(models.Model):
     storage_pool = models.CharField(
         _("storage pool"), max_length=100, default="default", help_text=_("libvirt storage pool for disks and images.")
     )
+    default_network = models.CharField(
+        _("default network"),
+        max_length=100,
+        blank=True,
+        help_text=_("libvirt network used when a launch names none; empty = no network interface."),
+    )
+    vnc_listen = models.GenericIPAddressField(
+        _("VNC listen address"),
+        default="127.0.0.1",
+        help_text=_("Loopback or the host's management address; never a public one."),
+    )
+    virt_type = models.CharField(
+        _("virtualization type"),
+        max_length=8,
+        choices=VirtType.choices,
+        default=VirtType.QEMU,
+        help_text=_("kvm only after the probe proved a guest boots under KVM on this host."),
+    )
+    cpu_mode = models.CharField(_("CPU mode"), max_length=20, choices=CpuMode.choices, default=CpuMode.DEFAULT)
+    cpu_model = models.CharField(_("CPU model"), max_length=64, blank=True, help_text=_("For CPU mode “custom”."))
+    cpu_allocation_ratio = models.FloatField(
+        _("vCPU overcommit ratio"), default=4.0, validators=[MinValueValidator(0.1)]
+    )
+    ram_allocation_ratio = models.FloatField(
+        _("RAM overcommit ratio"), default=1.0, validators=[MinValueValidator(0.1)]
+    )
+    disk_allocation_ratio = models.FloatField(
+        _("disk overcommit ratio"), default=1.0, validators=[MinValueValidator(0.1)]
+    )
+    reserved_ram_mib = models.PositiveIntegerField(
+        _("reserved RAM (MiB)"), default=512, help_text=_("Kept free for the host itself.")
+    )
     enabled = models.BooleanField(_("enabled"), default=True)
     state = models.CharField(_("state"), max_length=16, choices=State.choices, default=State.UNKNOWN)
+    state_reason = models.CharField(_("state reason"), max_length=255, blank=True)
+    # Capacity as last reported by the host (the watcher refreshes it).
+    cpus = models.PositiveIntegerField(_("CPUs"), null=True, blank=True)
+    memory_mib = models.PositiveIntegerField(_("RAM (MiB)"), null=True, blank=True)
+    free_memory_mib = models.PositiveIntegerField(_("free RAM (MiB)"), null=True, blank=True)
+    pool_capacity = models.BigIntegerField(_("pool capacity (bytes)"), null=True, blank=True)
+    pool_available = models.BigIntegerField(_("pool free space (bytes)"), null=True, blank=True)
+    libvirt_version = models.CharField(_("libvirt version"), max_length=32, blank=True)
     last_seen = models.DateTimeField(_("last seen"), null=True, blank=True)
     created_at = models.DateTimeField(_("created"), auto_now_add=True)
 
@@ -158,10 +208,34 @@ class Instance(models.Model):
     host = models.ForeignKey(
         Host, null=True, blank=True, on_delete=models.PROTECT, related_name="instances", verbose_name=_("host")
     )
+    domain_name = models.CharField(
+        _("domain name"), max_length=255, blank=True, help_text=_("The libvirt domain's name on its host.")
+    )
+    keypair = models.ForeignKey(
+        "vms.Keypair", null=True, blank=True, on_delete=models.SET_NULL, related_name="+", verbose_name=_("keypair")
+    )
+    network = models.ForeignKey(
+        "vms.Network",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="instances",
+        verbose_name=_("network"),
+    )
+    user_data = models.TextField(_("user-data"), blank=True)
+    installing = models.BooleanField(
+        _("installing from ISO"),
+        default=False,
+        help_text=_("The ISO is attached and boots first until finish install."),
+    )
     state = models.CharField(_("state"), max_length=16, choices=State.choices, default=State.BUILDING)
+    state_reason = models.CharField(_("state reason"), max_length=255, blank=True)
     desired_power_state = models.CharField(
         _("desired power state"), max_length=16, choices=PowerState.choices, default=PowerState.RUNNING
     )
+    task = models.CharField(_("task"), max_length=32, blank=True, help_text=_("The operation in progress, if any."))
+    mac_address = models.CharField(_("MAC address"), max_length=17, blank=True)
+    addresses = models.JSONField(_("addresses"), default=list, blank=True)
     created_at = models.DateTimeField(_("created"), auto_now_add=True)
     updated_at = models.DateTimeField(_("updated"), auto_now=True)
 
@@ -172,11 +246,169 @@ class Instance(models.Model):
     class Meta:
         ordering = ["-created_at", "-id"]
         constraints = [models.UniqueConstraint(fields=["tenant", "name"], name="instance_unique_name_per_tenant")]
+        indexes = [models.Index(fields=["host", "state"], name="instance_host_state_idx")]
         verbose_name = _("instance")
         verbose_name_plural = _("instances")
 
     def __str__(self) -> str:
         return self.name
+
+
+class InstanceDisk(models.Model):
+    """An extra blank disk attached to an instance (counted in the tenant's disk quota)."""
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="+", verbose_name=_("tenant"))
+    instance = models.ForeignKey(Instance, on_delete=models.CASCADE, related_name="disks", verbose_name=_("instance"))
+    size_gib = models.PositiveIntegerField(_("size (GiB)"), validators=[MinValueValidator(1)])
+    target = models.CharField(_("device"), max_length=8, blank=True)
+    volume = models.CharField(_("volume"), max_length=200)
+    attached = models.BooleanField(_("attached"), default=False)
+    created_at = models.DateTimeField(_("created"), auto_now_add=True)
+
+    access_tenant_field = "tenant"
+    access_policy = {VIEW: MEMBER_ROLES, CHANGE: MEMBER_ROLES, "delete": MEMBER_ROLES}
+    objects = RestrictedQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["instance", "created_at", "id"]
+        verbose_name = _("instance disk")
+        verbose_name_plural = _("instance disks")
+
+    def __str__(self) -> str:
+        return f"{self.instance} {self.target or self.volume}"
+
+
+class Snapshot(models.Model):
+    """A libvirt internal snapshot of an instance (counted in the tenant's snapshot quota)."""
+
+    class State(models.TextChoices):
+        CREATING = "creating", _("Creating")
+        AVAILABLE = "available", _("Available")
+        REVERTING = "reverting", _("Reverting")
+        DELETING = "deleting", _("Deleting")
+        ERROR = "error", _("Error")
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="+", verbose_name=_("tenant"))
+    instance = models.ForeignKey(
+        Instance, on_delete=models.CASCADE, related_name="snapshots", verbose_name=_("instance")
+    )
+    name = models.CharField(_("name"), max_length=63)
+    description = models.CharField(_("description"), max_length=255, blank=True)
+    state = models.CharField(_("state"), max_length=12, choices=State.choices, default=State.CREATING)
+    vm_state = models.CharField(_("instance state"), max_length=16, blank=True)
+    created_at = models.DateTimeField(_("created"), auto_now_add=True)
+
+    access_tenant_field = "tenant"
+    access_policy = {VIEW: MEMBER_ROLES, CHANGE: MEMBER_ROLES, "delete": MEMBER_ROLES}
+    objects = RestrictedQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [models.UniqueConstraint(fields=["instance", "name"], name="snapshot_unique_name_per_instance")]
+        verbose_name = _("snapshot")
+        verbose_name_plural = _("snapshots")
+
+    def __str__(self) -> str:
+        return f"{self.instance}@{self.name}"
+
+
+class Keypair(models.Model):
+    """An SSH public key of a tenant, injected into guests through the cloud-init seed."""
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="keypairs", verbose_name=_("tenant"))
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+", verbose_name=_("owner")
+    )
+    name = models.CharField(_("name"), max_length=100)
+    public_key = models.TextField(_("public key"))
+    fingerprint = models.CharField(_("fingerprint"), max_length=100)
+    created_at = models.DateTimeField(_("created"), auto_now_add=True)
+
+    access_tenant_field = "tenant"
+    access_policy = {VIEW: MEMBER_ROLES, CHANGE: MEMBER_ROLES, "delete": MEMBER_ROLES}
+    objects = RestrictedQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["name", "id"]
+        constraints = [models.UniqueConstraint(fields=["tenant", "name"], name="keypair_unique_name_per_tenant")]
+        verbose_name = _("keypair")
+        verbose_name_plural = _("keypairs")
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class NetworkQuerySet(models.QuerySet):
+    def restrict(self, user, action: str = VIEW) -> NetworkQuerySet:
+        """Admins define networks; members see the shared ones and those shared with their tenants."""
+        if user is None or not user.is_authenticated or not user.is_active:
+            return self.none()
+        if is_cloud_admin(user):
+            return self
+        if action != VIEW:
+            return self.none()
+        shared = models.Q(tenants__in=tenant_ids_for(user, MEMBER_ROLES))
+        visible = self.filter(models.Q(is_public=True) | shared)
+        return self.filter(pk__in=visible.values("pk"))
+
+    def usable_by(self, tenant: Tenant) -> NetworkQuerySet:
+        return self.filter(pk__in=self.filter(models.Q(is_public=True) | models.Q(tenants=tenant)).values("pk"))
+
+
+class Network(models.Model):
+    """An admin-defined libvirt network, created on each host on first use."""
+
+    class Mode(models.TextChoices):
+        NAT = "nat", _("NAT")
+        ISOLATED = "isolated", _("Isolated")
+        BRIDGE = "bridge", _("Existing bridge")
+
+    name = models.CharField(_("name"), max_length=100, unique=True)
+    libvirt_name = models.CharField(
+        _("libvirt network name"), max_length=100, unique=True, help_text=_("The network's name on every host.")
+    )
+    mode = models.CharField(_("mode"), max_length=12, choices=Mode.choices, default=Mode.ISOLATED)
+    bridge = models.CharField(_("bridge"), max_length=15, blank=True, help_text=_("Host bridge for mode “bridge”."))
+    cidr = models.CharField(_("subnet (CIDR)"), max_length=43, blank=True, help_text=_("e.g. 192.168.150.0/24"))
+    dhcp = models.BooleanField(_("DHCP"), default=True)
+    description = models.CharField(_("description"), max_length=255, blank=True)
+    is_public = models.BooleanField(_("shared with all tenants"), default=False)
+    tenants = models.ManyToManyField(Tenant, blank=True, related_name="networks", verbose_name=_("tenants with access"))
+    created_at = models.DateTimeField(_("created"), auto_now_add=True)
+
+    objects = NetworkQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["name"]
+        verbose_name = _("network")
+        verbose_name_plural = _("networks")
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class UnmanagedDomain(models.Model):
+    """A domain found on a host that no instance row owns; a cloud admin may adopt it into a tenant."""
+
+    host = models.ForeignKey(Host, on_delete=models.CASCADE, related_name="unmanaged_domains", verbose_name=_("host"))
+    uuid = models.UUIDField(_("UUID"))
+    name = models.CharField(_("name"), max_length=255)
+    state = models.CharField(_("state"), max_length=16)
+    vcpus = models.PositiveIntegerField(_("vCPUs"), default=0)
+    memory_mib = models.PositiveIntegerField(_("RAM (MiB)"), default=0)
+    first_seen = models.DateTimeField(_("first seen"), auto_now_add=True)
+    last_seen = models.DateTimeField(_("last seen"), auto_now=True)
+
+    objects = HostQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["host", "name"]
+        constraints = [models.UniqueConstraint(fields=["host", "uuid"], name="unmanaged_unique_per_host")]
+        verbose_name = _("unmanaged domain")
+        verbose_name_plural = _("unmanaged domains")
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.host})"
 
 
 class Operation(models.Model):
@@ -207,6 +439,9 @@ class Operation(models.Model):
     created_at = models.DateTimeField(_("created"), auto_now_add=True)
     started_at = models.DateTimeField(_("started"), null=True, blank=True)
     finished_at = models.DateTimeField(_("finished"), null=True, blank=True)
+    heartbeat_at = models.DateTimeField(
+        _("last heartbeat"), null=True, blank=True, help_text=_("Last sign of life of the worker running it.")
+    )
 
     access_tenant_field = "tenant"
     access_policy = {VIEW: MEMBER_ROLES}

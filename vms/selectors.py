@@ -2,22 +2,24 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.db.models import Count, QuerySet, Sum
 
 from portal.access import VIEW
 from portal.models import Tenant
-from vms.models import Flavor, Host, Instance
+from vms.models import Flavor, Host, Instance, InstanceDisk, Snapshot
 
 
 def instance_usage(tenant_ids: list[int]) -> dict[int, dict[str, int]]:
-    """Quota usage derived from instance rows: one query for any number of tenants."""
+    """Quota usage derived from instance, extra-disk and snapshot rows: three queries for any number of tenants."""
     rows = (
         Instance.objects.filter(tenant_id__in=tenant_ids)
         .values("tenant_id")
         .annotate(instances=Count("id"), vcpus=Sum("vcpus"), ram_mib=Sum("ram_mib"), disk_gib=Sum("disk_gib"))
         .order_by()
     )
-    return {
+    usage = {
         row["tenant_id"]: {
             "instances": row["instances"],
             "vcpus": row["vcpus"] or 0,
@@ -25,6 +27,44 @@ def instance_usage(tenant_ids: list[int]) -> dict[int, dict[str, int]]:
             "disk_gib": row["disk_gib"] or 0,
         }
         for row in rows
+    }
+    disks = InstanceDisk.objects.filter(tenant_id__in=tenant_ids).values("tenant_id").annotate(gib=Sum("size_gib"))
+    for row in disks.order_by():
+        entry = usage.setdefault(row["tenant_id"], {})
+        entry["disk_gib"] = entry.get("disk_gib", 0) + (row["gib"] or 0)
+    snapshots = Snapshot.objects.filter(tenant_id__in=tenant_ids).values("tenant_id").annotate(n=Count("id"))
+    for row in snapshots.order_by():
+        usage.setdefault(row["tenant_id"], {})["snapshots"] = row["n"]
+    return usage
+
+
+def instances_for(*, user, tenant: Tenant | None = None) -> QuerySet[Instance]:
+    """Instances the user may see (optionally of one tenant), with what lists and pages show joined in."""
+    instances = Instance.objects.restrict(user, VIEW)
+    if tenant is not None:
+        instances = instances.filter(tenant=tenant)
+    return instances.select_related("tenant", "flavor", "image", "host", "owner", "network", "keypair")
+
+
+def instance_payload(instance: Instance) -> dict[str, Any]:
+    """What live updates carry about an instance (no secrets: no user-data)."""
+    return {
+        "id": instance.pk,
+        "uuid": str(instance.uuid),
+        "name": instance.name,
+        "tenant_id": instance.tenant_id,
+        "state": instance.state,
+        "state_display": str(instance.get_state_display()),
+        "state_reason": instance.state_reason,
+        "task": instance.task,
+        "desired_power_state": instance.desired_power_state,
+        "installing": instance.installing,
+        "vcpus": instance.vcpus,
+        "ram_mib": instance.ram_mib,
+        "disk_gib": instance.disk_gib,
+        "host_id": instance.host_id,
+        "addresses": instance.addresses,
+        "updated_at": instance.updated_at.isoformat() if instance.updated_at else None,
     }
 
 

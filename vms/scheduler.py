@@ -1,0 +1,129 @@
+"""Placement: which host runs a new instance.
+
+Filters (a host must pass all): enabled and up, with known capacity; enough vCPUs within
+``cpus × cpu_allocation_ratio``; enough RAM within ``(memory − reserved) × ram_allocation_ratio``;
+enough pool space within ``pool capacity × disk_allocation_ratio`` (and some free space left).
+Weigher: the most RAM left unallocated wins; ties go to the host with the lower name, so
+placement is deterministic. A batch is placed one instance at a time, each taking its share
+from the host it lands on.
+
+Allocation is derived from the instance rows on each host, like quota usage, and the hosts'
+rows are locked (``select_for_update``) by the launch transaction, so two concurrent launches
+never overfill a host.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from django.db.models import Count, Sum
+from django.utils.translation import gettext as _
+
+from portal.services import ServiceError
+from vms.models import Host, Instance
+
+GIB = 1024**3
+
+
+class NoValidHost(ServiceError):
+    pass
+
+
+@dataclass
+class HostLoad:
+    host: Host
+    vcpus: int = 0
+    ram_mib: int = 0
+    disk_gib: int = 0
+    instances: int = 0
+
+    @property
+    def vcpu_limit(self) -> float:
+        return (self.host.cpus or 0) * self.host.cpu_allocation_ratio
+
+    @property
+    def ram_limit(self) -> float:
+        return max(0, (self.host.memory_mib or 0) - self.host.reserved_ram_mib) * self.host.ram_allocation_ratio
+
+    @property
+    def disk_limit(self) -> float:
+        return (self.host.pool_capacity or 0) * self.host.disk_allocation_ratio / GIB
+
+    @property
+    def free_ram(self) -> float:
+        return self.ram_limit - self.ram_mib
+
+    def refusal(self, *, vcpus: int, ram_mib: int, disk_gib: int) -> str | None:
+        """Why this host cannot take the instance, or None when it can."""
+        host = self.host
+        if not host.enabled:
+            return _("disabled")
+        if host.state != Host.State.UP:
+            return _("not up")
+        if not host.cpus or not host.memory_mib or host.pool_capacity is None:
+            return _("capacity unknown")
+        if self.vcpus + vcpus > self.vcpu_limit:
+            return _("not enough vCPUs")
+        if self.ram_mib + ram_mib > self.ram_limit:
+            return _("not enough RAM")
+        if self.disk_gib + disk_gib > self.disk_limit or not host.pool_available:
+            return _("not enough disk space")
+        return None
+
+    def take(self, *, vcpus: int, ram_mib: int, disk_gib: int) -> None:
+        self.vcpus += vcpus
+        self.ram_mib += ram_mib
+        self.disk_gib += disk_gib
+        self.instances += 1
+
+
+def host_loads(hosts: list[Host]) -> dict[int, HostLoad]:
+    """Resources allocated on each host, from the instance rows placed there (one query)."""
+    loads = {host.pk: HostLoad(host=host) for host in hosts}
+    rows = (
+        Instance.objects.filter(host_id__in=list(loads))
+        .values("host_id")
+        .annotate(n=Count("id"), vcpus=Sum("vcpus"), ram=Sum("ram_mib"), disk=Sum("disk_gib"))
+        .order_by()
+    )
+    for row in rows:
+        load = loads[row["host_id"]]
+        load.instances, load.vcpus, load.ram_mib, load.disk_gib = (
+            row["n"],
+            row["vcpus"] or 0,
+            row["ram"] or 0,
+            row["disk"] or 0,
+        )
+    return loads
+
+
+def place(*, count: int, vcpus: int, ram_mib: int, disk_gib: int, hosts: list[Host] | None = None) -> list[Host]:
+    """A host for each of ``count`` instances, or NoValidHost naming why each host was refused.
+
+    Call inside the launch transaction: the candidate hosts are locked until it ends.
+    """
+    if hosts is None:
+        hosts = list(Host.objects.select_for_update().filter(kind=Host.Kind.LIBVIRT).order_by("name"))
+    loads = host_loads(hosts)
+    chosen: list[Host] = []
+    for _i in range(count):
+        refusals: dict[str, str] = {}
+        candidates = []
+        for load in loads.values():
+            reason = load.refusal(vcpus=vcpus, ram_mib=ram_mib, disk_gib=disk_gib)
+            if reason is None:
+                candidates.append(load)
+            else:
+                refusals[load.host.name] = reason
+        if not candidates:
+            if not loads:
+                raise NoValidHost(_("No host is configured to run instances."))
+            detail = "; ".join(f"{name}: {why}" for name, why in sorted(refusals.items()))
+            raise NoValidHost(
+                _("No host can run %(count)d more instance(s) of this size (%(detail)s).")
+                % {"count": count - len(chosen), "detail": detail}
+            )
+        best = min(candidates, key=lambda load: (-load.free_ram, load.host.name))
+        best.take(vcpus=vcpus, ram_mib=ram_mib, disk_gib=disk_gib)
+        chosen.append(best.host)
+    return chosen
