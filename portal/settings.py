@@ -219,6 +219,21 @@ LABCLOUD_QEMU_IMG_LIMITS = {
     "convert_cpu_seconds": int(os.environ.get("QEMU_IMG_CONVERT_CPU_SECONDS", "3600")),
 }
 
+# --- instances ---
+# Every libvirt object the portal creates (domains, volumes) is named with this prefix.
+LABCLOUD_DOMAIN_PREFIX = os.environ.get("LABCLOUD_DOMAIN_PREFIX", "labcloud-")
+# Host folder the guests' serial consoles are logged to (on the instance's host).
+LABCLOUD_SERIAL_LOG_DIR = os.environ.get("LABCLOUD_SERIAL_LOG_DIR", "/var/log/libvirt/qemu")
+LABCLOUD_SHUTDOWN_TIMEOUT = int(os.environ.get("INSTANCE_SHUTDOWN_TIMEOUT", "60"))
+LABCLOUD_MAX_BATCH = int(os.environ.get("INSTANCE_MAX_BATCH", "50"))
+LABCLOUD_USER_DATA_MAX_BYTES = int(os.environ.get("INSTANCE_USER_DATA_MAX_BYTES", str(64 * 1024)))
+# A running operation without a heartbeat for this long is re-queued (its worker died).
+LABCLOUD_OPERATION_STALE_SECONDS = int(os.environ.get("OPERATION_STALE_SECONDS", "120"))
+CELERY_BEAT_SCHEDULE["recover-stale-operations"] = {
+    "task": "vms.tasks.recover_stale_operations_task",
+    "schedule": float(os.environ.get("OPERATION_RECOVERY_INTERVAL", "30")),
+}
+
 SESSION_COOKIE_HTTPONLY = True
 CSRF_COOKIE_HTTPONLY = False
 SECURE_CONTENT_TYPE_NOSNIFF = True
@@ -234,3 +249,10 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
     "loggers": {"django.db.backends": {"level": "INFO"}},
 }
+
+# --- watcher ---
+# manage.py watch_hosts: seconds between full reconciles of every host (domain list → instance states,
+# unmanaged domains, new/removed hosts) and between capacity refreshes. Events arrive in between.
+WATCHER_RECONCILE_SECONDS = float(os.environ.get("WATCHER_RECONCILE_SECONDS", "30"))
+WATCHER_CAPACITY_SECONDS = float(os.environ.get("WATCHER_CAPACITY_SECONDS", "60"))
+# --- end watcher ---

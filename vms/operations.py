@@ -8,11 +8,14 @@ finished operation does nothing), reports ``progress`` as it goes and ends with
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import timedelta
 
+from django.conf import settings
 from django.db import models, transaction
 from django.utils import timezone
 
 from portal.models import Tenant
+from vms import realtime
 from vms.models import Operation
 
 
@@ -37,29 +40,54 @@ def create_operation(
     )
     if task is not None:
         transaction.on_commit(lambda: task.delay(operation.pk))
+    realtime.operation_changed(operation)
     return operation
 
 
+def _stale_before():
+    return timezone.now() - timedelta(seconds=settings.LABCLOUD_OPERATION_STALE_SECONDS)
+
+
 def begin(*, operation_id: int) -> Operation | None:
-    """Mark the operation running; None when it is already finished (a redelivered task)."""
+    """Mark the operation running; None when it is finished or another live worker runs it (a redelivered task).
+
+    A running operation whose heartbeat is older than ``LABCLOUD_OPERATION_STALE_SECONDS`` belongs
+    to a dead worker and may be taken over.
+    """
     with transaction.atomic():
         operation = Operation.objects.select_for_update().filter(pk=operation_id).first()
         if operation is None or operation.finished:
             return None
+        if (
+            operation.state == Operation.State.RUNNING
+            and operation.heartbeat_at is not None
+            and operation.heartbeat_at > _stale_before()
+        ):
+            return None
+        now = timezone.now()
         operation.state = Operation.State.RUNNING
-        operation.started_at = operation.started_at or timezone.now()
-        operation.save(update_fields=["state", "started_at"])
+        operation.started_at = operation.started_at or now
+        operation.heartbeat_at = now
+        operation.save(update_fields=["state", "started_at", "heartbeat_at"])
+    realtime.operation_changed(operation)
     return operation
+
+
+def heartbeat(*, operation: Operation) -> None:
+    """Tell the recovery sweep this operation's worker is alive (progress() does this too)."""
+    operation.heartbeat_at = timezone.now()
+    Operation.objects.filter(pk=operation.pk).update(heartbeat_at=operation.heartbeat_at)
 
 
 def progress(*, operation: Operation, percent: int, message: str | None = None) -> None:
     percent = max(0, min(100, int(percent)))
-    fields = {"progress": percent}
+    fields = {"progress": percent, "heartbeat_at": timezone.now()}
     if message is not None:
         fields["message"] = message[:200]
     Operation.objects.filter(pk=operation.pk).update(**fields)
     for key, value in fields.items():
         setattr(operation, key, value)
+    realtime.operation_changed(operation)
 
 
 def succeed(*, operation: Operation, message: str = "") -> None:
@@ -75,3 +103,4 @@ def _finish(operation: Operation, state: str, **fields) -> None:
     Operation.objects.filter(pk=operation.pk).update(**fields)
     for key, value in fields.items():
         setattr(operation, key, value)
+    realtime.operation_changed(operation)

@@ -144,3 +144,53 @@ def leftovers(conn: libvirt.virConnect, prefix: str) -> list[str]:
         with contextlib.suppress(libvirt.libvirtError):
             found += [f"volume {v.name()}" for v in pool.listAllVolumes(0) if v.name().startswith(prefix)]
     return found
+
+
+@pytest.fixture
+def portal_host(lctest_host, settings, tmp_path):
+    """A Host row for the real ``qemu:///system`` with the test's private pool, capacity filled in.
+
+    Domains and volumes the portal creates are named with the test's own ``lctest-…`` prefix
+    (``LABCLOUD_DOMAIN_PREFIX``), so ``lctest_host`` removes them even when the test fails; serial
+    logs go to the test's work folder; images are stored in a temporary folder.
+    """
+    from vms.models import Host
+
+    settings.LABCLOUD_DOMAIN_PREFIX = lctest_host.prefix
+    settings.LABCLOUD_SERIAL_LOG_DIR = str(lctest_host.work)
+    settings.LABCLOUD_IMAGE_STORE = tmp_path / "images"
+    settings.LABCLOUD_IMAGE_STORE.mkdir()
+    capacity = lctest_host.driver.capacity(lctest_host.pool)
+    host = Host.objects.create(
+        name=lctest_host.name("host"),
+        uri=QEMU_URI,
+        storage_pool=lctest_host.pool,
+        virt_type=Host.VirtType.QEMU,
+        state=Host.State.UP,
+        cpus=capacity.cpus,
+        memory_mib=capacity.memory_mib,
+        free_memory_mib=capacity.free_memory_mib,
+        pool_capacity=capacity.pool_capacity,
+        pool_available=capacity.pool_available,
+    )
+    host.lctest = lctest_host
+    return host
+
+
+def active_image(*, tenant, source: Path, name: str, kind: str = "disk", disk_format: str = "qcow2", **fields):
+    """An active image row whose stored file is a copy of ``source`` (the pipeline itself is tested in images/)."""
+    from images.models import Image
+
+    image = Image.objects.create(
+        tenant=tenant,
+        name=name,
+        kind=kind,
+        disk_format=disk_format,
+        stored_format=disk_format,
+        status=Image.Status.ACTIVE,
+        size=source.stat().st_size,
+        **fields,
+    )
+    image.path.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(source, image.path)
+    return image

@@ -730,6 +730,10 @@ class LibvirtDriver:
         with self._errors(f"delete volume {name!r} in pool {pool!r}"):
             return storage.delete_volume(self.uri, pool_name=pool, name=name)
 
+    def resize_volume(self, pool: str, name: str, size_bytes: int) -> VolumeRef:
+        with self._errors(f"resize volume {name!r} in pool {pool!r}"):
+            return storage.resize_volume(self.uri, pool_name=pool, name=name, size_bytes=size_bytes)
+
     def list_volumes(self, pool: str) -> list[VolumeRef]:
         with self._errors(f"volumes of pool {pool!r}"):
             return storage.list_volumes(self.uri, pool_name=pool)

@@ -15,10 +15,12 @@ from typing import BinaryIO
 
 import libvirt
 
-from portal.backends.base import BackendError, ProgressCallback, VolumeRef
+from portal.backends.base import BackendError, NotFound, ProgressCallback, VolumeRef
 from portal.backends.libvirt.connection import connect
 
 CHUNK = 1024 * 1024
+# qcow2 v3: v2 (libvirt's default, "0.10") cannot be resized once it holds internal snapshots.
+QCOW2_COMPAT = "1.1"
 
 
 def volume_xml(*, name: str, capacity: int, fmt: str = "raw") -> str:
@@ -28,6 +30,8 @@ def volume_xml(*, name: str, capacity: int, fmt: str = "raw") -> str:
     ET.SubElement(vol, "allocation", unit="bytes").text = "0"
     target = ET.SubElement(vol, "target")
     ET.SubElement(target, "format", type=fmt)
+    if fmt == "qcow2":
+        ET.SubElement(target, "compat").text = QCOW2_COMPAT
     return ET.tostring(vol, encoding="unicode")
 
 
@@ -135,6 +139,7 @@ def overlay_xml(*, name: str, capacity: int, backing_path: str, backing_format: 
     ET.SubElement(vol, "allocation", unit="bytes").text = "0"
     target = ET.SubElement(vol, "target")
     ET.SubElement(target, "format", type="qcow2")
+    ET.SubElement(target, "compat").text = QCOW2_COMPAT
     backing = ET.SubElement(vol, "backingStore")
     ET.SubElement(backing, "path").text = backing_path
     ET.SubElement(backing, "format", type=backing_format)
@@ -231,3 +236,21 @@ def delete_volume(uri: str, *, pool_name: str, name: str) -> bool:
     except libvirt.libvirtError as exc:
         raise BackendError(f"cannot delete volume {name!r}: {exc.get_error_message()}") from exc
     return True
+
+
+def resize_volume(uri: str, *, pool_name: str, name: str, size_bytes: int) -> VolumeRef:
+    """Grow a volume to ``size_bytes`` (its virtual size); shrinking is refused."""
+    pool = _pool(connect(uri), pool_name)
+    try:
+        vol = pool.storageVolLookupByName(name)
+    except libvirt.libvirtError as exc:
+        raise NotFound(f"volume {name!r} not found in pool {pool_name!r}") from exc
+    _type, capacity, _alloc = vol.info()
+    if size_bytes < capacity:
+        raise BackendError(f"volume {name!r} is {capacity} bytes; shrinking to {size_bytes} bytes is not possible")
+    if size_bytes > capacity:
+        try:
+            vol.resize(size_bytes, 0)
+        except libvirt.libvirtError as exc:
+            raise BackendError(f"cannot resize volume {name!r}: {exc.get_error_message()}") from exc
+    return _ref(pool_name, vol)

@@ -1,0 +1,28 @@
+"""Celery tasks of the compute app: thin wrappers around vms.lifecycle."""
+
+from __future__ import annotations
+
+from celery import shared_task
+from celery.signals import worker_ready
+
+
+@shared_task(acks_late=True, reject_on_worker_lost=True)
+def run_instance_operation(operation_id: int) -> None:
+    from vms.lifecycle import execute
+
+    execute(operation_id=operation_id)
+
+
+@shared_task
+def recover_stale_operations_task() -> list[int]:
+    from vms.lifecycle import recover_stale_operations
+
+    return recover_stale_operations()
+
+
+@worker_ready.connect
+def _recover_at_start(**_kwargs) -> None:
+    """A restarted worker picks up what its predecessor left half-done (after the stale delay)."""
+    from vms.lifecycle import recover_stale_operations
+
+    recover_stale_operations()
