@@ -21,7 +21,7 @@ import socket
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import timedelta
 from pathlib import Path
 from typing import IO, Any
@@ -645,14 +645,19 @@ def volume_name(image: Image) -> str:
     return f"labcloud-image-{image.uuid}.{image.stored_format or 'img'}"
 
 
-COPY_STALE_AFTER = timedelta(hours=1)
+def _copy_stale_after() -> timedelta:
+    """A copy whose progress has not moved for this long belongs to a dead worker and may be redone."""
+    return timedelta(seconds=settings.LABCLOUD_OPERATION_STALE_SECONDS)
 
 
-def ensure_image_on_host(*, image: Image, host: Host, operation: Operation | None = None) -> ImageReplica:
+def ensure_image_on_host(
+    *, image: Image, host: Host, operation: Operation | None = None, progress: Callable[[int], None] | None = None
+) -> ImageReplica:
     """The image's volume in the host's pool, uploaded once through libvirt's stream API and reused after.
 
     One copy at a time: the replica row is claimed with a conditional update; a second caller
-    while a copy runs gets a ConflictError (a copy silent for an hour counts as dead and is redone).
+    while a copy runs gets a ConflictError. The copier touches the row as it makes progress, so a
+    copy silent for ``LABCLOUD_OPERATION_STALE_SECONDS`` counts as dead (its worker died) and is redone.
     """
     if image.status != Image.Status.ACTIVE:
         raise ServiceError(_("Image “%(name)s” is not active yet.") % {"name": image.name})
@@ -665,7 +670,7 @@ def ensure_image_on_host(*, image: Image, host: Host, operation: Operation | Non
         return replica
     if not created:
         claimable = Q(state=ImageReplica.State.FAILED) | Q(
-            state=ImageReplica.State.COPYING, updated_at__lt=timezone.now() - COPY_STALE_AFTER
+            state=ImageReplica.State.COPYING, updated_at__lt=timezone.now() - _copy_stale_after()
         )
         claimed = ImageReplica.objects.filter(claimable, pk=replica.pk).update(
             state=ImageReplica.State.COPYING, error="", updated_at=timezone.now()
@@ -679,7 +684,10 @@ def ensure_image_on_host(*, image: Image, host: Host, operation: Operation | Non
             )
 
     def report(percent: int) -> None:
-        if operation is not None:
+        ImageReplica.objects.filter(pk=replica.pk).update(updated_at=timezone.now())  # the copy is alive
+        if progress is not None:
+            progress(percent)
+        elif operation is not None:
             operations.progress(
                 operation=operation, percent=percent, message=_("Copying image to %(host)s") % {"host": host.name}
             )

@@ -368,7 +368,7 @@ def _ensure_replica(*, image: Image, host: Host, operation: Operation, report: C
     deadline = time.monotonic() + 3600
     while True:
         try:
-            return ensure_image_on_host(image=image, host=host, operation=operation)
+            return ensure_image_on_host(image=image, host=host, operation=operation, progress=report)
         except ConflictError:
             if time.monotonic() > deadline:
                 raise
