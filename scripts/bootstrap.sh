@@ -105,6 +105,7 @@ PKGS=(
     ca-certificates gcc gettext pkg-config
     qemu-system-x86 qemu-utils
     libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libvirt-dev dnsmasq-base
+    iptables
     redis-server
 )
 # With systemd, Debian's libvirt-daemon-system brings the libvirtd unit, users and qemu.conf.

@@ -300,7 +300,10 @@ def _launch(operation: Operation, instance: Instance) -> str:
     image = instance.image
     if image is None or image.status != Image.Status.ACTIVE:
         raise ServiceError(_("The image of this instance is gone or no longer active."))
-    operations.progress(operation=operation, percent=5, message=_("Copying image to %(host)s") % {"host": host.name})
+    if not image.replicas.filter(host=host, state="ready").exists():
+        operations.progress(
+            operation=operation, percent=5, message=_("Copying image to %(host)s") % {"host": host.name}
+        )
 
     def copy_progress(percent: int) -> None:
         operations.progress(operation=operation, percent=5 + percent * 55 // 100)
@@ -308,7 +311,7 @@ def _launch(operation: Operation, instance: Instance) -> str:
     replica = _ensure_replica(image=image, host=host, operation=operation, report=copy_progress)
     pool = host.storage_pool
     size = instance.disk_gib * GIB
-    operations.progress(operation=operation, percent=65, message=_("Creating the disk"))
+    operations.progress(operation=operation, percent=65, message=_("Creating the disk and the seed"))
     if driver.find_volume(pool, root_volume(instance)) is None:
         if instance.installing:
             driver.create_volume(pool, root_volume(instance), size)
@@ -322,18 +325,15 @@ def _launch(operation: Operation, instance: Instance) -> str:
                 backing_pool=replica.pool if replica.pool != pool else None,
                 backing_format=image.stored_format or "qcow2",
             )
-    if not instance.installing:
-        operations.progress(operation=operation, percent=75, message=_("Writing the cloud-init seed"))
-        if driver.find_volume(pool, seed_volume(instance)) is None:
-            keys = [instance.keypair.public_key] if instance.keypair is not None else []
-            seed = build_nocloud_seed(
-                instance_id=str(instance.uuid),
-                hostname=hostname_from(instance.name),
-                ssh_keys=keys,
-                user_data=instance.user_data or None,
-            )
-            driver.upload_bytes(pool, seed_volume(instance), seed)
-    operations.progress(operation=operation, percent=85, message=_("Defining the instance"))
+    if not instance.installing and driver.find_volume(pool, seed_volume(instance)) is None:
+        keys = [instance.keypair.public_key] if instance.keypair is not None else []
+        seed = build_nocloud_seed(
+            instance_id=str(instance.uuid),
+            hostname=hostname_from(instance.name),
+            ssh_keys=keys,
+            user_data=instance.user_data or None,
+        )
+        driver.upload_bytes(pool, seed_volume(instance), seed)
     network = _network_name(instance)
     try:
         existing = driver.describe(str(instance.uuid))
@@ -342,7 +342,7 @@ def _launch(operation: Operation, instance: Instance) -> str:
     if existing is None:
         driver.define(build_spec(instance, network=network))
     mac = _mac_of(driver, str(instance.uuid)) or instance.mac_address
-    operations.progress(operation=operation, percent=92, message=_("Starting"))
+    operations.progress(operation=operation, percent=90, message=_("Starting"))
     state = driver.start(str(instance.uuid))
     Instance.objects.filter(pk=instance.pk).update(mac_address=mac or "")
     instance.mac_address = mac or ""

@@ -8,10 +8,12 @@ browser as JSON ``{"type": "instance"|"operation"|"instance.deleted", "data": {.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import queue
+import threading
 from typing import Any
 
-from asgiref.sync import async_to_sync
 from django.db import transaction
 
 log = logging.getLogger(__name__)
@@ -23,24 +25,66 @@ def tenant_group(tenant_id: int) -> str:
     return f"tenant-{tenant_id}"
 
 
-def _send(groups: list[str], event: dict[str, Any]) -> None:
-    from channels.layers import get_channel_layer
+class _Sender:
+    """Delivers events from a thread of its own, so a service or task never waits for Redis.
 
-    layer = get_channel_layer()
-    if layer is None:
-        return
-    try:
-        for group in groups:
-            async_to_sync(layer.group_send)(group, {"type": "live.event", "event": event})
-    except Exception:  # live updates are best effort; a reload still shows the truth
-        log.warning("could not publish a live update", exc_info=True)
+    One event loop lives in that thread for the process's lifetime (channels_redis keeps its
+    connections per loop); events keep their order. ``flush()`` waits until everything queued so
+    far went out (tests and short-lived commands use it).
+    """
+
+    def __init__(self) -> None:
+        self._queue: queue.Queue = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def put(self, groups: list[str], event: dict[str, Any]) -> None:
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="labcloud-live-sender", daemon=True)
+                self._thread.start()
+        self._queue.put((groups, event))
+
+    def flush(self, timeout: float = 5.0) -> None:
+        done = threading.Event()
+        self._queue.put(done)
+        if self._thread is not None:
+            done.wait(timeout)
+
+    def _run(self) -> None:
+        from channels.layers import get_channel_layer
+
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        while True:
+            item = self._queue.get()
+            if isinstance(item, threading.Event):
+                item.set()
+                continue
+            groups, event = item
+            layer = get_channel_layer()
+            if layer is None:
+                continue
+            try:
+                for group in groups:
+                    loop.run_until_complete(layer.group_send(group, {"type": "live.event", "event": event}))
+            except Exception:  # live updates are best effort; a reload still shows the truth
+                log.warning("could not publish a live update", exc_info=True)
+
+
+_sender = _Sender()
+
+
+def flush(timeout: float = 5.0) -> None:
+    """Wait until the live updates published so far have been handed to the channel layer."""
+    _sender.flush(timeout)
 
 
 def publish(*, tenant_id: int | None, kind: str, data: dict[str, Any]) -> None:
     """Send ``{"type": kind, "data": data}`` to the tenant's members and to staff once the transaction commits."""
     groups = [STAFF_GROUP] + ([tenant_group(tenant_id)] if tenant_id is not None else [])
     event = {"type": kind, "data": data}
-    transaction.on_commit(lambda: _send(groups, event))
+    transaction.on_commit(lambda: _sender.put(groups, event))
 
 
 def instance_changed(instance) -> None:

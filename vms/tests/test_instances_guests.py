@@ -210,3 +210,19 @@ def test_install_from_iso_then_boot_from_disk(portal_host, guest_media, make_ten
     ok(run_tasks(lambda: lifecycle.delete_instance(actor=user, instance=instance)))
     left = [name for name in leftovers(connect(QEMU_URI), portal_host.lctest.prefix) if "image" not in name]
     assert left == []
+
+
+def test_detect_virt_type_proves_kvm_by_booting(portal_host, guest_media):
+    """/dev/kvm exists here but cannot boot a kernel: detection must choose qemu (TCG) and leave nothing behind."""
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    portal_host.virt_type = "kvm"
+    portal_host.save(update_fields=["virt_type"])
+    out = StringIO()
+    call_command("detect_virt_type", host=[portal_host.name], image=guest_media["tiny.qcow2"], timeout=30, stdout=out)
+    assert out.getvalue().strip() == f"{portal_host.name}: qemu"
+    portal_host.refresh_from_db()
+    assert portal_host.virt_type == "qemu"
+    assert leftovers(connect(QEMU_URI), portal_host.lctest.prefix) == []

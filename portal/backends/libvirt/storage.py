@@ -121,9 +121,8 @@ def upload_bytes(uri: str, *, pool_name: str, name: str, data: bytes, fmt: str =
     """Create volume ``name`` holding ``data`` (a seed ISO, a small image); replaces a leftover."""
     conn = connect(uri)
     pool = _pool(conn, pool_name)
-    _stream_into(conn, pool, name=name, size=len(data), fh=io.BytesIO(data), fmt=fmt)
-    pool.refresh(0)
-    return _ref(pool_name, pool.storageVolLookupByName(name))
+    vol = _stream_into(conn, pool, name=name, size=len(data), fh=io.BytesIO(data), fmt=fmt)
+    return _ref(pool_name, vol)  # no pool refresh: it probes every volume of the pool (slow in big pools)
 
 
 def _volume_format(vol: libvirt.virStorageVol) -> str:

@@ -1,0 +1,161 @@
+"""Dashboard pages for keypairs and networks.
+
+Keypairs belong to the active tenant: its members list, import, generate and delete them. A
+generated keypair's private key is in the one response that creates it (not cached, never
+stored), with a download button. Networks are listed read-only: those the active tenant may use,
+or every network for cloud admins (who define them in the admin site).
+"""
+
+from __future__ import annotations
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import NoReverseMatch, reverse
+from django.utils.text import slugify
+from django.utils.translation import gettext as _
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_POST
+
+from portal.access import DELETE, VIEW, is_cloud_admin
+from portal.middleware import client_ip
+from portal.services import ServiceError
+from portal.views import current_tenant
+from vms.keypair_forms import KeypairGenerateForm, KeypairImportForm
+from vms.keypairs import delete_keypair, generate_keypair, import_keypair, keypairs_for
+from vms.models import Keypair
+from vms.networks import networks_for
+
+
+def _admin_url(name: str, *args) -> str | None:
+    try:
+        return reverse(f"admin:{name}", args=args)
+    except NoReverseMatch:
+        return None
+
+
+def _keypairs_page(request, *, import_form=None, generate_form=None, status: int = 200):
+    tenant = current_tenant(request)
+    staff = is_cloud_admin(request.user)
+    if tenant is not None:
+        keypairs = list(keypairs_for(user=request.user, tenant=tenant))
+    elif staff:
+        keypairs = list(keypairs_for(user=request.user))  # no active tenant: every keypair, to look at
+    else:
+        keypairs = []
+    for keypair in keypairs:
+        keypair.key_type = keypair.public_key.split(" ", 1)[0]
+    return render(
+        request,
+        "vms/keypairs.html",
+        {
+            "tenant": tenant,
+            "staff": staff,
+            "keypairs": keypairs,
+            "import_form": import_form or KeypairImportForm(),
+            "generate_form": generate_form or KeypairGenerateForm(),
+        },
+        status=status,
+    )
+
+
+@login_required
+def keypair_list(request):
+    return _keypairs_page(request)
+
+
+def _tenant_or_refuse(request):
+    tenant = current_tenant(request)
+    if tenant is None:
+        raise PermissionDenied
+    return tenant
+
+
+@login_required
+@require_POST
+def keypair_import(request):
+    tenant = _tenant_or_refuse(request)
+    form = KeypairImportForm(request.POST)
+    if form.is_valid():
+        try:
+            keypair = import_keypair(
+                actor=request.user,
+                tenant=tenant,
+                name=form.cleaned_data["name"],
+                public_key=form.cleaned_data["public_key"],
+                ip=client_ip(request),
+            )
+        except ServiceError as exc:
+            form.add_service_error(exc)
+        else:
+            messages.success(
+                request,
+                _("Keypair “%(name)s” imported (%(fingerprint)s).")
+                % {"name": keypair.name, "fingerprint": keypair.fingerprint},
+            )
+            return redirect("keypairs")
+    return _keypairs_page(request, import_form=form)
+
+
+@never_cache  # the response carries the private key
+@login_required
+@require_POST
+def keypair_generate(request):
+    tenant = _tenant_or_refuse(request)
+    form = KeypairGenerateForm(request.POST)
+    if form.is_valid():
+        try:
+            keypair, private_key = generate_keypair(
+                actor=request.user, tenant=tenant, name=form.cleaned_data["name"], ip=client_ip(request)
+            )
+        except ServiceError as exc:
+            form.add_service_error(exc)
+        else:
+            return render(
+                request,
+                "vms/keypair_created.html",
+                {
+                    "tenant": tenant,
+                    "keypair": keypair,
+                    "private_key": private_key,
+                    "filename": f"{slugify(keypair.name) or 'keypair'}.pem",
+                },
+            )
+    return _keypairs_page(request, generate_form=form)
+
+
+@login_required
+@require_POST
+def keypair_delete(request, pk: int):
+    keypair = get_object_or_404(Keypair.objects.restrict(request.user, VIEW), pk=pk)
+    if not Keypair.objects.restrict(request.user, DELETE).filter(pk=pk).exists():
+        raise PermissionDenied
+    name = keypair.name
+    delete_keypair(actor=request.user, keypair=keypair, ip=client_ip(request))
+    messages.success(request, _("Keypair “%(name)s” has been deleted.") % {"name": name})
+    return redirect("keypairs")
+
+
+@login_required
+def network_list(request):
+    tenant = current_tenant(request)
+    staff = is_cloud_admin(request.user)
+    if staff:
+        networks = list(networks_for(user=request.user))
+        for network in networks:
+            network.admin_url = _admin_url("vms_network_change", network.pk)
+    elif tenant is not None:
+        networks = list(networks_for(user=request.user, tenant=tenant).prefetch_related(None))
+    else:
+        networks = []
+    return render(
+        request,
+        "vms/networks.html",
+        {
+            "tenant": tenant,
+            "staff": staff,
+            "networks": networks,
+            "add_url": _admin_url("vms_network_add") if staff else None,
+        },
+    )
