@@ -1,3 +1,9 @@
 """WebSocket routes of every app, gathered in one list for portal.asgi."""
 
-websocket_urlpatterns: list = []
+from django.urls import path
+
+from vms.consumers import LiveConsumer
+
+websocket_urlpatterns: list = [
+    path("ws/live/", LiveConsumer.as_asgi()),
+]

@@ -43,7 +43,7 @@ def process_specs(host: str, port: int) -> list[ProcessSpec]:
         ProcessSpec(
             "worker", [py, "-m", "celery", "-A", "portal", "worker", "--beat", "-l", "info", "--concurrency", "2"]
         ),
-        # ProcessSpec("hostwatch", [py, "manage.py", "hostwatch"]),
+        ProcessSpec("watcher", [py, "manage.py", "watch_hosts"]),
         # ProcessSpec("console", [py, "manage.py", "consoleproxy"]),
     ]
 

@@ -1,0 +1,126 @@
+"""WebSocket consumers of the compute app.
+
+``LiveConsumer`` (``ws/live/``) relays the live updates of ``vms.realtime`` to the browser: cloud
+admins join the ``staff`` group (everything), other users the ``tenant-<id>`` group of each tenant
+they are a member of. ``?tenant=<id>`` narrows the stream to one tenant (staff included).
+
+Access is re-checked while the socket is open: before relaying an event the consumer reloads the
+user's memberships when the last check is older than ``recheck_seconds``, leaves the groups of
+tenants the user no longer belongs to, and drops instance events of tenants not (or no longer)
+allowed. A user who lost all access (deactivated, removed from the filtered tenant or from every
+tenant) is disconnected.
+
+Close codes: 4401 not signed in (or deactivated), 4403 the tenant asked for is not yours,
+4400 a malformed query.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+from urllib.parse import parse_qs
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncJsonWebsocketConsumer
+
+from portal.access import MEMBER_ROLES, is_cloud_admin, tenant_ids_for
+from vms.realtime import STAFF_GROUP, tenant_group
+
+CLOSE_BAD_REQUEST = 4400
+CLOSE_UNAUTHENTICATED = 4401
+CLOSE_FORBIDDEN = 4403
+
+
+def _access(user_id: int) -> tuple[bool, bool, frozenset[int]]:
+    """(active, cloud admin, tenant ids) of the user as the database says now."""
+    from django.contrib.auth import get_user_model
+
+    user = get_user_model().objects.filter(pk=user_id).first()
+    if user is None or not user.is_active:
+        return False, False, frozenset()
+    return True, is_cloud_admin(user), frozenset(tenant_ids_for(user, MEMBER_ROLES).values_list("tenant_id", flat=True))
+
+
+class LiveConsumer(AsyncJsonWebsocketConsumer):
+    recheck_seconds = 3.0
+
+    async def connect(self) -> None:
+        self.groups_joined: set[str] = set()
+        self.tenant_filter: int | None = None
+        self.checked_at = 0.0
+        user = self.scope.get("user")
+        # Refusals accept first and then close, so the browser sees the close code (not a failed handshake).
+        if user is None or not user.is_authenticated:
+            await self._refuse(CLOSE_UNAUTHENTICATED)
+            return
+        query = parse_qs(self.scope.get("query_string", b"").decode("latin-1"))
+        if "tenant" in query:
+            try:
+                self.tenant_filter = int(query["tenant"][0])
+            except ValueError:
+                await self._refuse(CLOSE_BAD_REQUEST)
+                return
+        self.user_id = user.pk
+        refused = await self.recheck()  # joins the groups before the handshake completes: no event is missed
+        await self.accept()
+        if refused:
+            await self.close(code=refused)
+
+    async def _refuse(self, code: int) -> None:
+        await self.accept()
+        await self.close(code=code)
+
+    async def recheck(self) -> int | None:
+        """Reload the user's access and join or leave groups to match; a close code when nothing is left."""
+        active, admin, tenant_ids = await database_sync_to_async(_access)(self.user_id)
+        self.checked_at = time.monotonic()
+        self.is_admin, self.tenant_ids = admin, tenant_ids
+        if not active:
+            await self._leave_all()
+            return CLOSE_UNAUTHENTICATED
+        if self.tenant_filter is not None:
+            allowed = admin or self.tenant_filter in tenant_ids
+            wanted = {tenant_group(self.tenant_filter)} if allowed else set()
+        else:
+            wanted = {STAFF_GROUP} if admin else {tenant_group(t) for t in tenant_ids}
+        if not wanted:  # removed from the tenant asked for, or from every tenant
+            await self._leave_all()
+            return CLOSE_FORBIDDEN
+        for group in self.groups_joined - wanted:
+            await self.channel_layer.group_discard(group, self.channel_name)
+        for group in wanted - self.groups_joined:
+            await self.channel_layer.group_add(group, self.channel_name)
+        self.groups_joined = wanted
+        return None
+
+    async def _leave_all(self) -> None:
+        for group in self.groups_joined:
+            await self.channel_layer.group_discard(group, self.channel_name)
+        self.groups_joined = set()
+
+    async def disconnect(self, code: int) -> None:
+        await self._leave_all()
+
+    async def receive_json(self, content: Any, **kwargs) -> None:
+        """The stream is one-way; anything the browser sends is ignored."""
+
+    def _allowed(self, event: dict[str, Any]) -> bool:
+        data = event.get("data") or {}
+        tenant_id = data.get("tenant_id") if isinstance(data, dict) else None
+        if self.tenant_filter is not None and tenant_id is not None and tenant_id != self.tenant_filter:
+            return False
+        if self.is_admin or tenant_id is None:
+            return True  # events without a tenant reach only the groups this user is (still) in
+        return tenant_id in self.tenant_ids
+
+    async def live_event(self, message: dict[str, Any]) -> None:
+        if not self.groups_joined:
+            return
+        if time.monotonic() - self.checked_at >= self.recheck_seconds:
+            refused = await self.recheck()
+            if refused:
+                await self.close(code=refused)
+                return
+        event = message.get("event") or {}
+        if self._allowed(event):
+            await self.send_json(event)

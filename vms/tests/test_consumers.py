@@ -1,0 +1,178 @@
+"""The live-updates websocket (``ws/live/``) through the real ASGI application and the Redis channel layer.
+
+Each test runs one async scenario with ``async_to_sync`` (no pytest-asyncio needed) against a
+transactional database, so the consumer's database threads see the rows the test made. The
+channel layer gets a prefix of its own per test (fixture ``channel_layer``): other test runs on
+the same Redis cannot reach these groups.
+"""
+
+from __future__ import annotations
+
+import pytest
+from asgiref.sync import async_to_sync, sync_to_async
+from channels.testing import WebsocketCommunicator
+from django.test import Client
+
+from portal.models import Membership
+from vms import realtime
+from vms.consumers import LiveConsumer
+from vms.models import Flavor, Instance
+
+from .test_watcher import channel_layer  # noqa: F401 - fixture
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("channel_layer")]
+
+
+def session_cookie(user) -> bytes:
+    client = Client()
+    client.force_login(user)
+    return f"sessionid={client.cookies['sessionid'].value}".encode()
+
+
+async def connect(user=None, query: str = "") -> WebsocketCommunicator:
+    from portal.asgi import application
+
+    headers = [(b"origin", b"http://127.0.0.1")]
+    if user is not None:
+        headers.append((b"cookie", await sync_to_async(session_cookie)(user)))
+    communicator = WebsocketCommunicator(application, f"/ws/live/{query}", headers=headers)
+    connected, _ = await communicator.connect(timeout=5)
+    assert connected
+    return communicator
+
+
+async def closed_with(communicator: WebsocketCommunicator) -> int | None:
+    output = await communicator.receive_output(timeout=3)
+    assert output["type"] == "websocket.close", output
+    return output.get("code")
+
+
+@pytest.fixture
+def instances(actors):
+    """One instance in each of the two tenants of ``actors``."""
+    flavor = Flavor.objects.create(name="lctest.ws", vcpus=1, ram_mib=128, disk_gib=1)
+
+    def make(tenant, name):
+        return Instance.objects.create(
+            tenant=tenant, name=name, flavor=flavor, vcpus=1, ram_mib=128, disk_gib=1, state=Instance.State.RUNNING
+        )
+
+    return make(actors.tenant, "mine"), make(actors.other_tenant, "theirs")
+
+
+publish = sync_to_async(realtime.instance_changed)
+
+
+async def next_event(communicator: WebsocketCommunicator) -> dict:
+    return await communicator.receive_json_from(timeout=3)
+
+
+def test_anonymous_is_refused(db):
+    async def scenario():
+        communicator = await connect(None)
+        assert await closed_with(communicator) == 4401
+
+    async_to_sync(scenario)()
+
+
+def test_member_gets_its_tenant_events_only(actors, instances):
+    mine, theirs = instances
+
+    async def scenario():
+        communicator = await connect(actors.member)
+        await publish(theirs)
+        await publish(mine)
+        event = await next_event(communicator)
+        assert event["type"] == "instance" and event["data"]["id"] == mine.pk
+        assert event["data"]["tenant_id"] == actors.tenant.pk and "user_data" not in event["data"]
+        assert await communicator.receive_nothing(timeout=0.5)
+        await communicator.disconnect()
+
+    async_to_sync(scenario)()
+
+
+def test_outsider_does_not_see_the_other_tenant(actors, instances):
+    mine, theirs = instances
+
+    async def scenario():
+        communicator = await connect(actors.outsider)  # admin of the other tenant
+        await publish(mine)
+        await publish(theirs)
+        event = await next_event(communicator)
+        assert event["data"]["id"] == theirs.pk
+        assert await communicator.receive_nothing(timeout=0.5)
+        await communicator.disconnect()
+
+    async_to_sync(scenario)()
+
+
+def test_staff_gets_every_tenant(actors, instances):
+    mine, theirs = instances
+
+    async def scenario():
+        communicator = await connect(actors.cloud_admin)
+        await publish(mine)
+        await publish(theirs)
+        ids = {(await next_event(communicator))["data"]["id"], (await next_event(communicator))["data"]["id"]}
+        assert ids == {mine.pk, theirs.pk}
+        assert await communicator.receive_nothing(timeout=0.3)
+        await communicator.disconnect()
+
+    async_to_sync(scenario)()
+
+
+def test_tenant_filter(actors, instances):
+    mine, theirs = instances
+
+    async def scenario():
+        staff = await connect(actors.cloud_admin, f"?tenant={actors.other_tenant.pk}")
+        await publish(mine)
+        await publish(theirs)
+        assert (await next_event(staff))["data"]["id"] == theirs.pk
+        assert await staff.receive_nothing(timeout=0.5)
+        await staff.disconnect()
+
+        member = await connect(actors.member, f"?tenant={actors.other_tenant.pk}")  # not a member there
+        assert await closed_with(member) == 4403
+        bad = await connect(actors.member, "?tenant=abc")
+        assert await closed_with(bad) == 4400
+
+    async_to_sync(scenario)()
+
+
+def test_removed_member_stops_receiving(actors, instances, monkeypatch):
+    monkeypatch.setattr(LiveConsumer, "recheck_seconds", 0.0)  # re-check on every event
+    mine, theirs = instances
+    Membership.objects.create(user=actors.member, tenant=actors.other_tenant, role=Membership.Role.MEMBER)
+
+    async def scenario():
+        communicator = await connect(actors.member)
+        await publish(mine)
+        assert (await next_event(communicator))["data"]["id"] == mine.pk
+
+        # Removed from the first tenant: its events stop, the other tenant's still come.
+        await sync_to_async(Membership.objects.filter(user=actors.member, tenant=actors.tenant).delete)()
+        await publish(mine)
+        await publish(theirs)
+        assert (await next_event(communicator))["data"]["id"] == theirs.pk
+        assert await communicator.receive_nothing(timeout=0.5)
+
+        # Removed from the last one: the socket is closed.
+        await sync_to_async(Membership.objects.filter(user=actors.member).delete)()
+        await publish(theirs)
+        assert await closed_with(communicator) == 4403
+
+    async_to_sync(scenario)()
+
+
+def test_deactivated_user_is_disconnected(actors, instances, monkeypatch):
+    monkeypatch.setattr(LiveConsumer, "recheck_seconds", 0.0)
+    mine, _theirs = instances
+
+    async def scenario():
+        communicator = await connect(actors.member)
+        await sync_to_async(type(actors.member).objects.filter(pk=actors.member.pk).update)(is_active=False)
+        await publish(mine)
+        assert await closed_with(communicator) == 4401
+
+    async_to_sync(scenario)()

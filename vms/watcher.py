@@ -1,0 +1,352 @@
+"""The host watcher: libvirt domain events and a periodic full reconcile, written into the database.
+
+One process (``manage.py watch_hosts``) keeps one long-lived connection per enabled libvirt host
+(the cached connection of ``portal.backends.libvirt.connection``) with a lifecycle event callback
+registered on it. libvirt calls the callback in its event-loop thread; the callback only puts the
+event on a queue. The main thread takes events off the queue, asks the host for the domain's
+current state and applies it (``vms.hosts.apply_observed_state``), which publishes the change to
+the channel layer: a start or stop reaches the browser well within a second.
+
+Events can be missed (the watcher was down, the connection dropped), so every
+``WATCHER_RECONCILE_SECONDS`` the watcher also runs ``reconcile_host`` for every watched host,
+which also picks up new, removed and disabled hosts; every ``WATCHER_CAPACITY_SECONDS`` it runs
+``refresh_host``. A host that does not answer is marked down and retried with exponential
+backoff; on reconnect its events are registered again and it is reconciled at once.
+
+Everything touching the database runs in the main thread; the loop closes stale database
+connections (``close_old_connections``) each round, so a restarted database costs one round.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import threading
+import time
+import uuid as uuidlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import libvirt
+from django.conf import settings
+from django.db import DatabaseError, close_old_connections
+from django.utils.translation import gettext as _
+
+from portal.backends.base import BackendError
+from portal.backends.libvirt import connection
+from vms import hosts as host_services
+from vms.models import Host, Instance
+
+log = logging.getLogger(__name__)
+
+BACKOFF_MIN = 2.0  # seconds before the first retry of a host that went down
+BACKOFF_MAX = 120.0
+TICK = 0.5  # longest wait for an event before the loop looks at its timers and the stop flag
+HEALTH_SECONDS = 2.0  # how often the watched connections are checked for life
+
+# Lifecycle event → power state, for when the host cannot be asked (the event is all we know).
+EVENT_STATES = {
+    libvirt.VIR_DOMAIN_EVENT_STARTED: "running",
+    libvirt.VIR_DOMAIN_EVENT_RESUMED: "running",
+    libvirt.VIR_DOMAIN_EVENT_SUSPENDED: "paused",
+    libvirt.VIR_DOMAIN_EVENT_STOPPED: "shutoff",
+    libvirt.VIR_DOMAIN_EVENT_CRASHED: "crashed",
+    libvirt.VIR_DOMAIN_EVENT_PMSUSPENDED: "paused",
+}
+
+
+@dataclass(frozen=True)
+class DomainEvent:
+    uri: str
+    uuid: str
+    event: int
+    detail: int
+    received: float  # time.monotonic() in the event-loop thread
+
+
+@dataclass
+class Watch:
+    """One watched host: its registered callback and its retry schedule."""
+
+    host_id: int
+    name: str
+    uri: str
+    conn: libvirt.virConnect | None = None
+    callback_id: int | None = None
+    failures: int = 0
+    retry_at: float = 0.0
+
+    @property
+    def connected(self) -> bool:
+        return self.conn is not None and self.callback_id is not None
+
+
+def _alive(conn: libvirt.virConnect) -> bool:
+    try:
+        return bool(conn.isAlive())
+    except libvirt.libvirtError:
+        return False
+
+
+class HostWatcher:
+    """The watcher's state and main loop; ``run()`` blocks until ``stop()`` (or a signal handler) is called."""
+
+    def __init__(
+        self,
+        *,
+        host_names: Iterable[str] = (),
+        reconcile_seconds: float | None = None,
+        capacity_seconds: float | None = None,
+    ) -> None:
+        self.host_names = sorted(set(host_names))
+        self.reconcile_seconds = float(reconcile_seconds or settings.WATCHER_RECONCILE_SECONDS)
+        self.capacity_seconds = float(capacity_seconds or settings.WATCHER_CAPACITY_SECONDS)
+        self.events: queue.Queue[DomainEvent] = queue.Queue()
+        self.watches: dict[int, Watch] = {}
+        # One event registration per connection (libvirt refuses a second one for the same callback),
+        # shared by the hosts that name the same URI.
+        self.listeners: dict[str, tuple[libvirt.virConnect, int]] = {}
+        self.stopping = threading.Event()
+        self.ready = threading.Event()  # set once the first round (connect, reconcile, refresh) is done
+        self.handled = 0  # events applied (for tests and the benchmark)
+
+    # ------------------------------------------------------------------ hosts
+
+    def hosts(self, *, enabled_only: bool) -> list[Host]:
+        qs = Host.objects.filter(kind=Host.Kind.LIBVIRT)
+        if enabled_only:
+            qs = qs.filter(enabled=True)
+        if self.host_names:
+            qs = qs.filter(name__in=self.host_names)
+        return list(qs.order_by("name"))
+
+    def refresh_all(self) -> None:
+        for host in self.hosts(enabled_only=False):
+            watch = self.watches.get(host.pk)
+            if watch is not None and not watch.connected:
+                continue  # in backoff: its reconnect attempt refreshes it
+            host_services.refresh_host(host=host)
+            log.info("host %s: %s", host.name, host.get_state_display() if not host.state_reason else host.state_reason)
+
+    def reconcile_all(self, *, skip: frozenset[int] | set[int] = frozenset()) -> None:
+        for host in self.hosts(enabled_only=True):
+            watch = self.watches.get(host.pk)
+            if host.pk in skip or (watch is not None and not watch.connected):
+                continue
+            self.reconcile(host)
+
+    def reconcile(self, host: Host) -> bool:
+        try:
+            counts = host_services.reconcile_host(host=host)
+        except BackendError as exc:
+            log.warning("reconcile of host %s failed: %s", host.name, exc.message)
+            watch = self.watches.get(host.pk)
+            if watch is not None:
+                self._went_down(watch, exc.message)
+            return False
+        log.info("reconciled host %s: %s", host.name, host_services.counts_summary(counts))
+        return True
+
+    def once(self) -> None:
+        """One capacity refresh and one reconcile of every selected host (``watch_hosts --once``)."""
+        self.refresh_all()
+        self.reconcile_all()
+
+    # ------------------------------------------------------------------ events
+
+    def _on_lifecycle(self, _conn, dom, event: int, detail: int, uri: str) -> None:
+        """libvirt event-loop thread: hand the event to the main loop, nothing else."""
+        try:
+            self.events.put(DomainEvent(uri, dom.UUIDString(), event, detail, time.monotonic()))
+        except Exception:  # never let an exception escape into libvirt's loop
+            log.exception("could not queue a domain event")
+
+    def sync_watches(self) -> None:
+        """Watch every enabled host (new ones get registered), forget removed or disabled ones."""
+        current = {host.pk: host for host in self.hosts(enabled_only=True)}
+        for host_id in list(self.watches):
+            watch = self.watches[host_id]
+            host = current.get(host_id)
+            if host is None or host.uri != watch.uri:
+                log.info("no longer watching host %s", watch.name)
+                self._unregister(watch)
+                del self.watches[host_id]
+        for host_id, host in current.items():
+            if host_id not in self.watches:
+                log.info("watching host %s (%s)", host.name, host.uri)
+                self.watches[host_id] = Watch(host_id=host_id, name=host.name, uri=host.uri)
+
+    def _register(self, watch: Watch) -> None:
+        listener = self.listeners.get(watch.uri)
+        if listener is not None and not _alive(listener[0]):
+            self._drop_listener(watch.uri)
+            listener = None
+        if listener is None:
+            conn = connection.connect(watch.uri)  # HostUnreachable when it does not answer
+            try:
+                callback_id = conn.domainEventRegisterAny(
+                    None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._on_lifecycle, watch.uri
+                )
+            except libvirt.libvirtError as exc:
+                raise BackendError(
+                    _("Cannot listen for domain events on %(uri)s: %(error)s")
+                    % {"uri": watch.uri, "error": exc.get_error_message()}
+                ) from exc
+            listener = self.listeners[watch.uri] = (conn, callback_id)
+        watch.conn, watch.callback_id = listener
+
+    def _drop_listener(self, uri: str) -> None:
+        listener = self.listeners.pop(uri, None)
+        if listener is not None:
+            with contextlib.suppress(libvirt.libvirtError):
+                listener[0].domainEventDeregisterAny(listener[1])
+
+    def _unregister(self, watch: Watch) -> None:
+        shared = any(w is not watch and w.uri == watch.uri and w.connected for w in self.watches.values())
+        if watch.connected and not shared:
+            self._drop_listener(watch.uri)
+        watch.conn, watch.callback_id = None, None
+
+    def _went_down(self, watch: Watch, reason: str) -> None:
+        self._unregister(watch)
+        watch.failures += 1
+        delay = min(BACKOFF_MAX, BACKOFF_MIN * 2 ** (watch.failures - 1))
+        watch.retry_at = time.monotonic() + delay
+        Host.objects.filter(pk=watch.host_id, enabled=True).update(state=Host.State.DOWN, state_reason=reason[:255])
+        log.warning("host %s is down (%s); retrying in %.0f s", watch.name, reason, delay)
+
+    def connect_watches(self) -> set[int]:
+        """Register events on hosts not yet connected whose retry time has come; reconcile them at once.
+
+        Returns the ids of the hosts it connected (and so just reconciled)."""
+        connected: set[int] = set()
+        now = time.monotonic()
+        for watch in list(self.watches.values()):
+            if watch.connected or now < watch.retry_at:
+                continue
+            try:
+                self._register(watch)
+            except BackendError as exc:
+                self._went_down(watch, exc.message)
+                continue
+            log.info("host %s: listening for domain events", watch.name)
+            watch.failures = 0
+            host = Host.objects.filter(pk=watch.host_id).first()
+            if host is not None:
+                host_services.refresh_host(host=host)
+                self.reconcile(host)  # catch up on whatever happened while we were not listening
+                connected.add(host.pk)
+        return connected
+
+    def check_health(self) -> None:
+        """A connection libvirt closed (keepalive timeout, daemon restart) means: down, reconnect later."""
+        for watch in self.watches.values():
+            if not watch.connected:
+                continue
+            if not _alive(watch.conn):
+                connection.forget(watch.uri)
+                self._went_down(watch, _("Lost the connection to %(uri)s.") % {"uri": watch.uri})
+
+    def handle(self, event: DomainEvent) -> bool:
+        """Apply one domain event: look the instance up by UUID, ask for its state, store it."""
+        try:
+            key = uuidlib.UUID(event.uuid)
+        except ValueError:
+            return False
+        instance = Instance.objects.filter(uuid=key).select_related("host").first()
+        if instance is None:
+            return False  # unmanaged domain: the next reconcile lists it
+        host = instance.host
+        if host is None or host.uri != event.uri:
+            return False  # about a copy on another host (a migration's source, say): not this row's fact
+        # Even after an UNDEFINED event: a running domain that was undefined lives on (transient), and a
+        # task may have redefined it meanwhile. Only the host knows.
+        changed = self._apply_current_state(host, instance, event)
+        if changed:
+            self.handled += 1
+            log.info("instance %s (%s) is now %s", instance.name, instance.uuid, instance.state)
+        return changed
+
+    def _apply_current_state(self, host: Host, instance: Instance, event: DomainEvent) -> bool:
+        """Ask the host for the domain's state now (events may be coalesced); the event itself if it cannot answer."""
+        try:
+            state = host_services.domain_state(host=host, uuid=event.uuid)
+        except BackendError:
+            fallback = EVENT_STATES.get(event.event)
+            return fallback is not None and host_services.apply_observed_state(instance=instance, state=fallback)
+        if state is None:  # undefined, or a transient domain that stopped: gone
+            return host_services.mark_vanished(instance=instance)
+        reason = host_services.observed_reason(state)
+        return host_services.apply_observed_state(instance=instance, state=state.state, reason=reason)
+
+    def drain(self, timeout: float) -> None:
+        """Handle queued events, waiting up to ``timeout`` seconds for the first; duplicates are applied once."""
+        try:
+            first = self.events.get(timeout=max(0.0, timeout))
+        except queue.Empty:
+            return
+        batch = [first]
+        with contextlib.suppress(queue.Empty):
+            while len(batch) < 500:
+                batch.append(self.events.get_nowait())
+        seen: set[tuple[str, str]] = set()
+        for event in reversed(batch):  # the newest event per domain; the state is asked for anyway
+            key = (event.uri, event.uuid)
+            if key in seen:
+                continue
+            seen.add(key)
+            try:
+                self.handle(event)
+            except Exception:  # one bad event must not stop the watcher; the next reconcile repairs the row
+                log.exception("could not apply a domain event of %s", event.uuid)
+                close_old_connections()
+
+    # ------------------------------------------------------------------ main loop
+
+    def stop(self, *_args) -> None:
+        self.stopping.set()
+
+    def run(self) -> None:
+        if connection.start_event_loop():
+            log.info("libvirt event loop started")
+        log.info(
+            "watcher running: reconcile every %.0f s, capacity every %.0f s%s",
+            self.reconcile_seconds,
+            self.capacity_seconds,
+            f", hosts {', '.join(self.host_names)}" if self.host_names else "",
+        )
+        next_reconcile = next_capacity = next_health = 0.0
+        try:
+            while not self.stopping.is_set():
+                close_old_connections()
+                now = time.monotonic()
+                try:
+                    if now >= next_reconcile:
+                        self.sync_watches()
+                        self.reconcile_all(skip=self.connect_watches())
+                        next_reconcile = time.monotonic() + self.reconcile_seconds
+                    else:
+                        self.connect_watches()
+                    if now >= next_capacity:
+                        self.refresh_all()
+                        next_capacity = time.monotonic() + self.capacity_seconds
+                    if now >= next_health:
+                        self.check_health()
+                        next_health = time.monotonic() + HEALTH_SECONDS
+                except Exception as exc:  # a database outage or a bug: log, wait, go on (reconcile repairs)
+                    kind = "database error" if isinstance(exc, DatabaseError) else "error"
+                    log.exception("%s in the watcher loop; retrying in %.0f s", kind, BACKOFF_MIN)
+                    close_old_connections()
+                    self.stopping.wait(BACKOFF_MIN)
+                    continue
+                self.ready.set()
+                wait = min(TICK, max(0.0, min(next_reconcile, next_capacity, next_health) - time.monotonic()))
+                self.drain(wait)
+        finally:
+            for uri in list(self.listeners):
+                self._drop_listener(uri)
+            for watch in self.watches.values():
+                watch.conn, watch.callback_id = None, None
+            close_old_connections()
+            log.info("watcher stopped")
