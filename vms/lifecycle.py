@@ -30,6 +30,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy
 
 from images.models import Image
 from images.selectors import visible_to_tenant
@@ -70,23 +71,24 @@ ACTION_STATES: dict[str, set[str]] = {
     "capture": {Instance.State.SHUTOFF},
 }
 ACTION_LABELS = {
-    "start": _("start"),
-    "shutdown": _("shut down"),
-    "stop": _("power off"),
-    "reboot": _("reboot"),
-    "reset": _("hard reset"),
-    "pause": _("pause"),
-    "resume": _("resume"),
-    "finish_install": _("finish install"),
-    "resize": _("resize"),
-    "set_resources": _("change vCPUs/RAM"),
-    "attach_disk": _("attach a disk"),
-    "detach_disk": _("detach a disk"),
-    "snapshot_create": _("take a snapshot"),
-    "snapshot_revert": _("revert to a snapshot"),
-    "snapshot_delete": _("delete a snapshot"),
-    "capture": _("capture to image"),
-    "delete": _("delete"),
+    "launch": gettext_lazy("launch"),
+    "start": gettext_lazy("start"),
+    "shutdown": gettext_lazy("shut down"),
+    "stop": gettext_lazy("power off"),
+    "reboot": gettext_lazy("reboot"),
+    "reset": gettext_lazy("hard reset"),
+    "pause": gettext_lazy("pause"),
+    "resume": gettext_lazy("resume"),
+    "finish_install": gettext_lazy("finish install"),
+    "resize": gettext_lazy("resize"),
+    "set_resources": gettext_lazy("change vCPUs/RAM"),
+    "attach_disk": gettext_lazy("attach a disk"),
+    "detach_disk": gettext_lazy("detach a disk"),
+    "snapshot_create": gettext_lazy("take a snapshot"),
+    "snapshot_revert": gettext_lazy("revert to a snapshot"),
+    "snapshot_delete": gettext_lazy("delete a snapshot"),
+    "capture": gettext_lazy("capture to image"),
+    "delete": gettext_lazy("delete"),
 }
 OBSERVED = {
     "running": Instance.State.RUNNING,
@@ -409,7 +411,7 @@ def _check_ready(instance: Instance, action: str) -> None:
     if instance.task:
         raise ConflictError(
             _("Instance “%(name)s” is busy (%(task)s); try again when it has finished.")
-            % {"name": instance.name, "task": instance.task}
+            % {"name": instance.name, "task": ACTION_LABELS.get(instance.task, instance.task)}
         )
     allowed = ACTION_STATES.get(action)
     if allowed is not None and instance.state not in allowed:
@@ -653,16 +655,37 @@ def capture_instance(*, actor, instance: Instance, name: str, ip: str | None = N
         return capture_image(actor=actor, tenant=instance.tenant, name=name, source=Path(volume.path), ip=ip)
 
 
+def _abandon_stuck_launch(instance: Instance) -> bool:
+    """A launch no worker is running (still queued, or its worker died) may be given up for a delete."""
+    if instance.task != "launch":
+        return False
+    launch = (
+        Operation.objects.select_for_update()
+        .filter(kind="instance.launch", target_type="vms.instance", target_id=str(instance.pk))
+        .exclude(state__in=[Operation.State.SUCCEEDED, Operation.State.FAILED])
+        .first()
+    )
+    if launch is not None and launch.state == Operation.State.RUNNING:
+        heartbeat = launch.heartbeat_at or launch.started_at
+        if heartbeat is not None and heartbeat > timezone.now() - timedelta(
+            seconds=settings.LABCLOUD_OPERATION_STALE_SECONDS
+        ):
+            return False  # a live worker is at it: let it finish, then delete
+    if launch is not None:
+        operations.fail(operation=launch, error=_("Cancelled: the instance was deleted."))
+    return True
+
+
 def delete_instance(*, actor, instance: Instance, ip: str | None = None) -> Operation:
     """Delete the instance: domain, disks, seed, snapshots and, at the end, its row (which frees the quota)."""
     with transaction.atomic():
         instance = _lock(instance)
         if instance.state == Instance.State.DELETING and instance.task == "delete":
             raise ConflictError(_("Instance “%(name)s” is being deleted already.") % {"name": instance.name})
-        if instance.task and instance.state != Instance.State.ERROR:
+        if instance.task and instance.state != Instance.State.ERROR and not _abandon_stuck_launch(instance):
             raise ConflictError(
                 _("Instance “%(name)s” is busy (%(task)s); try again when it has finished.")
-                % {"name": instance.name, "task": instance.task}
+                % {"name": instance.name, "task": ACTION_LABELS.get(instance.task, instance.task)}
             )
         Instance.objects.filter(pk=instance.pk).update(
             state=Instance.State.DELETING, desired_power_state=Instance.PowerState.STOPPED
@@ -875,6 +898,9 @@ def execute(*, operation_id: int) -> None:
         operations.succeed(operation=operation, message=_("The instance no longer exists."))
         return
     action = operation.kind.removeprefix("instance.")
+    if instance.state == Instance.State.DELETING and action != "delete":
+        operations.fail(operation=operation, error=_("The instance is being deleted."))
+        return
     try:
         if action == "launch":
             message = _launch(operation, instance)

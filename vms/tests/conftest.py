@@ -194,3 +194,26 @@ def active_image(*, tenant, source: Path, name: str, kind: str = "disk", disk_fo
     image.path.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(source, image.path)
     return image
+
+
+@pytest.fixture
+def lctest_network(lctest_host):
+    """A shared isolated Network row (no <forward>, DNS off) named lctest-…; its libvirt network is removed after."""
+    from portal.backends.libvirt.network import delete_network
+    from vms.models import Network
+
+    conn = connect(QEMU_URI)
+    used = set()
+    for net in conn.listAllNetworks(0):
+        with contextlib.suppress(libvirt.libvirtError):
+            used |= {ip.get("address", "") for ip in ET.fromstring(net.XMLDesc(0)).iter("ip")}  # noqa: S314
+    third = next(n for n in range(100, 250) if f"10.254.{n}.1" not in used)
+    name = lctest_host.name("net")[:50]
+    network = Network.objects.create(
+        name=name, libvirt_name=name, mode=Network.Mode.ISOLATED, cidr=f"10.254.{third}.0/24", is_public=True
+    )
+    try:
+        yield network
+    finally:
+        with contextlib.suppress(Exception):
+            delete_network(QEMU_URI, name)

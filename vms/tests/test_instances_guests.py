@@ -168,7 +168,9 @@ def test_launch_from_image_and_full_lifecycle(portal_host, guest_media, make_ten
     assert left == []
 
 
-def test_install_from_iso_then_boot_from_disk(portal_host, guest_media, make_tenant, make_user, run_tasks):
+def test_install_from_iso_then_boot_from_disk(
+    portal_host, guest_media, make_tenant, make_user, run_tasks, lctest_network
+):
     tenant = make_tenant("installs")
     user = make_user("member-installs")
     tenant.memberships.create(user=user, role="member")
@@ -180,13 +182,17 @@ def test_install_from_iso_then_boot_from_disk(portal_host, guest_media, make_ten
 
     t0 = time.monotonic()
     launch = run_tasks(
-        lambda: lifecycle.launch_instances(actor=user, tenant=tenant, name="inst", flavor=flavor, image=iso)
+        lambda: lifecycle.launch_instances(
+            actor=user, tenant=tenant, name="inst", flavor=flavor, image=iso, network=lctest_network
+        )
     )
     instance = launch.instances[0]
     instance.refresh_from_db()
     ok(Operation.objects.get(pk=launch.operations[0].pk))
     assert instance.installing and instance.state == Instance.State.RUNNING
     facts = driver.describe(str(instance.uuid))
+    # The shared isolated network was created on the host on first use; the instance has a NIC on it.
+    assert facts.spec.network == lctest_network.libvirt_name and instance.mac_address
     cdrom = next(d for d in facts.spec.disks if d.device == "cdrom")
     assert cdrom.boot_order == 1
     wait_for_marker(serial_log(portal_host, instance), INSTALL_DONE)
@@ -202,6 +208,7 @@ def test_install_from_iso_then_boot_from_disk(portal_host, guest_media, make_ten
     assert not instance.installing and instance.state == Instance.State.RUNNING
     facts = driver.describe(str(instance.uuid))
     assert all(d.device == "disk" for d in facts.spec.disks)
+    assert facts.spec.network == lctest_network.libvirt_name  # finish install keeps the NIC
     wait_for_marker(serial_log(portal_host, instance), BOOTED)
     print(f"finish install → booted from disk: {time.monotonic() - t1:.1f} s")
     with pytest.raises(lifecycle.ConflictError):
