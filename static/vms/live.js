@@ -1,0 +1,405 @@
+/* Live instance state over the /ws/live/ websocket (channels), for the instance list and detail pages.
+ *
+ * The page renders everything; this script only keeps it current. It reads its configuration
+ * (socket path, translated labels, which actions each state allows) from the json_script element
+ * "lc-live-config", and updates every element with data-instance="<id>":
+ *   [data-lc-field=state]      the state badge        [data-lc-field=task]   task label + progress bar
+ *   [data-lc-field=addresses]  the addresses          [data-lc-action=…]     buttons enabled by state
+ * Messages: {"type": "instance", "data": payload}, {"type": "instance.deleted", "data": {"id"}},
+ * {"type": "operation", "data": {id, kind, target_type, target_id, state, progress, message, error}}.
+ * The socket reconnects with exponential backoff; #lc-live-indicator says "Live" or "Offline".
+ */
+(function () {
+  "use strict";
+
+  var source = document.getElementById("lc-live-config");
+  if (!source || !window.WebSocket) {
+    return;
+  }
+  var config = JSON.parse(source.textContent);
+  var text = config.text || {};
+  var detailId = config.instance ? String(config.instance) : null;
+  var indicator = document.getElementById("lc-live-indicator");
+
+  var TONES = {
+    running: "success", paused: "warning", shutoff: "secondary", crashed: "danger",
+    error: "danger", deleting: "warning", building: "info",
+  };
+  var ICONS = {
+    running: "bi-play-circle-fill", paused: "bi-pause-circle-fill", shutoff: "bi-stop-circle",
+    crashed: "bi-x-octagon-fill", error: "bi-x-octagon-fill", deleting: "bi-trash", building: "bi-hourglass-split",
+  };
+  var FINISHED = { succeeded: true, failed: true };
+  // Tasks whose end changes what the detail page lists (sizes, disks, snapshots, MAC…).
+  var STRUCTURAL = {
+    launch: true, resize: true, set_resources: true, attach_disk: true, detach_disk: true,
+    snapshot_create: true, snapshot_revert: true, snapshot_delete: true, finish_install: true,
+  };
+
+  // ------------------------------------------------------------------ indicator
+
+  function setIndicator(state) {
+    if (!indicator) {
+      return;
+    }
+    var label = { live: text.live, offline: text.offline, connecting: text.connecting }[state] || state;
+    indicator.setAttribute("data-lc-live-state", state);
+    indicator.className = indicator.className.replace(/\b(bg|text)-(success|danger|secondary)-(subtle|emphasis)\b/g, "");
+    var tone = state === "live" ? "success" : state === "offline" ? "danger" : "secondary";
+    indicator.classList.add("bg-" + tone + "-subtle", "text-" + tone + "-emphasis");
+    indicator.querySelector(".lc-live-text").textContent = label;
+  }
+
+  // ------------------------------------------------------------------ instance updates
+
+  function containers(id) {
+    return document.querySelectorAll('[data-instance="' + String(id) + '"]');
+  }
+
+  function renderState(badge, data) {
+    var state = data.state;
+    var tone = TONES[state] || "info";
+    badge.className = "badge rounded-pill lc-vm-state bg-" + tone + "-subtle text-" + tone + "-emphasis";
+    badge.setAttribute("data-state", state);
+    if (data.state_reason) {
+      badge.setAttribute("title", data.state_reason);
+    } else {
+      badge.removeAttribute("title");
+    }
+    var icon = badge.querySelector("i");
+    if (icon) {
+      icon.className = "bi " + (ICONS[state] || "bi-hourglass-split") + " me-1";
+    }
+    var label = badge.querySelector(".lc-vm-state-label");
+    if (label) {
+      label.textContent = (config.states && config.states[state]) || data.state_display || state;
+    }
+  }
+
+  function renderTask(box, task) {
+    var previous = box.getAttribute("data-task") || "";
+    box.setAttribute("data-task", task || "");
+    box.classList.toggle("d-none", !task);
+    if (task && task !== previous) {
+      var label = box.querySelector(".lc-vm-task-text");
+      if (label) {
+        label.textContent = (config.tasks && config.tasks[task]) || task;
+      }
+      setProgress(box, 0, "");
+    }
+  }
+
+  function setProgress(box, percent, message) {
+    var bar = box.querySelector(".progress-bar");
+    var progress = box.querySelector(".progress");
+    var number = box.querySelector(".lc-vm-task-percent");
+    var note = box.querySelector(".lc-vm-task-message");
+    if (bar) {
+      bar.style.width = percent + "%";
+    }
+    if (progress) {
+      progress.setAttribute("aria-valuenow", String(percent));
+    }
+    if (number) {
+      number.textContent = percent + "%";
+    }
+    if (note && message !== undefined && message !== null) {
+      note.textContent = message;
+    }
+  }
+
+  function renderAddresses(cell, addresses) {
+    cell.textContent = "";
+    if (!addresses || !addresses.length) {
+      var dash = document.createElement("span");
+      dash.className = "text-body-secondary";
+      dash.textContent = "—";
+      cell.appendChild(dash);
+      return;
+    }
+    addresses.forEach(function (address) {
+      var line = document.createElement("div");
+      line.textContent = typeof address === "string" ? address : JSON.stringify(address);
+      cell.appendChild(line);
+    });
+  }
+
+  function actionAllowed(action, data) {
+    if (action === "delete") {
+      return data.state !== "deleting" && (!data.task || data.state === "error");
+    }
+    if (data.task || data.state === "deleting") {
+      return false;
+    }
+    if (action === "finish_install" && !data.installing) {
+      return false;
+    }
+    var states = (config.allowed || {})[action];
+    return !states || states.indexOf(data.state) !== -1;
+  }
+
+  function updateButtons(root, data) {
+    root.querySelectorAll("[data-lc-action]").forEach(function (button) {
+      var allowed = actionAllowed(button.getAttribute("data-lc-action"), data);
+      if (button.hasAttribute("data-lc-needs-available")) {
+        allowed = allowed && button.getAttribute("data-lc-needs-available") === "true";
+      }
+      button.disabled = !allowed;
+    });
+  }
+
+  function onInstance(data) {
+    var found = containers(data.id);
+    if (!found.length) {
+      if (!detailId) {
+        var notice = document.getElementById("lc-new-instances");
+        // Only a launch is news: other unknown instances are simply on another page or filtered out.
+        if (notice && data.task === "launch") {
+          notice.classList.remove("d-none");
+        }
+      }
+      return;
+    }
+    found.forEach(function (root) {
+      var previousTask = root.getAttribute("data-task");
+      root.setAttribute("data-state", data.state);
+      root.setAttribute("data-task", data.task || "");
+      root.querySelectorAll('[data-lc-field="state"]').forEach(function (badge) { renderState(badge, data); });
+      root.querySelectorAll('[data-lc-field="task"]').forEach(function (box) { renderTask(box, data.task); });
+      root.querySelectorAll('[data-lc-field="addresses"]').forEach(function (cell) {
+        renderAddresses(cell, data.addresses);
+      });
+      root.querySelectorAll('[data-lc-field="installing"]').forEach(function (badge) {
+        badge.classList.toggle("d-none", !data.installing);
+      });
+      if (detailId && root.id === "lc-instance") {
+        updateButtons(document, data);
+        if (previousTask && !data.task && STRUCTURAL[previousTask]) {
+          showChanged();
+        }
+      }
+    });
+  }
+
+  function showChanged() {
+    var box = document.getElementById("lc-instance-changed");
+    if (box) {
+      box.querySelector("span").textContent = text.changed || "";
+      box.classList.remove("d-none");
+    }
+  }
+
+  function onDeleted(data) {
+    var id = String(data.id);
+    if (detailId === id) {
+      var gone = document.getElementById("lc-instance-gone");
+      if (gone) {
+        gone.textContent = text.deleted || "";
+        gone.classList.remove("d-none");
+      }
+      document.querySelectorAll("[data-lc-action]").forEach(function (button) { button.disabled = true; });
+      return;
+    }
+    document.querySelectorAll('tr[data-instance="' + id + '"]').forEach(function (row) {
+      row.parentNode.removeChild(row);
+    });
+    updateBulk();
+  }
+
+  // ------------------------------------------------------------------ operations
+
+  function onOperation(data) {
+    if (data.target_type !== "vms.instance") {
+      return;
+    }
+    var finished = !!FINISHED[data.state];
+    containers(data.target_id).forEach(function (root) {
+      root.querySelectorAll('[data-lc-field="task"]').forEach(function (box) {
+        if (!finished) {
+          box.setAttribute("data-operation", String(data.id));
+          setProgress(box, data.progress || 0, data.message || "");
+        }
+      });
+    });
+    if (detailId && String(data.target_id) === detailId) {
+      renderOperation(data);
+    }
+  }
+
+  function renderOperation(data) {
+    var list = document.getElementById("lc-operation-list");
+    if (!list) {
+      return;
+    }
+    var item = list.querySelector('[data-operation="' + data.id + '"]');
+    if (!item) {
+      var empty = document.getElementById("lc-operations-none");
+      if (empty) {
+        empty.parentNode.removeChild(empty);
+      }
+      item = document.createElement("li");
+      item.className = "lc-operation";
+      item.setAttribute("data-operation", String(data.id));
+      var head = document.createElement("div");
+      head.className = "d-flex flex-wrap justify-content-between align-items-baseline gap-2 mb-1";
+      var title = document.createElement("div");
+      title.className = "fw-semibold";
+      var kind = document.createElement("span");
+      kind.className = "lc-op-kind";
+      var action = (data.kind || "").replace(/^instance\./, "");
+      kind.textContent = (config.tasks && config.tasks[action]) || data.kind || text.operation;
+      var badge = document.createElement("span");
+      badge.className = "badge rounded-pill ms-1 lc-op-state";
+      title.appendChild(kind);
+      title.appendChild(document.createTextNode(" "));
+      title.appendChild(badge);
+      head.appendChild(title);
+      var progress = document.createElement("div");
+      progress.className = "progress lc-progress";
+      progress.setAttribute("role", "progressbar");
+      progress.setAttribute("aria-valuemin", "0");
+      progress.setAttribute("aria-valuemax", "100");
+      var bar = document.createElement("div");
+      bar.className = "progress-bar";
+      progress.appendChild(bar);
+      var message = document.createElement("div");
+      message.className = "small mt-1 lc-op-message";
+      item.appendChild(head);
+      item.appendChild(progress);
+      item.appendChild(message);
+      list.insertBefore(item, list.firstChild);
+    }
+    item.setAttribute("data-state", data.state);
+    var stateBadge = item.querySelector(".lc-op-state");
+    var tone = { succeeded: "success", failed: "danger", running: "info" }[data.state] || "secondary";
+    if (stateBadge) {
+      stateBadge.className = "badge rounded-pill ms-1 lc-op-state bg-" + tone + "-subtle text-" + tone + "-emphasis";
+      stateBadge.textContent = (config.operationStates || {})[data.state] || data.state;
+    }
+    var fill = item.querySelector(".progress-bar");
+    var percent = data.state === "failed" ? 100 : data.progress || 0;
+    if (fill) {
+      fill.style.width = percent + "%";
+      fill.className = "progress-bar" + (data.state === "failed" ? " bg-danger" : data.state === "succeeded"
+        ? " bg-success" : " progress-bar-striped progress-bar-animated");
+    }
+    var holder = item.querySelector(".progress");
+    if (holder) {
+      holder.setAttribute("aria-valuenow", String(percent));
+    }
+    var note = item.querySelector(".lc-op-message");
+    if (note) {
+      note.className = "small mt-1 lc-op-message " + (data.state === "failed" ? "text-danger-emphasis" : "text-body-secondary");
+      note.textContent = data.state === "failed" ? data.error || "" : FINISHED[data.state] ? data.message || ""
+        : (data.progress || 0) + "%" + (data.message ? " · " + data.message : "");
+    }
+  }
+
+  // ------------------------------------------------------------------ socket
+
+  var delay = 1000;
+  var MAX_DELAY = 30000;
+  var socket = null;
+  var stopped = false;
+
+  function connect() {
+    var scheme = window.location.protocol === "https:" ? "wss://" : "ws://";
+    setIndicator("connecting");
+    try {
+      socket = new WebSocket(scheme + window.location.host + config.socket);
+    } catch (err) {
+      scheduleReconnect();
+      return;
+    }
+    socket.addEventListener("open", function () {
+      delay = 1000;
+      setIndicator("live");
+    });
+    socket.addEventListener("message", function (event) {
+      var message;
+      try {
+        message = JSON.parse(event.data);
+      } catch (err) {
+        return;
+      }
+      if (!message || !message.data) {
+        return;
+      }
+      if (message.type === "instance") {
+        onInstance(message.data);
+      } else if (message.type === "instance.deleted") {
+        onDeleted(message.data);
+      } else if (message.type === "operation") {
+        onOperation(message.data);
+      }
+    });
+    socket.addEventListener("close", function (event) {
+      setIndicator("offline");
+      // 4401/4403: signed out or no access any more; reconnecting would not help.
+      if (event.code === 4401 || event.code === 4403) {
+        stopped = true;
+        return;
+      }
+      scheduleReconnect();
+    });
+  }
+
+  function scheduleReconnect() {
+    if (stopped) {
+      return;
+    }
+    window.setTimeout(connect, delay + Math.floor(Math.random() * 500));
+    delay = Math.min(MAX_DELAY, delay * 2);
+  }
+
+  window.addEventListener("beforeunload", function () {
+    stopped = true;
+    if (socket) {
+      socket.close();
+    }
+  });
+
+  // ------------------------------------------------------------------ bulk selection (list page)
+
+  var bulkForm = document.getElementById("lc-bulk-form");
+
+  function updateBulk() {
+    if (!bulkForm) {
+      return;
+    }
+    var boxes = bulkForm.querySelectorAll(".lc-select");
+    var chosen = bulkForm.querySelectorAll(".lc-select:checked").length;
+    bulkForm.querySelectorAll(".lc-bulk-button").forEach(function (button) { button.disabled = chosen === 0; });
+    var all = document.getElementById("lc-select-all");
+    if (all) {
+      all.checked = chosen > 0 && chosen === boxes.length;
+      all.indeterminate = chosen > 0 && chosen < boxes.length;
+    }
+    var count = document.getElementById("lc-bulk-count");
+    if (count) {
+      if (!count.hasAttribute("data-lc-initial")) {
+        count.setAttribute("data-lc-initial", count.textContent);
+      }
+      count.textContent = chosen ? count.getAttribute("data-lc-template").replace("{n}", chosen)
+        : count.getAttribute("data-lc-initial");
+    }
+  }
+
+  if (bulkForm) {
+    bulkForm.addEventListener("change", function (event) {
+      if (event.target.id === "lc-select-all") {
+        bulkForm.querySelectorAll(".lc-select").forEach(function (box) { box.checked = event.target.checked; });
+      }
+      updateBulk();
+    });
+    bulkForm.addEventListener("submit", function (event) {
+      var submitter = event.submitter;
+      if (submitter && submitter.value === "delete" && !window.confirm(bulkForm.getAttribute("data-lc-bulk-confirm"))) {
+        event.preventDefault();
+      }
+    });
+    updateBulk();
+  }
+
+  connect();
+})();

@@ -1,0 +1,152 @@
+"""Dashboard forms of the instance pages. They only take input; vms.lifecycle validates and decides."""
+
+from __future__ import annotations
+
+from django import forms
+from django.conf import settings
+from django.utils.translation import gettext_lazy as _
+
+from images.models import Image
+from portal.forms import BootstrapForm
+from vms.models import Flavor, Instance
+
+BULK_ACTIONS = {
+    "start": _("Start"),
+    "shutdown": _("Shut down"),
+    "stop": _("Power off"),
+    "reboot": _("Reboot"),
+    "delete": _("Delete"),
+}
+# Power actions of the detail page (finish_install included); delete has its own form.
+POWER_ACTIONS = ("start", "shutdown", "stop", "reboot", "reset", "pause", "resume", "finish_install")
+
+
+def _size(mib: int) -> str:
+    return f"{mib // 1024} GiB" if mib and mib % 1024 == 0 else f"{mib} MiB"
+
+
+def source_label(image: Image) -> str:
+    needs = []
+    if image.min_disk_gib:
+        needs.append(_("disk ≥ %(gib)d GiB") % {"gib": image.min_disk_gib})
+    if image.min_ram_mib:
+        needs.append(_("RAM ≥ %(size)s") % {"size": _size(image.min_ram_mib)})
+    return f"{image.name} ({', '.join(needs)})" if needs else image.name
+
+
+def flavor_label(flavor: Flavor) -> str:
+    return f"{flavor.name} — {flavor.vcpus} vCPU, {_size(flavor.ram_mib)}, {flavor.disk_gib} GiB"
+
+
+class LaunchForm(BootstrapForm):
+    """Launch ``count`` instances of a flavor from a disk image or an installer ISO."""
+
+    name = forms.CharField(
+        label=_("Name"),
+        max_length=63,
+        widget=forms.TextInput(attrs={"placeholder": _("e.g. web-{n}"), "autocomplete": "off"}),
+        help_text=_("With a count above 1, “{n}” is replaced by 1, 2, 3…; without it, “-1”, “-2”… is appended."),
+    )
+    image = forms.TypedChoiceField(
+        label=_("Source"),
+        coerce=int,
+        help_text=_("A disk image boots as it is (cloud-init sets it up); an ISO boots the installer on a blank disk."),
+    )
+    flavor = forms.ModelChoiceField(label=_("Flavor"), queryset=Flavor.objects.none(), empty_label=None)
+    count = forms.IntegerField(label=_("Count"), min_value=1, initial=1)
+    network = forms.ModelChoiceField(
+        label=_("Network"),
+        queryset=None,
+        required=False,
+        empty_label=_("Host default network"),
+    )
+    keypair = forms.ModelChoiceField(label=_("Keypair"), queryset=None, required=False, empty_label=_("No keypair"))
+    user_data = forms.CharField(
+        label=_("User-data"),
+        required=False,
+        strip=False,
+        widget=forms.Textarea(attrs={"rows": 5, "class": "font-monospace", "spellcheck": "false"}),
+        help_text=_("cloud-init user-data (e.g. “#cloud-config …”); used by disk images only."),
+    )
+
+    def __init__(self, *args, images, flavors, networks, keypairs, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.images = {image.pk: image for image in images}
+        disks = [(i.pk, source_label(i)) for i in images if i.kind == Image.Kind.DISK]
+        isos = [(i.pk, source_label(i)) for i in images if i.kind == Image.Kind.ISO]
+        choices: list = [("", _("Choose a disk image or ISO…"))]
+        if disks:
+            choices.append((_("Disk images"), disks))
+        if isos:
+            choices.append((_("Installer ISOs"), isos))
+        self.fields["image"].choices = choices
+        self.fields["flavor"].queryset = flavors
+        self.fields["flavor"].widget = forms.RadioSelect()
+        self.fields["network"].queryset = networks
+        self.fields["keypair"].queryset = keypairs
+        # The service checks the upper bound (LABCLOUD_MAX_BATCH) and names the field.
+        self.fields["count"].widget.attrs.update(min=1, max=settings.LABCLOUD_MAX_BATCH)
+
+    def clean_image(self) -> Image:
+        image = self.images.get(self.cleaned_data["image"])
+        if image is None:
+            raise forms.ValidationError(_("Choose a disk image or ISO available to this tenant."))
+        return image
+
+
+class ResizeForm(BootstrapForm):
+    flavor = forms.ModelChoiceField(label=_("New flavor"), queryset=None, empty_label=None)
+
+    def __init__(self, *args, flavors, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["flavor"].queryset = flavors
+        self.fields["flavor"].label_from_instance = flavor_label
+
+
+class ResourcesForm(BootstrapForm):
+    vcpus = forms.IntegerField(label=_("vCPUs"), min_value=1)
+    ram_mib = forms.IntegerField(label=_("RAM (MiB)"), min_value=64)
+
+    def __init__(self, *args, instance: Instance, **kwargs) -> None:
+        kwargs.setdefault("initial", {"vcpus": instance.vcpus, "ram_mib": instance.ram_mib})
+        super().__init__(*args, **kwargs)
+        self.fields["vcpus"].widget.attrs["max"] = instance.flavor.vcpus
+        self.fields["ram_mib"].widget.attrs["max"] = instance.flavor.ram_mib
+        self.fields["vcpus"].help_text = _("At most %(max)d (the flavor).") % {"max": instance.flavor.vcpus}
+        self.fields["ram_mib"].help_text = _("64 to %(max)d MiB.") % {"max": instance.flavor.ram_mib}
+
+
+class AttachDiskForm(BootstrapForm):
+    size_gib = forms.IntegerField(label=_("Size (GiB)"), min_value=1, max_value=4096, initial=10)
+
+
+class SnapshotForm(BootstrapForm):
+    prefix = "snapshot"
+
+    name = forms.CharField(
+        label=_("Name"),
+        max_length=63,
+        widget=forms.TextInput(attrs={"placeholder": _("e.g. before-upgrade"), "autocomplete": "off"}),
+    )
+    description = forms.CharField(label=_("Description"), max_length=255, required=False)
+
+
+class CaptureForm(BootstrapForm):
+    prefix = "capture"
+
+    name = forms.CharField(
+        label=_("Image name"),
+        max_length=100,
+        widget=forms.TextInput(attrs={"autocomplete": "off"}),
+        help_text=_("The disk becomes a private image of the tenant (it counts against the image quota)."),
+    )
+
+
+class BulkActionForm(forms.Form):
+    action = forms.ChoiceField(choices=list(BULK_ACTIONS.items()))
+    instances = forms.TypedMultipleChoiceField(coerce=int, choices=())
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        # Any id is accepted here; the view fetches them through the access gate.
+        self.fields["instances"].valid_value = lambda value: str(value).isdigit()

@@ -1,0 +1,235 @@
+"""The instance list in a real browser, updated live over the websocket without a reload.
+
+Django's live_server speaks WSGI only, so this test starts daphne (the ASGI server that also serves
+the websocket at /ws/live/) on a free port on 127.0.0.1, against the test's own SQLite database
+file and a Redis database of its own for the channel layer; the test process publishes through
+``vms.realtime`` exactly as the worker and the watcher do, and the browser shows the change.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from django.conf import settings as django_settings
+from django.db import connection
+from django.urls import reverse
+
+from images.models import Image
+from portal.models import Membership
+from portal.tests.test_browser import SCREENSHOT
+from vms import realtime
+from vms.models import Flavor, Host, Instance, Operation
+
+pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
+
+PASSWORD = "pw-Secret-123"
+REDIS_DB = 13  # a Redis database of this test's own, so other test runs' events do not mix in
+ROOT = Path(django_settings.BASE_DIR)
+SHOTS = SCREENSHOT.parent  # next to the other browser tests' screenshots
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _redis_url() -> str:
+    base = django_settings.REDIS_URL.rsplit("/", 1)[0]
+    return f"{base}/{REDIS_DB}"
+
+
+@pytest.fixture
+def channel_layer(settings):
+    settings.CHANNEL_LAYERS = {
+        "default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [_redis_url()]}}
+    }
+
+
+@pytest.fixture
+def daphne(transactional_db, channel_layer, tmp_path):
+    """daphne serving portal.asgi on 127.0.0.1:<free port> with the test database; stopped by PID."""
+    port = _free_port()
+    env = {
+        **os.environ,
+        "DATABASE_URL": f"sqlite:///{connection.settings_dict['NAME']}",
+        "REDIS_URL": _redis_url(),
+        "ALLOWED_HOSTS": "127.0.0.1",
+        "DJANGO_SETTINGS_MODULE": "portal.settings",
+    }
+    log = open(tmp_path / "daphne.log", "w")  # noqa: SIM115 - closed at teardown
+    process = subprocess.Popen(
+        [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "portal.asgi:application"],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"daphne exited with {process.returncode}; see {log.name}")
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    pytest.fail("daphne did not start within 30 s")
+                time.sleep(0.1)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        os.kill(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.kill(process.pid, signal.SIGKILL)
+            process.wait()
+        log.close()
+
+
+@pytest.fixture
+def lab(settings, make_user, make_tenant):
+    # daphne checks the password with Django's default hashers, not the fast test one.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.PBKDF2PasswordHasher"]
+    alice = make_user("alice", password=PASSWORD)
+    physics = make_tenant("Physics Lab")
+    Membership.objects.create(user=alice, tenant=physics, role=Membership.Role.MEMBER)
+    host = Host.objects.create(
+        name="node-1",
+        uri="test:///default",
+        state="up",
+        cpus=8,
+        memory_mib=16384,
+        pool_capacity=100 * 1024**3,
+        pool_available=90 * 1024**3,
+    )
+    flavor = Flavor.objects.create(name="m1.small", vcpus=1, ram_mib=1024, disk_gib=10)
+    image = Image.objects.create(
+        name="Debian 13", tenant=physics, disk_format="qcow2", stored_format="qcow2", status="active", size=1
+    )
+    # Rows as a finished launch leaves them (the services would queue real Celery tasks on commit here).
+    instances = [
+        Instance.objects.create(
+            tenant=physics,
+            owner=alice,
+            name=name,
+            flavor=flavor,
+            image=image,
+            host=host,
+            vcpus=1,
+            ram_mib=1024,
+            disk_gib=10,
+            state=Instance.State.RUNNING,
+            addresses=["192.168.150.11"] if name == "web" else [],
+        )
+        for name in ("web", "db")
+    ]
+    return alice, physics, instances
+
+
+def publish(func) -> None:
+    """Run a publishing call in a thread of its own: Playwright's event loop runs in this one."""
+    failure: list[BaseException] = []
+
+    def run():
+        try:
+            func()
+        except BaseException as exc:  # pragma: no cover - reported below
+            failure.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join(10)
+    assert not failure, failure
+
+
+def test_instance_list_follows_the_websocket(daphne, lab, browser_page):
+    page, errors = browser_page
+    from playwright.sync_api import expect
+
+    _alice, physics, (web, db) = lab
+    page.goto(daphne + reverse("login"))
+    page.fill("#id_username", "alice")
+    page.fill("#id_password", PASSWORD)
+    page.click("#lc-login-submit")
+    page.wait_for_url(daphne + reverse("overview"))
+
+    page.locator(".lc-sidebar").get_by_role("link", name="Instances").click()
+    expect(page).to_have_url(re.compile(r"/instances/$"))
+    expect(page.locator("#lc-instances tbody tr")).to_have_count(2)
+    expect(page.locator("#lc-live-indicator")).to_have_attribute("data-lc-live-state", "live")
+    row = page.locator(f'tr[data-instance="{web.pk}"]')
+    expect(row.locator(".lc-vm-state")).to_have_text("Running")
+    page.evaluate("window.lcNotReloaded = true")
+
+    # The worker starts a shutdown: the row shows the task and its progress.
+    def shutting_down():
+        Instance.objects.filter(pk=web.pk).update(task="shutdown")
+        web.refresh_from_db()
+        realtime.instance_changed(web)
+        operation = Operation.objects.create(
+            kind="instance.shutdown",
+            tenant=physics,
+            target_type="vms.instance",
+            target_id=str(web.pk),
+            target_repr=web.name,
+            state=Operation.State.RUNNING,
+            progress=60,
+            message="Waiting for the guest",
+        )
+        realtime.operation_changed(operation)
+
+    publish(shutting_down)
+    task = row.locator('[data-lc-field="task"]')
+    expect(task).to_be_visible()
+    expect(task).to_contain_text("Shutting down")
+    expect(task.locator(".lc-vm-task-percent")).to_have_text("60%")
+    expect(task).to_contain_text("Waiting for the guest")
+    page.set_viewport_size({"width": 1280, "height": 800})
+    page.screenshot(path=str(SHOTS / "labcloud-instances-live.png"), full_page=True)
+
+    # The watcher sees the domain shut off: the badge changes, the task goes away.
+    def shut_off():
+        Instance.objects.filter(pk=web.pk).update(state=Instance.State.SHUTOFF, task="")
+        web.refresh_from_db()
+        realtime.instance_changed(web)
+
+    publish(shut_off)
+    expect(row.locator(".lc-vm-state")).to_have_text("Shut off")
+    expect(row.locator(".lc-vm-state")).to_have_attribute("data-state", "shutoff")
+    expect(task).to_be_hidden()
+
+    # Deleted elsewhere: the row disappears. Launched elsewhere: the page offers a refresh.
+    def deleted_and_new():
+        realtime.instance_deleted(tenant_id=physics.pk, instance_id=db.pk)
+        Instance.objects.filter(pk=db.pk).delete()
+        new = Instance.objects.create(
+            tenant=physics,
+            name="new",
+            flavor=web.flavor,
+            vcpus=1,
+            ram_mib=1024,
+            disk_gib=10,
+            host=web.host,
+            task="launch",
+        )
+        realtime.instance_changed(new)
+
+    publish(deleted_and_new)
+    expect(page.locator("#lc-instances tbody tr")).to_have_count(1)
+    expect(page.locator("#lc-new-instances")).to_be_visible()
+    assert page.evaluate("window.lcNotReloaded") is True  # all of it without a reload
+
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.screenshot(path=str(SHOTS / "labcloud-instances-phone.png"), full_page=True)
+    assert not errors, errors
