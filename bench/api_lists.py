@@ -30,12 +30,19 @@ from django.db import connection  # noqa: E402
 from django.test.utils import CaptureQueriesContext, setup_test_environment  # noqa: E402
 from rest_framework.test import APIClient  # noqa: E402
 
-ENDPOINTS = ["/api/v1/tenants/", "/api/v1/quotas/", "/api/v1/flavors/", "/api/v1/memberships/", "/api/v1/audit-events/"]
+ENDPOINTS = [
+    "/api/v1/instances/",
+    "/api/v1/tenants/",
+    "/api/v1/quotas/",
+    "/api/v1/flavors/",
+    "/api/v1/memberships/",
+    "/api/v1/audit-events/",
+]
 
 
 def populate(tenants: int) -> tuple:
     from portal.models import AuditEvent, Membership, Quota, Tenant
-    from vms.models import Flavor, Instance
+    from vms.models import Flavor, Host, Instance
 
     User = get_user_model()
     admin = User.objects.create_user("bench-admin", password=None, is_staff=True, is_superuser=True)
@@ -43,6 +50,7 @@ def populate(tenants: int) -> tuple:
     flavors = [Flavor(name=f"f{i}", vcpus=1 + i % 4, ram_mib=512 * (1 + i % 8), disk_gib=10) for i in range(40)]
     Flavor.objects.bulk_create(flavors)
     flavors = list(Flavor.objects.all())
+    hosts = [Host.objects.create(name=f"host{i}", uri="test:///default", state="up") for i in range(4)]
     rows = Tenant.objects.bulk_create([Tenant(name=f"Tenant {i}", slug=f"t{i}") for i in range(tenants)])
     Quota.objects.bulk_create(
         [
@@ -66,7 +74,18 @@ def populate(tenants: int) -> tuple:
     )
     Instance.objects.bulk_create(
         [
-            Instance(tenant=t, owner=member, name=f"vm{j}", flavor=flavors[j % 40], vcpus=1, ram_mib=512, disk_gib=10)
+            Instance(
+                tenant=t,
+                owner=member,
+                name=f"vm{j}",
+                flavor=flavors[j % 40],
+                vcpus=1,
+                ram_mib=512,
+                disk_gib=10,
+                host=hosts[j % 4],
+                state="running",
+                domain_name=f"labcloud-bench-{t.pk}-{j}",
+            )
             for t in rows
             for j in range(25)
         ]

@@ -244,11 +244,14 @@ def main() -> None:
             f"(a) one instance create→running: portal {p * 1000:.0f} ms, libvirt-python {d * 1000:.0f} ms, "
             f"ratio {p / d:.2f} (median of {args.rounds})"
         )
-        d_batch = bench.direct(args.count)
-        p_batch = bench.portal(args.count)
+        # A-B-B-A order cancels the drift of a machine that warms up or fills up during the run.
+        d_batch, p_batch = [bench.direct(args.count)], [bench.portal(args.count)]
+        p_batch.append(bench.portal(args.count))
+        d_batch.append(bench.direct(args.count))
+        pb, db = statistics.mean(p_batch), statistics.mean(d_batch)
         print(
-            f"(b) batch of {args.count}: portal {p_batch:.2f} s, libvirt-python {d_batch:.2f} s, "
-            f"ratio {p_batch / d_batch:.2f}"
+            f"(b) batch of {args.count}: portal {pb:.2f} s ({', '.join(f'{t:.1f}' for t in p_batch)}), "
+            f"libvirt-python {db:.2f} s ({', '.join(f'{t:.1f}' for t in d_batch)}), ratio {pb / db:.2f}"
         )
     finally:
         bench.cleanup()

@@ -12,7 +12,7 @@ import logging
 from typing import Any
 
 from django.db import IntegrityError, transaction
-from django.db.models import Q
+from django.db.models import ProtectedError, Q
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
@@ -278,3 +278,39 @@ def domain_state(*, host: Host, uuid: str) -> InstanceState | None:
 
 def counts_summary(counts: dict[str, Any]) -> str:
     return ", ".join(f"{key} {value}" for key, value in counts.items())
+
+
+def save_host(*, actor, host: Host | None, values: dict, ip: str | None = None) -> Host:
+    """Create or change a host (values already validated by HostSerializer); a taken name is a conflict."""
+    created = host is None
+    host = host if host is not None else Host()
+    name = values.get("name", host.name)
+    try:
+        with transaction.atomic():
+            if Host.objects.filter(name=name).exclude(pk=host.pk).exists():
+                raise ConflictError(_("A host named “%(name)s” already exists.") % {"name": name}, field="name")
+            for field, value in values.items():
+                setattr(host, field, value)
+            host.save()
+            record_audit(
+                user=actor,
+                action="host.create" if created else "host.update",
+                target=host,
+                ip=ip,
+                detail={"fields": sorted(values), "via": "api"},
+            )
+    except IntegrityError as exc:
+        raise ConflictError(_("A host with that name was created at the same time.")) from exc
+    return host
+
+
+def delete_host(*, actor, host: Host, ip: str | None = None) -> None:
+    """Remove a host no instance is placed on (its unmanaged-domain rows and image copies go with it)."""
+    try:
+        with transaction.atomic():
+            record_audit(user=actor, action="host.delete", target=host, ip=ip)
+            host.delete()
+    except ProtectedError as exc:
+        raise ConflictError(
+            _("Host “%(name)s” still has instances; move or delete them, or disable the host.") % {"name": host.name}
+        ) from exc

@@ -225,6 +225,8 @@ def launch_instances(
     In one transaction: quota for all of them is reserved, each is placed on a host by the
     scheduler, and one launch operation per instance is queued on commit.
     """
+    if not tenant.enabled:
+        raise ConflictError(_("Tenant “%(name)s” is disabled.") % {"name": tenant.name}, field="tenant")
     if not isinstance(count, int) or not 1 <= count <= settings.LABCLOUD_MAX_BATCH:
         raise ServiceError(
             _("Launch between 1 and %(max)d instances at once.") % {"max": settings.LABCLOUD_MAX_BATCH}, field="count"
@@ -640,19 +642,32 @@ def delete_snapshot(*, actor, snapshot: Snapshot, ip: str | None = None) -> Oper
 
 def capture_instance(*, actor, instance: Instance, name: str, ip: str | None = None) -> Image:
     """Capture the shut-off instance's disk as a new image of its tenant (the image pipeline does the work)."""
+    from images.qemu import QemuImgError
     from images.services import capture_image
 
+    _check_ready(instance, "capture")  # before talking to the host; checked again under the lock
+    try:
+        volume = driver_for(instance.host).find_volume(instance.host.storage_pool, root_volume(instance))
+    except BackendError as exc:
+        raise ConflictError(
+            _("The host of instance “%(name)s” did not answer: %(error)s")
+            % {"name": instance.name, "error": exc.message}
+        ) from exc
+    if volume is None or not Path(volume.path).exists():
+        raise ConflictError(
+            _("The disk of instance “%(name)s” is not on this machine; capture works for local hosts only.")
+            % {"name": instance.name}
+        )
     with transaction.atomic():
         instance = _lock(instance)
         _check_ready(instance, "capture")
-        volume = driver_for(instance.host).find_volume(instance.host.storage_pool, root_volume(instance))
-        if volume is None or not Path(volume.path).exists():
-            raise ConflictError(
-                _("The disk of instance “%(name)s” is not on this machine; capture works for local hosts only.")
-                % {"name": instance.name}
-            )
         record_audit(user=actor, action="instance.capture", target=instance, tenant=instance.tenant, ip=ip)
-        return capture_image(actor=actor, tenant=instance.tenant, name=name, source=Path(volume.path), ip=ip)
+        try:
+            return capture_image(actor=actor, tenant=instance.tenant, name=name, source=Path(volume.path), ip=ip)
+        except QemuImgError as exc:
+            raise ConflictError(
+                _("The disk of instance “%(name)s” cannot be read: %(error)s") % {"name": instance.name, "error": exc}
+            ) from exc
 
 
 def _abandon_stuck_launch(instance: Instance) -> bool:

@@ -19,14 +19,14 @@ from dataclasses import dataclass
 from django.db.models import Count, Sum
 from django.utils.translation import gettext as _
 
-from portal.services import ServiceError
+from portal.services import ConflictError
 from vms.models import Host, Instance
 
 GIB = 1024**3
 
 
-class NoValidHost(ServiceError):
-    pass
+class NoValidHost(ConflictError):
+    """No host can take the instance(s) now (409): the request is fine, the cloud is full."""
 
 
 @dataclass

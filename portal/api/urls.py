@@ -6,6 +6,8 @@ from rest_framework.routers import DefaultRouter
 
 from images.api import views as images_views
 from portal.api import views as portal_views
+from vms.api import instances as vms_instances
+from vms.api import keypairs, networks
 from vms.api import views as vms_views
 
 router = DefaultRouter()
@@ -16,6 +18,11 @@ router.register("tokens", portal_views.ApiTokenViewSet, basename="apitoken")
 router.register("audit-events", portal_views.AuditEventViewSet, basename="auditevent")
 router.register("flavors", vms_views.FlavorViewSet, basename="flavor")
 router.register("operations", vms_views.OperationViewSet, basename="operation")
+router.register("instances", vms_instances.InstanceViewSet, basename="instance")
+router.register("hosts", vms_instances.HostViewSet, basename="host")
+router.register("unmanaged-domains", vms_instances.UnmanagedDomainViewSet, basename="unmanageddomain")
+router.register("keypairs", keypairs.KeypairViewSet, basename="keypair")
+router.register("networks", networks.NetworkViewSet, basename="network")
 router.register("images", images_views.ImageViewSet, basename="image")
 
 urlpatterns = [
@@ -24,5 +31,5 @@ urlpatterns = [
     path("redoc/", SpectacularRedocView.as_view(url_name="api-schema"), name="api-redoc"),
     path("", include(router.urls)),
     # Last: anything else under /api/v1/ is a problem+json 404, not the HTML error page.
-    re_path(r"^.*/$", portal_views.not_found, name="api-not-found"),
+    re_path(r"^[\s\S]*/$", portal_views.not_found, name="api-not-found"),
 ]

@@ -28,7 +28,7 @@ from images.services import create_image, process_image, receive_chunk
 from portal.models import Membership
 from portal.services import create_api_token
 from portal.wsgi import application
-from vms.models import Flavor, Host, Operation
+from vms.models import Flavor, Host, Instance, InstanceDisk, Operation, Snapshot, UnmanagedDomain
 
 schema = schemathesis.openapi.from_wsgi("/api/v1/schema/?format=json", application)
 
@@ -50,6 +50,34 @@ def existing_image(actors, tmp_path, settings, media_file):
     assert image.status == Image.Status.ACTIVE
     Host.objects.create(name="schemathesis-host", uri="test:///default", storage_pool="default")
     return image
+
+
+@pytest.fixture
+def existing_instance(actors, existing_image):
+    """A running instance of tenant A on the seeded host, with a disk and a snapshot, and an unmanaged domain,
+    so the instance, host and adoption operations reach the lifecycle services."""
+    host = Host.objects.get(name="schemathesis-host")
+    flavor = Flavor.objects.create(name="seed.small", vcpus=1, ram_mib=512, disk_gib=5)
+    instance = Instance.objects.create(
+        tenant=actors.tenant,
+        owner=actors.member,
+        name="seeded-vm",
+        flavor=flavor,
+        image=existing_image,
+        vcpus=1,
+        ram_mib=256,
+        disk_gib=5,
+        host=host,
+        state=Instance.State.RUNNING,
+    )
+    disk = InstanceDisk.objects.create(tenant=actors.tenant, instance=instance, size_gib=1, volume="seed-disk1")
+    snapshot = Snapshot.objects.create(
+        tenant=actors.tenant, instance=instance, name="seed-snap", state=Snapshot.State.AVAILABLE
+    )
+    unmanaged = UnmanagedDomain.objects.create(
+        host=host, uuid="6f3a1d0e-0000-4000-8000-000000000001", name="stray", state="shutoff"
+    )
+    return {"instance": instance, "disk": disk, "snapshot": snapshot, "host": host, "unmanaged": unmanaged}
 
 
 @pytest.fixture
@@ -83,6 +111,14 @@ def _keep_the_test_connection():
     request_finished.connect(close_old_connections)
 
 
+# Operations aimed at the seeded objects rather than at random ids.
+SEEDED = {
+    "/api/v1/instances/{id}": "instance",
+    "/api/v1/hosts/{id}": "host",
+    "/api/v1/unmanaged-domains/{id}": "unmanaged",
+}
+
+
 @pytest.mark.django_db
 @schema.parametrize()
 @settings(
@@ -92,10 +128,16 @@ def _keep_the_test_connection():
     derandomize=True,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
-def test_api_conforms_to_its_schema(case, auth_headers, existing_image):
+def test_api_conforms_to_its_schema(case, auth_headers, existing_image, existing_instance):
     if case.path.startswith("/api/v1/images/{id}") and case.path_parameters:
         # Random ids almost never exist: aim the image operations at the real image.
         case.path_parameters["id"] = existing_image.pk
+    for prefix, key in SEEDED.items():
+        if case.path.startswith(prefix) and case.path_parameters:
+            case.path_parameters["id"] = existing_instance[key].pk
+    for parameter, key in (("disk_id", "disk"), ("snapshot_id", "snapshot")):
+        if parameter in (case.path_parameters or {}):
+            case.path_parameters[parameter] = existing_instance[key].pk
     with transaction.atomic():
         case.call_and_validate(headers=auth_headers, checks=CHECKS)
         transaction.set_rollback(True)

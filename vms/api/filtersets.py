@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import django_filters
 from django.utils.translation import gettext_lazy as _
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema_field
 
+from portal.access import VIEW
 from portal.api.filtersets import TenantChoiceFilter
-from vms.models import Flavor, Operation
+from vms.models import Flavor, Host, Instance, Operation, UnmanagedDomain
 
 
 class FlavorFilter(django_filters.FilterSet):
@@ -37,3 +40,48 @@ class OperationFilter(django_filters.FilterSet):
     class Meta:
         model = Operation
         fields = ["tenant", "kind", "state", "target_type", "target_id"]
+
+
+def visible_hosts(request):
+    """Queryset of the host filters: every host for cloud admins, none for anyone else."""
+    return Host.objects.restrict(getattr(request, "user", None), VIEW)
+
+
+@extend_schema_field(OpenApiTypes.INT)
+class HostChoiceFilter(django_filters.ModelChoiceFilter):
+    """A host id (cloud admins only: for anyone else no host is a valid choice)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("queryset", visible_hosts)
+        kwargs.setdefault("label", _("host"))
+        super().__init__(*args, **kwargs)
+
+
+class InstanceFilter(django_filters.FilterSet):
+    tenant = TenantChoiceFilter()
+    state = django_filters.ChoiceFilter(choices=Instance.State.choices, label=_("state"))
+    host = HostChoiceFilter(help_text=_("Instances placed on this host (cloud admins only)."))
+    name = django_filters.CharFilter(lookup_expr="icontains", label=_("name contains"))
+
+    class Meta:
+        model = Instance
+        fields = ["tenant", "state", "host", "name"]
+
+
+class HostFilter(django_filters.FilterSet):
+    state = django_filters.ChoiceFilter(choices=Host.State.choices, label=_("state"))
+    enabled = django_filters.BooleanFilter(label=_("enabled"))
+    name = django_filters.CharFilter(lookup_expr="icontains", label=_("name contains"))
+
+    class Meta:
+        model = Host
+        fields = ["state", "enabled", "name"]
+
+
+class UnmanagedDomainFilter(django_filters.FilterSet):
+    host = HostChoiceFilter()
+    name = django_filters.CharFilter(lookup_expr="icontains", label=_("name contains"))
+
+    class Meta:
+        model = UnmanagedDomain
+        fields = ["host", "name"]

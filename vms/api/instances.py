@@ -1,0 +1,652 @@
+"""/api/v1/instances/, /hosts/ and /unmanaged-domains/. Thin: instances_for() and restrict() for reads,
+vms.lifecycle and vms.hosts for writes.
+
+Long actions answer 202 with the Operation that carries them out (poll it at /api/v1/operations/{id}/);
+another tenant's instance, disk or snapshot is a 404 for every method.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+from django.conf import settings
+from django.utils.translation import gettext_lazy as _
+from drf_spectacular.extensions import OpenApiSerializerExtension
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_field, extend_schema_view
+from rest_framework import mixins, serializers, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.exceptions import NotFound
+from rest_framework.response import Response
+
+from images.api.serializers import ImageSerializer
+from images.models import Image
+from images.selectors import images_for
+from portal.access import CHANGE, DELETE, VIEW
+from portal.api.base import MAX_ID, ApiViewSetMixin
+from portal.api.serializers import MAX_INT32, VisibleTenantField
+from vms import hosts, lifecycle
+from vms.api.filtersets import HostFilter, InstanceFilter, UnmanagedDomainFilter
+from vms.api.serializers import OperationSerializer
+from vms.models import Flavor, Host, Instance, InstanceDisk, Keypair, Network, Operation, Snapshot, UnmanagedDomain
+from vms.selectors import instances_for
+
+# ---------------------------------------------------------------- fields: ids of what the requester may see
+
+
+class _GatedPrimaryKeyField(serializers.PrimaryKeyRelatedField):
+    """An id among the objects the requester may see; any other id "does not exist"."""
+
+    model = None
+
+    def _user(self):
+        return getattr(self.context.get("request"), "user", None)
+
+    def get_queryset(self):
+        return self.model.objects.restrict(self._user(), VIEW)
+
+
+@extend_schema_field(OpenApiTypes.INT)
+class VisibleFlavorField(_GatedPrimaryKeyField):
+    model = Flavor
+
+
+@extend_schema_field(OpenApiTypes.INT)
+class VisibleImageField(_GatedPrimaryKeyField):
+    def get_queryset(self):
+        return images_for(user=self._user())
+
+
+@extend_schema_field(OpenApiTypes.INT)
+class VisibleKeypairField(_GatedPrimaryKeyField):
+    model = Keypair
+
+
+@extend_schema_field(OpenApiTypes.INT)
+class VisibleNetworkField(_GatedPrimaryKeyField):
+    model = Network
+
+
+# ---------------------------------------------------------------- instances
+
+
+class InstanceSerializer(serializers.ModelSerializer):
+    """An instance as lists show it (never its user-data)."""
+
+    owner = serializers.CharField(
+        source="owner.username", read_only=True, allow_null=True, help_text=_("Username of who launched it.")
+    )
+    flavor_name = serializers.CharField(source="flavor.name", read_only=True)
+    host = serializers.CharField(
+        source="host.name", read_only=True, allow_null=True, help_text=_("Name of the host it runs on.")
+    )
+
+    class Meta:
+        model = Instance
+        fields = [
+            "id",
+            "uuid",
+            "name",
+            "tenant",
+            "owner",
+            "flavor",
+            "flavor_name",
+            "image",
+            "host",
+            "state",
+            "state_reason",
+            "task",
+            "desired_power_state",
+            "installing",
+            "vcpus",
+            "ram_mib",
+            "disk_gib",
+            "keypair",
+            "network",
+            "addresses",
+            "mac_address",
+            "created_at",
+            "updated_at",
+        ]
+        read_only_fields = fields
+        extra_kwargs = {
+            "task": {"help_text": _("The operation in progress (launch, start, resize…); empty when idle.")},
+            "addresses": {"help_text": _("IP addresses reported for the instance.")},
+        }
+
+
+class InstanceDetailSerializer(InstanceSerializer):
+    """One instance, with the user-data it was launched with (members of its tenant only see it)."""
+
+    class Meta(InstanceSerializer.Meta):
+        fields = [*InstanceSerializer.Meta.fields, "user_data"]
+        read_only_fields = fields
+
+
+class InstanceDetailSchema(OpenApiSerializerExtension):
+    """InstanceDetail is Instance plus user_data (one Instance component, so its enums keep plain names)."""
+
+    target_class = InstanceDetailSerializer
+
+    def map_serializer(self, auto_schema, direction):
+        base = auto_schema.resolve_serializer(InstanceSerializer, direction)
+        extra = {
+            "type": "object",
+            "properties": {"user_data": {"type": "string", "description": str(_("cloud-init user-data."))}},
+            "required": ["user_data"],
+        }
+        return {"allOf": [base.ref, extra]}
+
+
+class InstanceCreateSerializer(serializers.Serializer):
+    tenant = VisibleTenantField(help_text=_("Id of the tenant the instances belong to (one of yours)."))
+    name = serializers.CharField(
+        max_length=63,
+        help_text=_(
+            "Instance name. With a count above 1, “{n}” in the name is replaced by 1…count; without it, "
+            "“-1”, “-2”… is appended."
+        ),
+    )
+    flavor = VisibleFlavorField(help_text=_("Id of a flavor the tenant may use."))
+    image = VisibleImageField(help_text=_("Id of an active disk image (or an installer ISO) the tenant may use."))
+    count = serializers.IntegerField(
+        min_value=1, max_value=settings.LABCLOUD_MAX_BATCH, default=1, help_text=_("How many instances to launch.")
+    )
+    keypair = VisibleKeypairField(
+        required=False, allow_null=True, default=None, help_text=_("Id of a keypair of the tenant.")
+    )
+    network = VisibleNetworkField(
+        required=False,
+        allow_null=True,
+        default=None,
+        help_text=_("Id of a network shared with the tenant; omitted: the host's default network."),
+    )
+    user_data = serializers.CharField(
+        required=False,
+        allow_blank=True,
+        default="",
+        trim_whitespace=False,
+        help_text=_("cloud-init user-data (text, at most 64 KiB by default)."),
+    )
+
+
+class LaunchSerializer(serializers.Serializer):
+    instances = InstanceSerializer(many=True, read_only=True)
+    operations = OperationSerializer(many=True, read_only=True, help_text=_("One launch operation per instance."))
+
+
+class ResizeSerializer(serializers.Serializer):
+    flavor = VisibleFlavorField(help_text=_("Id of the new flavor (disks only grow)."))
+
+
+class ResourcesSerializer(serializers.Serializer):
+    vcpus = serializers.IntegerField(
+        min_value=1, max_value=MAX_INT32, required=False, help_text=_("New vCPU count, up to the flavor's.")
+    )
+    ram_mib = serializers.IntegerField(
+        min_value=1, max_value=MAX_INT32, required=False, help_text=_("New RAM in MiB, up to the flavor's.")
+    )
+
+    def validate(self, attrs):
+        if not attrs:
+            raise serializers.ValidationError(_("Give vcpus, ram_mib or both."))
+        return attrs
+
+
+class CaptureSerializer(serializers.Serializer):
+    name = serializers.CharField(max_length=100, help_text=_("Name of the new image of the instance's tenant."))
+
+
+class CaptureResultSerializer(serializers.Serializer):
+    image = ImageSerializer(read_only=True)
+    operation = OperationSerializer(read_only=True, allow_null=True, help_text=_("The capture operation."))
+
+
+class InstanceDiskSerializer(serializers.ModelSerializer):
+    """An extra blank disk of an instance (counted in the tenant's disk quota)."""
+
+    class Meta:
+        model = InstanceDisk
+        fields = ["id", "instance", "size_gib", "target", "attached", "created_at"]
+        read_only_fields = fields
+        extra_kwargs = {"target": {"help_text": _("Device name in the guest (vdb…) once attached.")}}
+
+
+class DiskCreateSerializer(serializers.Serializer):
+    size_gib = serializers.IntegerField(min_value=1, max_value=4096, help_text=_("Size of the new blank disk."))
+
+
+class SnapshotSerializer(serializers.ModelSerializer):
+    """A snapshot of an instance (counted in the tenant's snapshot quota)."""
+
+    class Meta:
+        model = Snapshot
+        fields = ["id", "instance", "name", "description", "state", "vm_state", "created_at"]
+        read_only_fields = fields
+        extra_kwargs = {"vm_state": {"help_text": _("The instance's state when the snapshot was taken.")}}
+
+
+class SnapshotCreateSerializer(serializers.Serializer):
+    name = serializers.CharField(
+        max_length=63, help_text=_("Letters, digits, dots, dashes and underscores; starts with a letter or digit.")
+    )
+    description = serializers.CharField(max_length=255, required=False, allow_blank=True, default="")
+
+
+def accepted(operation: Operation) -> Response:
+    return Response(OperationSerializer(operation).data, status=status.HTTP_202_ACCEPTED)
+
+
+ACCEPTED = OpenApiResponse(OperationSerializer, description=_("Queued: poll the operation for progress."))
+NESTED_ID = r"[0-9]+"
+
+
+def power_action(name: str, summary):
+    """A POST sub-resource queuing one power action (or finish install) through vms.lifecycle."""
+
+    def view(self, request, *args, **kwargs):
+        instance = self.get_object_for(CHANGE)
+        return accepted(lifecycle.request_action(actor=request.user, instance=instance, action=name, ip=self.client_ip))
+
+    view.__name__ = name
+    path = name.replace("_", "-")
+    view = action(detail=True, methods=["post"], url_path=path, url_name=path)(view)
+    return extend_schema(summary=summary, request=None, responses={202: ACCEPTED})(view)
+
+
+@extend_schema_view(
+    list=extend_schema(summary=_("Instances of your tenants, newest first (cloud admins: all)")),
+    retrieve=extend_schema(summary=_("One instance, with its user-data")),
+    create=extend_schema(
+        summary=_("Launch instances from an image or ISO (quota for all of them is reserved at once)"),
+        request=InstanceCreateSerializer,
+        responses={202: OpenApiResponse(LaunchSerializer, description=_("The instances and their launches."))},
+    ),
+    destroy=extend_schema(
+        summary=_("Delete an instance: domain, disks and snapshots; the quota is freed when done"),
+        responses={202: ACCEPTED},
+    ),
+)
+class InstanceViewSet(ApiViewSetMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    """Virtual machines. Members of a tenant see, launch, drive and delete its instances."""
+
+    model = Instance
+    serializer_class = InstanceSerializer
+    filterset_class = InstanceFilter
+    ordering_fields = ["name", "created_at", "updated_at", "state", "vcpus", "ram_mib", "disk_gib"]
+
+    def get_queryset(self):
+        return instances_for(user=self.request.user)
+
+    def get_serializer_class(self):
+        return InstanceDetailSerializer if self.action == "retrieve" else InstanceSerializer
+
+    def _input(self, serializer_class):
+        serializer = serializer_class(data=self.request.data, context=self.get_serializer_context())
+        serializer.is_valid(raise_exception=True)
+        return serializer.validated_data
+
+    def create(self, request, *args, **kwargs):
+        data = self._input(InstanceCreateSerializer)
+        launch = lifecycle.launch_instances(actor=request.user, ip=self.client_ip, **data)
+        instances = self.get_queryset().filter(pk__in=[i.pk for i in launch.instances]).order_by("pk")
+        body = {
+            "instances": InstanceSerializer(instances, many=True, context=self.get_serializer_context()).data,
+            "operations": OperationSerializer(launch.operations, many=True).data,
+        }
+        return Response(body, status=status.HTTP_202_ACCEPTED)
+
+    def destroy(self, request, *args, **kwargs):
+        instance = self.get_object_for(DELETE)
+        return accepted(lifecycle.delete_instance(actor=request.user, instance=instance, ip=self.client_ip))
+
+    # ------------------------------------------------------------ power
+
+    start = power_action("start", _("Start a shut-off instance"))
+    shutdown = power_action("shutdown", _("Shut down gracefully (ACPI; powered off after a timeout)"))
+    stop = power_action("stop", _("Power off at once"))
+    reboot = power_action("reboot", _("Reboot gracefully"))
+    reset = power_action("reset", _("Hard reset"))
+    pause = power_action("pause", _("Pause (freeze) a running instance"))
+    resume = power_action("resume", _("Resume a paused instance"))
+    finish_install = power_action("finish_install", _("Finish an ISO install: eject the ISO, boot from disk"))
+
+    # ------------------------------------------------------------ size
+
+    @extend_schema(
+        summary=_("Resize a shut-off instance to another flavor (the quota difference is reserved)"),
+        request=ResizeSerializer,
+        responses={202: ACCEPTED},
+    )
+    @action(detail=True, methods=["post"])
+    def resize(self, request, *args, **kwargs):
+        instance = self.get_object_for(CHANGE)
+        flavor = self._input(ResizeSerializer)["flavor"]
+        return accepted(
+            lifecycle.resize_instance(actor=request.user, instance=instance, flavor=flavor, ip=self.client_ip)
+        )
+
+    @extend_schema(
+        summary=_("Change vCPUs and/or RAM within the flavor (live when running: add only)"),
+        request=ResourcesSerializer,
+        responses={202: ACCEPTED},
+    )
+    @action(detail=True, methods=["post"])
+    def resources(self, request, *args, **kwargs):
+        instance = self.get_object_for(CHANGE)
+        data = self._input(ResourcesSerializer)
+        return accepted(lifecycle.set_resources(actor=request.user, instance=instance, ip=self.client_ip, **data))
+
+    @extend_schema(
+        summary=_("Capture the shut-off instance's disk as a new image of its tenant"),
+        request=CaptureSerializer,
+        responses={202: OpenApiResponse(CaptureResultSerializer, description=_("The new image, being made."))},
+    )
+    @action(detail=True, methods=["post"])
+    def capture(self, request, *args, **kwargs):
+        instance = self.get_object_for(CHANGE)
+        name = self._input(CaptureSerializer)["name"]
+        image = lifecycle.capture_instance(actor=request.user, instance=instance, name=name, ip=self.client_ip)
+        image = images_for(user=request.user).get(pk=image.pk)
+        operation = (
+            Operation.objects.filter(target_type=Image._meta.label_lower, target_id=str(image.pk))
+            .select_related("user")
+            .order_by("-pk")
+            .first()
+        )
+        body = {
+            "image": ImageSerializer(image, context=self.get_serializer_context()).data,
+            "operation": OperationSerializer(operation).data if operation is not None else None,
+        }
+        return Response(body, status=status.HTTP_202_ACCEPTED)
+
+    # ------------------------------------------------------------ extra disks
+
+    def _child(self, queryset, action: str, pk: str):
+        """A disk or snapshot of the URL's instance, through the access gate."""
+        if not pk.isdigit() or int(pk) > MAX_ID:
+            raise NotFound()
+        instance = self.get_object_for(action)
+        child = queryset.model.objects.restrict(self.request.user, action).filter(instance=instance, pk=pk).first()
+        if child is None:
+            raise NotFound()
+        child.instance = instance
+        return child
+
+    @extend_schema(
+        summary=_("Extra disks of an instance"),
+        responses={200: InstanceDiskSerializer(many=True)},
+    )
+    @action(detail=True, methods=["get"], filter_backends=[], pagination_class=None)
+    def disks(self, request, *args, **kwargs):
+        instance = self.get_object()
+        disks = InstanceDisk.objects.restrict(request.user, VIEW).filter(instance=instance)
+        return Response(InstanceDiskSerializer(disks, many=True).data)
+
+    @extend_schema(
+        summary=_("Attach a new blank disk (counted in the disk quota)"),
+        request=DiskCreateSerializer,
+        responses={202: ACCEPTED},
+    )
+    @disks.mapping.post
+    def attach_disk(self, request, *args, **kwargs):
+        instance = self.get_object_for(CHANGE)
+        size_gib = self._input(DiskCreateSerializer)["size_gib"]
+        return accepted(
+            lifecycle.attach_disk(actor=request.user, instance=instance, size_gib=size_gib, ip=self.client_ip)
+        )
+
+    @extend_schema(
+        summary=_("Detach an extra disk and delete it (its data is gone; its quota is freed when done)"),
+        request=None,
+        responses={202: ACCEPTED},
+    )
+    @action(
+        detail=True,
+        methods=["delete"],
+        url_path=rf"disks/(?P<disk_id>{NESTED_ID})",
+        url_name="disk-detail",
+        filter_backends=[],
+    )
+    def detach_disk(self, request, *args, disk_id: str = "", **kwargs):
+        disk = self._child(InstanceDisk.objects, DELETE, disk_id)
+        return accepted(lifecycle.detach_disk(actor=request.user, disk=disk, ip=self.client_ip))
+
+    # ------------------------------------------------------------ snapshots
+
+    @extend_schema(
+        summary=_("Snapshots of an instance, newest first"),
+        responses={200: SnapshotSerializer(many=True)},
+    )
+    @action(detail=True, methods=["get"], filter_backends=[], pagination_class=None)
+    def snapshots(self, request, *args, **kwargs):
+        instance = self.get_object()
+        snapshots = Snapshot.objects.restrict(request.user, VIEW).filter(instance=instance)
+        return Response(SnapshotSerializer(snapshots, many=True).data)
+
+    @extend_schema(
+        summary=_("Take a snapshot (counted in the snapshot quota)"),
+        request=SnapshotCreateSerializer,
+        responses={202: ACCEPTED},
+    )
+    @snapshots.mapping.post
+    def create_snapshot(self, request, *args, **kwargs):
+        instance = self.get_object_for(CHANGE)
+        data = self._input(SnapshotCreateSerializer)
+        return accepted(lifecycle.create_snapshot(actor=request.user, instance=instance, ip=self.client_ip, **data))
+
+    @extend_schema(summary=_("One snapshot"), responses={200: SnapshotSerializer})
+    @action(
+        detail=True,
+        methods=["get"],
+        url_path=rf"snapshots/(?P<snapshot_id>{NESTED_ID})",
+        url_name="snapshot-detail",
+        filter_backends=[],
+    )
+    def snapshot(self, request, *args, snapshot_id: str = "", **kwargs):
+        return Response(SnapshotSerializer(self._child(Snapshot.objects, VIEW, snapshot_id)).data)
+
+    @extend_schema(summary=_("Delete a snapshot"), request=None, responses={202: ACCEPTED})
+    @snapshot.mapping.delete
+    def delete_snapshot(self, request, *args, snapshot_id: str = "", **kwargs):
+        snapshot = self._child(Snapshot.objects, DELETE, snapshot_id)
+        return accepted(lifecycle.delete_snapshot(actor=request.user, snapshot=snapshot, ip=self.client_ip))
+
+    @extend_schema(summary=_("Revert the instance to a snapshot"), request=None, responses={202: ACCEPTED})
+    @action(
+        detail=True,
+        methods=["post"],
+        url_path=rf"snapshots/(?P<snapshot_id>{NESTED_ID})/revert",
+        url_name="snapshot-revert",
+        filter_backends=[],
+    )
+    def revert_snapshot(self, request, *args, snapshot_id: str = "", **kwargs):
+        snapshot = self._child(Snapshot.objects, CHANGE, snapshot_id)
+        return accepted(lifecycle.revert_snapshot(actor=request.user, snapshot=snapshot, ip=self.client_ip))
+
+
+# ---------------------------------------------------------------- hosts (cloud admins)
+
+
+class HostSerializer(serializers.ModelSerializer):
+    """A libvirt host. Capacity and state are reported by the host (refresh, watcher), never written here."""
+
+    kind = serializers.CharField(read_only=True, help_text=_("Driver of the host: libvirt."))
+
+    class Meta:
+        model = Host
+        fields = [
+            "id",
+            "name",
+            "kind",
+            "uri",
+            "storage_pool",
+            "default_network",
+            "vnc_listen",
+            "virt_type",
+            "cpu_mode",
+            "cpu_model",
+            "cpu_allocation_ratio",
+            "ram_allocation_ratio",
+            "disk_allocation_ratio",
+            "reserved_ram_mib",
+            "enabled",
+            "state",
+            "state_reason",
+            "cpus",
+            "memory_mib",
+            "free_memory_mib",
+            "pool_capacity",
+            "pool_available",
+            "libvirt_version",
+            "last_seen",
+            "created_at",
+        ]
+        read_only_fields = [
+            "id",
+            "state",
+            "state_reason",
+            "cpus",
+            "memory_mib",
+            "free_memory_mib",
+            "pool_capacity",
+            "pool_available",
+            "libvirt_version",
+            "last_seen",
+            "created_at",
+        ]
+        extra_kwargs = {
+            # Uniqueness is a 409 Conflict, not a serializer 400.
+            "name": {"validators": []},
+            "cpu_allocation_ratio": {"max_value": 1000.0},
+            "ram_allocation_ratio": {"max_value": 1000.0},
+            "disk_allocation_ratio": {"max_value": 1000.0},
+            "reserved_ram_mib": {"max_value": MAX_INT32},
+        }
+
+    def validate_name(self, value: str) -> str:
+        value = value.strip()
+        if not value:
+            raise serializers.ValidationError(_("A host needs a name."))
+        return value
+
+    def validate_vnc_listen(self, value: str) -> str:
+        address = ipaddress.ip_address(value)
+        if address.is_unspecified or address.is_multicast:
+            raise serializers.ValidationError(
+                _("Give the loopback or the host's management address, not one that listens everywhere.")
+            )
+        return value
+
+    def validate(self, attrs):
+        mode = attrs.get("cpu_mode", getattr(self.instance, "cpu_mode", Host.CpuMode.DEFAULT))
+        model = attrs.get("cpu_model", getattr(self.instance, "cpu_model", ""))
+        if mode == Host.CpuMode.CUSTOM and not model:
+            raise serializers.ValidationError({"cpu_model": [_("CPU mode “custom” needs a CPU model.")]})
+        return attrs
+
+
+@extend_schema_view(
+    list=extend_schema(summary=_("Hosts (cloud admins; others get an empty list)")),
+    retrieve=extend_schema(summary=_("One host with its last reported capacity")),
+    create=extend_schema(summary=_("Add a libvirt host (cloud admins)"), responses={201: HostSerializer}),
+    partial_update=extend_schema(summary=_("Change a host's settings (cloud admins)")),
+    destroy=extend_schema(summary=_("Remove a host that runs no instance (cloud admins)")),
+)
+class HostViewSet(ApiViewSetMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    """The libvirt hosts instances are placed on: infrastructure, visible to cloud admins only."""
+
+    model = Host
+    serializer_class = HostSerializer
+    filterset_class = HostFilter
+    ordering_fields = ["name", "state", "created_at", "last_seen"]
+
+    def get_queryset(self):
+        return Host.objects.restrict(self.request.user, VIEW)
+
+    def create(self, request, *args, **kwargs):
+        self.require_cloud_admin(_("Only cloud admins can add hosts."))
+        serializer = self.get_serializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        host = hosts.save_host(actor=request.user, host=None, values=dict(serializer.validated_data), ip=self.client_ip)
+        return Response(self.get_serializer(host).data, status=status.HTTP_201_CREATED)
+
+    def partial_update(self, request, *args, **kwargs):
+        host = self.get_object_for(CHANGE)
+        serializer = self.get_serializer(host, data=request.data, partial=True)
+        serializer.is_valid(raise_exception=True)
+        host = hosts.save_host(actor=request.user, host=host, values=dict(serializer.validated_data), ip=self.client_ip)
+        return Response(self.get_serializer(host).data)
+
+    def destroy(self, request, *args, **kwargs):
+        host = self.get_object_for(DELETE)
+        hosts.delete_host(actor=request.user, host=host, ip=self.client_ip)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+    @extend_schema(
+        summary=_("Ask the host for its capacity now (an unreachable host is marked down)"),
+        request=None,
+        responses={200: HostSerializer},
+    )
+    @action(detail=True, methods=["post"])
+    def refresh(self, request, *args, **kwargs):
+        host = self.get_object_for(CHANGE)
+        host = hosts.refresh_host(host=host)
+        return Response(self.get_serializer(host).data)
+
+
+# ---------------------------------------------------------------- unmanaged domains (cloud admins)
+
+
+class UnmanagedDomainSerializer(serializers.ModelSerializer):
+    """A domain found on a host that no instance owns."""
+
+    host_name = serializers.CharField(source="host.name", read_only=True)
+
+    class Meta:
+        model = UnmanagedDomain
+        fields = ["id", "host", "host_name", "uuid", "name", "state", "vcpus", "memory_mib", "first_seen", "last_seen"]
+        read_only_fields = fields
+
+
+class AdoptSerializer(serializers.Serializer):
+    tenant = VisibleTenantField(help_text=_("Id of the tenant that will own the instance."))
+    flavor = VisibleFlavorField(help_text=_("Id of the flavor whose sizes the tenant's quota counts."))
+    name = serializers.CharField(
+        max_length=63, required=False, help_text=_("Instance name; the domain's name when omitted.")
+    )
+
+
+@extend_schema_view(
+    list=extend_schema(summary=_("Domains on the hosts that no instance owns (cloud admins)")),
+    retrieve=extend_schema(summary=_("One unmanaged domain")),
+)
+class UnmanagedDomainViewSet(ApiViewSetMixin, viewsets.ReadOnlyModelViewSet):
+    """Domains the watcher found on hosts without an instance row; a cloud admin may adopt them into a tenant."""
+
+    model = UnmanagedDomain
+    serializer_class = UnmanagedDomainSerializer
+    filterset_class = UnmanagedDomainFilter
+    ordering_fields = ["name", "first_seen", "last_seen"]
+
+    def get_queryset(self):
+        return UnmanagedDomain.objects.restrict(self.request.user, VIEW).select_related("host")
+
+    @extend_schema(
+        summary=_("Adopt the domain as an instance of a tenant (reserves its quota)"),
+        request=AdoptSerializer,
+        responses={201: InstanceDetailSerializer},
+    )
+    @action(detail=True, methods=["post"])
+    def adopt(self, request, *args, **kwargs):
+        unmanaged = self.get_object_for(CHANGE)
+        serializer = AdoptSerializer(data=request.data, context=self.get_serializer_context())
+        serializer.is_valid(raise_exception=True)
+        instance = hosts.adopt_domain(
+            actor=request.user, unmanaged=unmanaged, ip=self.client_ip, **serializer.validated_data
+        )
+        instance = instances_for(user=request.user).get(pk=instance.pk)
+        return Response(
+            InstanceDetailSerializer(instance, context=self.get_serializer_context()).data,
+            status=status.HTTP_201_CREATED,
+        )
