@@ -141,6 +141,20 @@ def mark_vanished(*, instance: Instance) -> bool:
     return _set_state(instance=instance, state=Instance.State.ERROR, reason=_("The domain vanished from the host."))
 
 
+def refresh_addresses(*, instance: Instance, host: Host, running: bool) -> bool:
+    """Store the instance's IP addresses (DHCP leases on its networks; none when not running); True if changed."""
+    try:
+        addresses = driver_for(host).addresses(str(instance.uuid)) if running else []
+    except BackendError:
+        return False
+    if addresses == instance.addresses:
+        return False
+    Instance.objects.filter(pk=instance.pk).update(addresses=addresses, updated_at=timezone.now())
+    instance.addresses = addresses
+    realtime.instance_changed(instance)
+    return True
+
+
 def reconcile_host(*, host: Host) -> dict[str, int]:
     """Full sync of one host: row states from its domains, vanished domains, unmanaged domains.
 
@@ -152,15 +166,27 @@ def reconcile_host(*, host: Host) -> dict[str, int]:
         mark_host_down(host=host, reason=exc.message)
         raise
     by_uuid = {d.uuid.lower(): d for d in domains}
-    counts = {"domains": len(domains), "changed": 0, "vanished": 0, "unmanaged": 0, "unmanaged_removed": 0}
+    counts = {
+        "domains": len(domains),
+        "changed": 0,
+        "addresses": 0,
+        "vanished": 0,
+        "unmanaged": 0,
+        "unmanaged_removed": 0,
+    }
 
     for instance in Instance.objects.filter(host=host).exclude(_owned_by_a_task()):
         domain = by_uuid.get(str(instance.uuid))
         if domain is None:
             if instance.state != Instance.State.ERROR and mark_vanished(instance=instance):
                 counts["vanished"] += 1
-        elif apply_observed_state(instance=instance, state=domain.state, reason=observed_reason(domain)):
-            counts["changed"] += 1
+        else:
+            if apply_observed_state(instance=instance, state=domain.state, reason=observed_reason(domain)):
+                counts["changed"] += 1
+            if instance.mac_address and refresh_addresses(
+                instance=instance, host=host, running=domain.state == "running"
+            ):
+                counts["addresses"] += 1
 
     owned = {str(u) for u in Instance.objects.filter(uuid__in=list(by_uuid)).values_list("uuid", flat=True)}
     unowned = {uuid: d for uuid, d in by_uuid.items() if uuid not in owned}

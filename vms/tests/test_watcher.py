@@ -388,3 +388,16 @@ def test_watcher_reconnects_a_host_that_comes_back(db, test_driver, monkeypatch)
     assert bad.pk not in watcher.watches
     for watch in watcher.watches.values():
         watcher._unregister(watch)
+
+
+def test_reconcile_stores_addresses_from_dhcp_leases(actors, flavor, host, test_driver):
+    """libvirt's test driver reports a lease for its built-in running domain "test"; addresses follow it."""
+    from portal.backends.libvirt.connection import connect
+
+    builtin = connect(host.uri).lookupByName("test")
+    instance = make_instance(actors.tenant, flavor, host, uuid_=builtin.UUIDString(), state=Instance.State.RUNNING)
+    Instance.objects.filter(pk=instance.pk).update(mac_address="aa:bb:cc:dd:ee:ff")
+    assert hosts.reconcile_host(host=host)["addresses"] == 1
+    instance.refresh_from_db()
+    assert instance.addresses == ["192.168.122.3"]
+    assert hosts.reconcile_host(host=host)["addresses"] == 0  # unchanged: nothing written

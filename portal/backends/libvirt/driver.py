@@ -415,6 +415,25 @@ class LibvirtDriver:
                     raise self._translate(exc, f"state of {dom.name()!r}") from exc
         return states
 
+    def addresses(self, uuid: str) -> list[str]:
+        """IP addresses of a running instance's NICs, from the DHCP leases of its libvirt networks (no agent)."""
+        dom = self._dom(uuid)
+        with self._errors(f"addresses of instance {uuid}"):
+            if not dom.isActive():
+                return []
+            try:
+                interfaces = dom.interfaceAddresses(libvirt.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_LEASE, 0) or {}
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() in (libvirt.VIR_ERR_NO_SUPPORT, libvirt.VIR_ERR_ARGUMENT_UNSUPPORTED):
+                    return []
+                raise
+        found = []
+        for _name, info in sorted(interfaces.items()):
+            for addr in info.get("addrs") or []:
+                if addr.get("addr") and addr["addr"] not in found:
+                    found.append(addr["addr"])
+        return found
+
     def wait_for_state(self, uuid: str, states: Iterable[str], timeout: float, interval: float = 0.2) -> InstanceState:
         """Poll until the instance is in one of ``states``; BackendError after ``timeout`` seconds."""
         wanted = set(states)
