@@ -124,9 +124,16 @@ class Host(models.Model):
         return self.name
 
 
-class FlavorQuerySet(models.QuerySet):
-    def restrict(self, user, action: str = VIEW) -> FlavorQuerySet:
-        """Users see enabled public flavors and the private ones shared with their tenants; staff manage all."""
+class SharedWithTenantsQuerySet(models.QuerySet):
+    """Objects cloud admins define and share: public ones, or private ones with a ``tenants`` list.
+
+    Users see the usable ones (``available`` filter: e.g. not disabled) that are public or shared
+    with a tenant they belong to; only cloud admins change them.
+    """
+
+    available = models.Q()
+
+    def restrict(self, user, action: str = VIEW):
         if user is None or not user.is_authenticated or not user.is_active:
             return self.none()
         if is_cloud_admin(user):
@@ -134,12 +141,17 @@ class FlavorQuerySet(models.QuerySet):
         if action != VIEW:
             return self.none()
         shared = models.Q(tenants__in=tenant_ids_for(user, MEMBER_ROLES))
-        visible = self.filter(disabled=False).filter(models.Q(is_public=True) | shared)
-        # The M2M join may repeat a flavor; select by id so the result stays a plain queryset.
+        visible = self.filter(self.available).filter(models.Q(is_public=True) | shared)
+        # The M2M join may repeat a row; select by id so the result stays a plain queryset.
         return self.filter(pk__in=visible.values("pk"))
 
-    def usable_by(self, tenant: Tenant) -> FlavorQuerySet:
-        return self.filter(disabled=False).filter(models.Q(is_public=True) | models.Q(tenants=tenant)).distinct()
+    def usable_by(self, tenant: Tenant):
+        usable = self.filter(self.available).filter(models.Q(is_public=True) | models.Q(tenants=tenant))
+        return self.filter(pk__in=usable.values("pk"))
+
+
+class FlavorQuerySet(SharedWithTenantsQuerySet):
+    available = models.Q(disabled=False)
 
 
 class Flavor(models.Model):
@@ -338,21 +350,8 @@ class Keypair(models.Model):
         return self.name
 
 
-class NetworkQuerySet(models.QuerySet):
-    def restrict(self, user, action: str = VIEW) -> NetworkQuerySet:
-        """Admins define networks; members see the shared ones and those shared with their tenants."""
-        if user is None or not user.is_authenticated or not user.is_active:
-            return self.none()
-        if is_cloud_admin(user):
-            return self
-        if action != VIEW:
-            return self.none()
-        shared = models.Q(tenants__in=tenant_ids_for(user, MEMBER_ROLES))
-        visible = self.filter(models.Q(is_public=True) | shared)
-        return self.filter(pk__in=visible.values("pk"))
-
-    def usable_by(self, tenant: Tenant) -> NetworkQuerySet:
-        return self.filter(pk__in=self.filter(models.Q(is_public=True) | models.Q(tenants=tenant)).values("pk"))
+class NetworkQuerySet(SharedWithTenantsQuerySet):
+    """Admins define networks; members see the public ones and those shared with their tenants."""
 
 
 class Network(models.Model):
