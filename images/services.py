@@ -476,12 +476,21 @@ def _download_budget(image: Image, announced: int) -> int:
 
 
 def capture_image(
-    *, actor, tenant: Tenant, name: str, source: Path, source_format: str = "qcow2", ip: str | None = None
+    *,
+    actor,
+    tenant: Tenant,
+    name: str,
+    source: Path,
+    source_format: str = "qcow2",
+    instance_id: int | None = None,
+    ip: str | None = None,
 ) -> Image:
     """Create an image from an instance disk (a qcow2 overlay chain), flattened into a standalone qcow2.
 
-    The caller (the instance's "capture" action) makes sure the instance is shut off. Quota
-    is reserved for the disk's virtual size, the most the flattened file can take.
+    The caller (the instance's "capture" action) makes sure the instance is shut off and marks
+    it busy; with ``instance_id``, the instance's task is cleared once the disk has been read
+    (or the capture failed). Quota is reserved for the disk's virtual size, the most the
+    flattened file can take.
     """
     from images.tasks import capture_image_task
 
@@ -502,7 +511,7 @@ def capture_image(
             tenant=tenant,
             user=actor,
             task=capture_image_task,
-            params={"source": str(source)},
+            params={"source": str(source), "instance_id": instance_id},
         )
     return image
 
@@ -513,6 +522,25 @@ def flatten_capture(*, operation_id: int) -> None:
         return
     image = Image.objects.get(pk=operation.target_id)
     source = Path(operation.params["source"])
+    try:
+        _flatten(operation, image, source)
+    finally:
+        _release_captured_instance(operation.params.get("instance_id"))
+
+
+def _release_captured_instance(instance_id: int | None) -> None:
+    if instance_id is None:
+        return
+    from vms import realtime
+    from vms.models import Instance
+
+    if Instance.objects.filter(pk=instance_id, task="capture").update(task="", updated_at=timezone.now()):
+        instance = Instance.objects.filter(pk=instance_id).first()
+        if instance is not None:
+            realtime.instance_changed(instance)
+
+
+def _flatten(operation: Operation, image: Image, source: Path) -> None:
     try:
         _store()
         qemu.convert(

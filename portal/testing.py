@@ -131,3 +131,39 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 BROWSER_TIMEOUT_MS = 15_000
+
+
+def switch_celery_broker(url: str, queue: str) -> None:
+    """Point the Celery app at another broker and default queue, e.g. a private Redis database and queue of a test.
+
+    Producers keep the connection pool of the broker they first used (even eager calls create
+    one), kombu's global pool registry would hand a closed pool back the next time the same broker
+    is used, and the app's AMQP helper caches the queues and routes of the first default queue:
+    close and forget them all, so the next message goes where the settings now say.
+    """
+    import kombu.pools
+
+    from portal.celery import app as celery_app
+
+    if celery_app._pool is not None:
+        celery_app._pool.force_close_all()
+    celery_app._pool = None
+    kombu.pools.reset()
+    celery_app.__dict__.pop("amqp", None)
+    celery_app.conf.broker_url = url
+    celery_app.conf.task_default_queue = queue
+
+
+def database_url_of_this_test() -> str:
+    """A ``DATABASE_URL`` for a child process (daphne, a Celery worker) that must use this test's database."""
+    from urllib.parse import quote
+
+    from django.db import connection
+
+    settings = connection.settings_dict
+    if connection.vendor == "sqlite":
+        return f"sqlite:///{settings['NAME']}"
+    user = quote(settings.get("USER") or "", safe="")
+    password = quote(settings.get("PASSWORD") or "", safe="")
+    auth = f"{user}:{password}@" if password else (f"{user}@" if user else "")
+    return f"postgres://{auth}{settings.get('HOST') or ''}:{settings.get('PORT') or 5432}/{settings['NAME']}"

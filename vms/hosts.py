@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import ProtectedError, Q
 from django.utils import timezone
@@ -26,8 +27,12 @@ from vms.models import Flavor, Host, Instance, UnmanagedDomain
 
 log = logging.getLogger(__name__)
 
+
 # Transient domains the portal itself creates briefly (KVM boot probes): never instances, never unmanaged.
-IGNORED_DOMAIN_PREFIXES = ("labcloud-probe-",)
+def ignored_prefixes() -> tuple[str, ...]:
+    """Transient domains of the KVM boot probe (``detect_virt_type``), whatever the naming prefix."""
+    return ("labcloud-probe-", f"{settings.LABCLOUD_DOMAIN_PREFIX}probe-")
+
 
 # Driver power state (portal.backends.base.POWER_STATES) → Instance.State; "building"/"unknown" change nothing.
 OBSERVED_STATES = {
@@ -57,7 +62,7 @@ def driver_for(host: Host) -> LibvirtDriver:
 
 
 def ignored_domain(name: str) -> bool:
-    return name.startswith(IGNORED_DOMAIN_PREFIXES)
+    return name.startswith(ignored_prefixes())
 
 
 def observed_reason(state: InstanceState) -> str:
@@ -274,6 +279,7 @@ def adopt_domain(
                 disk_gib=flavor.disk_gib,
                 host=row.host,
                 domain_name=row.name,
+                adopted=True,
                 state=OBSERVED_STATES.get(row.state, Instance.State.SHUTOFF),
                 desired_power_state=(
                     Instance.PowerState.RUNNING if row.state in {"running", "paused"} else Instance.PowerState.STOPPED

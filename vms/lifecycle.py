@@ -28,6 +28,7 @@ from pathlib import Path, PurePosixPath
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
@@ -41,7 +42,7 @@ from portal.models import Tenant
 from portal.services import ConflictError, ServiceError, record_audit, reserve_quota
 from vms import operations, realtime
 from vms.models import Flavor, Host, Instance, InstanceDisk, Keypair, Network, Operation, Snapshot
-from vms.scheduler import place
+from vms.scheduler import check_growth, place
 from vms.services import reserve_instances
 
 log = logging.getLogger(__name__)
@@ -90,6 +91,9 @@ ACTION_LABELS = {
     "capture": gettext_lazy("capture to image"),
     "delete": gettext_lazy("delete"),
 }
+# Actions that rebuild the domain from the portal's own volumes: not for adopted domains.
+DETACH_TIMEOUT = 30  # seconds a guest gets to release a hot-unplugged disk
+ADOPTED_REFUSED = {"resize", "set_resources", "finish_install", "attach_disk", "detach_disk", "capture"}
 OBSERVED = {
     "running": Instance.State.RUNNING,
     "paused": Instance.State.PAUSED,
@@ -329,7 +333,7 @@ def _launch(operation: Operation, instance: Instance) -> str:
                 backing_pool=replica.pool if replica.pool != pool else None,
                 backing_format=image.stored_format or "qcow2",
             )
-    if not instance.installing and driver.find_volume(pool, seed_volume(instance)) is None:
+    if not instance.installing:  # always written: a crash may have left a partial seed behind
         keys = [instance.keypair.public_key] if instance.keypair is not None else []
         seed = build_nocloud_seed(
             instance_id=str(instance.uuid),
@@ -399,7 +403,7 @@ def _apply(instance: Instance, state: InstanceState, **extra) -> None:
 
 def _lock(instance: Instance) -> Instance:
     locked = (
-        Instance.objects.select_for_update()
+        Instance.objects.select_for_update(of=("self",))
         .select_related("tenant", "flavor", "image", "host", "keypair", "network")
         .get(pk=instance.pk)
     )
@@ -423,6 +427,11 @@ def _check_ready(instance: Instance, action: str) -> None:
         )
     if instance.host_id is None:
         raise ConflictError(_("Instance “%(name)s” has no host.") % {"name": instance.name})
+    if instance.adopted and action in ADOPTED_REFUSED:
+        raise ConflictError(
+            _("Instance “%(name)s” was adopted: its disks and devices are managed on the host, not here.")
+            % {"name": instance.name}
+        )
 
 
 def _queue(*, actor, instance: Instance, action: str, params: dict | None = None, ip: str | None = None) -> Operation:
@@ -488,6 +497,7 @@ def resize_instance(*, actor, instance: Instance, flavor: Flavor, ip: str | None
             "disk_gib": max(0, flavor.disk_gib - instance.disk_gib),
         }
         reserve_quota(tenant=instance.tenant, request={k: v for k, v in delta.items() if v})
+        check_growth(host=instance.host, **delta)
         params = {
             "from": instance.flavor.name,
             "to": flavor.name,
@@ -538,6 +548,7 @@ def set_resources(
             raise ServiceError(_("Nothing to change."))
         delta = {"vcpus": max(0, new_vcpus - instance.vcpus), "ram_mib": max(0, new_ram - instance.ram_mib)}
         reserve_quota(tenant=instance.tenant, request={k: v for k, v in delta.items() if v})
+        check_growth(host=instance.host, **delta)
         params = {
             "vcpus": new_vcpus,
             "ram_mib": new_ram,
@@ -559,6 +570,7 @@ def attach_disk(*, actor, instance: Instance, size_gib: int, ip: str | None = No
         if instance.disks.count() >= 8:
             raise ConflictError(_("An instance has at most 8 extra disks."))
         reserve_quota(tenant=instance.tenant, request={"disk_gib": size_gib})
+        check_growth(host=instance.host, disk_gib=size_gib)
         disk = InstanceDisk.objects.create(tenant=instance.tenant, instance=instance, size_gib=size_gib, volume="")
         InstanceDisk.objects.filter(pk=disk.pk).update(volume=disk_volume(instance, disk.pk))
         return _queue(actor=actor, instance=instance, action="attach_disk", params={"disk_id": disk.pk}, ip=ip)
@@ -599,7 +611,15 @@ def create_snapshot(*, actor, instance: Instance, name: str, description: str = 
             )
         reserve_quota(tenant=instance.tenant, request={"snapshots": 1})
         snapshot = Snapshot.objects.create(
-            tenant=instance.tenant, instance=instance, name=name, description=description[:255], vm_state=instance.state
+            tenant=instance.tenant,
+            instance=instance,
+            name=name,
+            description=description[:255],
+            vm_state=instance.state,
+            vcpus=instance.vcpus,
+            ram_mib=instance.ram_mib,
+            disk_gib=instance.disk_gib,
+            disk_ids=sorted(instance.disks.values_list("pk", flat=True)),
         )
         return _queue(
             actor=actor,
@@ -616,6 +636,16 @@ def revert_snapshot(*, actor, snapshot: Snapshot, ip: str | None = None) -> Oper
         _check_ready(instance, "snapshot_revert")
         if snapshot.state != Snapshot.State.AVAILABLE:
             raise ConflictError(_("Snapshot “%(name)s” is not available.") % {"name": snapshot.name})
+        now = (instance.vcpus, instance.ram_mib, instance.disk_gib, sorted(instance.disks.values_list("pk", flat=True)))
+        if now != (snapshot.vcpus, snapshot.ram_mib, snapshot.disk_gib, snapshot.disk_ids):
+            # A revert brings back the domain of that moment: its sizes and disks must be what quota counts now.
+            raise ConflictError(
+                _(
+                    "Instance “%(name)s” was resized or its disks changed since snapshot “%(snapshot)s”; "
+                    "change it back before reverting."
+                )
+                % {"name": instance.name, "snapshot": snapshot.name}
+            )
         Snapshot.objects.filter(pk=snapshot.pk).update(state=Snapshot.State.REVERTING)
         return _queue(
             actor=actor,
@@ -662,8 +692,19 @@ def capture_instance(*, actor, instance: Instance, name: str, ip: str | None = N
         instance = _lock(instance)
         _check_ready(instance, "capture")
         record_audit(user=actor, action="instance.capture", target=instance, tenant=instance.tenant, ip=ip)
+        # Busy until the image pipeline has read the disk (images.services.flatten_capture clears it).
+        Instance.objects.filter(pk=instance.pk).update(task="capture", updated_at=timezone.now())
+        instance.task = "capture"
+        realtime.instance_changed(instance)
         try:
-            return capture_image(actor=actor, tenant=instance.tenant, name=name, source=Path(volume.path), ip=ip)
+            return capture_image(
+                actor=actor,
+                tenant=instance.tenant,
+                name=name,
+                source=Path(volume.path),
+                instance_id=instance.pk,
+                ip=ip,
+            )
         except QemuImgError as exc:
             raise ConflictError(
                 _("The disk of instance “%(name)s” cannot be read: %(error)s") % {"name": instance.name, "error": exc}
@@ -792,7 +833,10 @@ def _attach_disk(operation: Operation, instance: Instance) -> str:
     pool = instance.host.storage_pool
     if driver.find_volume(pool, disk.volume) is None:
         driver.create_volume(pool, disk.volume, disk.size_gib * GIB)
-    if not disk.attached:
+    already = next((d for d in driver.describe(str(instance.uuid)).spec.disks if d.volume == disk.volume), None)
+    if already is not None and not disk.attached:  # attached before a crash: just record it
+        InstanceDisk.objects.filter(pk=disk.pk).update(attached=True, target=already.target or "")
+    elif not disk.attached:
         attached = driver.attach_disk(
             str(instance.uuid), DiskSpec(device="disk", pool=pool, volume=disk.volume, format="qcow2")
         )
@@ -805,11 +849,26 @@ def _detach_disk(operation: Operation, instance: Instance) -> str:
     if disk is None:
         return ""
     driver = driver_for(instance.host)
+    uuid = str(instance.uuid)
     if disk.attached and disk.target:
-        driver.detach_disk(str(instance.uuid), disk.target)
+        driver.detach_disk(uuid, disk.target)
+        # A live unplug needs the guest's cooperation: delete the volume only once QEMU let go of it.
+        deadline = time.monotonic() + DETACH_TIMEOUT
+        while disk.target in _live_targets(driver, uuid):
+            if time.monotonic() > deadline:
+                raise BackendError(
+                    _("The guest did not release disk %(target)s; it is removed at the next shut down.")
+                    % {"target": disk.target}
+                )
+            time.sleep(0.5)
     driver.delete_volume(instance.host.storage_pool, disk.volume)
     disk.delete()
     return ""
+
+
+def _live_targets(driver: LibvirtDriver, uuid: str) -> set[str]:
+    facts = driver.describe(uuid, inactive=False)
+    return {d.target for d in facts.spec.disks if d.target} if facts.active else set()
 
 
 def _snapshot(operation: Operation, instance: Instance, action: str) -> str:
@@ -916,6 +975,11 @@ def execute(*, operation_id: int) -> None:
     if instance.state == Instance.State.DELETING and action != "delete":
         operations.fail(operation=operation, error=_("The instance is being deleted."))
         return
+    with operations.heartbeats(operation=operation):
+        _dispatch(operation, instance, action)
+
+
+def _dispatch(operation: Operation, instance: Instance, action: str) -> None:
     try:
         if action == "launch":
             message = _launch(operation, instance)
@@ -943,9 +1007,10 @@ def execute(*, operation_id: int) -> None:
         log.warning("operation %s (%s) failed: %s", operation.pk, operation.kind, exc.message)
         _fail(operation, instance, exc.message)
         return
-    except Exception as exc:
+    except Exception:
+        # The details (paths, SQL…) go to the log for the operator, not to the tenant.
         log.exception("operation %s (%s) crashed", operation.pk, operation.kind)
-        _fail(operation, instance, _("Internal error: %(error)s") % {"error": str(exc)[:200]})
+        _fail(operation, instance, _("Internal error; the administrators can find the details in the worker's log."))
         return
     Instance.objects.filter(pk=instance.pk).update(task="", updated_at=timezone.now())
     instance.task = ""
@@ -954,40 +1019,51 @@ def execute(*, operation_id: int) -> None:
 
 
 def recover_stale_operations(*, stale_after: timedelta | None = None, max_attempts: int = 3) -> list[int]:
-    """Re-queue instance operations whose worker died (no heartbeat for ``stale_after``); fail after ``max_attempts``.
+    """Re-queue instance operations whose worker died; fail those that died ``max_attempts`` times.
 
-    Runs from Celery beat and at worker start. Queued operations that never started for as long
-    are re-sent too (their message was lost).
+    Runs from Celery beat and at worker start. A *running* operation whose heartbeat (sent every
+    quarter of ``stale_after`` while its task runs) stopped for ``stale_after`` lost its worker: it
+    is queued again and the attempt counted. A *queued* operation is only waiting for a free
+    worker; if it has waited ten times as long, its message may be lost, so it is sent once more
+    (not counted: waiting is not failing). Host clean-up of a failed launch happens after the
+    sweep's transaction, never while rows are locked.
     """
     from vms.tasks import run_instance_operation
 
     stale_after = stale_after or timedelta(seconds=settings.LABCLOUD_OPERATION_STALE_SECONDS)
-    cutoff = timezone.now() - stale_after
-    requeued = []
+    now = timezone.now()
+    running_cutoff, queued_cutoff = now - stale_after, now - 10 * stale_after
+    requeued, to_fail = [], []
     candidates = Operation.objects.filter(kind__startswith="instance.").filter(
-        state__in=[Operation.State.RUNNING, Operation.State.QUEUED]
+        Q(state=Operation.State.RUNNING, heartbeat_at__lt=running_cutoff)
+        | Q(state=Operation.State.RUNNING, heartbeat_at__isnull=True, started_at__lt=running_cutoff)
+        | Q(state=Operation.State.QUEUED, heartbeat_at__lt=queued_cutoff)
+        | Q(state=Operation.State.QUEUED, heartbeat_at__isnull=True, created_at__lt=queued_cutoff)
     )
-    for operation in candidates:
-        last_sign = operation.heartbeat_at or operation.started_at or operation.created_at
-        if last_sign > cutoff:
-            continue
-        attempts = int(operation.params.get("attempts", 0)) + 1
+    for pk in candidates.values_list("pk", flat=True):
         with transaction.atomic():
-            fresh = Operation.objects.select_for_update().get(pk=operation.pk)
-            if fresh.finished or (fresh.heartbeat_at or fresh.started_at or fresh.created_at) > cutoff:
+            fresh = Operation.objects.select_for_update().filter(pk=pk).first()
+            if fresh is None or fresh.finished:
                 continue
-            if attempts > max_attempts:
-                instance = Instance.objects.select_related("host", "tenant").filter(pk=fresh.target_id).first()
-                _fail(
-                    fresh, instance, _("The worker running this operation stopped %(n)d times.") % {"n": max_attempts}
-                )
+            last_sign = fresh.heartbeat_at or fresh.started_at or fresh.created_at
+            if fresh.state == Operation.State.RUNNING:
+                if last_sign > running_cutoff:
+                    continue
+                attempts = int(fresh.params.get("attempts", 0)) + 1
+                if attempts > max_attempts:
+                    to_fail.append(fresh)
+                    continue
+                fresh.params = {**fresh.params, "attempts": attempts}
+            elif last_sign > queued_cutoff:
                 continue
-            fresh.params = {**fresh.params, "attempts": attempts}
             fresh.state = Operation.State.QUEUED
-            fresh.heartbeat_at = None
+            fresh.heartbeat_at = now  # the next re-send waits a full period again
             fresh.save(update_fields=["params", "state", "heartbeat_at"])
             transaction.on_commit(lambda pk=fresh.pk: run_instance_operation.delay(pk))
-        requeued.append(operation.pk)
+        requeued.append(pk)
+    for operation in to_fail:
+        instance = Instance.objects.select_related("host", "tenant").filter(pk=operation.target_id).first()
+        _fail(operation, instance, _("The worker running this operation stopped %(n)d times.") % {"n": max_attempts})
     if requeued:
         log.info("re-queued stale instance operations: %s", requeued)
     return requeued

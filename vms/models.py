@@ -31,6 +31,18 @@ def validate_libvirt_uri(value: str) -> None:
         raise ValidationError(_("These URI parameters are not allowed: %(params)s.") % {"params": ", ".join(forbidden)})
 
 
+def validate_vnc_listen(value: str) -> None:
+    """VNC servers listen on loopback or the host's management address, never on every address."""
+    import ipaddress
+
+    try:
+        address = ipaddress.ip_address(value)
+    except ValueError:
+        return  # not an address at all: the field's own validator says so
+    if address.is_unspecified:
+        raise ValidationError(_("VNC must not listen on every address; use 127.0.0.1 or the management address."))
+
+
 class HostQuerySet(models.QuerySet):
     def restrict(self, user, action: str = VIEW) -> HostQuerySet:
         """Hosts are infrastructure: only cloud admins see or change them."""
@@ -77,6 +89,7 @@ class Host(models.Model):
     vnc_listen = models.GenericIPAddressField(
         _("VNC listen address"),
         default="127.0.0.1",
+        validators=[validate_vnc_listen],
         help_text=_("Loopback or the host's management address; never a public one."),
     )
     virt_type = models.CharField(
@@ -235,6 +248,11 @@ class Instance(models.Model):
         verbose_name=_("network"),
     )
     user_data = models.TextField(_("user-data"), blank=True)
+    adopted = models.BooleanField(
+        _("adopted"),
+        default=False,
+        help_text=_("Made outside the portal and adopted: its disks are the host's, not the portal's."),
+    )
     installing = models.BooleanField(
         _("installing from ISO"),
         default=False,
@@ -308,6 +326,11 @@ class Snapshot(models.Model):
     description = models.CharField(_("description"), max_length=255, blank=True)
     state = models.CharField(_("state"), max_length=12, choices=State.choices, default=State.CREATING)
     vm_state = models.CharField(_("instance state"), max_length=16, blank=True)
+    # What the instance had when the snapshot was taken: a revert brings the domain back to it.
+    vcpus = models.PositiveIntegerField(_("vCPUs"), default=0)
+    ram_mib = models.PositiveIntegerField(_("RAM (MiB)"), default=0)
+    disk_gib = models.PositiveIntegerField(_("disk (GiB)"), default=0)
+    disk_ids = models.JSONField(_("extra disks"), default=list, blank=True)
     created_at = models.DateTimeField(_("created"), auto_now_add=True)
 
     access_tenant_field = "tenant"

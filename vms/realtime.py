@@ -103,6 +103,7 @@ def operation_changed(operation) -> None:
         kind="operation",
         data={
             "id": operation.pk,
+            "tenant_id": operation.tenant_id,
             "kind": operation.kind,
             "target_type": operation.target_type,
             "target_id": operation.target_id,

@@ -20,7 +20,7 @@ from django.db.models import Count, Sum
 from django.utils.translation import gettext as _
 
 from portal.services import ConflictError
-from vms.models import Host, Instance
+from vms.models import Host, Instance, InstanceDisk
 
 GIB = 1024**3
 
@@ -94,7 +94,31 @@ def host_loads(hosts: list[Host]) -> dict[int, HostLoad]:
             row["ram"] or 0,
             row["disk"] or 0,
         )
+    extra = (
+        InstanceDisk.objects.filter(instance__host_id__in=list(loads))
+        .values("instance__host_id")
+        .annotate(gib=Sum("size_gib"))
+        .order_by()
+    )
+    for row in extra:
+        loads[row["instance__host_id"]].disk_gib += row["gib"] or 0
     return loads
+
+
+def check_growth(*, host: Host, vcpus: int = 0, ram_mib: int = 0, disk_gib: int = 0) -> None:
+    """Refuse (NoValidHost) when an instance on ``host`` cannot grow by this much; locks the host row.
+
+    Call inside the transaction that records the growth (resize, vCPU/RAM change, extra disk).
+    """
+    locked = Host.objects.select_for_update().get(pk=host.pk)
+    if not (vcpus > 0 or ram_mib > 0 or disk_gib > 0):
+        return
+    load = host_loads([locked])[locked.pk]
+    reason = load.refusal(vcpus=max(0, vcpus), ram_mib=max(0, ram_mib), disk_gib=max(0, disk_gib))
+    if reason is not None:
+        raise NoValidHost(
+            _("Host %(host)s cannot take that much more (%(reason)s).") % {"host": locked.name, "reason": reason}
+        )
 
 
 def place(*, count: int, vcpus: int, ram_mib: int, disk_gib: int, hosts: list[Host] | None = None) -> list[Host]:

@@ -16,6 +16,7 @@ from images.models import Image
 from images.services import create_image
 from images.tests.conftest import upload
 from portal.celery import app as celery_app
+from portal.testing import switch_celery_broker
 from vms.models import Operation
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -26,20 +27,9 @@ def redis_worker():
     """A worker thread on a Redis database and a queue of its own, so no other worker on this machine
     (a developer's `make run`, another test run) takes the tasks."""
     base = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0").rsplit("/", 1)[0]
-    previous = celery_app.conf.broker_url
-
-    def switch_broker(url: str) -> None:
-        # Producers keep the connection pool of the broker they first used (even eager calls create it).
-        if celery_app._pool is not None:
-            celery_app._pool.force_close_all()
-        celery_app._pool = None
-        celery_app.amqp._producer_pool = None
-        celery_app.conf.broker_url = url
-
-    previous_queue = celery_app.conf.task_default_queue
-    switch_broker(f"{base}/14")
+    previous, previous_queue = celery_app.conf.broker_url, celery_app.conf.task_default_queue
     queue = f"lctest-{uuid.uuid4().hex[:12]}"
-    celery_app.conf.task_default_queue = queue
+    switch_celery_broker(f"{base}/14", queue)
     celery_app.conf.task_always_eager = False
 
     def close_db(**_kwargs) -> None:
@@ -57,8 +47,7 @@ def redis_worker():
         leftovers = client.keys(f"*{queue}*")
         if leftovers:
             client.delete(*leftovers)
-        celery_app.conf.task_default_queue = previous_queue
-        switch_broker(previous)
+        switch_celery_broker(previous, previous_queue)
 
 
 def test_upload_is_processed_by_a_real_worker(actors, media, redis_worker):

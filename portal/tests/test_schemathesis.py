@@ -72,7 +72,14 @@ def existing_instance(actors, existing_image):
     )
     disk = InstanceDisk.objects.create(tenant=actors.tenant, instance=instance, size_gib=1, volume="seed-disk1")
     snapshot = Snapshot.objects.create(
-        tenant=actors.tenant, instance=instance, name="seed-snap", state=Snapshot.State.AVAILABLE
+        tenant=actors.tenant,
+        instance=instance,
+        name="seed-snap",
+        state=Snapshot.State.AVAILABLE,
+        vcpus=instance.vcpus,
+        ram_mib=instance.ram_mib,
+        disk_gib=instance.disk_gib,
+        disk_ids=[disk.pk],
     )
     unmanaged = UnmanagedDomain.objects.create(
         host=host, uuid="6f3a1d0e-0000-4000-8000-000000000001", name="stray", state="shutoff"

@@ -218,7 +218,15 @@ def test_detach_disk_matrix(actors, make_instance):
 
 
 def _snapshot(instance, name="snap") -> Snapshot:
-    return Snapshot.objects.create(tenant=instance.tenant, instance=instance, name=name, state=Snapshot.State.AVAILABLE)
+    return Snapshot.objects.create(
+        tenant=instance.tenant,
+        instance=instance,
+        name=name,
+        state=Snapshot.State.AVAILABLE,
+        vcpus=instance.vcpus,
+        ram_mib=instance.ram_mib,
+        disk_gib=instance.disk_gib,
+    )
 
 
 def test_snapshot_revert_and_delete_matrix(actors, make_instance):

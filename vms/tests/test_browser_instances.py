@@ -20,11 +20,11 @@ from pathlib import Path
 
 import pytest
 from django.conf import settings as django_settings
-from django.db import connection
 from django.urls import reverse
 
 from images.models import Image
 from portal.models import Membership
+from portal.testing import database_url_of_this_test
 from portal.tests.test_browser import SCREENSHOT
 from vms import realtime
 from vms.models import Flavor, Host, Instance, Operation
@@ -61,7 +61,7 @@ def daphne(transactional_db, channel_layer, tmp_path):
     port = _free_port()
     env = {
         **os.environ,
-        "DATABASE_URL": f"sqlite:///{connection.settings_dict['NAME']}",
+        "DATABASE_URL": database_url_of_this_test(),
         "REDIS_URL": _redis_url(),
         "ALLOWED_HOSTS": "127.0.0.1",
         "DJANGO_SETTINGS_MODULE": "portal.settings",

@@ -147,7 +147,14 @@ def test_detail_is_for_the_tenant_and_staff(actors, running):
 def _post_endpoints(instance: Instance, flavor: Flavor) -> list[tuple[str, dict]]:
     disk = InstanceDisk.objects.create(tenant=instance.tenant, instance=instance, size_gib=1, volume="v", attached=True)
     snapshot = Snapshot.objects.create(
-        tenant=instance.tenant, instance=instance, name="s1", state=Snapshot.State.AVAILABLE
+        tenant=instance.tenant,
+        instance=instance,
+        name="s1",
+        state=Snapshot.State.AVAILABLE,
+        vcpus=instance.vcpus,
+        ram_mib=instance.ram_mib,
+        disk_gib=instance.disk_gib,
+        disk_ids=[disk.pk],
     )
     pk = instance.pk
     return [

@@ -127,12 +127,18 @@ def test_launch_from_image_and_full_lifecycle(portal_host, guest_media, make_ten
     assert [s.name for s in driver.snapshot_list(str(instance.uuid))] == ["before-resize"]
     assert tenant_usage(tenant_ids=[tenant.pk])[tenant.pk]["snapshots"] == 1
 
+    # Resizing a qcow2 (v3) disk that holds an internal snapshot works…
     ok(run_tasks(lambda: lifecycle.resize_instance(actor=user, instance=instance, flavor=bigger)))
     instance.refresh_from_db()
     assert (instance.flavor_id, instance.ram_mib, instance.disk_gib) == (bigger.pk, 192, 2)
     root = driver.find_volume(portal_host.storage_pool, lifecycle.root_volume(instance))
     assert root.capacity == 2 * GIB
     assert driver.describe(str(instance.uuid)).spec.memory_mib == 192
+    # …but reverting to a snapshot of the old size is refused: quota counts the new size.
+    with pytest.raises(lifecycle.ConflictError, match="resized"):
+        lifecycle.revert_snapshot(actor=user, snapshot=snapshot)
+    ok(run_tasks(lambda: lifecycle.delete_snapshot(actor=user, snapshot=snapshot)))
+    assert driver.snapshot_list(str(instance.uuid)) == []
 
     ok(run_tasks(lambda: lifecycle.set_resources(actor=user, instance=instance, vcpus=1)))
     assert driver.describe(str(instance.uuid)).spec.vcpus == 1
@@ -150,6 +156,8 @@ def test_launch_from_image_and_full_lifecycle(portal_host, guest_media, make_ten
     instance.refresh_from_db()
     assert instance.state == Instance.State.SHUTOFF
 
+    ok(run_tasks(lambda: lifecycle.create_snapshot(actor=user, instance=instance, name="resized")))
+    snapshot = Snapshot.objects.get(instance=instance)
     ok(run_tasks(lambda: lifecycle.revert_snapshot(actor=user, snapshot=snapshot)))
     ok(run_tasks(lambda: lifecycle.delete_snapshot(actor=user, snapshot=snapshot)))
     assert driver.snapshot_list(str(instance.uuid)) == []

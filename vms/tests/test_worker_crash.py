@@ -27,6 +27,7 @@ from django.db import connection
 
 from portal.celery import app as celery_app
 from portal.selectors import tenant_usage
+from portal.testing import database_url_of_this_test, switch_celery_broker
 from vms import lifecycle
 from vms.models import Flavor, Instance, Operation
 from vms.tests.conftest import active_image, leftovers
@@ -37,22 +38,13 @@ BROKER = f"{BASE}/14"
 STALE = 2  # seconds without heartbeat before an operation counts as orphaned
 
 
-def _switch_broker(url: str) -> None:
-    if celery_app._pool is not None:
-        celery_app._pool.force_close_all()
-    celery_app._pool = None
-    celery_app.amqp._producer_pool = None
-    celery_app.conf.broker_url = url
-
-
 @pytest.fixture
 def worker_queue():
     """This test's queue on its own Redis database (no other worker takes its tasks); cleaned up after."""
     previous_url, previous_queue = celery_app.conf.broker_url, celery_app.conf.task_default_queue
     previous_eager = celery_app.conf.task_always_eager
     queue = f"lctest-{uuid.uuid4().hex[:12]}"
-    _switch_broker(BROKER)
-    celery_app.conf.task_default_queue = queue
+    switch_celery_broker(BROKER, queue)
     celery_app.conf.task_always_eager = False
     try:
         yield queue
@@ -61,9 +53,8 @@ def worker_queue():
         keys = client.keys(f"*{queue}*")
         if keys:
             client.delete(*keys)
-        celery_app.conf.task_default_queue = previous_queue
         celery_app.conf.task_always_eager = previous_eager
-        _switch_broker(previous_url)
+        switch_celery_broker(previous_url, previous_queue)
 
 
 class Worker:
@@ -76,7 +67,7 @@ class Worker:
     def start(self) -> None:
         env = {
             **os.environ,
-            "DATABASE_URL": f"sqlite:///{connection.settings_dict['NAME']}",
+            "DATABASE_URL": database_url_of_this_test(),
             "CELERY_BROKER_URL": BROKER,
             "LABCLOUD_DOMAIN_PREFIX": settings.LABCLOUD_DOMAIN_PREFIX,
             "LABCLOUD_SERIAL_LOG_DIR": settings.LABCLOUD_SERIAL_LOG_DIR,
