@@ -22,7 +22,7 @@ from rest_framework.response import Response
 from images.api.serializers import ImageSerializer
 from images.models import Image
 from images.selectors import images_for
-from portal.access import CHANGE, DELETE, VIEW
+from portal.access import CHANGE, DELETE, VIEW, is_cloud_admin
 from portal.api.base import MAX_ID, ApiViewSetMixin
 from portal.api.serializers import MAX_INT32, VisibleTenantField
 from vms import hosts, lifecycle
@@ -78,7 +78,10 @@ class InstanceSerializer(serializers.ModelSerializer):
     )
     flavor_name = serializers.CharField(source="flavor.name", read_only=True)
     host = serializers.CharField(
-        source="host.name", read_only=True, allow_null=True, help_text=_("Name of the host it runs on.")
+        source="host.name",
+        read_only=True,
+        allow_null=True,
+        help_text=_("Name of the host it runs on (cloud admins only; null for others)."),
     )
 
     class Meta:
@@ -113,6 +116,13 @@ class InstanceSerializer(serializers.ModelSerializer):
             "task": {"help_text": _("The operation in progress (launch, start, resize…); empty when idle.")},
             "addresses": {"help_text": _("IP addresses reported for the instance.")},
         }
+
+    def to_representation(self, instance):
+        data = super().to_representation(instance)
+        request = self.context.get("request")
+        if request is None or not is_cloud_admin(request.user):
+            data["host"] = None  # hosts are infrastructure: only cloud admins see where instances run
+        return data
 
 
 class InstanceDetailSerializer(InstanceSerializer):
