@@ -10,10 +10,14 @@ from django.utils.translation import ngettext
 from portal import middleware
 from portal import services as portal_services
 from portal.admin import AuditedAdminMixin, RestrictedAdminMixin
+from portal.middleware import client_ip
 from portal.models import Tenant
+from portal.services import ServiceError
 from vms import hosts as host_services
+from vms import keypairs as keypair_services
 from vms import lifecycle
-from vms.models import Flavor, Host, Instance, InstanceDisk, Operation, Snapshot, UnmanagedDomain
+from vms import networks as network_services
+from vms.models import Flavor, Host, Instance, InstanceDisk, Keypair, Network, Operation, Snapshot, UnmanagedDomain
 
 
 @admin.register(Host)
@@ -108,12 +112,25 @@ def _run_each(model_admin, request, queryset, call, done_message) -> None:
         model_admin.message_user(request, done_message(done), messages.SUCCESS)
 
 
+class InstanceAdminForm(forms.ModelForm):
+    class Meta:
+        model = Instance
+        fields = ["name"]
+
+    def clean_name(self) -> str:
+        try:
+            return lifecycle.check_name(self.cleaned_data["name"])
+        except ServiceError as exc:
+            raise forms.ValidationError(exc.message) from exc
+
+
 @admin.register(Instance)
 class InstanceAdmin(AuditedAdminMixin, RestrictedAdminMixin, admin.ModelAdmin):
     """Instances are launched through the dashboard or the API (which reserve quota and place them);
     here only the name changes. Power actions and deletion go through vms.lifecycle, as operations."""
 
     audit_name = "instance"
+    form = InstanceAdminForm
     list_display = ["name", "tenant", "owner", "flavor", "host", "state", "task", "created_at"]
     list_filter = ["state", "tenant", "host"]
     search_fields = ["name", "uuid", "tenant__name"]
@@ -330,15 +347,6 @@ class OperationAdmin(RestrictedAdminMixin, admin.ModelAdmin):
 
 
 # ---------------------------------------------------------------- keypairs and networks (saved through the services)
-
-from django import forms  # noqa: E402
-from django.contrib import messages  # noqa: E402
-
-from portal.middleware import client_ip  # noqa: E402
-from portal.services import ServiceError  # noqa: E402
-from vms import keypairs as keypair_services  # noqa: E402
-from vms import networks as network_services  # noqa: E402
-from vms.models import Keypair, Network  # noqa: E402
 
 
 def _adopt(obj, saved) -> None:

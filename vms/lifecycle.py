@@ -201,7 +201,8 @@ def batch_names(name: str, count: int) -> list[str]:
     return [f"{name}-{i}" for i in range(1, count + 1)]
 
 
-def _check_name(name: str, *, field: str = "name") -> str:
+def check_name(name: str, *, field: str = "name") -> str:
+    """The instance name, stripped; ServiceError when it is empty, too long, multi-line or has a slash."""
     name = name.strip()
     if not name or len(name) > 63 or not NAME_RE.match(name):
         raise ServiceError(
@@ -237,7 +238,7 @@ def launch_instances(
         )
     if count > 1 and "{n}" not in name and len(name.strip()) > 63 - len(f"-{count}"):
         raise ServiceError(_("The name is too long for numbering."), field="name")
-    names = [_check_name(n) for n in batch_names(name.strip(), count)]
+    names = [check_name(n) for n in batch_names(name.strip(), count)]
     if not Image.objects.filter(visible_to_tenant(tenant_id=tenant.pk), pk=image.pk).exists():
         raise ServiceError(_("Image “%(name)s” is not available to this tenant.") % {"name": image.name}, field="image")
     if image.status != Image.Status.ACTIVE:

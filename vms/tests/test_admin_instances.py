@@ -130,6 +130,11 @@ def test_instance_runtime_fields_are_read_only(actors, make_instance, client):
     assert response.status_code == 302, response.content
     instance.refresh_from_db()
     assert instance.name == "renamed" and instance.state == Instance.State.RUNNING and instance.vcpus == 2
+    # The same name rules as a launch: one line, no slash (it becomes the libvirt domain's title).
+    response = client.post(url, {"name": "two\nlines/here"})
+    assert response.status_code == 200 and "without “/”" in response.content.decode()
+    instance.refresh_from_db()
+    assert instance.name == "renamed"
 
 
 def test_host_capacity_is_read_only(actors, host, client):
