@@ -10,13 +10,14 @@ staff-only host refresh.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
-from django.http import Http404
+from django.http import Http404, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import NoReverseMatch, reverse
 from django.utils.translation import gettext as _
@@ -491,6 +492,25 @@ def instance_detail(request, pk: int):
 # ---------------------------------------------------------------- detail actions
 
 
+def _perform(request, pk: int, call: Callable[[], object], success: str) -> HttpResponse:
+    """Run one instance service for a POST: its refusal or ``success`` as a message, back to the instance page."""
+    try:
+        call()
+    except ServiceError as exc:
+        _report(request, exc)
+    else:
+        messages.success(request, success)
+    return redirect("instance_detail", pk=pk)
+
+
+def _posted_form(request, form):
+    """The bound form when valid; otherwise its errors become messages and None is returned."""
+    if form.is_valid():
+        return form
+    _form_errors(request, form)
+    return None
+
+
 @login_required
 @require_POST
 def instance_action(request, pk: int):
@@ -499,14 +519,12 @@ def instance_action(request, pk: int):
     if action not in POWER_ACTIONS:
         messages.error(request, _("Unknown action."))
         return redirect("instance_detail", pk=pk)
-    try:
-        lifecycle.request_action(actor=request.user, instance=instance, action=action, ip=client_ip(request))
-    except ServiceError as exc:
-        _report(request, exc)
-    else:
-        label = ACTION_BUTTONS[action][0]
-        messages.success(request, _("%(action)s of “%(name)s” requested.") % {"action": label, "name": instance.name})
-    return redirect("instance_detail", pk=pk)
+    return _perform(
+        request,
+        pk,
+        lambda: lifecycle.request_action(actor=request.user, instance=instance, action=action, ip=client_ip(request)),
+        _("%(action)s of “%(name)s” requested.") % {"action": ACTION_BUTTONS[action][0], "name": instance.name},
+    )
 
 
 @login_required
@@ -527,66 +545,50 @@ def instance_delete(request, pk: int):
 def instance_resize(request, pk: int):
     instance = _instance_for(request, pk)
     flavors = flavors_for(user=request.user, tenant=instance.tenant).exclude(pk=instance.flavor_id)
-    form = ResizeForm(request.POST, flavors=flavors)
-    if not form.is_valid():
-        _form_errors(request, form)
+    if (form := _posted_form(request, ResizeForm(request.POST, flavors=flavors))) is None:
         return redirect("instance_detail", pk=pk)
     flavor = form.cleaned_data["flavor"]
-    try:
-        lifecycle.resize_instance(actor=request.user, instance=instance, flavor=flavor, ip=client_ip(request))
-    except ServiceError as exc:
-        _report(request, exc)
-    else:
-        messages.success(
-            request, _("Resizing “%(name)s” to %(flavor)s.") % {"name": instance.name, "flavor": flavor.name}
-        )
-    return redirect("instance_detail", pk=pk)
+    return _perform(
+        request,
+        pk,
+        lambda: lifecycle.resize_instance(actor=request.user, instance=instance, flavor=flavor, ip=client_ip(request)),
+        _("Resizing “%(name)s” to %(flavor)s.") % {"name": instance.name, "flavor": flavor.name},
+    )
 
 
 @login_required
 @require_POST
 def instance_resources(request, pk: int):
     instance = _instance_for(request, pk)
-    form = ResourcesForm(request.POST, instance=instance)
-    if not form.is_valid():
-        _form_errors(request, form)
+    if (form := _posted_form(request, ResourcesForm(request.POST, instance=instance))) is None:
         return redirect("instance_detail", pk=pk)
-    try:
-        lifecycle.set_resources(
+    return _perform(
+        request,
+        pk,
+        lambda: lifecycle.set_resources(
             actor=request.user,
             instance=instance,
             vcpus=form.cleaned_data["vcpus"],
             ram_mib=form.cleaned_data["ram_mib"],
             ip=client_ip(request),
-        )
-    except ServiceError as exc:
-        _report(request, exc)
-    else:
-        messages.success(request, _("Changing the vCPUs and RAM of “%(name)s”.") % {"name": instance.name})
-    return redirect("instance_detail", pk=pk)
+        ),
+        _("Changing the vCPUs and RAM of “%(name)s”.") % {"name": instance.name},
+    )
 
 
 @login_required
 @require_POST
 def instance_disk_attach(request, pk: int):
     instance = _instance_for(request, pk)
-    form = AttachDiskForm(request.POST)
-    if not form.is_valid():
-        _form_errors(request, form)
+    if (form := _posted_form(request, AttachDiskForm(request.POST))) is None:
         return redirect("instance_detail", pk=pk)
-    try:
-        lifecycle.attach_disk(
-            actor=request.user, instance=instance, size_gib=form.cleaned_data["size_gib"], ip=client_ip(request)
-        )
-    except ServiceError as exc:
-        _report(request, exc)
-    else:
-        messages.success(
-            request,
-            _("A %(size)d GiB disk is being attached to “%(name)s”.")
-            % {"size": form.cleaned_data["size_gib"], "name": instance.name},
-        )
-    return redirect("instance_detail", pk=pk)
+    size_gib = form.cleaned_data["size_gib"]
+    return _perform(
+        request,
+        pk,
+        lambda: lifecycle.attach_disk(actor=request.user, instance=instance, size_gib=size_gib, ip=client_ip(request)),
+        _("A %(size)d GiB disk is being attached to “%(name)s”.") % {"size": size_gib, "name": instance.name},
+    )
 
 
 @login_required
@@ -594,36 +596,33 @@ def instance_disk_attach(request, pk: int):
 def instance_disk_detach(request, pk: int, disk_pk: int):
     instance = _instance_for(request, pk)
     disk = get_object_or_404(InstanceDisk.objects.restrict(request.user, CHANGE).filter(instance=instance), pk=disk_pk)
-    try:
-        lifecycle.detach_disk(actor=request.user, disk=disk, ip=client_ip(request))
-    except ServiceError as exc:
-        _report(request, exc)
-    else:
-        messages.success(request, _("The disk is being detached and deleted."))
-    return redirect("instance_detail", pk=pk)
+    return _perform(
+        request,
+        pk,
+        lambda: lifecycle.detach_disk(actor=request.user, disk=disk, ip=client_ip(request)),
+        _("The disk is being detached and deleted."),
+    )
 
 
 @login_required
 @require_POST
 def instance_snapshot_create(request, pk: int):
     instance = _instance_for(request, pk)
-    form = SnapshotForm(request.POST)
-    if not form.is_valid():
-        _form_errors(request, form)
+    if (form := _posted_form(request, SnapshotForm(request.POST))) is None:
         return redirect("instance_detail", pk=pk)
-    try:
-        lifecycle.create_snapshot(
+    name = form.cleaned_data["name"]
+    return _perform(
+        request,
+        pk,
+        lambda: lifecycle.create_snapshot(
             actor=request.user,
             instance=instance,
-            name=form.cleaned_data["name"],
+            name=name,
             description=form.cleaned_data["description"],
             ip=client_ip(request),
-        )
-    except ServiceError as exc:
-        _report(request, exc)
-    else:
-        messages.success(request, _("Taking snapshot “%(name)s”.") % {"name": form.cleaned_data["name"]})
-    return redirect("instance_detail", pk=pk)
+        ),
+        _("Taking snapshot “%(name)s”.") % {"name": name},
+    )
 
 
 def _snapshot_for(request, pk: int, snapshot_pk: int) -> Snapshot:
@@ -638,35 +637,31 @@ def _snapshot_for(request, pk: int, snapshot_pk: int) -> Snapshot:
 @require_POST
 def instance_snapshot_revert(request, pk: int, snapshot_pk: int):
     snapshot = _snapshot_for(request, pk, snapshot_pk)
-    try:
-        lifecycle.revert_snapshot(actor=request.user, snapshot=snapshot, ip=client_ip(request))
-    except ServiceError as exc:
-        _report(request, exc)
-    else:
-        messages.success(request, _("Reverting to snapshot “%(name)s”.") % {"name": snapshot.name})
-    return redirect("instance_detail", pk=pk)
+    return _perform(
+        request,
+        pk,
+        lambda: lifecycle.revert_snapshot(actor=request.user, snapshot=snapshot, ip=client_ip(request)),
+        _("Reverting to snapshot “%(name)s”.") % {"name": snapshot.name},
+    )
 
 
 @login_required
 @require_POST
 def instance_snapshot_delete(request, pk: int, snapshot_pk: int):
     snapshot = _snapshot_for(request, pk, snapshot_pk)
-    try:
-        lifecycle.delete_snapshot(actor=request.user, snapshot=snapshot, ip=client_ip(request))
-    except ServiceError as exc:
-        _report(request, exc)
-    else:
-        messages.success(request, _("Deleting snapshot “%(name)s”.") % {"name": snapshot.name})
-    return redirect("instance_detail", pk=pk)
+    return _perform(
+        request,
+        pk,
+        lambda: lifecycle.delete_snapshot(actor=request.user, snapshot=snapshot, ip=client_ip(request)),
+        _("Deleting snapshot “%(name)s”.") % {"name": snapshot.name},
+    )
 
 
 @login_required
 @require_POST
 def instance_capture(request, pk: int):
     instance = _instance_for(request, pk)
-    form = CaptureForm(request.POST)
-    if not form.is_valid():
-        _form_errors(request, form)
+    if (form := _posted_form(request, CaptureForm(request.POST))) is None:
         return redirect("instance_detail", pk=pk)
     try:
         image = lifecycle.capture_instance(
