@@ -259,3 +259,31 @@ LOGGING = {
 WATCHER_RECONCILE_SECONDS = float(os.environ.get("WATCHER_RECONCILE_SECONDS", "30"))
 WATCHER_CAPACITY_SECONDS = float(os.environ.get("WATCHER_CAPACITY_SECONDS", "60"))
 # --- end watcher ---
+
+# --- console ---
+# manage.py consoleproxy (websockify + the portal's token plugin) listens here; keep it on loopback
+# and publish it through the portal's reverse proxy (TLS) under CONSOLE_PUBLIC_URL.
+CONSOLE_PROXY_HOST = os.environ.get("CONSOLE_PROXY_HOST", "127.0.0.1")
+CONSOLE_PROXY_PORT = int(os.environ.get("CONSOLE_PROXY_PORT", "6080"))
+# The ws:// or wss:// base URL browsers connect to (the token is appended as ?token=…).
+CONSOLE_PUBLIC_URL = os.environ.get("CONSOLE_PUBLIC_URL", "ws://127.0.0.1:6080")
+CONSOLE_TOKEN_TTL_SECONDS = int(os.environ.get("CONSOLE_TOKEN_TTL_SECONDS", "60"))
+CONSOLE_MAX_SESSION_SECONDS = int(os.environ.get("CONSOLE_MAX_SESSION_SECONDS", "14400"))
+# Seconds between the proxy's checks that a live session is still allowed (access, instance state).
+CONSOLE_RECHECK_SECONDS = float(os.environ.get("CONSOLE_RECHECK_SECONDS", "2"))
+
+
+def _default_console_origins() -> list[str]:
+    port = os.environ.get("LABCLOUD_PORT", "8000")
+    origins = list(CSRF_TRUSTED_ORIGINS)
+    for host in ALLOWED_HOSTS:
+        if host == "*" or host.startswith("."):
+            continue  # wildcards: list the origins explicitly in CONSOLE_ALLOWED_ORIGINS
+        name = f"[{host}]" if ":" in host else host
+        origins += [f"http://{name}:{port}", f"https://{name}", f"http://{name}"]
+    return origins
+
+
+# Origin headers the console proxy accepts (scheme://host[:port], exact match).
+CONSOLE_ALLOWED_ORIGINS = env_list("CONSOLE_ALLOWED_ORIGINS", "") or _default_console_origins()
+# --- end console ---

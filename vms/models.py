@@ -481,3 +481,44 @@ class Operation(models.Model):
     @property
     def finished(self) -> bool:
         return self.state in {self.State.SUCCEEDED, self.State.FAILED}
+
+
+class ConsoleSession(models.Model):
+    """One console token and, once claimed by the console proxy, the session it opened.
+
+    Only the SHA-256 of the token is stored. A token is valid for one connection until
+    ``expires_at``; ``used_at`` is set when the proxy claims it, ``ended_at`` when the session ends.
+    """
+
+    class Kind(models.TextChoices):
+        VNC = "vnc", _("VNC")
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="+", verbose_name=_("tenant"))
+    instance = models.ForeignKey(
+        Instance, on_delete=models.CASCADE, related_name="console_sessions", verbose_name=_("instance")
+    )
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+", verbose_name=_("user")
+    )
+    kind = models.CharField(_("kind"), max_length=8, choices=Kind.choices, default=Kind.VNC)
+    token_hash = models.CharField(_("token hash"), max_length=64, unique=True)
+    target_host = models.CharField(_("target host"), max_length=255)
+    target_port = models.PositiveIntegerField(_("target port"))
+    created_at = models.DateTimeField(_("created"), auto_now_add=True)
+    expires_at = models.DateTimeField(_("expires"))
+    used_at = models.DateTimeField(_("connected"), null=True, blank=True)
+    ended_at = models.DateTimeField(_("ended"), null=True, blank=True)
+    end_reason = models.CharField(_("end reason"), max_length=64, blank=True)
+    client_ip = models.GenericIPAddressField(_("client IP"), null=True, blank=True)
+
+    access_tenant_field = "tenant"
+    access_policy = {VIEW: MEMBER_ROLES}
+    objects = RestrictedQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        verbose_name = _("console session")
+        verbose_name_plural = _("console sessions")
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.instance} ({self.user})"

@@ -25,7 +25,7 @@ from images.selectors import images_for
 from portal.access import CHANGE, DELETE, VIEW, is_cloud_admin
 from portal.api.base import MAX_ID, ApiViewSetMixin
 from portal.api.serializers import MAX_INT32, VisibleTenantField
-from vms import hosts, lifecycle
+from vms import consoles, hosts, lifecycle
 from vms.api.filtersets import HostFilter, InstanceFilter, UnmanagedDomainFilter
 from vms.api.serializers import OperationSerializer
 from vms.models import Flavor, Host, Instance, InstanceDisk, Keypair, Network, Operation, Snapshot, UnmanagedDomain
@@ -243,6 +243,13 @@ class SnapshotCreateSerializer(serializers.Serializer):
     description = serializers.CharField(max_length=255, required=False, allow_blank=True, default="")
 
 
+class ConsoleTicketSerializer(serializers.Serializer):
+    url = serializers.CharField(help_text=_("WebSocket URL of the console proxy, with the one-time token."))
+    token = serializers.CharField(help_text=_("The console token (valid for one connection, shortly)."))
+    password = serializers.CharField(help_text=_("One-time VNC password for this connection."))
+    expires_at = serializers.DateTimeField(help_text=_("The token and the password expire at this time."))
+
+
 def accepted(operation: Operation) -> Response:
     return Response(OperationSerializer(operation).data, status=status.HTTP_202_ACCEPTED)
 
@@ -320,6 +327,19 @@ class InstanceViewSet(ApiViewSetMixin, mixins.ListModelMixin, mixins.RetrieveMod
     pause = power_action("pause", _("Pause (freeze) a running instance"))
     resume = power_action("resume", _("Resume a paused instance"))
     finish_install = power_action("finish_install", _("Finish an ISO install: eject the ISO, boot from disk"))
+
+    # ------------------------------------------------------------ console
+
+    @extend_schema(
+        summary=_("Open the console of a running instance: a one-time proxy URL and VNC password"),
+        request=None,
+        responses={201: ConsoleTicketSerializer},
+    )
+    @action(detail=True, methods=["post"])
+    def console(self, request, *args, **kwargs):
+        instance = self.get_object_for(CHANGE)
+        ticket = consoles.open_console(user=request.user, instance=instance, ip=self.client_ip)
+        return Response(ConsoleTicketSerializer(ticket).data, status=status.HTTP_201_CREATED)
 
     # ------------------------------------------------------------ size
 

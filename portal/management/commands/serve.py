@@ -44,7 +44,7 @@ def process_specs(host: str, port: int) -> list[ProcessSpec]:
             "worker", [py, "-m", "celery", "-A", "portal", "worker", "--beat", "-l", "info", "--concurrency", "2"]
         ),
         ProcessSpec("watcher", [py, "manage.py", "watch_hosts"]),
-        # ProcessSpec("console", [py, "manage.py", "consoleproxy"]),
+        ProcessSpec("console", [py, "manage.py", "consoleproxy"]),
     ]
 
 

@@ -1,0 +1,207 @@
+"""Console tokens: issued by the portal, claimed once by the console proxy (``manage.py consoleproxy``).
+
+``open_console`` checks nothing about access itself (the caller found the instance through the
+access gate with CHANGE), sets a one-time VNC password on the running domain and stores only the
+SHA-256 of a random token. ``claim_token`` runs in the proxy: it marks the token used with one
+conditional UPDATE (so a token opens at most one connection, within its TTL), then re-checks the
+Origin header, the user's access and the instance's host and state. ``session_still_allowed`` is
+polled by the proxy during a live session; ``end_session`` records its end.
+
+Refusals are logged at WARNING without the token, and audited as ``console.refused``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from urllib.parse import urlencode
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+from django.utils.translation import gettext as _
+
+from portal.access import CHANGE
+from portal.backends.base import BackendError
+from portal.backends.libvirt.driver import random_vnc_password
+from portal.models import AuditEvent
+from portal.services import ConflictError, record_audit
+from vms.lifecycle import driver_for
+from vms.models import ConsoleSession, Instance
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ConsoleTicket:
+    """What the browser gets: the proxy URL with the token, and the one-time VNC password."""
+
+    url: str
+    token: str
+    password: str
+    expires_at: datetime
+    session_id: int
+
+
+@dataclass(frozen=True)
+class ClaimedConsole:
+    """What the proxy connects to for a claimed token."""
+
+    session_id: int
+    host: str
+    port: int
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def console_url(token: str) -> str:
+    base = settings.CONSOLE_PUBLIC_URL
+    return f"{base}{'&' if '?' in base else '?'}{urlencode({'token': token})}"
+
+
+def open_console(*, user, instance: Instance, ip: str | None = None) -> ConsoleTicket:
+    """Issue a console token for a running instance and give its VNC server a one-time password."""
+    if instance.state != Instance.State.RUNNING or instance.host_id is None:
+        raise ConflictError(_("The console is only available while the instance is running."))
+    ttl = settings.CONSOLE_TOKEN_TTL_SECONDS
+    password = random_vnc_password()
+    try:
+        target = driver_for(instance.host).set_vnc_password(str(instance.uuid), password, valid_seconds=ttl)
+    except BackendError as exc:
+        logger.warning("console of instance %s: %s", instance.pk, exc.message)
+        raise ConflictError(_("The console of this instance is not available right now.")) from exc
+    token = secrets.token_urlsafe(32)
+    expires_at = timezone.now() + timedelta(seconds=ttl)
+    session = ConsoleSession.objects.create(
+        tenant_id=instance.tenant_id,
+        instance=instance,
+        user=user,
+        kind=ConsoleSession.Kind.VNC,
+        token_hash=hash_token(token),
+        target_host=target.host,
+        target_port=target.port,
+        expires_at=expires_at,
+    )
+    record_audit(
+        user=user,
+        action="console.issue",
+        target=instance,
+        tenant=instance.tenant,
+        ip=ip,
+        detail={"session": session.pk, "kind": session.kind},
+    )
+    return ConsoleTicket(
+        url=console_url(token), token=token, password=password, expires_at=expires_at, session_id=session.pk
+    )
+
+
+def origin_allowed(origin: str | None) -> bool:
+    return bool(origin) and origin.rstrip("/") in {o.rstrip("/") for o in settings.CONSOLE_ALLOWED_ORIGINS}
+
+
+def _refuse(reason: str, *, session: ConsoleSession | None = None, ip: str | None = None) -> None:
+    logger.warning(
+        "console token refused: %s (session %s, client %s)", reason, session.pk if session else "-", ip or "-"
+    )
+    record_audit(
+        user=session.user if session else None,
+        action="console.refused",
+        target=session.instance if session else None,
+        tenant=session.tenant if session else None,
+        outcome=AuditEvent.Outcome.DENIED,
+        ip=ip,
+        detail={"reason": reason, **({"session": session.pk} if session else {})},
+    )
+
+
+def _still_on_target(session: ConsoleSession) -> bool:
+    instance = (
+        Instance.objects.restrict(session.user, CHANGE)
+        .filter(pk=session.instance_id, state=Instance.State.RUNNING, host__isnull=False)
+        .select_related("host")
+        .first()
+    )
+    return instance is not None
+
+
+def claim_token(*, token: str | None, origin: str | None, ip: str | None = None) -> ClaimedConsole | None:
+    """Use up a console token: the target to connect to, or None (refused, logged and audited)."""
+    if not token or len(token) > 200:
+        _refuse("missing or malformed token", ip=ip)
+        return None
+    now = timezone.now()
+    digest = hash_token(token)
+    with transaction.atomic():
+        claimed = ConsoleSession.objects.filter(token_hash=digest, used_at__isnull=True, expires_at__gt=now).update(
+            used_at=now, client_ip=ip
+        )
+        session = ConsoleSession.objects.select_related("user", "instance", "tenant").filter(token_hash=digest).first()
+    if session is None:
+        _refuse("unknown token", ip=ip)
+        return None
+    if not claimed:
+        _refuse("token already used" if session.used_at else "token expired", session=session, ip=ip)
+        return None
+    if not origin_allowed(origin):
+        _end(session, "refused: origin")
+        _refuse(f"origin not allowed: {origin!r}", session=session, ip=ip)
+        return None
+    if not session.user.is_active or not _still_on_target(session):
+        _end(session, "refused: access")
+        _refuse("no access or instance not running", session=session, ip=ip)
+        return None
+    record_audit(
+        user=session.user,
+        action="console.start",
+        target=session.instance,
+        tenant=session.tenant,
+        ip=ip,
+        detail={"session": session.pk, "kind": session.kind},
+    )
+    return ClaimedConsole(session_id=session.pk, host=session.target_host, port=session.target_port)
+
+
+def _end(session: ConsoleSession, reason: str) -> None:
+    ConsoleSession.objects.filter(pk=session.pk, ended_at__isnull=True).update(
+        ended_at=timezone.now(), end_reason=reason[:64]
+    )
+
+
+def session_still_allowed(*, session_id: int) -> bool:
+    """For the proxy's periodic check: user active and still with access, instance running, within max length."""
+    session = ConsoleSession.objects.select_related("user").filter(pk=session_id, ended_at__isnull=True).first()
+    if session is None or session.used_at is None or not session.user.is_active:
+        return False
+    if timezone.now() - session.used_at > timedelta(seconds=settings.CONSOLE_MAX_SESSION_SECONDS):
+        return False
+    return _still_on_target(session)
+
+
+def end_session(*, session: ConsoleSession | int, reason: str) -> None:
+    """Record the end of a claimed session (once) and audit it."""
+    if isinstance(session, int):
+        session = ConsoleSession.objects.select_related("user", "instance", "tenant").filter(pk=session).first()
+        if session is None:  # the instance was deleted (CASCADE)
+            return
+    now = timezone.now()
+    if not ConsoleSession.objects.filter(pk=session.pk, ended_at__isnull=True).update(
+        ended_at=now, end_reason=reason[:64]
+    ):
+        return
+    record_audit(
+        user=session.user,
+        action="console.end",
+        target=session.instance,
+        tenant=session.tenant,
+        ip=session.client_ip,
+        detail={
+            "session": session.pk,
+            "reason": reason,
+            "seconds": round((now - session.used_at).total_seconds()) if session.used_at else 0,
+        },
+    )

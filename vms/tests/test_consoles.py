@@ -1,0 +1,209 @@
+"""Console tokens (vms.consoles): issue, claim once within the TTL, re-check access; the API action.
+
+Tests that need a real VNC server define and start a tiny domain (GRUB rescue ISO as CD-ROM, 128 MiB,
+TCG) on ``qemu:///system`` and are marked ``libvirt_guests``; the rest work on rows only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from portal.backends.base import DiskSpec, InstanceSpec
+from portal.models import AuditEvent, Membership
+from portal.services import ConflictError
+from portal.testing import assert_access_matrix, assert_problem
+from vms import consoles
+from vms.models import ConsoleSession, Flavor, Host, Instance
+
+ORIGIN = "http://portal.test"
+CREATED = {"anonymous": 401, "outsider": 404, "member": 201, "tenant_admin": 201, "cloud_admin": 201}
+
+
+@pytest.fixture(autouse=True)
+def _console_settings(settings):
+    settings.CONSOLE_ALLOWED_ORIGINS = [ORIGIN]
+    settings.CONSOLE_PUBLIC_URL = "wss://portal.test/websockify"
+
+
+def make_instance(tenant, *, host=None, state=Instance.State.RUNNING, name="vm1") -> Instance:
+    flavor, _ = Flavor.objects.get_or_create(
+        name="lctest.console", defaults={"vcpus": 1, "ram_mib": 128, "disk_gib": 1}
+    )
+    return Instance.objects.create(
+        tenant=tenant, name=name, flavor=flavor, vcpus=1, ram_mib=128, disk_gib=1, host=host, state=state
+    )
+
+
+def start_console_domain(portal_host, guest_media, instance: Instance) -> None:
+    """Define and start a real domain for ``instance`` (VNC on 127.0.0.1 right after start, no boot needed)."""
+    lctest = portal_host.lctest
+    uuid = lctest.track(str(instance.uuid))
+    iso = DiskSpec(device="cdrom", path=str(guest_media["grub-rescue-cdrom.iso"]), readonly=True, boot_order=1)
+    spec = InstanceSpec(
+        uuid=uuid,
+        name=lctest.name(f"console-{instance.pk}"),
+        virt_type="qemu",
+        memory_mib=128,
+        disks=(iso,),
+        vnc_listen="127.0.0.1",
+    )
+    lctest.driver.define(spec)
+    lctest.driver.start(uuid)
+
+
+@pytest.fixture
+def console_instance(actors, portal_host, guest_media):
+    instance = make_instance(actors.tenant, host=portal_host)
+    start_console_domain(portal_host, guest_media, instance)
+    return instance
+
+
+def issued(instance: Instance, user, *, expires_in: int = 60, **fields) -> tuple[str, ConsoleSession]:
+    """A console session row with a known token, without touching a hypervisor."""
+    token = f"tok-{instance.pk}-{ConsoleSession.objects.count()}-{'x' * 30}"
+    session = ConsoleSession.objects.create(
+        tenant=instance.tenant,
+        instance=instance,
+        user=user,
+        token_hash=consoles.hash_token(token),
+        target_host="127.0.0.1",
+        target_port=5900,
+        expires_at=timezone.now() + timedelta(seconds=expires_in),
+        **fields,
+    )
+    return token, session
+
+
+@pytest.fixture
+def fake_host(db):
+    return Host.objects.create(name="node1", uri="test:///default", state=Host.State.UP)
+
+
+# ------------------------------------------------------------------ claim (rows only)
+
+
+def test_claim_once_within_ttl_then_refused(actors, fake_host, caplog):
+    instance = make_instance(actors.tenant, host=fake_host)
+    token, session = issued(instance, actors.member)
+    claimed = consoles.claim_token(token=token, origin=ORIGIN, ip="10.0.0.9")
+    assert claimed == consoles.ClaimedConsole(session_id=session.pk, host="127.0.0.1", port=5900)
+    session.refresh_from_db()
+    assert session.used_at is not None and session.client_ip == "10.0.0.9"
+    assert AuditEvent.objects.filter(action="console.start", user=actors.member).count() == 1
+
+    with caplog.at_level(logging.WARNING, logger="vms.consoles"):
+        assert consoles.claim_token(token=token, origin=ORIGIN) is None
+    assert "already used" in caplog.text and token not in caplog.text
+
+    consoles.end_session(session=session.pk, reason="closed")
+    consoles.end_session(session=session.pk, reason="again")  # once only
+    session.refresh_from_db()
+    assert session.ended_at is not None and session.end_reason == "closed"
+    assert AuditEvent.objects.filter(action="console.end").count() == 1
+
+
+def test_expired_unknown_malformed_and_wrong_origin_refused(actors, fake_host, caplog):
+    instance = make_instance(actors.tenant, host=fake_host)
+    expired, _ = issued(instance, actors.member, expires_in=-1)
+    fresh, fresh_session = issued(instance, actors.member)
+    with caplog.at_level(logging.WARNING, logger="vms.consoles"):
+        assert consoles.claim_token(token=expired, origin=ORIGIN) is None
+        assert consoles.claim_token(token="nope" * 10, origin=ORIGIN) is None
+        assert consoles.claim_token(token="", origin=ORIGIN) is None
+        assert consoles.claim_token(token="x" * 500, origin=ORIGIN) is None
+        assert consoles.claim_token(token=fresh, origin="http://evil.test") is None
+    assert "token expired" in caplog.text and "unknown token" in caplog.text and "origin not allowed" in caplog.text
+    assert expired not in caplog.text and fresh not in caplog.text
+    # a wrong origin uses the token up: it cannot be retried from the right origin
+    assert consoles.claim_token(token=fresh, origin=ORIGIN) is None
+    fresh_session.refresh_from_db()
+    assert fresh_session.ended_at is not None
+    assert AuditEvent.objects.filter(action="console.refused", outcome="denied").count() == 6
+
+
+def test_claim_rechecks_access_and_state(actors, fake_host):
+    instance = make_instance(actors.tenant, host=fake_host)
+    token, _ = issued(instance, actors.member)
+    Membership.objects.filter(user=actors.member, tenant=actors.tenant).delete()
+    assert consoles.claim_token(token=token, origin=ORIGIN) is None  # bound to the issuing user, who left
+
+    token, _ = issued(instance, actors.tenant_admin)
+    Instance.objects.filter(pk=instance.pk).update(state=Instance.State.SHUTOFF)
+    assert consoles.claim_token(token=token, origin=ORIGIN) is None
+
+
+def test_session_still_allowed(actors, fake_host, settings):
+    instance = make_instance(actors.tenant, host=fake_host)
+    token, session = issued(instance, actors.member)
+    assert not consoles.session_still_allowed(session_id=session.pk)  # not claimed yet
+    consoles.claim_token(token=token, origin=ORIGIN)
+    assert consoles.session_still_allowed(session_id=session.pk)
+    settings.CONSOLE_MAX_SESSION_SECONDS = 0
+    assert not consoles.session_still_allowed(session_id=session.pk)
+    settings.CONSOLE_MAX_SESSION_SECONDS = 3600
+    Membership.objects.filter(user=actors.member, tenant=actors.tenant).delete()
+    assert not consoles.session_still_allowed(session_id=session.pk)
+    instance.delete()
+    assert not consoles.session_still_allowed(session_id=session.pk)
+
+
+def test_open_console_refuses_instances_not_running(actors, fake_host):
+    stopped = make_instance(actors.tenant, host=fake_host, state=Instance.State.SHUTOFF)
+    with pytest.raises(ConflictError):
+        consoles.open_console(user=actors.member, instance=stopped)
+    nowhere = make_instance(actors.tenant, name="vm2")
+    with pytest.raises(ConflictError):
+        consoles.open_console(user=actors.member, instance=nowhere)
+    # running in the database, but no such domain on its host: a clean conflict, not a 500
+    missing = make_instance(actors.tenant, host=fake_host, name="vm3")
+    response = actors.client("member").post(f"/api/v1/instances/{missing.pk}/console/")
+    assert_problem(response, 409, "conflict")
+    assert not ConsoleSession.objects.exists()
+
+
+def test_read_only_api_token_cannot_open_a_console(actors, fake_host):
+    from portal.services import create_api_token
+
+    instance = make_instance(actors.tenant, host=fake_host)
+    _, raw = create_api_token(user=actors.member, name="ro")  # the default scope is read
+    response = actors.client("anonymous").post(
+        f"/api/v1/instances/{instance.pk}/console/", HTTP_AUTHORIZATION=f"Bearer {raw}"
+    )
+    assert response.status_code == 403
+
+
+# ------------------------------------------------------------------ real VNC server
+
+
+@pytest.mark.libvirt_guests
+def test_open_console_stores_only_the_hash_and_sets_a_one_time_password(actors, console_instance):
+    from vms.tests.test_libvirt_guests import vnc_login
+
+    ticket = consoles.open_console(user=actors.member, instance=console_instance, ip="10.0.0.1")
+    assert len(ticket.token) >= 43  # 32 random bytes, URL-safe base64
+    assert ticket.url == f"wss://portal.test/websockify?token={ticket.token}"
+    session = ConsoleSession.objects.get()
+    assert session.token_hash == hashlib.sha256(ticket.token.encode()).hexdigest()
+    assert ticket.token not in str(list(ConsoleSession.objects.values()))
+    assert session.target_host == "127.0.0.1" and session.target_port >= 5900
+    assert session.user == actors.member and session.tenant == actors.tenant
+    assert vnc_login(session.target_host, session.target_port, ticket.password)
+    assert not vnc_login(session.target_host, session.target_port, "wrong123")
+    event = AuditEvent.objects.get(action="console.issue")
+    assert event.ip == "10.0.0.1" and ticket.token not in str(event.detail)
+
+
+@pytest.mark.libvirt_guests
+def test_console_api_access_matrix(actors, console_instance):
+    url = f"/api/v1/instances/{console_instance.pk}/console/"
+    assert_access_matrix(actors, method="post", url=url, expected=CREATED)
+    response = actors.client("member").post(url)
+    assert response.status_code == 201
+    body = response.json()
+    assert set(body) == {"url", "token", "password", "expires_at"}
+    assert body["url"].endswith(body["token"])
