@@ -179,6 +179,18 @@ else
     wait_for 20 virsh_ok || die "libvirtd did not answer on qemu:///system within 20 s (see /var/log/libvirt/)"
     done_ "started"
 fi
+# The local host's storage pool ("default", a folder): libvirt-daemon-system would define it; without
+# systemd nobody does, and the portal keeps images and instance disks there.
+if timeout 10 virsh -c qemu:///system pool-info default >/dev/null 2>&1; then
+    timeout 10 virsh -c qemu:///system pool-start default >/dev/null 2>&1 || true
+    done_ "storage pool default present"
+else
+    as_root mkdir -p /var/lib/libvirt/images
+    as_root virsh -c qemu:///system pool-define-as default dir --target /var/lib/libvirt/images >/dev/null
+    as_root virsh -c qemu:///system pool-autostart default >/dev/null
+    as_root virsh -c qemu:///system pool-start default >/dev/null
+    done_ "defined storage pool default (/var/lib/libvirt/images)"
+fi
 
 # ------------------------------------------------------------------------ redis
 step "redis ($REDIS_URL)"
