@@ -345,29 +345,17 @@ def _launch(operation: Operation, instance: Instance) -> str:
         driver.upload_bytes(pool, seed_volume(instance), seed)
     network = _network_name(instance)
     try:
-        existing = driver.describe(str(instance.uuid))
+        facts = driver.describe(str(instance.uuid))
     except NotFound:
-        existing = None
-    if existing is None:
         driver.define(build_spec(instance, network=network))
-    mac = _mac_of(driver, str(instance.uuid)) or instance.mac_address
+        facts = driver.describe(str(instance.uuid))
+    mac = facts.spec.mac_address or instance.mac_address  # libvirt picks the MAC when the domain is defined
     operations.progress(operation=operation, percent=90, message=_("Starting"))
     state = driver.start(str(instance.uuid))
     Instance.objects.filter(pk=instance.pk).update(mac_address=mac or "")
     instance.mac_address = mac or ""
     _apply(instance, state)
     return _("Instance is running.")
-
-
-def _mac_of(driver: LibvirtDriver, uuid: str) -> str | None:
-    import xml.etree.ElementTree as ET
-
-    try:
-        root = ET.fromstring(driver.domain_xml(uuid))  # noqa: S314 - libvirt's own XML
-    except BackendError:
-        return None
-    mac = root.find("devices/interface/mac")
-    return mac.get("address") if mac is not None else None
 
 
 def _ensure_replica(*, image: Image, host: Host, operation: Operation, report: Callable[[int], None]):
@@ -789,13 +777,7 @@ def _finish_install(operation: Operation, instance: Instance) -> str:
     driver.power_off(uuid)
     Instance.objects.filter(pk=instance.pk).update(installing=False)
     instance.installing = False
-    network = None
-    try:
-        facts = driver.describe(uuid)
-        network = facts.spec.network
-    except NotFound:
-        pass
-    driver.define(build_spec(instance, network=network))
+    _redefine(driver, instance)  # the same domain without the installer, disk first
     _apply(instance, driver.start(uuid))
     return _("Installed system booted from disk.")
 
