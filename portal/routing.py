@@ -3,7 +3,9 @@
 from django.urls import path
 
 from vms.consumers import LiveConsumer
+from vms.serial import SerialConsumer
 
 websocket_urlpatterns: list = [
     path("ws/live/", LiveConsumer.as_asgi()),
+    path("ws/instances/<int:pk>/serial/", SerialConsumer.as_asgi()),
 ]

@@ -92,6 +92,19 @@ def _open(uri: str) -> libvirt.virConnect:
     return conn
 
 
+def open_dedicated(uri: str) -> libvirt.virConnect:
+    """A connection of the caller's own, not shared through the cache; the caller closes it.
+
+    For blocking streams (the serial console): while one thread waits in a blocking
+    ``virStream.recv``, other calls on the same connection can stall, so a stream that may block
+    for hours must not share the cached connection with anyone else.
+    """
+    try:
+        return libvirt.open(uri)
+    except libvirt.libvirtError as exc:
+        raise HostUnreachable(f"cannot connect to {uri}: {exc.get_error_message()}") from exc
+
+
 def connect(uri: str) -> libvirt.virConnect:
     with _lock:
         conn = _connections.get(uri)

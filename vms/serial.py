@@ -1,0 +1,197 @@
+"""The web serial console: ``ws/instances/<pk>/serial/`` bridges a browser terminal (xterm.js) to the
+instance's serial port (libvirt ``virDomainOpenConsole``, see ``portal.backends.libvirt.serial``).
+
+Protocol: the server sends the guest's output as **binary** frames (raw bytes, as the guest wrote
+them; xterm.js decodes UTF-8 itself). The browser sends keystrokes as text frames (UTF-8) or binary
+frames; both go to the serial port unchanged. There is no other message: the serial port has no
+size, so there is nothing to resize.
+
+Access: signed in (else close 4401) and allowed to *change* the instance through the access gate
+(``Instance.objects.restrict(user, CHANGE)``; someone else's instance looks exactly like a missing
+one: close 4403). The instance must be running on a host (else 4409). Access is re-checked every
+``recheck_seconds`` while the socket is open: a removed membership, a deactivated user or an
+instance that is no longer running closes the session (4403 / 4401 / 4409).
+
+Several viewers: **the newest session takes over.** libvirt allows one console stream per domain;
+the console is opened with ``VIR_DOMAIN_CONSOLE_FORCE``, so a second browser (same or other user,
+on any web process) gets the console and the first one is closed with 4410 ("taken over by another
+session"); its page says so and offers to reconnect (which takes it back). This is simple, works
+across several web processes without any shared state, and never mixes two people's typing.
+
+Other close codes: 1000 the guest stopped (end of the console stream), 4502 the console could not
+be opened or broke (host unreachable…).
+
+Audit: ``console.serial.start`` (or the refusal, outcome ``denied``) and ``console.serial.end``
+with user, tenant, instance, client IP and the reason the session ended.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import dataclass
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncWebsocketConsumer
+
+from portal.access import CHANGE
+from portal.backends.base import BackendError
+from portal.backends.libvirt import serial as backend
+from portal.models import AuditEvent
+from portal.services import record_audit
+from vms.models import Instance
+
+CLOSE_NORMAL = 1000
+CLOSE_UNAUTHENTICATED = 4401
+CLOSE_FORBIDDEN = 4403
+CLOSE_NOT_RUNNING = 4409
+CLOSE_TAKEN_OVER = 4410
+CLOSE_FAILED = 4502
+
+END_CODES = {
+    backend.STOPPED: CLOSE_NORMAL,
+    backend.TAKEN_OVER: CLOSE_TAKEN_OVER,
+    backend.FAILED: CLOSE_FAILED,
+}
+
+
+# ---------------------------------------------------------------- services (sync, ORM)
+
+
+@dataclass(frozen=True)
+class SerialTarget:
+    instance_id: int
+    uri: str
+    uuid: str
+
+
+def serial_access(user_id: int, instance_id: int) -> int | SerialTarget:
+    """The console target of the instance for this user as the database says now, else a close code."""
+    from django.contrib.auth import get_user_model
+
+    user = get_user_model().objects.filter(pk=user_id).first()
+    if user is None or not user.is_active:
+        return CLOSE_UNAUTHENTICATED
+    instance = Instance.objects.restrict(user, CHANGE).select_related("host").filter(pk=instance_id).first()
+    if instance is None:
+        return CLOSE_FORBIDDEN
+    if instance.state != Instance.State.RUNNING or instance.host is None:
+        return CLOSE_NOT_RUNNING
+    return SerialTarget(instance_id=instance.pk, uri=instance.host.uri, uuid=str(instance.uuid))
+
+
+def audit_serial(
+    *, user_id: int | None, instance_id: int, action: str, ip: str | None, outcome: str = "", **detail
+) -> None:
+    from django.contrib.auth import get_user_model
+
+    user = get_user_model().objects.filter(pk=user_id).first() if user_id else None
+    instance = Instance.objects.filter(pk=instance_id).select_related("tenant").first()
+    record_audit(
+        user=user,
+        action=action,
+        target=instance,
+        tenant=instance.tenant if instance is not None else None,
+        outcome=outcome or AuditEvent.Outcome.SUCCESS,
+        ip=ip,
+        detail={"instance_id": instance_id, **detail},
+    )
+
+
+# ---------------------------------------------------------------- consumer
+
+
+class SerialConsumer(AsyncWebsocketConsumer):
+    recheck_seconds = 3.0
+
+    async def connect(self) -> None:
+        self.console: backend.SerialConsole | None = None
+        self.tasks: list[asyncio.Task] = []
+        self.ended = False
+        self.instance_id = int(self.scope["url_route"]["kwargs"]["pk"])
+        client = self.scope.get("client") or (None, None)
+        self.ip = client[0]
+        user = self.scope.get("user")
+        # Refusals accept first and then close, so the browser sees the close code.
+        await self.accept()
+        if user is None or not user.is_authenticated:
+            await self.close(code=CLOSE_UNAUTHENTICATED)
+            return
+        self.user_id = user.pk
+        target = await database_sync_to_async(serial_access)(self.user_id, self.instance_id)
+        if isinstance(target, int):
+            await self._audit("console.serial.start", outcome=AuditEvent.Outcome.DENIED, code=target)
+            await self.close(code=target)
+            return
+        loop = asyncio.get_running_loop()
+        self.output: asyncio.Queue[bytes | str] = asyncio.Queue()
+
+        def on_data(data: bytes) -> None:
+            loop.call_soon_threadsafe(self.output.put_nowait, data)
+
+        def on_end(reason: str) -> None:
+            with contextlib.suppress(RuntimeError):  # loop already closed
+                loop.call_soon_threadsafe(self.output.put_nowait, reason)
+
+        console = backend.SerialConsole(target.uri, target.uuid, on_data=on_data, on_end=on_end)
+        try:
+            await asyncio.to_thread(console.open)
+        except BackendError as exc:
+            await self._audit("console.serial.start", outcome=AuditEvent.Outcome.FAILURE, error=str(exc)[:300])
+            await self.close(code=CLOSE_FAILED)
+            return
+        self.console = console
+        self.started = time.monotonic()
+        await self._audit("console.serial.start")
+        self.tasks = [asyncio.create_task(self._pump()), asyncio.create_task(self._recheck_loop())]
+
+    async def _audit(self, action: str, outcome: str = "", **detail) -> None:
+        await database_sync_to_async(audit_serial)(
+            user_id=getattr(self, "user_id", None),
+            instance_id=self.instance_id,
+            action=action,
+            ip=self.ip,
+            outcome=outcome,
+            **detail,
+        )
+
+    async def _pump(self) -> None:
+        """Guest output → browser; a str in the queue is the reason the stream ended."""
+        while True:
+            item = await self.output.get()
+            if isinstance(item, str):
+                await self._end(item, END_CODES.get(item, CLOSE_FAILED))
+                return
+            await self.send(bytes_data=item)
+
+    async def _recheck_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.recheck_seconds)
+            target = await database_sync_to_async(serial_access)(self.user_id, self.instance_id)
+            if isinstance(target, int):
+                await self._end("access", target)
+                return
+
+    async def _end(self, reason: str, code: int | None) -> None:
+        """Stop the console once: audit, close the websocket (unless it is gone already)."""
+        if self.ended or self.console is None:
+            return
+        self.ended = True
+        await asyncio.to_thread(self.console.close)
+        await self._audit("console.serial.end", reason=reason, seconds=round(time.monotonic() - self.started, 1))
+        if code is not None:
+            await self.close(code=code)
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        if self.console is None or self.ended:
+            return
+        data = bytes_data if bytes_data is not None else (text_data or "").encode()
+        await asyncio.to_thread(self.console.write, data)
+
+    async def disconnect(self, code: int) -> None:
+        current = asyncio.current_task()
+        for task in self.tasks:
+            if task is not current:
+                task.cancel()
+        await self._end(backend.CLOSED, None)
