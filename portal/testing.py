@@ -16,6 +16,7 @@ reports every mismatch at once.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -167,3 +168,55 @@ def database_url_of_this_test() -> str:
     password = quote(settings.get("PASSWORD") or "", safe="")
     auth = f"{user}:{password}@" if password else (f"{user}@" if user else "")
     return f"postgres://{auth}{settings.get('HOST') or ''}:{settings.get('PORT') or 5432}/{settings['NAME']}"
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def child_process(args: list[str], *, env: dict, log: Path, port: int | None = None, start_timeout: float = 30):
+    """A child process of the test (daphne, the console proxy, a Celery worker), stopped by PID at the end.
+
+    With ``port``, waits until something accepts connections on 127.0.0.1:``port``; fails with the
+    child's log when it exits first or does not listen in time.
+    """
+    import os
+    import signal
+    import socket
+    import subprocess
+    import time
+
+    import pytest
+    from django.conf import settings
+
+    with log.open("ab") as out:
+        process = subprocess.Popen(  # noqa: S603 - the tests' own commands
+            args, cwd=settings.BASE_DIR, env=env, stdout=out, stderr=subprocess.STDOUT
+        )
+    try:
+        deadline = time.monotonic() + start_timeout
+        while port is not None:
+            if process.poll() is not None:
+                pytest.fail(f"{args[:4]} exited with {process.returncode}:\n{log.read_text()[-3000:]}")
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    pytest.fail(f"{args[:4]} did not listen on {port} within {start_timeout} s")
+                time.sleep(0.1)
+        yield process
+    finally:
+        if process.poll() is None:
+            os.kill(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.kill(process.pid, signal.SIGKILL)
+                process.wait(timeout=10)

@@ -14,6 +14,7 @@ import logging
 import re
 import socket
 import threading
+from http.cookies import CookieError, SimpleCookie
 from urllib.parse import parse_qs, urlparse
 
 from django.conf import settings
@@ -27,16 +28,32 @@ logger = logging.getLogger(__name__)
 TOKEN_IN_TEXT = re.compile(r"token=[^&\s'\"]*")
 
 
+def session_cookie(header: str | None) -> str | None:
+    """The portal's session cookie from a Cookie header (browsers send it to the proxy on the same host)."""
+    if not header:
+        return None
+    cookies = SimpleCookie()
+    try:
+        cookies.load(header)
+    except CookieError:
+        return None
+    morsel = cookies.get(settings.SESSION_COOKIE_NAME)
+    return morsel.value if morsel else None
+
+
 class DatabaseTokenPlugin(BasePlugin):
     """Looks console tokens up in the portal's database (each token opens one connection)."""
 
     def __init__(self, src: str | None = None) -> None:
         super().__init__(src)
 
-    def claim(self, token: str | None, *, origin: str | None, ip: str | None) -> consoles.ClaimedConsole | None:
+    def claim(
+        self, token: str | None, *, origin: str | None, ip: str | None, cookie: str | None = None
+    ) -> consoles.ClaimedConsole | None:
         connections.close_all()  # never reuse a connection inherited from the listening process
         try:
-            return consoles.claim_token(token=token, origin=origin, ip=ip)
+            browser_user_id = consoles.user_of_session_cookie(session_cookie(cookie))
+            return consoles.claim_token(token=token, origin=origin, ip=ip, browser_user_id=browser_user_id)
         finally:
             connections.close_all()
 
@@ -65,7 +82,9 @@ class ConsoleRequestHandler(ProxyRequestHandler):
         query = parse_qs(urlparse(self.path).query)
         tokens = query.get("token") or [None]
         ip = self.client_address[0] if self.client_address else None
-        claimed = self.server.token_plugin.claim(tokens[0], origin=self.headers.get("Origin"), ip=ip)
+        claimed = self.server.token_plugin.claim(
+            tokens[0], origin=self.headers.get("Origin"), ip=ip, cookie=self.headers.get("Cookie")
+        )
         if claimed is None:
             self._refuse()
         self.session_id = claimed.session_id

@@ -129,8 +129,31 @@ def _still_on_target(session: ConsoleSession) -> bool:
     return instance is not None
 
 
-def claim_token(*, token: str | None, origin: str | None, ip: str | None = None) -> ClaimedConsole | None:
-    """Use up a console token: the target to connect to, or None (refused, logged and audited)."""
+def user_of_session_cookie(session_key: str | None) -> int | None:
+    """The id of the user signed in with this portal session cookie, if any (for the proxy's user check)."""
+    if not session_key or len(session_key) > 64:
+        return None
+    from importlib import import_module
+
+    from django.contrib.auth import SESSION_KEY
+
+    store = import_module(settings.SESSION_ENGINE).SessionStore(session_key)
+    try:
+        value = store.get(SESSION_KEY)
+    except Exception:  # a broken or foreign cookie is no sign-in
+        return None
+    return int(value) if value is not None and str(value).isdigit() else None
+
+
+def claim_token(
+    *, token: str | None, origin: str | None, ip: str | None = None, browser_user_id: int | None = None
+) -> ClaimedConsole | None:
+    """Use up a console token: the target to connect to, or None (refused, logged and audited).
+
+    ``browser_user_id`` is the user of the portal session cookie the browser sent along, when it
+    sent one (the proxy on the portal's own host or origin gets it): a token issued to someone else
+    is refused then. API clients without a cookie use the token alone.
+    """
     if not token or len(token) > 200:
         _refuse("missing or malformed token", ip=ip)
         return None
@@ -146,6 +169,10 @@ def claim_token(*, token: str | None, origin: str | None, ip: str | None = None)
         return None
     if not claimed:
         _refuse("token already used" if session.used_at else "token expired", session=session, ip=ip)
+        return None
+    if browser_user_id is not None and browser_user_id != session.user_id:
+        _end(session, "refused: user")
+        _refuse("token of another user", session=session, ip=ip)
         return None
     if not origin_allowed(origin):
         _end(session, "refused: origin")

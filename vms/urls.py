@@ -26,6 +26,8 @@ urlpatterns = [
         name="instance_snapshot_delete",
     ),
     path("instances/<int:pk>/capture/", views.instance_capture, name="instance_capture"),
+    path("instances/<int:pk>/console/", views.instance_console, name="instance_console"),
+    path("instances/<int:pk>/console/ticket/", views.instance_console_ticket, name="instance_console_ticket"),
     path("hosts/", views.host_list, name="hosts"),
     path("hosts/<int:pk>/refresh/", views.host_refresh, name="host_refresh"),
 ]

@@ -17,7 +17,7 @@ from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
-from django.http import Http404, HttpResponse
+from django.http import Http404, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import NoReverseMatch, reverse
 from django.utils.translation import gettext as _
@@ -32,7 +32,7 @@ from portal.models import Quota
 from portal.selectors import quota_overview
 from portal.services import ServiceError
 from portal.views import current_tenant
-from vms import lifecycle
+from vms import consoles, lifecycle
 from vms.forms import (
     BULK_ACTIONS,
     POWER_ACTIONS,
@@ -53,6 +53,7 @@ from vms.selectors import flavors_for, hosts_for, instances_for, operations_for_
 PAGE_SIZE = 50
 OPERATIONS_SHOWN = 10
 LIVE_SOCKET_PATH = "/ws/live/"
+SERIAL_SOCKET_PATH = "/ws/instances/{pk}/serial/"
 INSTANCE_TARGET = "vms.instance"
 QUOTA_RESOURCES_OF_LAUNCH = ("instances", "vcpus", "ram_mib", "disk_gib")
 
@@ -463,6 +464,7 @@ def instance_detail(request, pk: int):
     _attach_active_operations(user, [instance])
     flavors = flavors_for(user=user, tenant=instance.tenant).exclude(pk=instance.flavor_id)
     can_delete = Instance.objects.restrict(user, DELETE).filter(pk=pk).exists()
+    can_console = Instance.objects.restrict(user, CHANGE).filter(pk=pk).exists()
     operations = list(operations_for_target(user=user, target=instance).select_related("user")[:OPERATIONS_SHOWN])
     for op in operations:
         op.label = TASK_LABELS.get(op.kind.removeprefix("instance."), op.kind)
@@ -485,6 +487,7 @@ def instance_detail(request, pk: int):
             "snapshots": list(Snapshot.objects.restrict(user, VIEW).filter(instance=instance)),
             "operations": operations,
             "live_config": _live_config(tenant_id=instance.tenant_id, instance_id=instance.pk),
+            "console_config": _console_config(request, instance, auto_connect=False) if can_console else None,
         },
     )
 
@@ -735,3 +738,79 @@ def host_refresh(request, pk: int):
     else:
         messages.success(request, _("Capacity of host %(name)s refreshed.") % {"name": host.name})
     return redirect("hosts")
+
+
+# ---------------------------------------------------------------- console
+
+
+def _console_config(request, instance: Instance, *, auto_connect: bool) -> dict:
+    """What static/vms/console.js needs: where to get a ticket, the serial socket, and its texts."""
+    return {
+        "instance": instance.pk,
+        "name": instance.name,
+        "ticketUrl": reverse("instance_console_ticket", args=[instance.pk]),
+        "windowUrl": reverse("instance_console", args=[instance.pk]),
+        "serialSocket": SERIAL_SOCKET_PATH.format(pk=instance.pk),
+        "autoConnect": auto_connect,
+        "text": {
+            "idle": _("Not connected."),
+            "connecting": _("Connecting…"),
+            "connected": _("Connected."),
+            "connectedTo": _("Connected to %(name)s."),
+            "disconnected": _("Disconnected."),
+            "ended": _(
+                "The console session ended: the instance stopped or restarted, your access ended, or the "
+                "session reached its maximum length."
+            ),
+            "lost": _(
+                "The connection was refused or lost: the console link may have expired, the instance may have "
+                "stopped, or your access ended."
+            ),
+            "securityFailure": _("The console refused the one-time password: %(reason)s"),
+            "ticketFailed": _("The console could not be opened: %(reason)s"),
+            "network": _("The portal could not be reached."),
+            "pasted": _("Typed %(count)s characters."),
+            "nothingToPaste": _("Nothing to type."),
+            "serialClosed": {
+                "1000": _("The guest stopped: the serial console ended."),
+                "4401": _("You are signed out. Sign in again to use the console."),
+                "4403": _("You no longer have access to this instance."),
+                "4409": _("The serial console is only available while the instance is running."),
+                "4410": _("Another session took over the serial console. Reconnect to take it back."),
+                "4502": _("The serial console could not be opened or broke."),
+                "default": _("The serial console connection was lost."),
+            },
+        },
+    }
+
+
+@login_required
+@require_GET
+def instance_console(request, pk: int):
+    """The console on a page of its own (the "open in a separate window" target): connects at once."""
+    instance = _instance_for(request, pk)
+    return render(
+        request,
+        "vms/instance_console.html",
+        {"instance": instance, "console_config": _console_config(request, instance, auto_connect=True)},
+    )
+
+
+@login_required
+@require_POST
+def instance_console_ticket(request, pk: int):
+    """A one-time console ticket as JSON, for the page's viewer; refusals are a 409 with the reason."""
+    instance = _instance_for(request, pk)
+    try:
+        ticket = consoles.open_console(user=request.user, instance=instance, ip=client_ip(request))
+    except ServiceError as exc:
+        return JsonResponse({"error": exc.message}, status=409)
+    return JsonResponse(
+        {
+            "protocol": "vnc",
+            "url": ticket.url,
+            "password": ticket.password,
+            "expires_at": ticket.expires_at.isoformat(),
+        },
+        status=201,
+    )

@@ -11,6 +11,9 @@ import logging
 from datetime import timedelta
 
 import pytest
+from django.conf import settings
+from django.test import Client
+from django.urls import reverse
 from django.utils import timezone
 
 from portal.backends.base import DiskSpec, InstanceSpec
@@ -39,7 +42,7 @@ def make_instance(tenant, *, host=None, state=Instance.State.RUNNING, name="vm1"
     )
 
 
-def start_console_domain(portal_host, guest_media, instance: Instance) -> None:
+def start_console_domain(portal_host, guest_media, instance: Instance, *, serial_log: str | None = None) -> None:
     """Define and start a real domain for ``instance`` (VNC on 127.0.0.1 right after start, no boot needed)."""
     lctest = portal_host.lctest
     uuid = lctest.track(str(instance.uuid))
@@ -51,6 +54,7 @@ def start_console_domain(portal_host, guest_media, instance: Instance) -> None:
         memory_mib=128,
         disks=(iso,),
         vnc_listen="127.0.0.1",
+        serial_log=serial_log,
     )
     lctest.driver.define(spec)
     lctest.driver.start(uuid)
@@ -124,6 +128,57 @@ def test_expired_unknown_malformed_and_wrong_origin_refused(actors, fake_host, c
     fresh_session.refresh_from_db()
     assert fresh_session.ended_at is not None
     assert AuditEvent.objects.filter(action="console.refused", outcome="denied").count() == 6
+
+
+def test_token_of_another_signed_in_user_is_refused(actors, fake_host):
+    """A browser sends its portal session cookie to the proxy: a token issued to someone else is refused."""
+    from django.test import Client
+
+    from vms.console_proxy import session_cookie
+
+    instance = make_instance(actors.tenant, host=fake_host)
+    other = Client()
+    other.force_login(actors.tenant_admin)  # same tenant, but not the user the token was issued to
+    other_key = other.cookies[settings.SESSION_COOKIE_NAME].value
+    header = f"csrftoken=abc; {settings.SESSION_COOKIE_NAME}={other_key}"
+    assert session_cookie(header) == other_key
+    assert consoles.user_of_session_cookie(other_key) == actors.tenant_admin.pk
+    assert consoles.user_of_session_cookie("no-such-session") is None
+
+    stolen, stolen_session = issued(instance, actors.member)
+    assert consoles.claim_token(token=stolen, origin=ORIGIN, browser_user_id=actors.tenant_admin.pk) is None
+    stolen_session.refresh_from_db()
+    assert stolen_session.end_reason == "refused: user"
+    assert AuditEvent.objects.get(action="console.refused").detail["reason"] == "token of another user"
+    # the owner's own browser, and an API client without a cookie, are fine
+    mine, _ = issued(instance, actors.member)
+    assert consoles.claim_token(token=mine, origin=ORIGIN, browser_user_id=actors.member.pk) is not None
+    bearer, _ = issued(instance, actors.member)
+    assert consoles.claim_token(token=bearer, origin=ORIGIN) is not None
+
+
+def test_dashboard_console_needs_a_running_instance_of_ones_own(actors, fake_host):
+    from vms.tests.test_dashboard_instances import login
+
+    stopped = make_instance(actors.tenant, host=fake_host, state=Instance.State.SHUTOFF)
+    ticket_url = reverse("instance_console_ticket", args=[stopped.pk])
+    page_url = reverse("instance_console", args=[stopped.pk])
+    anonymous = Client()
+    assert anonymous.post(ticket_url).status_code == 302
+    assert anonymous.get(page_url).status_code == 302
+    assert login(actors.outsider).post(ticket_url).status_code == 404
+    assert login(actors.outsider).get(page_url).status_code == 404
+    member = login(actors.member)
+    assert member.get(ticket_url).status_code == 405
+    response = member.post(ticket_url)
+    assert response.status_code == 409
+    assert "only available while the instance is running" in response.json()["error"]
+    page = member.get(page_url)
+    assert page.status_code == 200
+    assert b'id="lc-console-config"' in page.content and b"vms/console.js" in page.content
+    detail = member.get(reverse("instance_detail", args=[stopped.pk]))
+    assert b'id="lc-console"' in detail.content
+    assert not ConsoleSession.objects.exists()
 
 
 def test_claim_rechecks_access_and_state(actors, fake_host):
@@ -207,3 +262,19 @@ def test_console_api_access_matrix(actors, console_instance):
     body = response.json()
     assert set(body) == {"url", "token", "password", "expires_at"}
     assert body["url"].endswith(body["token"])
+
+
+@pytest.mark.libvirt_guests
+def test_dashboard_console_ticket_access_matrix(actors, console_instance):
+    from vms.tests.test_dashboard_instances import login
+
+    url = reverse("instance_console_ticket", args=[console_instance.pk])
+    assert Client().post(url).status_code == 302  # to the sign-in page
+    assert login(actors.outsider).post(url).status_code == 404
+    for user in (actors.member, actors.tenant_admin, actors.cloud_admin):
+        response = login(user).post(url)
+        assert response.status_code == 201, user
+        body = response.json()
+        assert set(body) == {"protocol", "url", "password", "expires_at"}
+        assert body["protocol"] == "vnc" and "token=" in body["url"] and len(body["password"]) == 8
+    assert ConsoleSession.objects.filter(instance=console_instance).count() == 3
