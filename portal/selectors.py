@@ -94,3 +94,10 @@ def active_tenant(*, user, tenant_id: int | None) -> Tenant | None:
         if chosen is not None:
             return chosen
     return tenants.order_by("name").first()
+
+
+def quota_figures() -> list[tuple[Tenant, list[QuotaLine]]]:
+    """Every tenant's quota lines (used and limit per resource): a constant number of queries for any tenants."""
+    quotas = list(Quota.objects.select_related("tenant").order_by("tenant__slug"))
+    usage = tenant_usage(tenant_ids=[quota.tenant_id for quota in quotas])
+    return [(quota.tenant, quota_lines(quota=quota, usage=usage[quota.tenant_id])) for quota in quotas]

@@ -1,10 +1,13 @@
 from django.contrib import admin
 from django.urls import include, path
 
+from portal.prometheus import metrics_view
+
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("i18n/", include("django.conf.urls.i18n")),
     path("api/v1/", include("portal.api.urls")),
+    path("metrics", metrics_view, name="prometheus-metrics"),
     path("", include("portal.dashboard_urls")),
     path("", include("vms.urls")),
     path("", include("images.urls")),

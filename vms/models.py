@@ -522,3 +522,39 @@ class ConsoleSession(models.Model):
 
     def __str__(self) -> str:
         return f"{self.kind} {self.instance} ({self.user})"
+
+
+class InstanceMetricSample(models.Model):
+    """One point of an instance's metrics history, written by the watcher (``vms.metrics``).
+
+    Rates are per second over the interval since the previous sample of the same domain, computed
+    by the watcher from the raw libvirt counters it keeps in memory. Only the newest
+    ``METRICS_HISTORY`` points per instance are kept.
+    """
+
+    instance = models.ForeignKey(
+        Instance, on_delete=models.CASCADE, related_name="metric_samples", verbose_name=_("instance")
+    )
+    at = models.DateTimeField(_("time"))
+    interval = models.FloatField(_("interval (s)"), help_text=_("Seconds since the previous sample."))
+    cpu_percent = models.FloatField(_("CPU (%)"), help_text=_("Share of the instance's vCPUs in use, 0–100."))
+    vcpus = models.PositiveIntegerField(_("vCPUs"), default=0)
+    memory_used_mib = models.FloatField(_("memory used (MiB)"), null=True, blank=True)
+    memory_available_mib = models.FloatField(_("memory available (MiB)"), null=True, blank=True)
+    disk_read_bps = models.FloatField(_("disk read (bytes/s)"), null=True, blank=True)
+    disk_write_bps = models.FloatField(_("disk write (bytes/s)"), null=True, blank=True)
+    net_rx_bps = models.FloatField(_("network received (bytes/s)"), null=True, blank=True)
+    net_tx_bps = models.FloatField(_("network sent (bytes/s)"), null=True, blank=True)
+
+    access_tenant_field = "instance__tenant"
+    access_policy = {VIEW: MEMBER_ROLES}
+    objects = RestrictedQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["instance", "at", "id"]
+        indexes = [models.Index(fields=["instance", "at"], name="vms_metric_instance_at")]
+        verbose_name = _("instance metric sample")
+        verbose_name_plural = _("instance metric samples")
+
+    def __str__(self) -> str:
+        return f"{self.instance_id} @ {self.at:%Y-%m-%d %H:%M:%S}"

@@ -3,7 +3,7 @@
 Groups: ``tenant-<id>`` (every member of the tenant) and ``staff`` (cloud admins, who see
 everything). Messages are sent after the surrounding transaction commits, so a client never
 sees a state the database does not hold. ``vms.consumers.LiveConsumer`` relays them to the
-browser as JSON ``{"type": "instance"|"operation"|"instance.deleted", "data": {...}}``.
+browser as JSON ``{"type": "instance"|"operation"|"instance.deleted"|"metrics", "data": {...}}``.
 """
 
 from __future__ import annotations
@@ -114,3 +114,8 @@ def operation_changed(operation) -> None:
             "error": operation.error,
         },
     )
+
+
+def metrics_sampled(*, tenant_id: int, instance_id: int, point: dict[str, Any]) -> None:
+    """A new metrics point of an instance (``vms.metrics``): the open instance page extends its graphs."""
+    publish(tenant_id=tenant_id, kind="metrics", data={"id": instance_id, "tenant_id": tenant_id, "point": point})

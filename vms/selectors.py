@@ -85,3 +85,56 @@ def operations_for_target(*, user, target) -> QuerySet:
     from vms.models import Operation
 
     return Operation.objects.restrict(user, VIEW).filter(target_type=target._meta.label_lower, target_id=str(target.pk))
+
+
+# ---------------------------------------------------------------- metrics
+
+
+def metric_point(sample) -> dict[str, Any]:
+    """One metrics point as the API, the instance page and live updates carry it."""
+    return {
+        "at": sample.at.isoformat(),
+        "interval": sample.interval,
+        "cpu_percent": sample.cpu_percent,
+        "vcpus": sample.vcpus,
+        "memory_used_mib": sample.memory_used_mib,
+        "memory_available_mib": sample.memory_available_mib,
+        "disk_read_bps": sample.disk_read_bps,
+        "disk_write_bps": sample.disk_write_bps,
+        "net_rx_bps": sample.net_rx_bps,
+        "net_tx_bps": sample.net_tx_bps,
+    }
+
+
+def metric_samples_for(*, user, instance: Instance) -> QuerySet:
+    """The instance's metrics history, oldest first, through the access gate (one query)."""
+    from vms.models import InstanceMetricSample
+
+    return InstanceMetricSample.objects.restrict(user, VIEW).filter(instance=instance).order_by("at", "id")
+
+
+def metric_points_for(*, user, instance: Instance) -> list[dict[str, Any]]:
+    return [metric_point(sample) for sample in metric_samples_for(user=user, instance=instance)]
+
+
+def host_figures() -> list[tuple[Host, Any]]:
+    """Every host with its allocated load (``vms.scheduler.HostLoad``): three queries for any number of hosts."""
+    from vms.scheduler import host_loads
+
+    hosts = list(Host.objects.order_by("name"))
+    loads = host_loads(hosts)
+    return [(host, loads[host.pk]) for host in hosts]
+
+
+def instance_state_counts() -> list[dict[str, Any]]:
+    """Instances per tenant (slug) and state: one query."""
+    return list(
+        Instance.objects.values("tenant__slug", "state").annotate(n=Count("id")).order_by("tenant__slug", "state")
+    )
+
+
+def operation_state_counts() -> list[dict[str, Any]]:
+    """Operations per kind and state: one query."""
+    from vms.models import Operation
+
+    return list(Operation.objects.values("kind", "state").annotate(n=Count("id")).order_by("kind", "state"))

@@ -11,7 +11,10 @@ Events can be missed (the watcher was down, the connection dropped), so every
 ``WATCHER_RECONCILE_SECONDS`` the watcher also runs ``reconcile_host`` for every watched host,
 which also picks up new, removed and disabled hosts; every ``WATCHER_CAPACITY_SECONDS`` it runs
 ``refresh_host``. A host that does not answer is marked down and retried with exponential
-backoff; on reconnect its events are registered again and it is reconciled at once.
+backoff; on reconnect its events are registered again and it is reconciled at once. Every
+``METRICS_INTERVAL_SECONDS`` it samples the counters of every running domain of each connected
+host (``vms.metrics.sample_host``, one libvirt call per host), keeping the previous round's raw
+counters in memory to turn them into rates.
 
 Everything touching the database runs in the main thread; the loop closes stale database
 connections (``close_old_connections``) each round, so a restarted database costs one round.
@@ -36,6 +39,7 @@ from django.utils.translation import gettext as _
 from portal.backends.base import BackendError
 from portal.backends.libvirt import connection
 from vms import hosts as host_services
+from vms import metrics
 from vms.models import Host, Instance
 
 log = logging.getLogger(__name__)
@@ -98,10 +102,17 @@ class HostWatcher:
         host_names: Iterable[str] = (),
         reconcile_seconds: float | None = None,
         capacity_seconds: float | None = None,
+        metrics_seconds: float | None = None,
     ) -> None:
         self.host_names = sorted(set(host_names))
         self.reconcile_seconds = float(reconcile_seconds or settings.WATCHER_RECONCILE_SECONDS)
         self.capacity_seconds = float(capacity_seconds or settings.WATCHER_CAPACITY_SECONDS)
+        self.metrics_seconds = float(
+            metrics_seconds if metrics_seconds is not None else settings.METRICS_INTERVAL_SECONDS
+        )  # 0: no sampling
+        # Raw counters of the previous metrics round, per host id then domain UUID (rates need two readings).
+        self.metric_counters: dict[int, dict[str, metrics.Counters]] = {}
+        self.metric_rounds = 0  # metrics rounds done (for tests and the benchmark)
         self.events: queue.Queue[DomainEvent] = queue.Queue()
         self.watches: dict[int, Watch] = {}
         # One event registration per connection (libvirt refuses a second one for the same callback),
@@ -147,6 +158,32 @@ class HostWatcher:
             return False
         log.info("reconciled host %s: %s", host.name, host_services.counts_summary(counts))
         return True
+
+    def sample_all(self) -> None:
+        """One metrics round: the counters of every running domain of each connected host, stored as rates."""
+        for host in self.hosts(enabled_only=True):
+            watch = self.watches.get(host.pk)
+            if watch is None or not watch.connected:
+                self.metric_counters.pop(host.pk, None)  # down or not watched yet: start afresh
+                continue
+            counters = self.metric_counters.setdefault(host.pk, {})
+            try:
+                result = metrics.sample_host(host=host, counters=counters)
+            except BackendError as exc:  # the health check and reconcile deal with the host itself
+                log.warning("metrics of host %s failed: %s", host.name, exc.message)
+                self.metric_counters.pop(host.pk, None)
+                continue
+            log.debug(
+                "metrics of host %s: %d domains, %d points, %d pruned in %.3f s",
+                host.name,
+                result.domains,
+                result.stored,
+                result.pruned,
+                result.seconds,
+            )
+        for host_id in set(self.metric_counters) - set(self.watches):
+            del self.metric_counters[host_id]
+        self.metric_rounds += 1
 
     def once(self) -> None:
         """One capacity refresh and one reconcile of every selected host (``watch_hosts --once``)."""
@@ -311,12 +348,14 @@ class HostWatcher:
         if connection.start_event_loop():
             log.info("libvirt event loop started")
         log.info(
-            "watcher running: reconcile every %.0f s, capacity every %.0f s%s",
+            "watcher running: reconcile every %.0f s, capacity every %.0f s, metrics %s%s",
             self.reconcile_seconds,
             self.capacity_seconds,
+            f"every {self.metrics_seconds:g} s" if self.metrics_seconds > 0 else "off",
             f", hosts {', '.join(self.host_names)}" if self.host_names else "",
         )
         next_reconcile = next_capacity = next_health = 0.0
+        next_metrics = 0.0 if self.metrics_seconds > 0 else float("inf")
         try:
             while not self.stopping.is_set():
                 close_old_connections()
@@ -334,6 +373,9 @@ class HostWatcher:
                     if now >= next_health:
                         self.check_health()
                         next_health = time.monotonic() + HEALTH_SECONDS
+                    if now >= next_metrics:
+                        next_metrics = now + self.metrics_seconds  # a steady beat: rates need even intervals
+                        self.sample_all()
                 except Exception as exc:  # a database outage or a bug: log, wait, go on (reconcile repairs)
                     kind = "database error" if isinstance(exc, DatabaseError) else "error"
                     log.exception("%s in the watcher loop; retrying in %.0f s", kind, BACKOFF_MIN)
@@ -341,7 +383,8 @@ class HostWatcher:
                     self.stopping.wait(BACKOFF_MIN)
                     continue
                 self.ready.set()
-                wait = min(TICK, max(0.0, min(next_reconcile, next_capacity, next_health) - time.monotonic()))
+                next_due = min(next_reconcile, next_capacity, next_health, next_metrics)
+                wait = min(TICK, max(0.0, next_due - time.monotonic()))
                 self.drain(wait)
         finally:
             for uri in list(self.listeners):

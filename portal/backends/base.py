@@ -189,6 +189,32 @@ class InstanceState:
 
 
 @dataclass(frozen=True)
+class DomainStats:
+    """Raw counters of one running domain at one moment (libvirt's bulk domain stats); None = not reported.
+
+    Counters only grow while the domain runs (they restart at 0 when it is started again); rates are
+    the caller's business: compare two samples. Memory figures are KiB: ``memory_kib`` is what the
+    guest has now (balloon), ``memory_available_kib``/``memory_unused_kib`` what the guest's balloon
+    driver reports (only with memory stats enabled and a driver in the guest), ``memory_rss_kib`` the
+    resident memory of the hypervisor process on the host.
+    """
+
+    uuid: str
+    name: str
+    state: str  # one of POWER_STATES
+    vcpus: int | None = None
+    cpu_time_ns: int | None = None
+    memory_kib: int | None = None
+    memory_available_kib: int | None = None
+    memory_unused_kib: int | None = None
+    memory_rss_kib: int | None = None
+    disk_read_bytes: int | None = None
+    disk_write_bytes: int | None = None
+    net_rx_bytes: int | None = None
+    net_tx_bytes: int | None = None
+
+
+@dataclass(frozen=True)
 class HostCapacity:
     """A host's size and use; the pool numbers are those of the pool asked for (None without one)."""
 

@@ -29,7 +29,7 @@ from vms import consoles, hosts, lifecycle
 from vms.api.filtersets import HostFilter, InstanceFilter, UnmanagedDomainFilter
 from vms.api.serializers import OperationSerializer
 from vms.models import Flavor, Host, Instance, InstanceDisk, Keypair, Network, Operation, Snapshot, UnmanagedDomain
-from vms.selectors import instances_for
+from vms.selectors import instances_for, metric_points_for
 
 # ---------------------------------------------------------------- fields: ids of what the requester may see
 
@@ -212,6 +212,21 @@ class CaptureResultSerializer(serializers.Serializer):
     operation = OperationSerializer(read_only=True, allow_null=True, help_text=_("The capture operation."))
 
 
+class MetricPointSerializer(serializers.Serializer):
+    """One point of an instance's metrics history (rates per second over ``interval`` seconds)."""
+
+    at = serializers.DateTimeField()
+    interval = serializers.FloatField(help_text=_("Seconds since the previous point."))
+    cpu_percent = serializers.FloatField(help_text=_("Share of the instance's vCPUs in use, 0–100."))
+    vcpus = serializers.IntegerField()
+    memory_used_mib = serializers.FloatField(allow_null=True)
+    memory_available_mib = serializers.FloatField(allow_null=True)
+    disk_read_bps = serializers.FloatField(allow_null=True, help_text=_("Bytes per second."))
+    disk_write_bps = serializers.FloatField(allow_null=True, help_text=_("Bytes per second."))
+    net_rx_bps = serializers.FloatField(allow_null=True, help_text=_("Bytes per second."))
+    net_tx_bps = serializers.FloatField(allow_null=True, help_text=_("Bytes per second."))
+
+
 class InstanceDiskSerializer(serializers.ModelSerializer):
     """An extra blank disk of an instance (counted in the tenant's disk quota)."""
 
@@ -389,6 +404,17 @@ class InstanceViewSet(ApiViewSetMixin, mixins.ListModelMixin, mixins.RetrieveMod
             "operation": OperationSerializer(operation).data if operation is not None else None,
         }
         return Response(body, status=status.HTTP_202_ACCEPTED)
+
+    # ------------------------------------------------------------ metrics
+
+    @extend_schema(
+        summary=_("Metrics history of an instance (CPU, memory, disk and network), oldest first"),
+        responses={200: MetricPointSerializer(many=True)},
+    )
+    @action(detail=True, methods=["get"], filter_backends=[], pagination_class=None)
+    def metrics(self, request, *args, **kwargs):
+        instance = self.get_object()
+        return Response(metric_points_for(user=request.user, instance=instance))
 
     # ------------------------------------------------------------ extra disks
 

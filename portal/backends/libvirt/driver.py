@@ -39,6 +39,7 @@ from portal.backends.base import (
     BackendError,
     ConsoleTarget,
     DiskSpec,
+    DomainStats,
     HostCapacity,
     HostUnreachable,
     InstanceSpec,
@@ -415,6 +416,23 @@ class LibvirtDriver:
                     raise self._translate(exc, f"state of {dom.name()!r}") from exc
         return states
 
+    def domain_stats(self) -> list[DomainStats]:
+        """CPU, memory, disk and network counters of every running domain: one libvirt call for the whole host.
+
+        Domains the portal did not create are included too (filter by UUID). Disk and network
+        counters are summed over all of a domain's disks and interfaces.
+        """
+        with self._errors(f"domain statistics of {self.uri}"):
+            records = self.conn.getAllDomainStats(STATS_GROUPS, libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_ACTIVE)
+        found = []
+        for dom, values in records:
+            try:
+                uuid, name = dom.UUIDString(), dom.name()
+            except libvirt.libvirtError:  # vanished between the call and now
+                continue
+            found.append(_domain_stats(uuid, name, values))
+        return found
+
     def addresses(self, uuid: str) -> list[str]:
         """IP addresses of a running instance's NICs, from the DHCP leases of its libvirt networks (no agent)."""
         dom = self._dom(uuid)
@@ -756,6 +774,48 @@ class LibvirtDriver:
     def list_volumes(self, pool: str) -> list[VolumeRef]:
         with self._errors(f"volumes of pool {pool!r}"):
             return storage.list_volumes(self.uri, pool_name=pool)
+
+
+STATS_GROUPS = (
+    libvirt.VIR_DOMAIN_STATS_STATE
+    | libvirt.VIR_DOMAIN_STATS_CPU_TOTAL
+    | libvirt.VIR_DOMAIN_STATS_BALLOON
+    | libvirt.VIR_DOMAIN_STATS_VCPU
+    | libvirt.VIR_DOMAIN_STATS_INTERFACE
+    | libvirt.VIR_DOMAIN_STATS_BLOCK
+)
+
+
+def _summed(values: dict, group: str, field: str) -> int | None:
+    """Sum of ``<group>.<i>.<field>`` over ``<group>.count`` entries; None when the group was not reported."""
+    count = values.get(f"{group}.count")
+    if count is None:
+        return None
+    return sum(int(values.get(f"{group}.{i}.{field}", 0) or 0) for i in range(int(count)))
+
+
+def _domain_stats(uuid: str, name: str, values: dict) -> DomainStats:
+    """One ``getAllDomainStats`` record as a DomainStats (missing figures stay None)."""
+
+    def number(key: str) -> int | None:
+        value = values.get(key)
+        return int(value) if value is not None else None
+
+    return DomainStats(
+        uuid=uuid,
+        name=name,
+        state=_POWER.get(values.get("state.state", libvirt.VIR_DOMAIN_NOSTATE), "unknown"),
+        vcpus=number("vcpu.current"),
+        cpu_time_ns=number("cpu.time"),
+        memory_kib=number("balloon.current"),
+        memory_available_kib=number("balloon.available"),
+        memory_unused_kib=number("balloon.unused"),
+        memory_rss_kib=number("balloon.rss"),
+        disk_read_bytes=_summed(values, "block", "rd.bytes"),
+        disk_write_bytes=_summed(values, "block", "wr.bytes"),
+        net_rx_bytes=_summed(values, "net", "rx.bytes"),
+        net_tx_bytes=_summed(values, "net", "tx.bytes"),
+    )
 
 
 def random_vnc_password() -> str:

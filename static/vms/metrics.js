@@ -1,0 +1,127 @@
+/* Instance metrics graphs (Chart.js): CPU %, memory, disk I/O and network I/O of the instance page.
+ *
+ * The page renders the history so far into the json_script "lc-metrics-data"
+ * ({instance, points: [{at, cpu_percent, memory_used_mib, …}], keep, text}); live points arrive over the
+ * /ws/live/ socket that static/vms/live.js keeps open, which re-dispatches every message as a DOM event
+ * "lc:live" (detail = {"type": "metrics", "data": {id, tenant_id, point}}). At most `keep` points are shown.
+ */
+(function () {
+  "use strict";
+
+  var source = document.getElementById("lc-metrics-data");
+  if (!source || !window.Chart) {
+    return;
+  }
+  var config = JSON.parse(source.textContent);
+  var text = config.text || {};
+  var keep = config.keep || 240;
+  var instanceId = String(config.instance);
+  var empty = document.getElementById("lc-metrics-empty");
+  var colours = { primary: "#0d6efd", success: "#198754", warning: "#f0ad00", info: "#0dcaf0", secondary: "#8a93a6" };
+
+  function bytes(value) {
+    var units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    var n = Math.abs(value || 0);
+    var i = 0;
+    while (n >= 1024 && i < units.length - 1) {
+      n /= 1024;
+      i += 1;
+    }
+    return (n >= 10 || i === 0 ? Math.round(n) : n.toFixed(1)) + " " + units[i];
+  }
+
+  function perSecond(value) {
+    return bytes(value) + (text.perSecond || "/s");
+  }
+
+  function label(point) {
+    var at = new Date(point.at);
+    return isNaN(at.getTime()) ? point.at : at.toLocaleTimeString();
+  }
+
+  function dataset(name, colour, field) {
+    return {
+      label: name, field: field, data: [], borderColor: colour, backgroundColor: colour + "22",
+      borderWidth: 2, pointRadius: 0, tension: 0.25, fill: true, spanGaps: true,
+    };
+  }
+
+  function chart(id, datasets, tick, options) {
+    var canvas = document.getElementById(id);
+    if (!canvas) {
+      return null;
+    }
+    var scaleY = Object.assign({ beginAtZero: true, ticks: { callback: tick, maxTicksLimit: 5 }, grid: { color: "#eef1f6" } },
+      (options && options.y) || {});
+    return new window.Chart(canvas, {
+      type: "line",
+      data: { labels: [], datasets: datasets },
+      options: {
+        responsive: true,
+        maintainAspectRatio: false,
+        animation: false,
+        interaction: { mode: "index", intersect: false },
+        scales: { x: { ticks: { maxTicksLimit: 6, maxRotation: 0 }, grid: { display: false } }, y: scaleY },
+        plugins: {
+          legend: { display: datasets.length > 1, labels: { boxWidth: 12 } },
+          tooltip: {
+            callbacks: {
+              label: function (ctx) { return " " + ctx.dataset.label + ": " + tick(ctx.parsed.y); },
+            },
+          },
+        },
+      },
+    });
+  }
+
+  var charts = [
+    chart("lc-metrics-cpu", [dataset(text.cpu || "CPU", colours.primary, "cpu_percent")],
+      function (value) { return Math.round(value * 10) / 10 + "%"; }, { y: { suggestedMax: 100 } }),
+    chart("lc-metrics-memory", [
+      dataset(text.memoryUsed || "Used", colours.success, "memory_used_mib"),
+      dataset(text.memoryAvailable || "Available", colours.secondary, "memory_available_mib"),
+    ], function (value) { return bytes((value || 0) * 1024 * 1024); }),
+    chart("lc-metrics-disk", [
+      dataset(text.diskRead || "Read", colours.info, "disk_read_bps"),
+      dataset(text.diskWrite || "Write", colours.warning, "disk_write_bps"),
+    ], perSecond),
+    chart("lc-metrics-net", [
+      dataset(text.netRx || "Received", colours.success, "net_rx_bps"),
+      dataset(text.netTx || "Sent", colours.primary, "net_tx_bps"),
+    ], perSecond),
+  ].filter(Boolean);
+
+  function push(point, update) {
+    charts.forEach(function (c) {
+      c.data.labels.push(label(point));
+      c.data.datasets.forEach(function (ds) {
+        var value = point[ds.field];
+        ds.data.push(value === null || value === undefined ? null : value);
+      });
+      while (c.data.labels.length > keep) {
+        c.data.labels.shift();
+        c.data.datasets.forEach(function (ds) { ds.data.shift(); });
+      }
+      if (update) {
+        c.update("none");
+      }
+    });
+  }
+
+  (config.points || []).forEach(function (point) { push(point, false); });
+  charts.forEach(function (c) { c.update("none"); });
+
+  document.addEventListener("lc:live", function (event) {
+    var message = event.detail || {};
+    if (message.type !== "metrics" || !message.data || String(message.data.id) !== instanceId || !message.data.point) {
+      return;
+    }
+    if (empty) {
+      empty.classList.add("d-none");
+    }
+    push(message.data.point, true);
+  });
+
+  // Expose the charts for tests and the browser console.
+  window.lcMetricsCharts = charts;
+})();
