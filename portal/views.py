@@ -35,6 +35,7 @@ from portal.services import (
     remove_member,
     revoke_api_token,
 )
+from vms.dashboard import host_capacity, instance_states, overview_live_config, recent_operations
 
 # ---------------------------------------------------------------- helpers
 
@@ -119,6 +120,7 @@ def overview(request):
             lines = []
         cards = [QuotaCard(line) for line in lines]
         limited = [card for card in cards if not card.line.unlimited]
+        states = instance_states(user=request.user, tenant=tenant)
         context.update(
             cards=cards,
             role=role_label(request.user, tenant),
@@ -130,7 +132,21 @@ def overview(request):
                 "levels": [card.level for card in limited],
                 "title": _("Usage in percent"),
             },
+            instance_states=states,
+            # live.js keeps the doughnut and the counts current from instance events.
+            state_chart={
+                "states": [count.state for count in states.counts],
+                "labels": [count.label for count in states.counts],
+                "tones": [count.tone for count in states.counts],
+                "counts": [count.count for count in states.counts],
+                "instances": {str(pk): state for pk, state in states.states.items()},
+                "title": _("Instances by state"),
+            },
+            operations=recent_operations(user=request.user, tenant=tenant),
+            live_config=overview_live_config(tenant=tenant),
         )
+    if is_cloud_admin(request.user):
+        context["hosts"] = host_capacity(user=request.user)
     return render(request, "portal/overview.html", context)
 
 

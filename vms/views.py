@@ -33,6 +33,7 @@ from portal.selectors import quota_overview
 from portal.services import ServiceError
 from portal.views import current_tenant
 from vms import consoles, lifecycle
+from vms.dashboard import LIVE_SOCKET_PATH, host_capacity, toast_config
 from vms.forms import (
     BULK_ACTIONS,
     POWER_ACTIONS,
@@ -43,16 +44,15 @@ from vms.forms import (
     ResizeForm,
     ResourcesForm,
     SnapshotForm,
+    source_needs,
 )
 from vms.keypairs import keypairs_for
 from vms.models import Host, Instance, InstanceDisk, Operation, Snapshot
 from vms.networks import networks_for
-from vms.scheduler import HostLoad, host_loads
-from vms.selectors import flavors_for, hosts_for, instances_for, operations_for_target
+from vms.selectors import flavors_for, hosts_for, instances_for, metric_points_for, operations_for_target
 
 PAGE_SIZE = 50
 OPERATIONS_SHOWN = 10
-LIVE_SOCKET_PATH = "/ws/live/"
 SERIAL_SOCKET_PATH = "/ws/instances/{pk}/serial/"
 INSTANCE_TARGET = "vms.instance"
 QUOTA_RESOURCES_OF_LAUNCH = ("instances", "vcpus", "ram_mib", "disk_gib")
@@ -161,6 +161,7 @@ def _live_config(*, tenant_id: int | None, instance_id: int | None = None) -> di
             "changed": _("The instance changed. Reload to see every detail."),
             "operation": _("Operation"),
         },
+        **toast_config(),  # operation toasts (static/vms/live.js)
     }
 
 
@@ -349,6 +350,38 @@ def _launch_sources(user, tenant) -> list[Image]:
     return list(images_for(user=user, launchable=True).filter(pk__in=usable).order_by("kind", "name", "id"))
 
 
+SOURCE_ICONS = {Image.OsType.WINDOWS: "windows", Image.OsType.LINUX: "tux"}
+
+
+@dataclass
+class SourceCard:
+    """One image or ISO in the launch form's source picker."""
+
+    image: Image
+    checked: bool
+
+    @property
+    def icon(self) -> str:
+        return SOURCE_ICONS.get(self.image.os_type) or ("disc" if self.image.kind == Image.Kind.ISO else "hdd")
+
+    @property
+    def size(self) -> int:
+        return self.image.virtual_size or self.image.size
+
+    @property
+    def needs(self) -> list[str]:
+        return source_needs(self.image)
+
+
+def _source_groups(images: list[Image], chosen: str) -> list[dict]:
+    groups = []
+    for kind, label in ((Image.Kind.DISK, _("Disk images")), (Image.Kind.ISO, _("Installer ISOs"))):
+        cards = [SourceCard(image=i, checked=str(i.pk) == chosen) for i in images if i.kind == kind]
+        if cards:
+            groups.append({"kind": kind, "label": label, "sources": cards})
+    return groups
+
+
 @login_required
 def instance_launch(request):
     tenant = current_tenant(request)
@@ -402,12 +435,14 @@ def instance_launch(request):
         count = max(1, int(form["count"].value() or 1))
     except (TypeError, ValueError):
         count = 1
+    chosen = str(form["image"].value() or "")
     return render(
         request,
         "vms/instance_launch.html",
         {
             "tenant": tenant,
             "form": form,
+            "source_groups": _source_groups(images, chosen),
             "flavors": flavors,
             "selected_flavor": selected,
             "has_sources": bool(images),
@@ -488,8 +523,28 @@ def instance_detail(request, pk: int):
             "operations": operations,
             "live_config": _live_config(tenant_id=instance.tenant_id, instance_id=instance.pk),
             "console_config": _console_config(request, instance, auto_connect=False) if can_console else None,
+            "metrics_data": _metrics_data(user, instance),
         },
     )
+
+
+def _metrics_data(user, instance: Instance) -> dict:
+    """What static/vms/metrics.js needs: the history so far and the graphs' texts (live points come over ws/live/)."""
+    return {
+        "instance": instance.pk,
+        "points": metric_points_for(user=user, instance=instance),
+        "keep": settings.METRICS_HISTORY,
+        "text": {
+            "cpu": _("CPU (%)"),
+            "memoryUsed": _("Used (MiB)"),
+            "memoryAvailable": _("Available (MiB)"),
+            "diskRead": _("Read"),
+            "diskWrite": _("Write"),
+            "netRx": _("Received"),
+            "netTx": _("Sent"),
+            "perSecond": _("/s"),
+        },
+    }
 
 
 # ---------------------------------------------------------------- detail actions
@@ -680,33 +735,6 @@ def instance_capture(request, pk: int):
 # ---------------------------------------------------------------- hosts (staff)
 
 
-@dataclass(frozen=True)
-class CapacityBar:
-    key: str
-    label: str
-    used: float
-    limit: float
-    unit: str
-
-    @property
-    def percent(self) -> int:
-        if self.limit <= 0:
-            return 100 if self.used else 0
-        return min(100, math.ceil(100 * self.used / self.limit))
-
-    @property
-    def level(self) -> str:
-        return "danger" if self.percent >= 90 else "warning" if self.percent >= 70 else "success"
-
-
-def _bars(load: HostLoad) -> list[CapacityBar]:
-    return [
-        CapacityBar("vcpus", _("vCPUs"), load.vcpus, load.vcpu_limit, ""),
-        CapacityBar("ram", _("RAM"), load.ram_mib / 1024, load.ram_limit / 1024, "GiB"),
-        CapacityBar("disk", _("Disk"), load.disk_gib, load.disk_limit, "GiB"),
-    ]
-
-
 def _staff_only(request) -> None:
     if not is_cloud_admin(request.user):
         raise Http404
@@ -716,9 +744,7 @@ def _staff_only(request) -> None:
 @require_GET
 def host_list(request):
     _staff_only(request)
-    hosts = list(hosts_for(user=request.user))
-    loads = host_loads(hosts)
-    rows = [{"host": host, "load": loads[host.pk], "bars": _bars(loads[host.pk])} for host in hosts]
+    rows = host_capacity(user=request.user)
     return render(request, "vms/hosts.html", {"rows": rows, "add_url": _admin_url("vms_host_add")})
 
 

@@ -130,4 +130,7 @@ def test_dashboard_in_a_real_browser(live_server, lab, browser_page):
     expect(page).to_have_url(re.compile(r"/login/$"))
     expect(page.locator("#lc-login-submit")).to_be_visible()
 
+    # Django's live_server speaks WSGI only: the overview's live socket (/ws/live/) gets a 404 here, and the
+    # page shows "Offline". The socket itself is tested against daphne in test_browser_overview.py.
+    errors = [error for error in errors if "/ws/live/" not in error]
     assert not errors, f"browser errors: {errors}"

@@ -1,41 +1,74 @@
-/* Overview page: bar chart of quota usage in percent (data from json_script "lc-quota-chart-data"). */
+/* Overview page charts: quota usage in percent (json_script "lc-quota-chart-data") and instances by state
+ * (json_script "lc-state-chart-data"). static/vms/live.js keeps the doughnut current (Chart.getChart). */
 (function () {
   "use strict";
-  var canvas = document.getElementById("lc-quota-chart");
-  var source = document.getElementById("lc-quota-chart-data");
-  if (!canvas || !source || !window.Chart) {
+  if (!window.Chart) {
     return;
   }
-  var data = JSON.parse(source.textContent);
-  var colours = { success: "#198754", warning: "#f0ad00", danger: "#dc3545", info: "#0dcaf0" };
-  var font = getComputedStyle(document.body).fontFamily;
-  window.Chart.defaults.font.family = font;
+  var colours = {
+    success: "#198754", warning: "#f0ad00", danger: "#dc3545", info: "#0dcaf0", secondary: "#8a93a6",
+  };
+  window.Chart.defaults.font.family = getComputedStyle(document.body).fontFamily;
   window.Chart.defaults.color = "#6b7488";
-  new window.Chart(canvas, {
-    type: "bar",
-    data: {
-      labels: data.labels,
-      datasets: [{
-        label: data.title,
-        data: data.values,
-        backgroundColor: data.levels.map(function (level) { return colours[level] || colours.info; }),
-        borderRadius: 6,
-        maxBarThickness: 22,
-      }],
-    },
-    options: {
-      indexAxis: "y",
-      responsive: true,
-      maintainAspectRatio: false,
-      animation: { duration: 400 },
-      scales: {
-        x: { min: 0, max: 100, ticks: { callback: function (value) { return value + "%"; } }, grid: { color: "#eef1f6" } },
-        y: { grid: { display: false } },
+
+  function data(id) {
+    var source = document.getElementById(id);
+    return source ? JSON.parse(source.textContent) : null;
+  }
+
+  var canvas = document.getElementById("lc-quota-chart");
+  var quota = data("lc-quota-chart-data");
+  if (canvas && quota) {
+    new window.Chart(canvas, {
+      type: "bar",
+      data: {
+        labels: quota.labels,
+        datasets: [{
+          label: quota.title,
+          data: quota.values,
+          backgroundColor: quota.levels.map(function (level) { return colours[level] || colours.info; }),
+          borderRadius: 6,
+          maxBarThickness: 22,
+        }],
       },
-      plugins: {
-        legend: { display: false },
-        tooltip: { callbacks: { label: function (ctx) { return " " + ctx.parsed.x + "%"; } } },
+      options: {
+        indexAxis: "y",
+        responsive: true,
+        maintainAspectRatio: false,
+        animation: { duration: 400 },
+        scales: {
+          x: { min: 0, max: 100, ticks: { callback: function (value) { return value + "%"; } }, grid: { color: "#eef1f6" } },
+          y: { grid: { display: false } },
+        },
+        plugins: {
+          legend: { display: false },
+          tooltip: { callbacks: { label: function (ctx) { return " " + ctx.parsed.x + "%"; } } },
+        },
       },
-    },
-  });
+    });
+  }
+
+  var doughnut = document.getElementById("lc-state-chart");
+  var states = data("lc-state-chart-data");
+  if (doughnut && states) {
+    new window.Chart(doughnut, {
+      type: "doughnut",
+      data: {
+        labels: states.labels,
+        datasets: [{
+          label: states.title,
+          data: states.counts,
+          backgroundColor: states.tones.map(function (tone) { return colours[tone] || colours.info; }),
+          borderWidth: 2,
+        }],
+      },
+      options: {
+        responsive: true,
+        maintainAspectRatio: false,
+        cutout: "62%",
+        animation: { duration: 400 },
+        plugins: { legend: { display: false } },
+      },
+    });
+  }
 })();

@@ -48,6 +48,10 @@
     var tone = state === "live" ? "success" : state === "offline" ? "danger" : "secondary";
     indicator.classList.add("bg-" + tone + "-subtle", "text-" + tone + "-emphasis");
     indicator.querySelector(".lc-live-text").textContent = label;
+    var dot = indicator.querySelector(".lc-dot");
+    if (dot) {
+      dot.className = "lc-dot bg-" + tone;
+    }
   }
 
   // ------------------------------------------------------------------ instance updates
@@ -149,6 +153,7 @@
   }
 
   function onInstance(data) {
+    trackState(data);
     var found = containers(data.id);
     if (!found.length) {
       if (!detailId) {
@@ -191,6 +196,7 @@
 
   function onDeleted(data) {
     var id = String(data.id);
+    untrackState(id);
     if (detailId === id) {
       var gone = document.getElementById("lc-instance-gone");
       if (gone) {
@@ -209,6 +215,8 @@
   // ------------------------------------------------------------------ operations
 
   function onOperation(data) {
+    notify(data);
+    renderRecent(data);
     if (data.target_type !== "vms.instance") {
       return;
     }
@@ -269,6 +277,10 @@
       item.appendChild(message);
       list.insertBefore(item, list.firstChild);
     }
+    updateOperationItem(item, data);
+  }
+
+  function updateOperationItem(item, data) {
     item.setAttribute("data-state", data.state);
     var stateBadge = item.querySelector(".lc-op-state");
     var tone = { succeeded: "success", failed: "danger", running: "info" }[data.state] || "secondary";
@@ -293,6 +305,194 @@
       note.textContent = data.state === "failed" ? data.error || "" : FINISHED[data.state] ? data.message || ""
         : (data.progress || 0) + "%" + (data.message ? " · " + data.message : "");
     }
+  }
+
+  // ------------------------------------------------------------------ overview: instances by state, recent operations
+
+  var stateSource = document.getElementById("lc-state-chart-data");
+  var stateData = stateSource ? JSON.parse(stateSource.textContent) : null;
+
+  function ofThisTenant(data) {
+    return !config.tenant || data.tenant_id === undefined || data.tenant_id === config.tenant;
+  }
+
+  function recountStates() {
+    var counts = {};
+    var ids = Object.keys(stateData.instances);
+    ids.forEach(function (id) {
+      var state = stateData.instances[id];
+      counts[state] = (counts[state] || 0) + 1;
+    });
+    document.querySelectorAll("#lc-state-counts [data-state]").forEach(function (line) {
+      var count = counts[line.getAttribute("data-state")] || 0;
+      line.querySelector(".lc-state-count").textContent = String(count);
+      line.classList.toggle("text-body-tertiary", !count);
+    });
+    var total = document.getElementById("lc-instance-total");
+    if (total) {
+      total.textContent = String(ids.length);
+    }
+    var box = document.getElementById("lc-state-chart-box");
+    var empty = document.getElementById("lc-state-chart-empty");
+    if (box && empty) {
+      box.classList.toggle("d-none", !ids.length);
+      empty.classList.toggle("d-none", !!ids.length);
+    }
+    var chart = window.Chart && window.Chart.getChart(document.getElementById("lc-state-chart"));
+    if (chart) {
+      chart.data.datasets[0].data = stateData.states.map(function (state) { return counts[state] || 0; });
+      chart.update();
+    }
+  }
+
+  function trackState(data) {
+    if (!stateData || !ofThisTenant(data) || stateData.instances[String(data.id)] === data.state) {
+      return;
+    }
+    stateData.instances[String(data.id)] = data.state;
+    recountStates();
+  }
+
+  function untrackState(id) {
+    if (stateData && Object.prototype.hasOwnProperty.call(stateData.instances, id)) {
+      delete stateData.instances[id];
+      recountStates();
+    }
+  }
+
+  function targetUrl(data) {
+    var url = (config.targetUrls || {})[data.target_type];
+    return url && data.target_id ? url.replace("{id}", encodeURIComponent(String(data.target_id))) : "";
+  }
+
+  function operationLabel(data) {
+    return (config.operations || {})[data.kind] || data.kind || text.operation || "";
+  }
+
+  function renderRecent(data) {
+    var list = document.getElementById("lc-recent-operations");
+    if (!list || !ofThisTenant(data)) {
+      return;
+    }
+    var item = list.querySelector('[data-operation="' + data.id + '"]');
+    if (!item) {
+      item = document.createElement("li");
+      item.className = "lc-recent-op";
+      item.setAttribute("data-operation", String(data.id));
+      var head = document.createElement("div");
+      head.className = "d-flex flex-wrap justify-content-between align-items-baseline gap-2 mb-1";
+      var title = document.createElement("div");
+      title.className = "min-w-0 text-truncate";
+      var kind = document.createElement("span");
+      kind.className = "fw-semibold lc-op-kind";
+      kind.textContent = operationLabel(data);
+      var url = targetUrl(data);
+      var target = document.createElement(url ? "a" : "span");
+      target.className = "lc-op-target";
+      target.textContent = data.target || "";
+      if (url) {
+        target.href = url;
+      }
+      var badge = document.createElement("span");
+      badge.className = "badge rounded-pill ms-1 lc-op-state";
+      title.appendChild(kind);
+      title.appendChild(document.createTextNode(" "));
+      title.appendChild(target);
+      title.appendChild(document.createTextNode(" "));
+      title.appendChild(badge);
+      var time = document.createElement("time");
+      time.className = "small text-body-secondary lc-op-time";
+      time.setAttribute("datetime", new Date().toISOString());
+      time.textContent = text.justNow || "";
+      head.appendChild(title);
+      head.appendChild(time);
+      var progress = document.createElement("div");
+      progress.className = "progress lc-progress";
+      progress.setAttribute("role", "progressbar");
+      progress.setAttribute("aria-label", kind.textContent);
+      progress.setAttribute("aria-valuemin", "0");
+      progress.setAttribute("aria-valuemax", "100");
+      var bar = document.createElement("div");
+      bar.className = "progress-bar";
+      progress.appendChild(bar);
+      var message = document.createElement("div");
+      message.className = "small mt-1 lc-op-message";
+      item.appendChild(head);
+      item.appendChild(progress);
+      item.appendChild(message);
+      list.insertBefore(item, list.firstChild);
+      var limit = config.recentLimit || 8;
+      while (list.children.length > limit) {
+        list.removeChild(list.lastElementChild);
+      }
+      var none = document.getElementById("lc-recent-none");
+      if (none) {
+        none.classList.add("d-none");
+      }
+    }
+    updateOperationItem(item, data);
+  }
+
+  // ------------------------------------------------------------------ toasts of finished and failed operations
+
+  var toasted = {};
+
+  function notify(data) {
+    var texts = config.toast;
+    if (!texts || !FINISHED[data.state] || !window.bootstrap || toasted[data.id + ":" + data.state]) {
+      return;
+    }
+    toasted[data.id + ":" + data.state] = true;
+    var failed = data.state === "failed";
+    var region = document.getElementById(failed ? "lc-toasts-alert" : "lc-toasts-status");
+    if (!region) {
+      return;
+    }
+    var values = { what: operationLabel(data), target: data.target || String(data.target_id || ""), error: data.error || "" };
+    var template = failed ? (data.error ? texts.failed : texts.failedNoError) : texts.succeeded;
+    var toast = document.createElement("div");
+    toast.className = "toast align-items-center border-0 lc-toast " + (failed ? "text-bg-danger" : "text-bg-success");
+    toast.setAttribute("role", failed ? "alert" : "status");
+    toast.setAttribute("aria-live", failed ? "assertive" : "polite");
+    toast.setAttribute("aria-atomic", "true");
+    toast.setAttribute("data-operation", String(data.id));
+    toast.setAttribute("data-state", data.state);
+    var row = document.createElement("div");
+    row.className = "d-flex align-items-start";
+    var body = document.createElement("div");
+    body.className = "toast-body";
+    var icon = document.createElement("i");
+    icon.className = "bi " + (failed ? "bi-x-octagon-fill" : "bi-check-circle-fill") + " me-2";
+    icon.setAttribute("aria-hidden", "true");
+    var message = document.createElement("span");
+    message.className = "lc-toast-text";
+    message.textContent = (template || "").replace(/\{(what|target|error)\}/g, function (match, key) { return values[key]; });
+    body.appendChild(icon);
+    body.appendChild(message);
+    var url = targetUrl(data);
+    if (url && url !== window.location.pathname) {
+      var link = document.createElement("a");
+      link.className = "link-light ms-2 lc-toast-link";
+      link.href = url;
+      link.textContent = texts.open || "";
+      body.appendChild(link);
+    }
+    var close = document.createElement("button");
+    close.type = "button";
+    close.className = "btn-close btn-close-white me-2 mt-2 ms-auto flex-none";
+    close.setAttribute("data-bs-dismiss", "toast");
+    close.setAttribute("aria-label", texts.close || "");
+    row.appendChild(body);
+    row.appendChild(close);
+    toast.appendChild(row);
+    toast.addEventListener("hidden.bs.toast", function () {
+      if (toast.parentNode) {
+        toast.parentNode.removeChild(toast);
+      }
+    });
+    region.appendChild(toast);
+    // Success fades away on its own; a failure stays until it is closed.
+    window.bootstrap.Toast.getOrCreateInstance(toast, { autohide: !failed, delay: 6000 }).show();
   }
 
   // ------------------------------------------------------------------ socket
@@ -325,6 +525,8 @@
       if (!message || !message.data) {
         return;
       }
+      // Other scripts of the page (metrics.js) listen to the same socket through this event.
+      document.dispatchEvent(new CustomEvent("lc:live", { detail: message }));
       if (message.type === "instance") {
         onInstance(message.data);
       } else if (message.type === "instance.deleted") {

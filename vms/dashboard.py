@@ -1,0 +1,243 @@
+"""Read-side pieces the dashboard pages share (selectors: keyword-only, no writes).
+
+Instance counts by state and the recent operations of a tenant (both through the access gate),
+host capacity bars (allocation against the overcommit limits, used by the hosts page and the
+cloud admin's overview) and the translated texts static/vms/live.js needs for operation toasts.
+Every function runs a fixed number of queries, whatever the number of rows.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from django.urls import reverse
+from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy
+
+from portal.access import VIEW
+from portal.models import Tenant
+from vms.models import Host, Instance, Operation
+from vms.scheduler import HostLoad, host_loads
+from vms.selectors import hosts_for
+
+RECENT_OPERATIONS = 8
+LIVE_SOCKET_PATH = "/ws/live/"  # the LiveConsumer route in portal/routing.py
+
+# What an operation did, as a noun ("Snapshot of web-1 finished").
+OPERATION_LABELS = {
+    "instance.launch": gettext_lazy("Launch"),
+    "instance.start": gettext_lazy("Start"),
+    "instance.shutdown": gettext_lazy("Shutdown"),
+    "instance.stop": gettext_lazy("Power-off"),
+    "instance.reboot": gettext_lazy("Reboot"),
+    "instance.reset": gettext_lazy("Hard reset"),
+    "instance.pause": gettext_lazy("Pause"),
+    "instance.resume": gettext_lazy("Resume"),
+    "instance.finish_install": gettext_lazy("Install finish"),
+    "instance.resize": gettext_lazy("Resize"),
+    "instance.set_resources": gettext_lazy("vCPU/RAM change"),
+    "instance.attach_disk": gettext_lazy("Disk attachment"),
+    "instance.detach_disk": gettext_lazy("Disk removal"),
+    "instance.snapshot_create": gettext_lazy("Snapshot"),
+    "instance.snapshot_revert": gettext_lazy("Snapshot revert"),
+    "instance.snapshot_delete": gettext_lazy("Snapshot deletion"),
+    "instance.delete": gettext_lazy("Deletion"),
+    "image.process": gettext_lazy("Image processing"),
+    "image.import": gettext_lazy("Image import"),
+    "image.capture": gettext_lazy("Capture"),
+    "image.distribute": gettext_lazy("Image distribution"),
+}
+# Pages that show an operation's target, by target type; "{id}" is replaced by the target id.
+TARGET_URL_NAMES = {"vms.instance": "instance_detail", "images.image": "image_detail"}
+STATE_TONES = {
+    Instance.State.RUNNING: "success",
+    Instance.State.PAUSED: "warning",
+    Instance.State.SHUTOFF: "secondary",
+    Instance.State.CRASHED: "danger",
+    Instance.State.ERROR: "danger",
+    Instance.State.DELETING: "warning",
+    Instance.State.BUILDING: "info",
+}
+OPERATION_TONES = {
+    Operation.State.QUEUED: "secondary",
+    Operation.State.RUNNING: "info",
+    Operation.State.SUCCEEDED: "success",
+    Operation.State.FAILED: "danger",
+}
+
+
+def operation_label(kind: str) -> str:
+    label = OPERATION_LABELS.get(kind)
+    return str(label) if label is not None else kind
+
+
+def target_url_templates() -> dict[str, str]:
+    """Target type → URL with an ``{id}`` placeholder (for pages and for live.js)."""
+    return {
+        target_type: reverse(name, args=[0]).replace("/0/", "/{id}/") for target_type, name in TARGET_URL_NAMES.items()
+    }
+
+
+# ---------------------------------------------------------------- instances by state
+
+
+@dataclass(frozen=True)
+class StateCount:
+    state: str
+    label: str
+    count: int
+
+    @property
+    def tone(self) -> str:
+        return STATE_TONES.get(self.state, "info")
+
+
+@dataclass(frozen=True)
+class InstanceStates:
+    """Instances of a tenant by state; ``states`` maps each instance id to its state (live.js keeps counts with it)."""
+
+    counts: list[StateCount]
+    states: dict[int, str]
+
+    @property
+    def total(self) -> int:
+        return len(self.states)
+
+
+def instance_states(*, user, tenant: Tenant) -> InstanceStates:
+    """The tenant's instances the user may see, counted by state (one query)."""
+    states = dict(Instance.objects.restrict(user, VIEW).filter(tenant=tenant).values_list("pk", "state").order_by())
+    tally = dict.fromkeys(Instance.State.values, 0)
+    for state in states.values():
+        tally[state] = tally.get(state, 0) + 1
+    labels = dict(Instance.State.choices)
+    counts = [StateCount(state=s, label=str(labels.get(s, s)), count=n) for s, n in tally.items()]
+    return InstanceStates(counts=counts, states=states)
+
+
+# ---------------------------------------------------------------- recent operations
+
+
+def recent_operations(*, user, tenant: Tenant, limit: int = RECENT_OPERATIONS) -> list[Operation]:
+    """The tenant's newest operations the user may see (one query), each with ``label``, ``tone`` and ``target_url``."""
+    visible = Operation.objects.restrict(user, VIEW).filter(tenant=tenant)
+    operations = list(visible.order_by("-created_at", "-id")[:limit])
+    urls = target_url_templates()
+    for operation in operations:
+        operation.label = operation_label(operation.kind)
+        operation.tone = OPERATION_TONES.get(operation.state, "secondary")
+        template = urls.get(operation.target_type)
+        operation.target_url = template.replace("{id}", operation.target_id) if template else ""
+    return operations
+
+
+# ---------------------------------------------------------------- host capacity
+
+
+@dataclass(frozen=True)
+class CapacityBar:
+    """Allocation of one resource of a host against its limit (physical amount × overcommit ratio)."""
+
+    key: str
+    label: str
+    used: float
+    limit: float
+    unit: str
+    physical: float | None = None
+    ratio: float | None = None
+
+    @property
+    def percent(self) -> int:
+        if self.limit <= 0:
+            return 100 if self.used else 0
+        return min(100, math.ceil(100 * self.used / self.limit))
+
+    @property
+    def level(self) -> str:
+        return "danger" if self.percent >= 90 else "warning" if self.percent >= 70 else "success"
+
+    @property
+    def overcommitted(self) -> bool:
+        """More allocated than the host physically has (allowed up to the ratio)."""
+        return self.physical is not None and self.used > self.physical
+
+
+def capacity_bars(load: HostLoad) -> list[CapacityBar]:
+    host = load.host
+    gib = 1024**3
+    return [
+        CapacityBar("vcpus", _("vCPUs"), load.vcpus, load.vcpu_limit, "", host.cpus or 0, host.cpu_allocation_ratio),
+        CapacityBar(
+            "ram",
+            _("RAM"),
+            load.ram_mib / 1024,
+            load.ram_limit / 1024,
+            "GiB",
+            max(0, (host.memory_mib or 0) - host.reserved_ram_mib) / 1024,
+            host.ram_allocation_ratio,
+        ),
+        CapacityBar(
+            "disk",
+            _("Disk"),
+            load.disk_gib,
+            load.disk_limit,
+            "GiB",
+            (host.pool_capacity or 0) / gib,
+            host.disk_allocation_ratio,
+        ),
+    ]
+
+
+@dataclass(frozen=True)
+class HostCapacity:
+    host: Host
+    load: HostLoad
+    bars: list[CapacityBar]
+
+
+def host_capacity(*, user) -> list[HostCapacity]:
+    """Every host the user may see with its allocation (two queries; cloud admins only see hosts)."""
+    hosts = list(hosts_for(user=user))
+    loads = host_loads(hosts)
+    return [HostCapacity(host=host, load=loads[host.pk], bars=capacity_bars(loads[host.pk])) for host in hosts]
+
+
+# ---------------------------------------------------------------- live.js
+
+
+def toast_config() -> dict:
+    """The texts of the operation toasts live.js shows ({what}, {target} and {error} are filled in by the script)."""
+    return {
+        "operations": {kind: str(label) for kind, label in OPERATION_LABELS.items()},
+        "toast": {
+            "succeeded": _("{what} of {target} finished"),
+            "failed": _("{what} of {target} failed: {error}"),
+            "failedNoError": _("{what} of {target} failed"),
+            "operation": _("Operation"),
+            "close": _("Close"),
+            "open": _("Open"),
+        },
+        "targetUrls": target_url_templates(),
+    }
+
+
+def overview_live_config(*, tenant: Tenant) -> dict:
+    """What live.js needs on the overview: the tenant's socket, state and operation labels, toast texts."""
+    return {
+        "socket": f"{LIVE_SOCKET_PATH}?tenant={tenant.pk}",
+        "instance": None,
+        "tenant": tenant.pk,
+        "states": {value: str(label) for value, label in Instance.State.choices},
+        "operationStates": {value: str(label) for value, label in Operation.State.choices},
+        "stateTones": {str(state): tone for state, tone in STATE_TONES.items()},
+        "recentLimit": RECENT_OPERATIONS,
+        "text": {
+            "live": _("Live"),
+            "offline": _("Offline"),
+            "connecting": _("Connecting…"),
+            "operation": _("Operation"),
+            "justNow": _("just now"),
+        },
+        **toast_config(),
+    }
