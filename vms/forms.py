@@ -25,12 +25,18 @@ def _size(mib: int) -> str:
     return f"{mib // 1024} GiB" if mib and mib % 1024 == 0 else f"{mib} MiB"
 
 
-def source_label(image: Image) -> str:
+def source_needs(image: Image) -> list[str]:
+    """The minimum requirements of an image, as short phrases ("RAM ≥ 1 GiB")."""
     needs = []
     if image.min_disk_gib:
         needs.append(_("disk ≥ %(gib)d GiB") % {"gib": image.min_disk_gib})
     if image.min_ram_mib:
         needs.append(_("RAM ≥ %(size)s") % {"size": _size(image.min_ram_mib)})
+    return needs
+
+
+def source_label(image: Image) -> str:
+    needs = source_needs(image)
     return f"{image.name} ({', '.join(needs)})" if needs else image.name
 
 

@@ -11,7 +11,12 @@
   }
   var data = JSON.parse(source.textContent);
   var countInput = form.querySelector('[name="count"]');
-  var imageSelect = form.querySelector('[name="image"]');
+  var filter = document.getElementById("lc-source-filter");
+
+  function chosenImage() {
+    var radio = form.querySelector('input[name="image"]:checked');
+    return radio ? data.images[radio.value] : null;
+  }
 
   function chosenFlavor() {
     var radio = form.querySelector('input[name="flavor"]:checked');
@@ -51,7 +56,7 @@
   }
 
   function updateFlavorHints() {
-    var image = imageSelect ? data.images[imageSelect.value] : null;
+    var image = chosenImage();
     form.querySelectorAll("#lc-launch-flavors tbody tr").forEach(function (row) {
       var flavor = data.flavors[row.getAttribute("data-flavor")];
       var radio = row.querySelector('input[type="radio"]');
@@ -82,6 +87,29 @@
     updateImpact();
     updateFlavorHints();
   });
+  // The source filter hides the cards whose name does not match (the chosen one stays visible).
+  if (filter) {
+    filter.addEventListener("input", function () {
+      var needle = filter.value.trim().toLowerCase();
+      var shown = 0;
+      form.querySelectorAll("#lc-source-picker .lc-source").forEach(function (card) {
+        var checked = card.querySelector("input").checked;
+        var visible = !needle || checked || card.getAttribute("data-name").indexOf(needle) !== -1;
+        card.classList.toggle("d-none", !visible);
+        shown += visible ? 1 : 0;
+      });
+      form.querySelectorAll("#lc-source-picker .lc-source-group").forEach(function (group) {
+        group.classList.toggle("d-none", !group.querySelector(".lc-source:not(.d-none)"));
+      });
+      document.getElementById("lc-source-none").classList.toggle("d-none", shown > 0);
+    });
+    // Enter in the filter must not submit the form.
+    filter.addEventListener("keydown", function (event) {
+      if (event.key === "Enter") {
+        event.preventDefault();
+      }
+    });
+  }
   if (countInput) {
     countInput.addEventListener("input", updateImpact);
   }

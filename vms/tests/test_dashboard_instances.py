@@ -304,7 +304,10 @@ def test_launch_form_lists_sources_flavors_and_quota_impact(actors, host, flavor
     html = login(actors.member).get(reverse("instance_launch")).content.decode()
     page = text(html)
     assert "Disk images" in html and "Installer ISOs" in html
-    assert "debian-13" in page and "netinst (RAM ≥ 1 GiB)" in page
+    assert "debian-13" in page and "netinst" in page and "Needs: RAM ≥ 1 GiB" in page
+    # the source picker: a card (radio button) per source, with its OS icon and requirements
+    assert f'id="lc-source-{image.pk}"' in html and "bi-tux" in html
+    assert "No minimum requirements" in page
     assert "their-image" not in page and "still-uploading" not in page
     assert f'data-flavor="{flavor.pk}"' in html
     impact = re.search(r'id="lc-quota-impact".*?</ul>', html, re.S).group(0)
