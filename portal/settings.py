@@ -141,10 +141,12 @@ REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
-        "CONFIG": {"hosts": [REDIS_URL]},
+        # Several portals (or concurrent test runs) can share one Redis with different prefixes.
+        "CONFIG": {"hosts": [REDIS_URL], "prefix": os.environ.get("CHANNEL_LAYER_PREFIX", "asgi")},
     }
 }
 CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", REDIS_URL)
+CELERY_TASK_DEFAULT_QUEUE = os.environ.get("CELERY_QUEUE", "celery")
 CELERY_RESULT_BACKEND = None
 CELERY_TASK_ACKS_LATE = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
@@ -258,6 +260,14 @@ LOGGING = {
 # unmanaged domains, new/removed hosts) and between capacity refreshes. Events arrive in between.
 WATCHER_RECONCILE_SECONDS = float(os.environ.get("WATCHER_RECONCILE_SECONDS", "30"))
 WATCHER_CAPACITY_SECONDS = float(os.environ.get("WATCHER_CAPACITY_SECONDS", "60"))
+# Instance metrics (docs/metrics.md): the watcher samples every running instance's CPU, memory, disk and
+# network counters every METRICS_INTERVAL_SECONDS (0 turns sampling off) and keeps the newest METRICS_HISTORY
+# points per instance (240 × 15 s = one hour).
+METRICS_INTERVAL_SECONDS = float(os.environ.get("METRICS_INTERVAL_SECONDS", "15"))
+METRICS_HISTORY = max(2, int(os.environ.get("METRICS_HISTORY", "240")))
+# GET /metrics (Prometheus): cloud admins (session or API token) and scrapers sending
+# "Authorization: Bearer <METRICS_TOKEN>". Empty: no scraper token.
+METRICS_TOKEN = os.environ.get("METRICS_TOKEN", "")
 # --- end watcher ---
 
 # --- console ---

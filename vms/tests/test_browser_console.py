@@ -24,6 +24,7 @@ import os
 import re
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -70,9 +71,10 @@ def stack(portal_host, tmp_path, settings):
         "CONSOLE_RECHECK_SECONDS": "1",
     }
     python = sys.executable
-    queue = "celery"
-    broker = redis.Redis.from_url(BROKER)
-    broker.flushdb()  # a database of this test's own: leftovers of an aborted run must not replay
+    # A queue and channel-layer prefix of this run's own: concurrent runs on the same Redis stay apart.
+    queue = f"lctest-console-{uuid.uuid4().hex[:10]}"
+    env["CELERY_QUEUE"] = queue
+    env["CHANNEL_LAYER_PREFIX"] = queue
     try:
         with (
             child_process(
@@ -113,7 +115,11 @@ def stack(portal_host, tmp_path, settings):
         ):
             yield web
     finally:
-        broker.flushdb()
+        for url in (BROKER, CHANNELS_REDIS):
+            client = redis.Redis.from_url(url)
+            keys = client.keys(f"*{queue}*")
+            if keys:
+                client.delete(*keys)
 
 
 def sign_in(page, web: str, username: str) -> None:
@@ -247,7 +253,7 @@ def test_iso_install_through_the_browser(stack, portal_host, guest_media, actors
     sign_in(page, stack, member.username)
     page.goto(stack + reverse("instance_launch"))
     page.fill("#id_name", "installed")
-    page.select_option("#id_image", str(iso.pk))
+    page.click(f"label[for=lc-source-{iso.pk}]")  # the source picker: cards over radio buttons
     page.check(f"#lc-flavor-{flavor.pk}")
     page.click("#lc-launch-submit")
     page.wait_for_url(re.compile(r"/instances/\d+/$"))
@@ -294,5 +300,11 @@ def test_iso_install_through_the_browser(stack, portal_host, guest_media, actors
     popup_page.goto(stack + reverse("instance_console", args=[instance.pk]))
     expect(popup_page.locator("#lc-vnc-status")).to_have_attribute("data-state", "connected", timeout=20_000)
     popup_page.close()
+
+    # Ctrl-Alt-Del from the toolbar: the installed system's init powers off on it.
+    page.click("#lc-console-tab-vnc")
+    page.click("#lc-vnc-cad")
+    wait_until(lambda: not domain.isActive(), timeout=GUEST_TIMEOUT, what="Ctrl-Alt-Del to power the guest off")
+    expect(page.locator("#lc-vnc-status")).to_have_attribute("data-state", "disconnected", timeout=20_000)
     assert AuditEvent.objects.filter(action="console.serial.start", target_id=str(instance.pk)).exists()
     assert not [e for e in errors if "WebSocket" not in e], errors
