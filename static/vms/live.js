@@ -180,10 +180,40 @@
       if (detailId && root.id === "lc-instance") {
         updateButtons(document, data);
         if (previousTask && !data.task && STRUCTURAL[previousTask]) {
-          showChanged();
+          refreshSections();
         }
       }
     });
+  }
+
+  // After a task that changes what the page lists (sizes, disks, snapshots…), fetch the page again
+  // and swap those sections in place; the console and the graphs keep running. On failure, say so.
+  var SECTIONS = ["lc-instance-actions", "lc-instance-facts", "lc-instance-snapshots", "lc-instance-disks",
+    "lc-instance-resize", "lc-instance-resources", "lc-instance-capture"];
+
+  function refreshSections() {
+    fetch(window.location.href, { credentials: "same-origin", headers: { Accept: "text/html" } })
+      .then(function (response) {
+        if (!response.ok) {
+          throw new Error(String(response.status));
+        }
+        return response.text();
+      })
+      .then(function (html) {
+        var fresh = new DOMParser().parseFromString(html, "text/html");
+        SECTIONS.forEach(function (id) {
+          var current = document.getElementById(id);
+          var next = fresh.getElementById(id);
+          if (current && next) {
+            current.replaceWith(document.importNode(next, true));
+          }
+        });
+        var root = document.getElementById("lc-instance");
+        if (root) {
+          root.setAttribute("data-refreshed", String(Date.now()));
+        }
+      })
+      .catch(showChanged);
   }
 
   function showChanged() {

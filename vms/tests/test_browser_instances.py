@@ -233,3 +233,42 @@ def test_instance_list_follows_the_websocket(daphne, lab, browser_page):
     page.set_viewport_size({"width": 390, "height": 844})
     page.screenshot(path=str(SHOTS / "labcloud-instances-phone.png"), full_page=True)
     assert not errors, errors
+
+
+def test_detail_page_redraws_its_sections_after_a_task(daphne, lab, browser_page):
+    """A snapshot taken elsewhere: when its task ends, the page shows it without a reload."""
+    page, errors = browser_page
+    from playwright.sync_api import expect
+
+    from vms.models import Snapshot
+
+    _alice, _physics, (web, _db) = lab
+    page.goto(daphne + reverse("login"))
+    page.fill("#id_username", "alice")
+    page.fill("#id_password", PASSWORD)
+    page.click("#lc-login-submit")
+    page.wait_for_url(daphne + reverse("overview"))
+    page.goto(daphne + reverse("instance_detail", args=[web.pk]))
+    expect(page.locator("#lc-live-indicator")).to_have_attribute("data-lc-live-state", "live")
+    expect(page.locator("#lc-instance-snapshots")).not_to_contain_text("before-upgrade")
+    page.evaluate("window.lcNotReloaded = true")
+
+    def snapshot_started():
+        Instance.objects.filter(pk=web.pk).update(task="snapshot_create")
+        web.refresh_from_db()
+        realtime.instance_changed(web)
+
+    publish(snapshot_started)
+    expect(page.locator("#lc-instance").first).to_have_attribute("data-task", "snapshot_create")
+
+    def snapshot_done():
+        Snapshot.objects.create(instance=web, tenant=web.tenant, name="before-upgrade", state="available")
+        Instance.objects.filter(pk=web.pk).update(task="")
+        web.refresh_from_db()
+        realtime.instance_changed(web)
+
+    publish(snapshot_done)
+    expect(page.locator("#lc-instance-snapshots")).to_contain_text("before-upgrade")
+    expect(page.locator("#lc-instance-changed")).to_be_hidden()
+    assert page.evaluate("window.lcNotReloaded") is True
+    assert not [e for e in errors if "metrics" not in e], errors
