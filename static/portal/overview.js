@@ -2,6 +2,9 @@
  * (json_script "lc-state-chart-data"). static/vms/live.js keeps the doughnut current (Chart.getChart). */
 (function () {
   "use strict";
+
+  // Numbers and times in the page's language (Chart.js formats ticks and tooltips with Intl).
+  var LOCALE = document.documentElement.lang || undefined;
   if (!window.Chart) {
     return;
   }
@@ -32,6 +35,7 @@
         }],
       },
       options: {
+        locale: LOCALE,
         indexAxis: "y",
         responsive: true,
         maintainAspectRatio: false,
@@ -63,6 +67,7 @@
         }],
       },
       options: {
+        locale: LOCALE,
         responsive: true,
         maintainAspectRatio: false,
         cutout: "62%",

@@ -8,6 +8,9 @@
 (function () {
   "use strict";
 
+  // Numbers and times in the page's language (Chart.js formats ticks and tooltips with Intl).
+  var LOCALE = document.documentElement.lang || undefined;
+
   var source = document.getElementById("lc-metrics-data");
   if (!source || !window.Chart) {
     return;
@@ -36,7 +39,7 @@
 
   function label(point) {
     var at = new Date(point.at);
-    return isNaN(at.getTime()) ? point.at : at.toLocaleTimeString();
+    return isNaN(at.getTime()) ? point.at : at.toLocaleTimeString(LOCALE);
   }
 
   function dataset(name, colour, field) {
@@ -57,6 +60,7 @@
       type: "line",
       data: { labels: [], datasets: datasets },
       options: {
+        locale: LOCALE,
         responsive: true,
         maintainAspectRatio: false,
         animation: false,
