@@ -265,6 +265,8 @@ def test_vnc_listen_and_password_and_tablet():
 
 def test_memballoon():
     assert xml_of(spec()).find("devices/memballoon").get("model") == "virtio"
+    assert xml_of(spec()).find("devices/memballoon/stats").get("period") == "10"  # guest memory for the metrics
+    assert xml_of(spec(memballoon=False)).find("devices/memballoon/stats") is None
     assert xml_of(spec(memballoon=False)).find("devices/memballoon").get("model") == "none"
 
 

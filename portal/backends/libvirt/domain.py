@@ -18,7 +18,7 @@ Layout of a built domain (``<domain type='kvm'|'qemu'>``):
   to ``serial_log`` when given (``<log file=…>``, written by virtlogd); ``<console>`` points at it.
 - VNC on ``vnc_listen`` with an automatic port, a USB tablet (absolute pointer for noVNC), VGA.
 - ``<features><acpi/><apic/></features>`` (ACPI power button for ``shutdown``), a virtio memory
-  balloon (unless ``memballoon=False``), a virtio RNG for linux guests.
+  balloon (unless ``memballoon=False``) reporting guest memory statistics every 10 s, a virtio RNG for linux guests.
 """
 
 from __future__ import annotations
@@ -70,6 +70,8 @@ class DomainFacts:
 
 
 # ------------------------------------------------------------------ helpers
+
+BALLOON_STATS_PERIOD = 10  # seconds between the guest's memory reports (libvirt <stats period>)
 
 
 def _text(value: str, what: str) -> str:
@@ -247,7 +249,10 @@ def build_domain_element(spec: InstanceSpec) -> ET.Element:
     _sub(_sub(devices, "video"), "model", type="vga")
     if spec.os_type == "linux":
         _sub(_sub(devices, "rng", model="virtio"), "backend", "/dev/urandom", model="random")
-    _sub(devices, "memballoon", model="virtio" if spec.memballoon else "none")
+    balloon = _sub(devices, "memballoon", model="virtio" if spec.memballoon else "none")
+    if spec.memballoon:
+        # The guest's balloon driver reports its memory use every BALLOON_STATS_PERIOD seconds (metrics).
+        _sub(balloon, "stats", period=str(BALLOON_STATS_PERIOD))
     return dom
 
 
