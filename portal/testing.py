@@ -134,6 +134,17 @@ CHROMIUM_ARGS = [
 BROWSER_TIMEOUT_MS = 15_000
 
 
+def sign_in(page, base: str, username: str, password: str) -> None:
+    """Sign in through the login form of the portal at ``base`` (a Playwright page); lands on the overview."""
+    from django.urls import reverse
+
+    page.goto(base + reverse("login"))
+    page.fill("#id_username", username)
+    page.fill("#id_password", password)
+    page.click("#lc-login-submit")
+    page.wait_for_url(base + reverse("overview"))
+
+
 def without_live_socket_errors(errors: list[str]) -> list[str]:
     """Browser errors minus the live socket's: Django's live_server speaks WSGI only, so /ws/live/ gets a 404.
 

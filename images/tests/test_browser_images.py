@@ -16,7 +16,7 @@ from django.urls import reverse
 
 from images.models import Image
 from portal.models import Membership
-from portal.testing import without_live_socket_errors
+from portal.testing import sign_in, without_live_socket_errors
 from portal.tests.test_browser import PASSWORD, SCREENSHOT
 from portal.tests.test_i18n import ensure_compiled_messages
 from vms.models import Operation
@@ -56,21 +56,13 @@ def lab(make_user, make_tenant):
     return alice, physics
 
 
-def login(page, base: str) -> None:
-    page.goto(base + reverse("login"))
-    page.fill("#id_username", "alice")
-    page.fill("#id_password", PASSWORD)
-    page.click("#lc-login-submit")
-    page.wait_for_url(base + reverse("overview"))
-
-
 def test_upload_a_real_qcow2_in_chunks(live_server, lab, media, eager_tasks, browser_page):
     page, errors = browser_page
     from playwright.sync_api import expect
 
     _alice, physics = lab
     base = live_server.url
-    login(page, base)
+    sign_in(page, base, "alice", PASSWORD)
 
     # The sidebar leads to the list: the public cloud image and the tenant's failed ISO.
     page.locator(".lc-sidebar").get_by_role("link", name="Images").click()
@@ -183,7 +175,7 @@ def test_status_and_progress_update_without_reload(live_server, lab, browser_pag
         progress=30,
         message="Converting to qcow2",
     )
-    login(page, base)
+    sign_in(page, base, "alice", PASSWORD)
 
     # The list polls while an image is in progress; the row changes in place (no reload: the marker stays).
     page.goto(base + reverse("images"))
@@ -244,7 +236,7 @@ def test_cancel_deletes_the_half_uploaded_image(live_server, lab, media, image_s
     from playwright.sync_api import expect
 
     base = live_server.url
-    login(page, base)
+    sign_in(page, base, "alice", PASSWORD)
     page.goto(base + reverse("image_upload"))
     cdp = page.context.new_cdp_session(page)
     cdp.send("Network.enable")

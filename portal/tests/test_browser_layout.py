@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 from django.urls import reverse
 
+from portal.testing import sign_in
 from portal.tests.test_browser import PASSWORD, SCREENSHOT, lab  # noqa: F401 - fixture
 from vms.models import Instance
 
@@ -45,19 +46,11 @@ CHECK = """() => {
 }"""
 
 
-def sign_in(page, base: str) -> None:
-    page.goto(base + reverse("login"))
-    page.fill("#id_username", "alice")
-    page.fill("#id_password", PASSWORD)
-    page.click("#lc-login-submit")
-    page.wait_for_url(base + reverse("overview"))
-
-
 @pytest.mark.parametrize("width", WIDTHS)
 def test_pages_fit_the_screen_and_name_their_controls(live_server, lab, browser_page, width):  # noqa: F811
     page, _errors = browser_page
     page.set_viewport_size({"width": WIDTHS[width], "height": 900})
-    sign_in(page, live_server.url)
+    sign_in(page, live_server.url, "alice", PASSWORD)
     instance = Instance.objects.filter(tenant=lab[1]).first()
     urls = [reverse(name, args=args) for name, args in PAGES]
     urls.append(reverse("instance_detail", args=[instance.pk]))
@@ -75,7 +68,7 @@ def test_pages_fit_the_screen_and_name_their_controls(live_server, lab, browser_
 def test_main_actions_are_reachable_with_the_keyboard(live_server, lab, browser_page):  # noqa: F811
     """From the instance list, Tab reaches "Launch" and Enter opens the launch form; its fields follow."""
     page, _errors = browser_page
-    sign_in(page, live_server.url)
+    sign_in(page, live_server.url, "alice", PASSWORD)
     page.goto(live_server.url + reverse("instances"))
     launch = reverse("instance_launch")
     for _ in range(60):

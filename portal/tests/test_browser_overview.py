@@ -12,6 +12,7 @@ import re
 import pytest
 from django.urls import reverse
 
+from portal.testing import sign_in
 from vms import realtime
 from vms.models import Instance, Operation
 from vms.tests.test_browser_instances import (  # noqa: F401 - fixtures
@@ -31,11 +32,7 @@ def test_overview_charts_toasts_and_live_operations(daphne, lab, browser_page): 
     from playwright.sync_api import expect
 
     _alice, physics, (web, db) = lab
-    page.goto(daphne + reverse("login"))
-    page.fill("#id_username", "alice")
-    page.fill("#id_password", PASSWORD)
-    page.click("#lc-login-submit")
-    page.wait_for_url(daphne + reverse("overview"))
+    sign_in(page, daphne, "alice", PASSWORD)
 
     # Both charts are drawn; the counts say two running instances; nothing has happened yet.
     page.wait_for_function(

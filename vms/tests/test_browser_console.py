@@ -33,7 +33,7 @@ from django.conf import settings
 from django.urls import reverse
 
 from portal.models import AuditEvent, Membership
-from portal.testing import child_process, database_url_of_this_test, free_port
+from portal.testing import child_process, database_url_of_this_test, free_port, sign_in
 from portal.tests.test_browser import SCREENSHOT
 from vms.models import ConsoleSession, Flavor, Instance
 from vms.tests.conftest import active_image
@@ -122,14 +122,6 @@ def stack(portal_host, tmp_path, settings):
                 client.delete(*keys)
 
 
-def sign_in(page, web: str, username: str) -> None:
-    page.goto(web + reverse("login"))
-    page.fill("#id_username", username)
-    page.fill("#id_password", PASSWORD)
-    page.click("#lc-login-submit")
-    page.wait_for_url(web + reverse("overview"))
-
-
 def canvas_colours(page) -> int:
     """How many distinct colours the noVNC canvas shows (1 = blank)."""
     return page.evaluate(
@@ -199,7 +191,7 @@ def test_grub_console_in_the_browser(stack, portal_host, guest_media, actors, br
     serial = Path(settings.LABCLOUD_SERIAL_LOG_DIR) / f"grub-{instance.pk}.serial.log"
     start_console_domain(portal_host, guest_media, instance, serial_log=str(serial))
 
-    sign_in(page, stack, member.username)
+    sign_in(page, stack, member.username, PASSWORD)
     page.goto(stack + reverse("instance_detail", args=[instance.pk]))
     expect(page.locator("#lc-console")).to_have_attribute("data-ready", "true")
     expect(page.locator("#lc-vnc-status")).to_have_attribute("data-state", "idle")
@@ -250,7 +242,7 @@ def test_iso_install_through_the_browser(stack, portal_host, guest_media, actors
     flavor = Flavor.objects.create(name="lctest.browser-install", vcpus=1, ram_mib=160, disk_gib=1)
 
     # Launch from the ISO with the launch form.
-    sign_in(page, stack, member.username)
+    sign_in(page, stack, member.username, PASSWORD)
     page.goto(stack + reverse("instance_launch"))
     page.fill("#id_name", "installed")
     page.click(f"label[for=lc-source-{iso.pk}]")  # the source picker: cards over radio buttons

@@ -10,12 +10,8 @@ from __future__ import annotations
 
 import os
 import re
-import signal
-import socket
-import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -24,7 +20,7 @@ from django.urls import reverse
 
 from images.models import Image
 from portal.models import Membership
-from portal.testing import database_url_of_this_test
+from portal.testing import child_process, database_url_of_this_test, free_port, sign_in
 from portal.tests.test_browser import SCREENSHOT
 from vms import realtime
 from vms.models import Flavor, Host, Instance, Operation
@@ -35,12 +31,6 @@ PASSWORD = "pw-Secret-123"
 REDIS_DB = 13  # a Redis database of this test's own, so other test runs' events do not mix in
 ROOT = Path(django_settings.BASE_DIR)
 SHOTS = SCREENSHOT.parent  # next to the other browser tests' screenshots
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _redis_url() -> str:
@@ -58,7 +48,7 @@ def channel_layer(settings):
 @pytest.fixture
 def daphne(transactional_db, channel_layer, tmp_path):
     """daphne serving portal.asgi on 127.0.0.1:<free port> with the test database; stopped by PID."""
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "DATABASE_URL": database_url_of_this_test(),
@@ -66,35 +56,9 @@ def daphne(transactional_db, channel_layer, tmp_path):
         "ALLOWED_HOSTS": "127.0.0.1",
         "DJANGO_SETTINGS_MODULE": "portal.settings",
     }
-    log = open(tmp_path / "daphne.log", "w")  # noqa: SIM115 - closed at teardown
-    process = subprocess.Popen(
-        [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "portal.asgi:application"],
-        cwd=ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"daphne exited with {process.returncode}; see {log.name}")
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                    break
-            except OSError:
-                if time.monotonic() > deadline:
-                    pytest.fail("daphne did not start within 30 s")
-                time.sleep(0.1)
+    args = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "portal.asgi:application"]
+    with child_process(args, env=env, log=tmp_path / "daphne.log", port=port):
         yield f"http://127.0.0.1:{port}"
-    finally:
-        os.kill(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.kill(process.pid, signal.SIGKILL)
-            process.wait()
-        log.close()
 
 
 @pytest.fixture
@@ -158,11 +122,7 @@ def test_instance_list_follows_the_websocket(daphne, lab, browser_page):
     from playwright.sync_api import expect
 
     _alice, physics, (web, db) = lab
-    page.goto(daphne + reverse("login"))
-    page.fill("#id_username", "alice")
-    page.fill("#id_password", PASSWORD)
-    page.click("#lc-login-submit")
-    page.wait_for_url(daphne + reverse("overview"))
+    sign_in(page, daphne, "alice", PASSWORD)
 
     page.locator(".lc-sidebar").get_by_role("link", name="Instances").click()
     expect(page).to_have_url(re.compile(r"/instances/$"))
@@ -243,11 +203,7 @@ def test_detail_page_redraws_its_sections_after_a_task(daphne, lab, browser_page
     from vms.models import Snapshot
 
     _alice, _physics, (web, _db) = lab
-    page.goto(daphne + reverse("login"))
-    page.fill("#id_username", "alice")
-    page.fill("#id_password", PASSWORD)
-    page.click("#lc-login-submit")
-    page.wait_for_url(daphne + reverse("overview"))
+    sign_in(page, daphne, "alice", PASSWORD)
     page.goto(daphne + reverse("instance_detail", args=[web.pk]))
     expect(page.locator("#lc-live-indicator")).to_have_attribute("data-lc-live-state", "live")
     expect(page.locator("#lc-instance-snapshots")).not_to_contain_text("before-upgrade")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from django.urls import reverse
 
+from portal.testing import sign_in
 from vms import realtime
 from vms.tests.test_browser_instances import PASSWORD, channel_layer, daphne, lab, publish  # noqa: F401 - fixtures
 from vms.tests.test_metrics import add_samples
@@ -18,11 +19,7 @@ def test_metrics_graphs_follow_the_websocket(daphne, lab, browser_page):  # noqa
 
     _alice, physics, (web, _db) = lab
     add_samples(web, 3)
-    page.goto(daphne + reverse("login"))
-    page.fill("#id_username", "alice")
-    page.fill("#id_password", PASSWORD)
-    page.click("#lc-login-submit")
-    page.wait_for_url(daphne + reverse("overview"))
+    sign_in(page, daphne, "alice", PASSWORD)
 
     page.goto(daphne + reverse("instance_detail", args=[web.pk]))
     expect(page.locator("#lc-instance-metrics canvas")).to_have_count(4)

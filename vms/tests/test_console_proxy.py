@@ -7,9 +7,7 @@ from __future__ import annotations
 import base64
 import os
 import secrets
-import signal
 import socket
-import subprocess
 import sys
 import time
 from datetime import timedelta
@@ -19,18 +17,12 @@ from django.conf import settings
 from django.utils import timezone
 
 from portal.models import AuditEvent, Membership
-from portal.testing import database_url_of_this_test
+from portal.testing import child_process, database_url_of_this_test, free_port
 from vms import consoles
 from vms.models import ConsoleSession
 from vms.tests.test_consoles import ORIGIN, make_instance, start_console_domain
 
 pytestmark = [pytest.mark.libvirt_guests, pytest.mark.django_db(transaction=True)]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class WsConnection:
@@ -110,34 +102,11 @@ def proxy(portal_host, tmp_path):
         "CONSOLE_RECHECK_SECONDS": "0.5",
         "LABCLOUD_DOMAIN_PREFIX": settings.LABCLOUD_DOMAIN_PREFIX,
     }
-    proc = subprocess.Popen(
-        [sys.executable, "manage.py", "consoleproxy", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=settings.BASE_DIR,
-        env=env,
-        stdout=log.open("ab"),
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            assert proc.poll() is None, log.read_text()
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, log.read_text()
-                time.sleep(0.1)
+    args = [sys.executable, "manage.py", "consoleproxy", "--host", "127.0.0.1", "--port", str(port)]
+    with child_process(args, env=env, log=log, port=port) as proc:
         proc.log = log
         proc.port = port
         yield proc
-    finally:
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)
 
 
 @pytest.fixture

@@ -33,6 +33,7 @@ from django.urls import reverse
 
 from images.models import Image
 from portal.models import Membership, Quota
+from portal.testing import sign_in
 from portal.tests.test_browser import SCREENSHOT
 from portal.tests.test_i18n import ensure_compiled_messages
 from vms.models import Flavor, Host, Instance, Snapshot
@@ -44,7 +45,6 @@ from vms.tests.test_browser_console import (
     canvas_colours,
     connect_vnc,
     log_has,
-    sign_in,
     wait_until,
 )
 from vms.tests.test_libvirt_guests import BOOTED
@@ -174,7 +174,7 @@ def test_member_journey_launch_console_snapshot_delete(stack, portal_host, guest
     )
 
     # Sign in: the overview of the tenant.
-    sign_in(page, stack, member.username)
+    sign_in(page, stack, member.username, PASSWORD)
     expect(page.locator("#lc-tenant-title")).to_have_text(tenant.name)
     shot(page, "overview")
 
@@ -262,7 +262,7 @@ def test_member_hits_the_instances_quota(daphne, actors, catalogue, browser_page
     existing_instance(actors, catalogue, "web")
     _host, flavor, image = catalogue
 
-    sign_in(page, daphne, actors.member.username)
+    sign_in(page, daphne, actors.member.username, PASSWORD)
     page.goto(daphne + reverse("instance_launch"))
     page.fill("#id_name", "second")
     choose_source(page, image)
@@ -287,7 +287,7 @@ def test_tenant_admin_adds_a_member(daphne, actors, make_user, browser_page, set
     with_passwords(settings, actors.tenant_admin)
     make_user("dana")
 
-    sign_in(page, daphne, actors.tenant_admin.username)
+    sign_in(page, daphne, actors.tenant_admin.username, PASSWORD)
     page.locator(".lc-sidebar").get_by_role("link", name="Members").click()
     expect(page.locator("#lc-members tbody tr")).to_have_count(2)
     form = page.locator("#lc-add-member")
@@ -323,7 +323,7 @@ def test_cloud_admin_edits_quota_and_flavor_the_member_sees_it(daphne, actors, c
     quota = Quota.objects.get(tenant=actors.tenant)
 
     # Before: the member's launch form with the old limit and the old flavor size.
-    sign_in(page, daphne, actors.member.username)
+    sign_in(page, daphne, actors.member.username, PASSWORD)
     page.goto(daphne + reverse("instance_launch"))
     vcpus_line = page.locator('#lc-quota-impact [data-resource="vcpus"]')
     expect(vcpus_line.locator(".lc-limit")).to_have_text("4")
@@ -332,7 +332,7 @@ def test_cloud_admin_edits_quota_and_flavor_the_member_sees_it(daphne, actors, c
     sign_out(page)
 
     # The cloud admin edits the quota and the flavor in the admin site.
-    sign_in(page, daphne, actors.cloud_admin.username)
+    sign_in(page, daphne, actors.cloud_admin.username, PASSWORD)
     page.goto(daphne + reverse("admin:portal_quota_change", args=[quota.pk]))
     page.fill("#id_vcpus", "12")
     page.fill("#id_instances", "5")
@@ -353,7 +353,7 @@ def test_cloud_admin_edits_quota_and_flavor_the_member_sees_it(daphne, actors, c
     sign_out(page)
 
     # After: the member sees the new limit and the new flavor.
-    sign_in(page, daphne, actors.member.username)
+    sign_in(page, daphne, actors.member.username, PASSWORD)
     page.goto(daphne + reverse("instance_launch"))
     expect(vcpus_line.locator(".lc-limit")).to_have_text("12")
     expect(page.locator('#lc-quota-impact [data-resource="instances"] .lc-limit')).to_have_text("5")
@@ -384,7 +384,7 @@ def test_journey_in_simplified_chinese(daphne, actors, catalogue, make_user, bro
     _host, flavor, image = catalogue
 
     # The member switches the language with the menu in the top bar.
-    sign_in(page, daphne, actors.member.username)
+    sign_in(page, daphne, actors.member.username, PASSWORD)
     page.click("#lc-language-menu")
     page.locator('button[name="language"][value="zh-hans"]').click()
     expect(page.locator("html")).to_have_attribute("lang", "zh-hans")
@@ -419,7 +419,7 @@ def test_journey_in_simplified_chinese(daphne, actors, catalogue, make_user, bro
     sign_out(page)
 
     # The tenant admin, still in Chinese (the language is a cookie of the browser), adds a member.
-    sign_in(page, daphne, actors.tenant_admin.username)
+    sign_in(page, daphne, actors.tenant_admin.username, PASSWORD)
     expect(page.locator("html")).to_have_attribute("lang", "zh-hans")
     page.locator(".lc-sidebar").get_by_role("link", name="成员").click()
     form = page.locator("#lc-add-member")
