@@ -14,11 +14,11 @@ import logging
 import re
 import socket
 import threading
-from http.cookies import CookieError, SimpleCookie
 from urllib.parse import parse_qs, urlparse
 
 from django.conf import settings
 from django.db import connections
+from django.http.cookie import parse_cookie
 from websockify.token_plugins import BasePlugin
 from websockify.websocketproxy import ProxyRequestHandler, WebSocketProxy
 
@@ -29,16 +29,14 @@ TOKEN_IN_TEXT = re.compile(r"token=[^&\s'\"]*")
 
 
 def session_cookie(header: str | None) -> str | None:
-    """The portal's session cookie from a Cookie header (browsers send it to the proxy on the same host)."""
+    """The portal's session cookie from a Cookie header (browsers send it to the proxy on the same host).
+
+    Django's own lenient parser: ``http.cookies.SimpleCookie`` stops at the first cookie it finds
+    malformed (another app's JSON-valued cookie, say), which would hide the session cookie after it.
+    """
     if not header:
         return None
-    cookies = SimpleCookie()
-    try:
-        cookies.load(header)
-    except CookieError:
-        return None
-    morsel = cookies.get(settings.SESSION_COOKIE_NAME)
-    return morsel.value if morsel else None
+    return parse_cookie(header).get(settings.SESSION_COOKIE_NAME) or None
 
 
 class DatabaseTokenPlugin(BasePlugin):

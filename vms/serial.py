@@ -9,8 +9,9 @@ size, so there is nothing to resize.
 Access: signed in (else close 4401) and allowed to *change* the instance through the access gate
 (``Instance.objects.restrict(user, CHANGE)``; someone else's instance looks exactly like a missing
 one: close 4403). The instance must be running on a host (else 4409). Access is re-checked every
-``recheck_seconds`` while the socket is open: a removed membership, a deactivated user or an
-instance that is no longer running closes the session (4403 / 4401 / 4409).
+``recheck_seconds`` while the socket is open: a removed membership, a deactivated user, signing out
+of the portal session the socket was opened with, or an instance that is no longer running closes
+the session (4403 / 4401 / 4401 / 4409); so does CONSOLE_MAX_SESSION_SECONDS (4408).
 
 Several viewers: **the newest session takes over.** libvirt allows one console stream per domain;
 the console is opened with ``VIR_DOMAIN_CONSOLE_FORCE``, so a second browser (same or other user,
@@ -28,12 +29,14 @@ with user, tenant, instance, client IP and the reason the session ended.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import time
 from dataclasses import dataclass
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
 
 from portal.access import CHANGE
 from portal.backends.base import BackendError
@@ -46,8 +49,12 @@ CLOSE_NORMAL = 1000
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_FORBIDDEN = 4403
 CLOSE_NOT_RUNNING = 4409
+CLOSE_MAX_LENGTH = 4408
 CLOSE_TAKEN_OVER = 4410
 CLOSE_FAILED = 4502
+
+OUTPUT_QUEUE_CHUNKS = 64  # chunks of guest output waiting for the browser (each ≤ 64 KiB)
+OUTPUT_BYTES_PER_SECOND = 1024 * 1024  # far above any terminal's needs; a flood is slowed down
 
 END_CODES = {
     backend.STOPPED: CLOSE_NORMAL,
@@ -66,10 +73,18 @@ class SerialTarget:
     uuid: str
 
 
-def serial_access(user_id: int, instance_id: int) -> int | SerialTarget:
-    """The console target of the instance for this user as the database says now, else a close code."""
+def serial_access(user_id: int, instance_id: int, session_key: str | None = None) -> int | SerialTarget:
+    """The console target of the instance for this user as the database says now, else a close code.
+
+    With ``session_key`` (the browser's portal session), that session must still be signed in as
+    this user: signing out in another tab ends the serial session too.
+    """
     from django.contrib.auth import get_user_model
 
+    from vms.consoles import user_of_session_cookie
+
+    if session_key is not None and user_of_session_cookie(session_key) != user_id:
+        return CLOSE_UNAUTHENTICATED
     user = get_user_model().objects.filter(pk=user_id).first()
     if user is None or not user.is_active:
         return CLOSE_UNAUTHENTICATED
@@ -119,20 +134,32 @@ class SerialConsumer(AsyncWebsocketConsumer):
             await self.close(code=CLOSE_UNAUTHENTICATED)
             return
         self.user_id = user.pk
-        target = await database_sync_to_async(serial_access)(self.user_id, self.instance_id)
+        session = self.scope.get("session")
+        self.session_key = getattr(session, "session_key", None)
+        target = await database_sync_to_async(serial_access)(self.user_id, self.instance_id, self.session_key)
         if isinstance(target, int):
             await self._audit("console.serial.start", outcome=AuditEvent.Outcome.DENIED, code=target)
             await self.close(code=target)
             return
         loop = asyncio.get_running_loop()
-        self.output: asyncio.Queue[bytes | str] = asyncio.Queue()
+        # Bounded: when the browser reads slower than the guest writes, the reader thread waits here
+        # and libvirt's stream holds the rest back (see _pump for the rate limit).
+        self.output: asyncio.Queue[bytes | str] = asyncio.Queue(maxsize=OUTPUT_QUEUE_CHUNKS)
 
         def on_data(data: bytes) -> None:
-            loop.call_soon_threadsafe(self.output.put_nowait, data)
+            future = asyncio.run_coroutine_threadsafe(self.output.put(data), loop)
+            while True:
+                try:
+                    future.result(timeout=1)
+                    return
+                except concurrent.futures.TimeoutError:
+                    if self.ended:
+                        future.cancel()
+                        return
 
         def on_end(reason: str) -> None:
             with contextlib.suppress(RuntimeError):  # loop already closed
-                loop.call_soon_threadsafe(self.output.put_nowait, reason)
+                asyncio.run_coroutine_threadsafe(self.output.put(reason), loop)
 
         console = backend.SerialConsole(target.uri, target.uuid, on_data=on_data, on_end=on_end)
         try:
@@ -143,7 +170,13 @@ class SerialConsumer(AsyncWebsocketConsumer):
             return
         self.console = console
         self.started = time.monotonic()
-        await self._audit("console.serial.start")
+        try:
+            await self._audit("console.serial.start")
+        except BaseException:
+            # channels calls disconnect() only for a connected socket: let go of the console here.
+            self.ended = True
+            await asyncio.to_thread(console.close)
+            raise
         self.tasks = [asyncio.create_task(self._pump()), asyncio.create_task(self._recheck_loop())]
 
     async def _audit(self, action: str, outcome: str = "", **detail) -> None:
@@ -157,18 +190,33 @@ class SerialConsumer(AsyncWebsocketConsumer):
         )
 
     async def _pump(self) -> None:
-        """Guest output → browser; a str in the queue is the reason the stream ended."""
+        """Guest output → browser, at most OUTPUT_BYTES_PER_SECOND; a str in the queue is why the stream ended.
+
+        A guest can write to its serial port far faster than any terminal reads (QEMU's port has no
+        baud rate): above the limit the pump pauses, the queue fills and the guest's output waits in
+        libvirt, instead of piling up in this process's memory.
+        """
+        window, sent = time.monotonic(), 0
         while True:
             item = await self.output.get()
             if isinstance(item, str):
                 await self._end(item, END_CODES.get(item, CLOSE_FAILED))
                 return
             await self.send(bytes_data=item)
+            sent += len(item)
+            if sent >= OUTPUT_BYTES_PER_SECOND:
+                pause = window + 1 - time.monotonic()
+                if pause > 0:
+                    await asyncio.sleep(pause)
+                window, sent = time.monotonic(), 0
 
     async def _recheck_loop(self) -> None:
         while True:
             await asyncio.sleep(self.recheck_seconds)
-            target = await database_sync_to_async(serial_access)(self.user_id, self.instance_id)
+            if time.monotonic() - self.started > settings.CONSOLE_MAX_SESSION_SECONDS:
+                await self._end("maximum length", CLOSE_MAX_LENGTH)
+                return
+            target = await database_sync_to_async(serial_access)(self.user_id, self.instance_id, self.session_key)
             if isinstance(target, int):
                 await self._end("access", target)
                 return

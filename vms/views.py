@@ -802,6 +802,7 @@ def _console_config(request, instance: Instance, *, auto_connect: bool) -> dict:
                 "4401": _("You are signed out. Sign in again to use the console."),
                 "4403": _("You no longer have access to this instance."),
                 "4409": _("The serial console is only available while the instance is running."),
+                "4408": _("The serial session reached its maximum length. Reconnect to go on."),
                 "4410": _("Another session took over the serial console. Reconnect to take it back."),
                 "4502": _("The serial console could not be opened or broke."),
                 "default": _("The serial console connection was lost."),
@@ -822,10 +823,14 @@ def instance_console(request, pk: int):
     )
 
 
-@login_required
 @require_POST
 def instance_console_ticket(request, pk: int):
-    """A one-time console ticket as JSON, for the page's viewer; refusals are a 409 with the reason."""
+    """A one-time console ticket as JSON, for the page's viewer; refusals are a 409 with the reason.
+
+    Signed out, it answers 401 with a message (not the sign-in page's redirect, which fetch would follow).
+    """
+    if not request.user.is_authenticated:
+        return JsonResponse({"error": _("You are signed out. Sign in again to use the console.")}, status=401)
     instance = _instance_for(request, pk)
     try:
         ticket = consoles.open_console(user=request.user, instance=instance, ip=client_ip(request))

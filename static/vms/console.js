@@ -193,7 +193,7 @@ class GraphicalConsole {
         headers: { "X-CSRFToken": csrfToken(), Accept: "application/json" },
       });
       const body = await response.json().catch(() => ({}));
-      if (!response.ok) {
+      if (!response.ok || !body.url) {
         setStatus(this.status, "error", format(text.ticketFailed, { reason: body.error || response.status }));
         return;
       }
@@ -223,25 +223,23 @@ class GraphicalConsole {
         setStatus(this.status, "connected", format(text.connectedTo, { name: event.detail.name }));
       }
     });
+    let failure = null; // this connection's own, so a late event of an old one changes nothing
     rfb.addEventListener("securityfailure", (event) => {
-      this.failure = format(text.securityFailure, { reason: event.detail.reason || event.detail.status });
+      failure = format(text.securityFailure, { reason: event.detail.reason || event.detail.status });
     });
     rfb.addEventListener("credentialsrequired", () => {
       rfb.sendCredentials({ password: ticket.password });
     });
     rfb.addEventListener("disconnect", (event) => {
-      if (this.rfb === rfb) this.rfb = null;
+      if (this.rfb !== rfb) return; // an older connection, replaced or closed by the user: nothing to say
+      this.rfb = null;
       this.enable(false);
-      if (this.closing) { setStatus(this.status, "idle", text.disconnected); return; }
       // clean: the session was up and the other side closed it (guest stopped, access ended,
       // maximum length…); otherwise it was refused before it started or broke.
-      if (this.failure) setStatus(this.status, "error", this.failure);
+      if (failure) setStatus(this.status, "error", failure);
       else if (event.detail.clean) setStatus(this.status, "disconnected", text.ended);
       else setStatus(this.status, "error", text.lost);
-      this.failure = null;
     });
-    this.failure = null;
-    this.closing = false;
     this.rfb = rfb;
     window.lcConsole.rfb = rfb; // for scripts and tests: the live RFB object
     this.enable(false);
@@ -249,10 +247,10 @@ class GraphicalConsole {
 
   disconnect(quiet = false) {
     if (!this.rfb) return;
-    this.closing = true;
     const rfb = this.rfb;
     this.rfb = null;
     rfb.disconnect();
+    this.enable(false);
     if (!quiet) setStatus(this.status, "idle", text.disconnected);
   }
 

@@ -142,6 +142,9 @@ def test_token_of_another_signed_in_user_is_refused(actors, fake_host):
     other_key = other.cookies[settings.SESSION_COOKIE_NAME].value
     header = f"csrftoken=abc; {settings.SESSION_COOKIE_NAME}={other_key}"
     assert session_cookie(header) == other_key
+    # another app's cookies on the same host, malformed for Python's SimpleCookie, hide nothing
+    for before in ('prefs={"a":1}', "a=b c", 'x="unterminated'):
+        assert session_cookie(f"{before}; {settings.SESSION_COOKIE_NAME}={other_key}") == other_key
     assert consoles.user_of_session_cookie(other_key) == actors.tenant_admin.pk
     assert consoles.user_of_session_cookie("no-such-session") is None
 
@@ -164,7 +167,8 @@ def test_dashboard_console_needs_a_running_instance_of_ones_own(actors, fake_hos
     ticket_url = reverse("instance_console_ticket", args=[stopped.pk])
     page_url = reverse("instance_console", args=[stopped.pk])
     anonymous = Client()
-    assert anonymous.post(ticket_url).status_code == 302
+    signed_out = anonymous.post(ticket_url)  # JSON for the page's script, not the sign-in page
+    assert signed_out.status_code == 401 and "Sign in again" in signed_out.json()["error"]
     assert anonymous.get(page_url).status_code == 302
     assert login(actors.outsider).post(ticket_url).status_code == 404
     assert login(actors.outsider).get(page_url).status_code == 404
@@ -269,7 +273,7 @@ def test_dashboard_console_ticket_access_matrix(actors, console_instance):
     from vms.tests.test_dashboard_instances import login
 
     url = reverse("instance_console_ticket", args=[console_instance.pk])
-    assert Client().post(url).status_code == 302  # to the sign-in page
+    assert Client().post(url).status_code == 401
     assert login(actors.outsider).post(url).status_code == 404
     for user in (actors.member, actors.tenant_admin, actors.cloud_admin):
         response = login(user).post(url)

@@ -13,6 +13,7 @@ import time
 import pytest
 from asgiref.sync import async_to_sync, sync_to_async
 from channels.testing import WebsocketCommunicator
+from django.contrib.sessions.models import Session
 
 from portal.models import AuditEvent, Membership
 from vms import lifecycle
@@ -91,7 +92,7 @@ def test_anonymous_outsider_and_stopped_are_refused(actors):
 
 
 @pytest.mark.libvirt_guests
-def test_serial_console_end_to_end(portal_host, guest_media, actors, monkeypatch):
+def test_serial_console_end_to_end(portal_host, guest_media, actors, monkeypatch, settings):
     from portal.celery import app as celery_app
 
     monkeypatch.setattr(SerialConsumer, "recheck_seconds", 0.5)
@@ -130,6 +131,19 @@ def test_serial_console_end_to_end(portal_host, guest_media, actors, monkeypatch
         await sync_to_async(Membership.objects.filter(user=second, tenant=tenant).delete)()
         assert await closed_with(taker) == 4403
 
+        # Signing out of the portal session the socket was opened with ends it.
+        signed = await open_serial(instance.pk, member)
+        await signed.send_to(text_data="echo lc$((55+2))\r")
+        await read_until(signed, b"lc57")
+        await sync_to_async(Session.objects.all().delete)()
+        assert await closed_with(signed) == 4401
+
+        # A session lasts at most CONSOLE_MAX_SESSION_SECONDS.
+        settings.CONSOLE_MAX_SESSION_SECONDS = 1
+        capped = await open_serial(instance.pk, member)
+        assert await closed_with(capped) == 4408
+        settings.CONSOLE_MAX_SESSION_SECONDS = 3600
+
         # The guest stops: the stream ends and the socket closes normally.
         last = await open_serial(instance.pk, member)
         await last.send_to(text_data="echo lc$((60+2))\r")
@@ -142,8 +156,8 @@ def test_serial_console_end_to_end(portal_host, guest_media, actors, monkeypatch
 
     starts = AuditEvent.objects.filter(action="console.serial.start", target_id=str(instance.pk))
     ends = AuditEvent.objects.filter(action="console.serial.end", target_id=str(instance.pk))
-    assert starts.filter(outcome=AuditEvent.Outcome.SUCCESS).count() == 3
+    assert starts.filter(outcome=AuditEvent.Outcome.SUCCESS).count() == 5
     assert starts.filter(outcome=AuditEvent.Outcome.DENIED).count() == 1  # the outsider
-    assert sorted(e.detail["reason"] for e in ends) == ["access", "stopped", "taken_over"]
+    assert sorted(e.detail["reason"] for e in ends) == ["access", "access", "maximum length", "stopped", "taken_over"]
     assert {e.ip for e in starts} | {e.ip for e in ends} == {"192.0.2.7"}
     assert {e.user_id for e in ends} == {member.pk, second.pk}

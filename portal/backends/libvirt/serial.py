@@ -53,6 +53,7 @@ class SerialConsole:
         self._thread: threading.Thread | None = None
         self._conn: libvirt.virConnect | None = None
         self._released = False
+        self._release_lock = threading.Lock()
 
     def open(self) -> None:
         """Attach to the console (taking it over from another session) and start reading."""
@@ -91,7 +92,11 @@ class SerialConsole:
         else:
             with contextlib.suppress(libvirt.libvirtError):
                 self._stream.abort()
-        self.on_end(reason)
+        try:
+            self.on_end(reason)
+        finally:
+            if self._closing.is_set():  # close() may have given up waiting for this thread
+                self._release()
 
     def _why_broken(self, exc: libvirt.libvirtError) -> str:
         if self._closing.is_set():
@@ -133,9 +138,10 @@ class SerialConsole:
                 self._release()
 
     def _release(self) -> None:
-        """Close this session's own connection (once)."""
-        if self._released or self._conn is None:
-            return
-        self._released = True
+        """Close this session's own connection (once, from whichever thread gets here first)."""
+        with self._release_lock:
+            if self._released or self._conn is None:
+                return
+            self._released = True
         with contextlib.suppress(libvirt.libvirtError):
             self._conn.close()
