@@ -3,6 +3,8 @@
 ``LiveConsumer`` (``ws/live/``) relays the live updates of ``vms.realtime`` to the browser: cloud
 admins join the ``staff`` group (everything), other users the ``tenant-<id>`` group of each tenant
 they are a member of. ``?tenant=<id>`` narrows the stream to one tenant (staff included).
+``?instance=<id>`` (the instance page) also joins ``instance-<id>`` when the user may view that
+instance: the instance's metrics points go only there, not to every page of the tenant.
 
 Access is re-checked while the socket is open: before relaying an event the consumer reloads the
 user's memberships when the last check is older than ``recheck_seconds``, leaves the groups of
@@ -23,22 +25,26 @@ from urllib.parse import parse_qs
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
-from portal.access import MEMBER_ROLES, is_cloud_admin, tenant_ids_for
-from vms.realtime import STAFF_GROUP, tenant_group
+from portal.access import MEMBER_ROLES, VIEW, is_cloud_admin, tenant_ids_for
+from vms.realtime import STAFF_GROUP, instance_group, tenant_group
 
 CLOSE_BAD_REQUEST = 4400
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_FORBIDDEN = 4403
 
 
-def _access(user_id: int) -> tuple[bool, bool, frozenset[int]]:
-    """(active, cloud admin, tenant ids) of the user as the database says now."""
+def _access(user_id: int, instance_id: int | None = None) -> tuple[bool, bool, frozenset[int], bool]:
+    """(active, cloud admin, tenant ids, may view ``instance_id``) of the user as the database says now."""
     from django.contrib.auth import get_user_model
+
+    from vms.models import Instance
 
     user = get_user_model().objects.filter(pk=user_id).first()
     if user is None or not user.is_active:
-        return False, False, frozenset()
-    return True, is_cloud_admin(user), frozenset(tenant_ids_for(user, MEMBER_ROLES).values_list("tenant_id", flat=True))
+        return False, False, frozenset(), False
+    tenants = frozenset(tenant_ids_for(user, MEMBER_ROLES).values_list("tenant_id", flat=True))
+    sees_instance = instance_id is not None and Instance.objects.restrict(user, VIEW).filter(pk=instance_id).exists()
+    return True, is_cloud_admin(user), tenants, sees_instance
 
 
 class LiveConsumer(AsyncJsonWebsocketConsumer):
@@ -47,6 +53,7 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
     async def connect(self) -> None:
         self.groups_joined: set[str] = set()
         self.tenant_filter: int | None = None
+        self.instance_filter: int | None = None
         self.checked_at = 0.0
         user = self.scope.get("user")
         # Refusals accept first and then close, so the browser sees the close code (not a failed handshake).
@@ -54,12 +61,14 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
             await self._refuse(CLOSE_UNAUTHENTICATED)
             return
         query = parse_qs(self.scope.get("query_string", b"").decode("latin-1"))
-        if "tenant" in query:
-            try:
+        try:
+            if "tenant" in query:
                 self.tenant_filter = int(query["tenant"][0])
-            except ValueError:
-                await self._refuse(CLOSE_BAD_REQUEST)
-                return
+            if "instance" in query:
+                self.instance_filter = int(query["instance"][0])
+        except ValueError:
+            await self._refuse(CLOSE_BAD_REQUEST)
+            return
         self.user_id = user.pk
         refused = await self.recheck()  # joins the groups before the handshake completes: no event is missed
         await self.accept()
@@ -72,7 +81,9 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
 
     async def recheck(self) -> int | None:
         """Reload the user's access and join or leave groups to match; a close code when nothing is left."""
-        active, admin, tenant_ids = await database_sync_to_async(_access)(self.user_id)
+        active, admin, tenant_ids, sees_instance = await database_sync_to_async(_access)(
+            self.user_id, self.instance_filter
+        )
         self.checked_at = time.monotonic()
         self.is_admin, self.tenant_ids = admin, tenant_ids
         if not active:
@@ -86,6 +97,8 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
         if not wanted:  # removed from the tenant asked for, or from every tenant
             await self._leave_all()
             return CLOSE_FORBIDDEN
+        if sees_instance:  # the instance page: its metrics points too
+            wanted.add(instance_group(self.instance_filter))
         for group in self.groups_joined - wanted:
             await self.channel_layer.group_discard(group, self.channel_name)
         for group in wanted - self.groups_joined:

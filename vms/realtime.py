@@ -80,9 +80,18 @@ def flush(timeout: float = 5.0) -> None:
     _sender.flush(timeout)
 
 
-def publish(*, tenant_id: int | None, kind: str, data: dict[str, Any]) -> None:
-    """Send ``{"type": kind, "data": data}`` to the tenant's members and to staff once the transaction commits."""
-    groups = [STAFF_GROUP] + ([tenant_group(tenant_id)] if tenant_id is not None else [])
+def instance_group(instance_id: int) -> str:
+    """The sockets of the pages of one instance (``?instance=<id>``), for its high-volume events."""
+    return f"instance-{instance_id}"
+
+
+def publish(*, tenant_id: int | None, kind: str, data: dict[str, Any], groups: list[str] | None = None) -> None:
+    """Send ``{"type": kind, "data": data}`` once the transaction commits.
+
+    To the tenant's members and to staff, unless ``groups`` names the groups.
+    """
+    if groups is None:
+        groups = [STAFF_GROUP] + ([tenant_group(tenant_id)] if tenant_id is not None else [])
     event = {"type": kind, "data": data}
     transaction.on_commit(lambda: _sender.put(groups, event))
 
@@ -117,5 +126,10 @@ def operation_changed(operation) -> None:
 
 
 def metrics_sampled(*, tenant_id: int, instance_id: int, point: dict[str, Any]) -> None:
-    """A new metrics point of an instance (``vms.metrics``): the open instance page extends its graphs."""
-    publish(tenant_id=tenant_id, kind="metrics", data={"id": instance_id, "tenant_id": tenant_id, "point": point})
+    """A new metrics point of an instance (``vms.metrics``): the open pages of that instance extend their graphs."""
+    publish(
+        tenant_id=tenant_id,
+        kind="metrics",
+        data={"id": instance_id, "tenant_id": tenant_id, "point": point},
+        groups=[instance_group(instance_id)],
+    )

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from urllib.parse import urlencode
 
 from django.conf import settings
 from django.contrib import messages
@@ -147,7 +148,9 @@ def flavor_list(request):
 def _live_config(*, tenant_id: int | None, instance_id: int | None = None) -> dict:
     """What static/vms/live.js needs: the socket, the tenant to listen to, and its texts in the page's language."""
     return {
-        "socket": LIVE_SOCKET_PATH + (f"?tenant={tenant_id}" if tenant_id else ""),
+        "socket": LIVE_SOCKET_PATH
+        + "?"
+        + urlencode({k: v for k, v in (("tenant", tenant_id), ("instance", instance_id)) if v}),
         "instance": instance_id,
         "states": {value: str(label) for value, label in Instance.State.choices},
         "tasks": {key: str(label) for key, label in TASK_LABELS.items()},

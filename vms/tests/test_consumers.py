@@ -140,6 +140,31 @@ def test_tenant_filter(actors, instances):
     async_to_sync(scenario)()
 
 
+def test_instance_metrics_reach_only_the_pages_of_that_instance(actors, instances):
+    """Metrics points go to ``instance-<id>``: joined with ?instance=<id> only when the user may see it."""
+    mine, theirs = instances
+    send_point = sync_to_async(realtime.metrics_sampled)
+
+    async def scenario():
+        page = await connect(actors.member, f"?tenant={actors.tenant.pk}&instance={mine.pk}")
+        overview = await connect(actors.member, f"?tenant={actors.tenant.pk}")
+        snooper = await connect(actors.member, f"?tenant={actors.tenant.pk}&instance={theirs.pk}")
+        await send_point(tenant_id=theirs.tenant_id, instance_id=theirs.pk, point={"cpu_percent": 9.0})
+        await send_point(tenant_id=mine.tenant_id, instance_id=mine.pk, point={"cpu_percent": 1.5})
+        event = await next_event(page)
+        assert event == {
+            "type": "metrics",
+            "data": {"id": mine.pk, "tenant_id": actors.tenant.pk, "point": {"cpu_percent": 1.5}},
+        }
+        for communicator in (page, overview, snooper):
+            assert await communicator.receive_nothing(timeout=0.3)
+            await communicator.disconnect()
+        bad = await connect(actors.member, "?instance=abc")
+        assert await closed_with(bad) == 4400
+
+    async_to_sync(scenario)()
+
+
 def test_removed_member_stops_receiving(actors, instances, monkeypatch):
     monkeypatch.setattr(LiveConsumer, "recheck_seconds", 0.0)  # re-check on every event
     mine, theirs = instances

@@ -193,17 +193,20 @@ def test_sample_host_primes_counters_and_forgets_stopped_domains(actors, flavor,
     assert not InstanceMetricSample.objects.exists()
 
 
-def test_metrics_events_reach_the_tenant_and_staff(transactional_db, actors, channel_layer):  # noqa: F811
+def test_metrics_events_reach_only_the_instance_group(transactional_db, actors, channel_layer):  # noqa: F811
+    """One point per instance per interval: only the open pages of that instance get it, not every page."""
+    instance_channel = listen(channel_layer, realtime.instance_group(42))
     tenant_channel = listen(channel_layer, tenant_group(actors.tenant.pk))
     staff_channel = listen(channel_layer, realtime.STAFF_GROUP)
     realtime.metrics_sampled(tenant_id=actors.tenant.pk, instance_id=42, point={"cpu_percent": 1.5})
     realtime.flush()
-    for channel in (tenant_channel, staff_channel):
-        message = receive(channel_layer, channel)
-        assert message["event"] == {
-            "type": "metrics",
-            "data": {"id": 42, "tenant_id": actors.tenant.pk, "point": {"cpu_percent": 1.5}},
-        }
+    message = receive(channel_layer, instance_channel)
+    assert message["event"] == {
+        "type": "metrics",
+        "data": {"id": 42, "tenant_id": actors.tenant.pk, "point": {"cpu_percent": 1.5}},
+    }
+    assert receive(channel_layer, tenant_channel, timeout=0.3) is None
+    assert receive(channel_layer, staff_channel, timeout=0.3) is None
 
 
 # ---------------------------------------------------------------- API and page
@@ -278,7 +281,7 @@ def test_watcher_samples_a_running_guest(portal_host, guest_media, actors, chann
     instance = Instance.objects.get(pk=launch.instances[0].pk)
     assert instance.state == Instance.State.RUNNING, instance.state
 
-    live = listen(channel_layer, tenant_group(tenant.pk))
+    live = listen(channel_layer, realtime.instance_group(instance.pk))
     watcher = HostWatcher(host_names=[portal_host.name], reconcile_seconds=30, capacity_seconds=60, metrics_seconds=1)
 
     def run():
