@@ -29,6 +29,26 @@ def _isolated_request_state():
     cache.clear()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _end_stray_database_sessions(django_db_setup, django_db_blocker):
+    """On PostgreSQL, end the test database's other sessions before pytest-django drops it.
+
+    Threads that ran database code for async consumers and live servers (asgiref's thread pools,
+    the live server's request threads) keep their thread-local connections open until they exit,
+    which is after the last test; DROP DATABASE then fails with "being accessed by other users".
+    """
+    yield
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        return
+    with django_db_blocker.unblock(), connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+
+
 @pytest.fixture
 def make_user(db):
     User = get_user_model()
