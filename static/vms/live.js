@@ -292,22 +292,29 @@
       title.appendChild(document.createTextNode(" "));
       title.appendChild(badge);
       head.appendChild(title);
-      var progress = document.createElement("div");
-      progress.className = "progress lc-progress";
-      progress.setAttribute("role", "progressbar");
-      progress.setAttribute("aria-valuemin", "0");
-      progress.setAttribute("aria-valuemax", "100");
-      var bar = document.createElement("div");
-      bar.className = "progress-bar";
-      progress.appendChild(bar);
-      var message = document.createElement("div");
-      message.className = "small mt-1 lc-op-message";
-      item.appendChild(head);
-      item.appendChild(progress);
-      item.appendChild(message);
+      fillOperationItem(item, head, kind.textContent);
       list.insertBefore(item, list.firstChild);
     }
     updateOperationItem(item, data);
+  }
+
+  // The body of an operation entry (detail page and overview): its head, a progress bar, a message line;
+  // updateOperationItem fills them in.
+  function fillOperationItem(item, head, label) {
+    var progress = document.createElement("div");
+    progress.className = "progress lc-progress";
+    progress.setAttribute("role", "progressbar");
+    progress.setAttribute("aria-label", label);
+    progress.setAttribute("aria-valuemin", "0");
+    progress.setAttribute("aria-valuemax", "100");
+    var bar = document.createElement("div");
+    bar.className = "progress-bar";
+    progress.appendChild(bar);
+    var message = document.createElement("div");
+    message.className = "small mt-1 lc-op-message";
+    item.appendChild(head);
+    item.appendChild(progress);
+    item.appendChild(message);
   }
 
   function updateOperationItem(item, data) {
@@ -436,20 +443,7 @@
       time.textContent = text.justNow || "";
       head.appendChild(title);
       head.appendChild(time);
-      var progress = document.createElement("div");
-      progress.className = "progress lc-progress";
-      progress.setAttribute("role", "progressbar");
-      progress.setAttribute("aria-label", kind.textContent);
-      progress.setAttribute("aria-valuemin", "0");
-      progress.setAttribute("aria-valuemax", "100");
-      var bar = document.createElement("div");
-      bar.className = "progress-bar";
-      progress.appendChild(bar);
-      var message = document.createElement("div");
-      message.className = "small mt-1 lc-op-message";
-      item.appendChild(head);
-      item.appendChild(progress);
-      item.appendChild(message);
+      fillOperationItem(item, head, kind.textContent);
       list.insertBefore(item, list.firstChild);
       var limit = config.recentLimit || 8;
       while (list.children.length > limit) {
