@@ -10,26 +10,16 @@ import json
 import re
 
 import pytest
-from django.test import Client
 from django.urls import reverse
 
 from portal.testing import assert_access_matrix, assert_constant_queries
 from vms.models import Flavor, Host, Instance, Operation
+from vms.tests.test_dashboard_instances import login, text
 
 pytestmark = pytest.mark.django_db
 
 GIB = 1024**3
 _serial = itertools.count()
-
-
-def login(user) -> Client:
-    client = Client()
-    client.force_login(user)
-    return client
-
-
-def text(html: str) -> str:
-    return " ".join(re.sub(r"<[^>]+>", " ", html).split())
 
 
 def section(html: str, element_id: str) -> str:
