@@ -188,11 +188,12 @@
 
   // After a task that changes what the page lists (sizes, disks, snapshots…), fetch the page again
   // and swap those sections in place; the console and the graphs keep running. On failure, say so.
-  var SECTIONS = ["lc-instance-actions", "lc-instance-facts", "lc-instance-snapshots", "lc-instance-disks",
+  var SECTIONS = ["lc-instance-badges", "lc-instance-actions", "lc-instance-facts", "lc-instance-snapshots", "lc-instance-disks",
     "lc-instance-resize", "lc-instance-resources", "lc-instance-capture"];
 
   function refreshSections() {
-    fetch(window.location.href, { credentials: "same-origin", headers: { Accept: "text/html" } })
+    // X-LC-Refresh: the page leaves the flash messages for the next real page view (templates/base.html).
+    fetch(window.location.href, { credentials: "same-origin", headers: { Accept: "text/html", "X-LC-Refresh": "1" } })
       .then(function (response) {
         if (!response.ok) {
           throw new Error(String(response.status));
@@ -205,15 +206,61 @@
           var current = document.getElementById(id);
           var next = fresh.getElementById(id);
           if (current && next) {
-            current.replaceWith(document.importNode(next, true));
+            var imported = document.importNode(next, true);
+            var focused = current.contains(document.activeElement) ? document.activeElement : null;
+            keepUserInput(current, imported);
+            current.replaceWith(imported);
+            if (focused && focused.name) {
+              var twin = imported.querySelector('[name="' + CSS.escape(focused.name) + '"]');
+              if (twin) {
+                twin.focus();
+              }
+            }
           }
         });
         var root = document.getElementById("lc-instance");
-        if (root) {
+        var freshRoot = fresh.getElementById("lc-instance");
+        if (root && freshRoot) {
+          ["data-state", "data-task", "data-installing"].forEach(function (name) {
+            root.setAttribute(name, freshRoot.getAttribute(name) || "");
+          });
+          // The buttons outside the redrawn sections (Delete in the page header) follow the fresh state too.
+          updateButtons(document, {
+            state: root.getAttribute("data-state"),
+            task: root.getAttribute("data-task"),
+            installing: root.getAttribute("data-installing") === "true",
+          });
           root.setAttribute("data-refreshed", String(Date.now()));
         }
       })
       .catch(showChanged);
+  }
+
+  // What the user typed or chose in a section's forms survives its redraw: fields they changed keep
+  // their value (the others take the fresh page's, e.g. a new vCPU count).
+  function keepUserInput(current, next) {
+    current.querySelectorAll("input[name], textarea[name], select[name]").forEach(function (field) {
+      if (field.type === "hidden" || field.type === "submit" || field.type === "button") {
+        return;
+      }
+      var selector = '[name="' + CSS.escape(field.name) + '"]';
+      if (field.type === "checkbox" || field.type === "radio") {
+        if (field.checked !== field.defaultChecked) {
+          var option = next.querySelector(selector + '[value="' + CSS.escape(field.value) + '"]');
+          if (option) {
+            option.checked = field.checked;
+          }
+        }
+        return;
+      }
+      var changed = field.tagName === "SELECT"
+        ? Array.prototype.some.call(field.options, function (o) { return o.selected !== o.defaultSelected; })
+        : field.value !== field.defaultValue;
+      var twin = next.querySelector(selector);
+      if (changed && twin) {
+        twin.value = field.value;
+      }
+    });
   }
 
   function showChanged() {
@@ -525,6 +572,7 @@
   var MAX_DELAY = 30000;
   var socket = null;
   var stopped = false;
+  var everOpened = false;
 
   function connect() {
     var scheme = window.location.protocol === "https:" ? "wss://" : "ws://";
@@ -538,6 +586,13 @@
     socket.addEventListener("open", function () {
       delay = 1000;
       setIndicator("live");
+      // Events sent before this socket joined its groups are lost: after a reconnect, or when the page
+      // was rendered while a task ran (it may have ended meanwhile), redraw the instance page once.
+      var root = detailId && document.getElementById("lc-instance");
+      if (root && (everOpened || root.getAttribute("data-task"))) {
+        refreshSections();
+      }
+      everOpened = true;
     });
     socket.addEventListener("message", function (event) {
       var message;

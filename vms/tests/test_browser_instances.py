@@ -223,8 +223,12 @@ def test_detail_page_redraws_its_sections_after_a_task(daphne, lab, browser_page
         web.refresh_from_db()
         realtime.instance_changed(web)
 
+    # Someone is typing in the snapshot form while the section is redrawn: the text stays.
+    name_field = page.locator('#lc-instance-snapshots input[name="snapshot-name"]')
+    name_field.fill("half-typed")
     publish(snapshot_done)
     expect(page.locator("#lc-instance-snapshots")).to_contain_text("before-upgrade")
+    expect(name_field).to_have_value("half-typed")
     expect(page.locator("#lc-instance-changed")).to_be_hidden()
     assert page.evaluate("window.lcNotReloaded") is True
     assert not [e for e in errors if "metrics" not in e], errors

@@ -555,3 +555,13 @@ def test_unreachable_host_refresh_is_a_warning(actors, host):
     host.refresh_from_db()
     assert host.state == "down"
     assert any("did not answer" in note for note in messages_of(response))
+
+
+def test_background_refresh_leaves_the_messages_for_the_next_page(actors, running):
+    """live.js redraws the instance page with X-LC-Refresh: 1; that fetch must not use up a flash message."""
+    client = login(actors.member)
+    client.post(reverse("instance_snapshot_create", args=[running.pk]), {"snapshot-name": "before"})
+    url = reverse("instance_detail", args=[running.pk])
+    refresh = client.get(url, HTTP_X_LC_REFRESH="1").content.decode()
+    assert "Taking snapshot" not in refresh
+    assert "Taking snapshot “before”." in text(client.get(url).content.decode())
