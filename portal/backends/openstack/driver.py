@@ -932,7 +932,15 @@ class OpenStackDriver:
             return current
         with self._errors(f"confirm resize of server {server_id}"):
             compute.confirm_server_resize(server_id)
-        return self.wait_for(server_id, states=(before.state,), timeout=max(1.0, deadline - time.monotonic()))
+        while True:  # VERIFY_RESIZE maps to the power state too: wait for Nova's status to move on
+            current = self.state(server_id)
+            if current.status != "VERIFY_RESIZE" and not current.busy:
+                return current
+            if time.monotonic() > deadline:
+                raise BackendError(
+                    f"confirm resize of server {server_id}: still {current.status} after {timeout:.0f} s"
+                )
+            time.sleep(self.poll)
 
     def _last_action_error(self, server_id: str) -> str:
         with contextlib.suppress(Exception):
