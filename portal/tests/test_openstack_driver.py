@@ -30,6 +30,7 @@ from portal.backends.openstack import (
     OpenStackDriver,
     QuotaExceeded,
     ServerState,
+    keypair_name_for,
     server_state_of,
 )
 from portal.backends.openstack_testing import ROOT, DevCloud, devcloud_fixture  # noqa: F401
@@ -116,6 +117,15 @@ def servers(driver: OpenStackDriver):
     yield made
     for server_id in made:
         driver.delete(server_id)
+
+
+@pytest.fixture
+def keypairs(driver: OpenStackDriver):
+    """Names of the keypairs a test imports: deleted afterwards."""
+    names: list[str] = []
+    yield names
+    for name in names:
+        driver.delete_keypair(name=name)
 
 
 def ssh_public_key() -> str:
@@ -279,9 +289,10 @@ def test_quota_pushed_read_back_and_nova_refusal_is_clear(driver: OpenStackDrive
 # ------------------------------------------------------------------ servers
 
 
-def test_server_lifecycle(driver: OpenStackDriver, tenant, flavors, image, servers):
+def test_server_lifecycle(driver: OpenStackDriver, tenant, flavors, image, servers, keypairs):
     small, large = flavors
     public_key = ssh_public_key()
+    keypairs.append(keypair_name_for(public_key))
     user_data = "#cloud-config\nhostname: lc-test\n"
     t0 = time.monotonic()
     server_id = driver.create(
@@ -304,7 +315,7 @@ def test_server_lifecycle(driver: OpenStackDriver, tenant, flavors, image, serve
         1,
         128,
     )
-    assert state.key_name and state.key_name.startswith("labcloud-")
+    assert state.key_name == keypairs[0]
     raw = driver.conn.compute.get_server(server_id)
     assert base64.b64decode(raw.user_data).decode() == user_data  # admin reads it back (2.3+)
     assert raw.metadata == {"labcloud-instance": "42"}
@@ -334,22 +345,21 @@ def test_server_lifecycle(driver: OpenStackDriver, tenant, flavors, image, serve
     assert changed[server_id].state == "deleted"  # the watcher learns of deletions from changes-since
     assert driver.delete(server_id) is False
     assert driver.delete_keypair(name=state.key_name) is True
+    assert driver.delete_keypair(name=state.key_name) is False
 
 
-def test_keypair_is_imported_once_and_replaced_when_the_key_changes(driver: OpenStackDriver):
+def test_keypair_is_imported_once_and_replaced_when_the_key_changes(driver: OpenStackDriver, keypairs):
     key = ssh_public_key()
     name = f"{PREFIX}-key"
-    try:
-        first = driver.ensure_keypair(public_key=key, name=name)
-        assert first.created and first.fingerprint
-        again = driver.ensure_keypair(public_key=key.rsplit(" ", 1)[0] + " another-comment", name=name)
-        assert (again.created, again.fingerprint) == (False, first.fingerprint)
-        other = driver.ensure_keypair(public_key=ssh_public_key(), name=name)
-        assert other.created and other.fingerprint != first.fingerprint
-        with pytest.raises(BackendError, match=r"keypair .*HTTP 400"):
-            driver.ensure_keypair(public_key="ssh-rsa not-a-key", name=f"{name}-bad")
-    finally:
-        driver.delete_keypair(name=name)
+    keypairs.extend([name, f"{name}-bad"])
+    first = driver.ensure_keypair(public_key=key, name=name)
+    assert first.created and first.fingerprint
+    again = driver.ensure_keypair(public_key=key.rsplit(" ", 1)[0] + " another-comment", name=name)
+    assert (again.created, again.fingerprint) == (False, first.fingerprint)
+    other = driver.ensure_keypair(public_key=ssh_public_key(), name=name)
+    assert other.created and other.fingerprint != first.fingerprint
+    with pytest.raises(BackendError, match=r"keypair .*HTTP 400"):
+        driver.ensure_keypair(public_key="ssh-rsa not-a-key", name=f"{name}-bad")
 
 
 def test_state_list_and_errors_of_missing_servers(driver: OpenStackDriver, tenant, flavors, image, servers):

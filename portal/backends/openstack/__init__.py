@@ -15,6 +15,8 @@ from portal.backends.openstack.driver import (
     QuotaExceeded,
     RemoteConsole,
     ServerState,
+    file_sha512,
+    keypair_name_for,
     server_state_of,
 )
 
@@ -33,5 +35,7 @@ __all__ = [
     "QuotaExceeded",
     "RemoteConsole",
     "ServerState",
+    "file_sha512",
+    "keypair_name_for",
     "server_state_of",
 ]
