@@ -449,3 +449,25 @@ def test_server_state_mapping():
     for (status, task, power), want in cases.items():
         assert server_state_of(Fake(status, task, power)).state == want, status
     assert server_state_of(Fake("ERROR")).as_instance_state().state == "crashed"
+
+
+def test_server_on_a_neutron_network_reports_its_address(driver: OpenStackDriver, tenant, flavors, image, servers):
+    small, _ = flavors
+    net_api = driver.project_conn(tenant.id).network
+    net = net_api.create_network(name=f"{PREFIX}-net")
+    try:
+        net_api.create_subnet(network_id=net.id, ip_version=4, cidr="10.98.0.0/24")
+        server_id = driver.create(
+            project_id=tenant.id,
+            name=f"{PREFIX}-net",
+            flavor_id=small.id,
+            image_id=image.id,
+            network_id=net.id,
+            wait=True,
+        )
+        servers.append(server_id)
+        state = driver.state(server_id)
+        assert len(state.addresses) == 1 and state.addresses[0].startswith("10.98.0.")
+        driver.delete(server_id)
+    finally:
+        net_api.delete_network(net)
