@@ -255,6 +255,17 @@ LOGGING = {
     "loggers": {"django.db.backends": {"level": "INFO"}},
 }
 
+# --- OpenStack clouds ---
+# Fernet key (python -c "from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())") that
+# encrypts the clouds' credentials in the database; empty: a key derived from SECRET_KEY (changing SECRET_KEY
+# then makes the stored credentials unreadable: enter them again).
+LABCLOUD_CREDENTIALS_KEY = os.environ.get("CLOUD_CREDENTIALS_KEY", "")
+# Seconds per HTTP request to a cloud, and between polls while a task waits for Nova.
+LABCLOUD_CLOUD_TIMEOUT = float(os.environ.get("CLOUD_TIMEOUT", "30"))
+LABCLOUD_CLOUD_POLL_SECONDS = float(os.environ.get("CLOUD_POLL_SECONDS", "0.5"))
+# Seconds a launch waits for Nova to make the server ACTIVE.
+LABCLOUD_CLOUD_BUILD_TIMEOUT = float(os.environ.get("CLOUD_BUILD_TIMEOUT", "600"))
+
 # --- watcher ---
 # manage.py watch_hosts: seconds between full reconciles of every host (domain list → instance states,
 # unmanaged domains, new/removed hosts) and between capacity refreshes. Events arrive in between.
@@ -263,6 +274,10 @@ WATCHER_CAPACITY_SECONDS = float(os.environ.get("WATCHER_CAPACITY_SECONDS", "60"
 # Instance metrics (docs/metrics.md): the watcher samples every running instance's CPU, memory, disk and
 # network counters every METRICS_INTERVAL_SECONDS (0 turns sampling off) and keeps the newest METRICS_HISTORY
 # points per instance (240 × 15 s = one hour).
+# OpenStack clouds have no events: the watcher polls each for changed servers (Nova changes-since) this often,
+# asking for a window that overlaps the previous poll by WATCHER_CLOUD_POLL_OVERLAP_SECONDS (clock skew).
+WATCHER_CLOUD_POLL_SECONDS = float(os.environ.get("WATCHER_CLOUD_POLL_SECONDS", "5"))
+LABCLOUD_CLOUD_POLL_OVERLAP_SECONDS = float(os.environ.get("WATCHER_CLOUD_POLL_OVERLAP_SECONDS", "30"))
 METRICS_INTERVAL_SECONDS = float(os.environ.get("METRICS_INTERVAL_SECONDS", "15"))
 METRICS_HISTORY = max(2, int(os.environ.get("METRICS_HISTORY", "240")))
 # GET /metrics (Prometheus): cloud admins (session or API token) and scrapers sending

@@ -11,3 +11,4 @@ class VmsConfig(AppConfig):
         from vms.selectors import instance_usage
 
         register_usage_provider(instance_usage)
+        from vms import signals  # noqa: F401  (quota and flavor changes reach the clouds)

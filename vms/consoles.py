@@ -17,7 +17,7 @@ import logging
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from urllib.parse import urlencode
+from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 from django.conf import settings
 from django.db import transaction
@@ -68,6 +68,8 @@ def open_console(*, user, instance: Instance, ip: str | None = None) -> ConsoleT
     """Issue a console token for a running instance and give its VNC server a one-time password."""
     if instance.state != Instance.State.RUNNING or instance.host_id is None:
         raise ConflictError(_("The console is only available while the instance is running."))
+    if instance.host.is_cloud:
+        return _open_cloud_console(user=user, instance=instance, ip=ip)
     ttl = settings.CONSOLE_TOKEN_TTL_SECONDS
     password = random_vnc_password()
     try:
@@ -98,6 +100,54 @@ def open_console(*, user, instance: Instance, ip: str | None = None) -> ConsoleT
     return ConsoleTicket(
         url=console_url(token), token=token, password=password, expires_at=expires_at, session_id=session.pk
     )
+
+
+def websocket_url_of(novnc_url: str) -> str:
+    """The websocket noVNC connects to, from the page URL Nova hands out (``…/vnc_lite.html?path=%3Ftoken%3D…``).
+
+    Nova's console proxy (websockify) takes the token from the query of the websocket request; newer
+    Nova puts it in ``path``, older in ``token``.
+    """
+    parts = urlsplit(novnc_url)
+    query = parse_qs(parts.query)
+    token = (query.get("token") or [""])[0]
+    path = (query.get("path") or [""])[0]
+    if not token and path:
+        inner = urlsplit(path)
+        token = (parse_qs(inner.query).get("token") or [""])[0]
+        ws_path = inner.path if inner.path.startswith("/") else "/" + inner.path
+    else:
+        ws_path = "/"
+    if not token:
+        raise ConflictError(_("The cloud returned a console address without a token."))
+    scheme = "wss" if parts.scheme == "https" else "ws"
+    return urlunsplit((scheme, parts.netloc, ws_path, urlencode({"token": token}), ""))
+
+
+def _open_cloud_console(*, user, instance: Instance, ip: str | None) -> ConsoleTicket:
+    """Nova's own noVNC console: the browser connects to the cloud's console proxy with Nova's token."""
+    from portal.backends.openstack.driver import ConsoleUnavailable
+    from vms.cloud import cloud_driver
+
+    try:
+        console = cloud_driver(instance.host).console(instance.cloud_id, console_type="novnc")
+    except ConsoleUnavailable as exc:
+        logger.warning("console of instance %s: %s", instance.pk, exc.message)
+        raise ConflictError(_("The cloud has no console for this instance right now.")) from exc
+    except BackendError as exc:
+        logger.warning("console of instance %s: %s", instance.pk, exc.message)
+        raise ConflictError(_("The cloud of this instance did not answer; try again later.")) from exc
+    url = websocket_url_of(console.url)
+    record_audit(
+        user=user,
+        action="console.issue",
+        target=instance,
+        tenant=instance.tenant,
+        ip=ip,
+        detail={"kind": "novnc", "cloud": instance.host.name},
+    )
+    expires_at = timezone.now() + timedelta(seconds=settings.CONSOLE_TOKEN_TTL_SECONDS)
+    return ConsoleTicket(url=url, token="", password="", expires_at=expires_at, session_id=0)
 
 
 def origin_allowed(origin: str | None) -> bool:

@@ -40,9 +40,9 @@ from portal.backends.cloudinit import build_nocloud_seed, hostname_from
 from portal.backends.libvirt.driver import LibvirtDriver
 from portal.models import Tenant
 from portal.services import ConflictError, ServiceError, record_audit, reserve_quota
-from vms import operations, realtime
+from vms import cloud, operations, realtime
 from vms.models import Flavor, Host, Instance, InstanceDisk, Keypair, Network, Operation, Snapshot
-from vms.scheduler import check_growth, place
+from vms.scheduler import check_growth, place, placement_target
 from vms.services import reserve_instances
 
 log = logging.getLogger(__name__)
@@ -94,6 +94,9 @@ ACTION_LABELS = {
 # Actions that rebuild the domain from the portal's own volumes: not for adopted domains.
 DETACH_TIMEOUT = 30  # seconds a guest gets to release a hot-unplugged disk
 ADOPTED_REFUSED = {"resize", "set_resources", "finish_install", "attach_disk", "detach_disk", "capture"}
+# What an instance on an OpenStack cloud cannot do (yet): the cloud has no volumes service for the portal
+# and Nova reverts to a snapshot only by a rebuild that loses the instance's own disk.
+CLOUD_REFUSED = {"set_resources", "finish_install", "attach_disk", "detach_disk", "capture", "snapshot_revert"}
 OBSERVED = {
     "running": Instance.State.RUNNING,
     "paused": Instance.State.PAUSED,
@@ -282,7 +285,30 @@ def launch_instances(
 
     with transaction.atomic():
         instances = reserve_instances(actor=actor, tenant=tenant, flavor=flavor, names=names, ip=ip)
-        hosts = place(count=count, vcpus=flavor.vcpus, ram_mib=flavor.ram_mib, disk_gib=flavor.disk_gib)
+        target = placement_target(tenant=tenant, flavor=flavor)
+        if target is not None and target.is_cloud:
+            if image.kind == Image.Kind.ISO:
+                raise ServiceError(
+                    _(
+                        "Instances of this tenant and flavor go to OpenStack cloud %(host)s, "
+                        "which cannot install from an ISO."
+                    )
+                    % {"host": target.name},
+                    field="image",
+                )
+            if network is not None:
+                raise ServiceError(
+                    _("Instances on OpenStack cloud %(host)s use the cloud's network, not “%(name)s”.")
+                    % {"host": target.name, "name": network.name},
+                    field="network",
+                )
+        hosts = place(
+            count=count,
+            vcpus=flavor.vcpus,
+            ram_mib=flavor.ram_mib,
+            disk_gib=flavor.disk_gib,
+            hosts=None if target is None else [target],
+        )
         ops = []
         for instance, host in zip(instances, hosts, strict=True):
             instance.host = host
@@ -305,6 +331,8 @@ def launch_instances(
 
 def _launch(operation: Operation, instance: Instance) -> str:
     host = instance.host
+    if host.is_cloud:
+        return _cloud_launch(operation, instance)
     driver = driver_for(host)
     image = instance.image
     if image is None or image.status != Image.Status.ACTIVE:
@@ -355,6 +383,51 @@ def _launch(operation: Operation, instance: Instance) -> str:
     Instance.objects.filter(pk=instance.pk).update(mac_address=mac or "")
     instance.mac_address = mac or ""
     _apply(instance, state)
+    return _("Instance is running.")
+
+
+def _cloud_launch(operation: Operation, instance: Instance) -> str:
+    """Project, flavor and image in the cloud (each made once and remembered), then the server, until ACTIVE."""
+    host, image = instance.host, instance.image
+    if image is None or image.status != Image.Status.ACTIVE:
+        raise ServiceError(_("The image of this instance is gone or no longer active."))
+    driver = cloud.cloud_driver(host)
+    operations.progress(
+        operation=operation, percent=5, message=_("Preparing the project on %(host)s") % {"host": host.name}
+    )
+    project_id = cloud.project_for(host=host, tenant=instance.tenant)
+    flavor_id = cloud.cloud_flavor(host=host, flavor=instance.flavor)
+
+    def upload_progress(percent: int) -> None:
+        operations.progress(
+            operation=operation,
+            percent=10 + percent * 40 // 100,
+            message=_("Uploading the image to %(host)s") % {"host": host.name},
+        )
+
+    image_id = cloud.cloud_image(host=host, image=image, project_id=project_id, report=upload_progress)
+    server_id = instance.cloud_id
+    if not server_id and operation.params.get("attempts"):
+        # a worker died after Nova accepted the server but before its id was stored: adopt it
+        found = [s for s in driver.list_servers(project_id=project_id) if s.name == instance.domain_name]
+        server_id = found[0].id if found else ""
+    if not server_id:
+        operations.progress(operation=operation, percent=55, message=_("Creating the server"))
+        server_id = driver.create(
+            project_id=project_id,
+            name=instance.domain_name,
+            flavor_id=flavor_id,
+            image_id=image_id,
+            network_id=host.os_network or None,
+            public_key=instance.keypair.public_key if instance.keypair is not None else None,
+            user_data=instance.user_data or None,
+            metadata={"labcloud_instance": str(instance.uuid), "labcloud_tenant": instance.tenant.slug},
+        )
+    Instance.objects.filter(pk=instance.pk).update(cloud_id=server_id)
+    instance.cloud_id = server_id
+    operations.progress(operation=operation, percent=70, message=_("Booting"))
+    state = driver.wait_for(server_id, states=("running",), timeout=settings.LABCLOUD_CLOUD_BUILD_TIMEOUT)
+    _apply(instance, state.as_instance_state(), addresses=list(state.addresses))
     return _("Instance is running.")
 
 
@@ -416,6 +489,11 @@ def _check_ready(instance: Instance, action: str) -> None:
         )
     if instance.host_id is None:
         raise ConflictError(_("Instance “%(name)s” has no host.") % {"name": instance.name})
+    if instance.host.is_cloud and action in CLOUD_REFUSED:
+        raise ConflictError(
+            _("Instance “%(name)s” runs on OpenStack cloud %(host)s, where the portal cannot %(action)s.")
+            % {"name": instance.name, "host": instance.host.name, "action": label}
+        )
     if instance.adopted and action in ADOPTED_REFUSED:
         raise ConflictError(
             _("Instance “%(name)s” was adopted: its disks and devices are managed on the host, not here.")
@@ -755,7 +833,25 @@ def _shutdown(driver: LibvirtDriver, operation: Operation, uuid: str) -> Instanc
     return state
 
 
+def _cloud_power(instance: Instance, action: str) -> str:
+    driver, server_id = cloud.cloud_driver(instance.host), instance.cloud_id
+    handlers = {
+        "start": lambda: driver.start(server_id),
+        "stop": lambda: driver.stop(server_id),
+        "shutdown": lambda: driver.stop(server_id),  # Nova's stop asks the guest first, then powers off
+        "reboot": lambda: driver.reboot(server_id, kind="soft"),
+        "reset": lambda: driver.reboot(server_id, kind="hard"),
+        "pause": lambda: driver.pause(server_id),
+        "resume": lambda: driver.resume(server_id),
+    }
+    state = handlers[action]()
+    _apply(instance, state.as_instance_state(), addresses=list(state.addresses))
+    return ""
+
+
 def _power(operation: Operation, instance: Instance, action: str) -> str:
+    if instance.host.is_cloud:
+        return _cloud_power(instance, action)
     driver = driver_for(instance.host)
     uuid = str(instance.uuid)
     handlers = {
@@ -788,6 +884,13 @@ def _redefine(driver: LibvirtDriver, instance: Instance) -> None:
 
 
 def _resize(operation: Operation, instance: Instance) -> str:
+    if instance.host.is_cloud:
+        operations.progress(operation=operation, percent=20, message=_("Syncing the flavor"))
+        flavor_id = cloud.cloud_flavor(host=instance.host, flavor=instance.flavor)
+        operations.progress(operation=operation, percent=40, message=_("Resizing in the cloud"))
+        state = cloud.cloud_driver(instance.host).resize(instance.cloud_id, flavor_id=flavor_id)
+        _apply(instance, state.as_instance_state())
+        return ""
     driver = driver_for(instance.host)
     operations.progress(operation=operation, percent=30, message=_("Growing the disk"))
     driver.resize_volume(instance.host.storage_pool, root_volume(instance), instance.disk_gib * GIB)
@@ -854,7 +957,25 @@ def _live_targets(driver: LibvirtDriver, uuid: str) -> set[str]:
     return {d.target for d in facts.spec.disks if d.target} if facts.active else set()
 
 
+def _cloud_snapshot(operation: Operation, instance: Instance, action: str) -> str:
+    driver = cloud.cloud_driver(instance.host)
+    snapshot = Snapshot.objects.filter(pk=operation.params["snapshot_id"]).first()
+    if action == "snapshot_create":
+        name = f"{settings.LABCLOUD_DOMAIN_PREFIX}{instance.name}-{operation.params['name']}"[:255]
+        image_id = driver.snapshot(instance.cloud_id, name=name, metadata={"labcloud_instance": str(instance.uuid)})
+        Snapshot.objects.filter(pk=operation.params["snapshot_id"]).update(
+            state=Snapshot.State.AVAILABLE, cloud_id=image_id
+        )
+    else:  # snapshot_delete (revert is refused for clouds)
+        if snapshot is not None and snapshot.cloud_id:
+            driver.delete_image(image_id=snapshot.cloud_id)
+        Snapshot.objects.filter(pk=operation.params["snapshot_id"]).delete()
+    return ""
+
+
 def _snapshot(operation: Operation, instance: Instance, action: str) -> str:
+    if instance.host.is_cloud:
+        return _cloud_snapshot(operation, instance, action)
     driver = driver_for(instance.host)
     uuid = str(instance.uuid)
     snapshot = Snapshot.objects.filter(pk=operation.params["snapshot_id"]).first()
@@ -877,6 +998,9 @@ def _remove_from_host(instance: Instance, operation: Operation | None = None) ->
     """Domain, root disk, seed and extra disks off the host; what is already gone is fine."""
     if instance.host_id is None:
         return
+    if instance.host.is_cloud:
+        _remove_from_cloud(instance, operation)
+        return
     driver = driver_for(instance.host)
     pool = instance.host.storage_pool
     if operation is not None:
@@ -888,6 +1012,24 @@ def _remove_from_host(instance: Instance, operation: Operation | None = None) ->
         for volume in [root_volume(instance), seed_volume(instance), *instance.disks.values_list("volume", flat=True)]:
             if volume:
                 driver.delete_volume(pool, volume)
+    except BackendError:
+        if operation is not None:
+            raise
+        log.warning("could not clean up instance %s after a failed launch", instance.uuid, exc_info=True)
+
+
+def _remove_from_cloud(instance: Instance, operation: Operation | None = None) -> None:
+    """The server (polled until Nova no longer has it) and the Glance images of its snapshots."""
+    try:
+        driver = cloud.cloud_driver(instance.host)
+        if operation is not None:
+            operations.progress(operation=operation, percent=20, message=_("Deleting the server"))
+        if instance.cloud_id:
+            driver.delete(instance.cloud_id)
+        for image_id in (
+            Snapshot.objects.filter(instance=instance).exclude(cloud_id="").values_list("cloud_id", flat=True)
+        ):
+            driver.delete_image(image_id=image_id)
     except BackendError:
         if operation is not None:
             raise

@@ -50,8 +50,15 @@ class HostQuerySet(models.QuerySet):
 
 
 class Host(models.Model):
+    """A libvirt host (``uri``) or an OpenStack cloud region (``auth_url`` or ``cloud_name``, credentials)."""
+
     class Kind(models.TextChoices):
         LIBVIRT = "libvirt", _("libvirt")
+        OPENSTACK = "openstack", _("OpenStack cloud")
+
+    class ProjectMode(models.TextChoices):
+        MANAGED = "managed", _("The portal creates one project per tenant")
+        EXISTING = "existing", _("Tenants map to existing projects")
 
     class VirtType(models.TextChoices):
         KVM = "kvm", _("KVM (hardware)")
@@ -74,9 +81,35 @@ class Host(models.Model):
     uri = models.CharField(
         _("libvirt URI"),
         max_length=255,
+        blank=True,
         validators=[validate_libvirt_uri],
-        help_text=_("e.g. qemu:///system or qemu+ssh://host/system"),
+        help_text=_("e.g. qemu:///system or qemu+ssh://host/system (libvirt hosts)"),
     )
+    # OpenStack clouds: where and how the portal logs in (credentials are encrypted, see vms.cloud).
+    cloud_name = models.CharField(
+        _("cloud name"),
+        max_length=100,
+        blank=True,
+        help_text=_("A cloud in clouds.yaml (OS_CLIENT_CONFIG_FILE or the standard places); or give the URL below."),
+    )
+    auth_url = models.URLField(
+        _("Keystone URL"), max_length=255, blank=True, help_text=_("e.g. https://keystone:5000/v3")
+    )
+    region = models.CharField(_("region"), max_length=100, blank=True)
+    credentials = models.TextField(_("credentials (encrypted)"), blank=True, editable=False)
+    project_mode = models.CharField(
+        _("tenant projects"), max_length=10, choices=ProjectMode.choices, default=ProjectMode.MANAGED
+    )
+    project_domain = models.CharField(
+        _("project domain"), max_length=100, default="Default", help_text=_("Keystone domain of managed projects.")
+    )
+    os_network = models.CharField(
+        _("network"),
+        max_length=100,
+        blank=True,
+        help_text=_("Neutron network id for new servers; empty = servers without a network."),
+    )
+    verify_tls = models.BooleanField(_("verify TLS certificates"), default=True)
     storage_pool = models.CharField(
         _("storage pool"), max_length=100, default="default", help_text=_("libvirt storage pool for disks and images.")
     )
@@ -135,6 +168,56 @@ class Host(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    @property
+    def is_cloud(self) -> bool:
+        return self.kind == self.Kind.OPENSTACK
+
+    def clean(self) -> None:
+        super().clean()
+        if self.kind == self.Kind.LIBVIRT and not self.uri:
+            raise ValidationError({"uri": _("A libvirt host needs its URI.")})
+        if self.kind == self.Kind.OPENSTACK:
+            if not self.auth_url and not self.cloud_name:
+                raise ValidationError({"auth_url": _("Give the Keystone URL or a cloud name from clouds.yaml.")})
+            if self.uri:
+                raise ValidationError({"uri": _("An OpenStack cloud has no libvirt URI.")})
+
+
+class CloudProject(models.Model):
+    """The Keystone project a tenant's servers live in on one OpenStack cloud (managed or mapped)."""
+
+    host = models.ForeignKey(
+        Host,
+        on_delete=models.CASCADE,
+        related_name="cloud_projects",
+        verbose_name=_("cloud"),
+        limit_choices_to={"kind": "openstack"},
+    )
+    tenant = models.ForeignKey(
+        Tenant, on_delete=models.CASCADE, related_name="cloud_projects", verbose_name=_("tenant")
+    )
+    project_id = models.CharField(_("project id"), max_length=64)
+    managed = models.BooleanField(
+        _("managed"), default=False, help_text=_("Created by the portal (else an existing project mapped by an admin).")
+    )
+    quota_synced_at = models.DateTimeField(_("quota pushed"), null=True, blank=True)
+    quota_error = models.CharField(_("quota push error"), max_length=255, blank=True)
+    created_at = models.DateTimeField(_("created"), auto_now_add=True)
+
+    objects = HostQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["host", "tenant"]
+        constraints = [
+            models.UniqueConstraint(fields=["host", "tenant"], name="cloudproject_unique_tenant_per_cloud"),
+            models.UniqueConstraint(fields=["host", "project_id"], name="cloudproject_unique_project_per_cloud"),
+        ]
+        verbose_name = _("cloud project")
+        verbose_name_plural = _("cloud projects")
+
+    def __str__(self) -> str:
+        return f"{self.tenant} → {self.project_id} ({self.host})"
 
 
 class SharedWithTenantsQuerySet(models.QuerySet):
@@ -195,6 +278,79 @@ class Flavor(models.Model):
         return self.name
 
 
+class CloudFlavor(models.Model):
+    """A portal flavor as created in one cloud's Nova, with what it was created from (``signature``)."""
+
+    host = models.ForeignKey(Host, on_delete=models.CASCADE, related_name="cloud_flavors", verbose_name=_("cloud"))
+    flavor = models.ForeignKey(Flavor, on_delete=models.CASCADE, related_name="cloud_flavors", verbose_name=_("flavor"))
+    cloud_id = models.CharField(_("Nova flavor id"), max_length=64)
+    signature = models.CharField(_("synced from"), max_length=255)
+    synced_at = models.DateTimeField(_("synced"), auto_now=True)
+
+    objects = HostQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["host", "flavor"]
+        constraints = [models.UniqueConstraint(fields=["host", "flavor"], name="cloudflavor_unique_per_cloud")]
+        verbose_name = _("cloud flavor")
+        verbose_name_plural = _("cloud flavors")
+
+    def __str__(self) -> str:
+        return f"{self.flavor} @ {self.host}"
+
+
+class PlacementRule(models.Model):
+    """Admin policy: a tenant's (or a flavor's) new instances go to this host or cloud.
+
+    The most specific rule wins: tenant and flavor, then flavor, then tenant. Without a rule the
+    scheduler picks among the libvirt hosts.
+    """
+
+    tenant = models.ForeignKey(
+        Tenant,
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="placement_rules",
+        verbose_name=_("tenant"),
+    )
+    flavor = models.ForeignKey(
+        Flavor,
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="placement_rules",
+        verbose_name=_("flavor"),
+    )
+    host = models.ForeignKey(
+        Host, on_delete=models.CASCADE, related_name="placement_rules", verbose_name=_("host or cloud")
+    )
+    created_at = models.DateTimeField(_("created"), auto_now_add=True)
+
+    objects = HostQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["tenant", "flavor", "id"]
+        constraints = [
+            models.UniqueConstraint(fields=["tenant", "flavor"], name="placement_unique_rule", nulls_distinct=False),
+            models.CheckConstraint(
+                condition=models.Q(tenant__isnull=False) | models.Q(flavor__isnull=False),
+                name="placement_rule_names_tenant_or_flavor",
+            ),
+        ]
+        verbose_name = _("placement rule")
+        verbose_name_plural = _("placement rules")
+
+    def __str__(self) -> str:
+        who = " + ".join(str(x) for x in (self.tenant, self.flavor) if x is not None)
+        return f"{who} → {self.host}"
+
+    def clean(self) -> None:
+        super().clean()
+        if self.tenant_id is None and self.flavor_id is None:
+            raise ValidationError(_("A placement rule names a tenant, a flavor or both."))
+
+
 class Instance(models.Model):
     """A virtual machine owned by a tenant. The row holds intent and owns quota usage."""
 
@@ -235,6 +391,9 @@ class Instance(models.Model):
     )
     domain_name = models.CharField(
         _("domain name"), max_length=255, blank=True, help_text=_("The libvirt domain's name on its host.")
+    )
+    cloud_id = models.CharField(
+        _("cloud server id"), max_length=64, blank=True, help_text=_("The Nova server id (OpenStack clouds).")
     )
     keypair = models.ForeignKey(
         "vms.Keypair", null=True, blank=True, on_delete=models.SET_NULL, related_name="+", verbose_name=_("keypair")
@@ -331,6 +490,9 @@ class Snapshot(models.Model):
     ram_mib = models.PositiveIntegerField(_("RAM (MiB)"), default=0)
     disk_gib = models.PositiveIntegerField(_("disk (GiB)"), default=0)
     disk_ids = models.JSONField(_("extra disks"), default=list, blank=True)
+    cloud_id = models.CharField(
+        _("cloud image id"), max_length=64, blank=True, help_text=_("Glance image (OpenStack).")
+    )
     created_at = models.DateTimeField(_("created"), auto_now_add=True)
 
     access_tenant_field = "tenant"

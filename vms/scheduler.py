@@ -16,11 +16,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from django.db import models
 from django.db.models import Count, Sum
 from django.utils.translation import gettext as _
 
+from portal.models import Tenant
 from portal.services import ConflictError
-from vms.models import Host, Instance, InstanceDisk
+from vms.models import Flavor, Host, Instance, InstanceDisk, PlacementRule
 
 GIB = 1024**3
 
@@ -58,6 +60,10 @@ class HostLoad:
         host = self.host
         if not host.enabled:
             return _("disabled")
+        if host.is_cloud:  # Nova places and counts; the portal only knows whether the cloud answers
+            return (
+                _("cloud down: %(reason)s") % {"reason": host.state_reason} if host.state == Host.State.DOWN else None
+            )
         if host.state != Host.State.UP:
             return _("not up")
         if not host.cpus or not host.memory_mib or host.pool_capacity is None:
@@ -121,6 +127,25 @@ def check_growth(*, host: Host, vcpus: int = 0, ram_mib: int = 0, disk_gib: int 
         )
 
 
+def placement_target(*, tenant: Tenant, flavor: Flavor) -> Host | None:
+    """The host or cloud an admin placement rule sends this tenant's instances of this flavor to, if any.
+
+    The most specific rule wins: tenant and flavor, then flavor alone, then tenant alone.
+    """
+    rules = {
+        (rule.tenant_id, rule.flavor_id): rule
+        for rule in PlacementRule.objects.filter(
+            models.Q(tenant=tenant, flavor=flavor)
+            | models.Q(tenant__isnull=True, flavor=flavor)
+            | models.Q(tenant=tenant, flavor__isnull=True)
+        ).select_related("host")
+    }
+    for key in ((tenant.pk, flavor.pk), (None, flavor.pk), (tenant.pk, None)):
+        if key in rules:
+            return rules[key].host
+    return None
+
+
 def place(*, count: int, vcpus: int, ram_mib: int, disk_gib: int, hosts: list[Host] | None = None) -> list[Host]:
     """A host for each of ``count`` instances, or NoValidHost naming why each host was refused.
 
@@ -128,6 +153,8 @@ def place(*, count: int, vcpus: int, ram_mib: int, disk_gib: int, hosts: list[Ho
     """
     if hosts is None:
         hosts = list(Host.objects.select_for_update().filter(kind=Host.Kind.LIBVIRT).order_by("name"))
+    else:
+        hosts = list(Host.objects.select_for_update().filter(pk__in=[h.pk for h in hosts]).order_by("name"))
     loads = host_loads(hosts)
     chosen: list[Host] = []
     for _i in range(count):

@@ -26,3 +26,26 @@ def _recover_at_start(**_kwargs) -> None:
     from vms.lifecycle import recover_stale_operations
 
     recover_stale_operations()
+
+
+@shared_task
+def push_quota_task(tenant_id: int) -> dict[str, bool]:
+    from portal.models import Tenant
+    from vms.cloud import push_quota
+
+    tenant = Tenant.objects.filter(pk=tenant_id).first()
+    return {} if tenant is None else push_quota(tenant=tenant)
+
+
+@shared_task
+def sync_flavor_task(flavor_id: int) -> dict[str, str]:
+    from vms.cloud import sync_flavor
+
+    return sync_flavor(flavor_id=flavor_id)
+
+
+@shared_task
+def delete_flavor_copies_task(copies: list[list]) -> None:
+    from vms.cloud import delete_flavor_copies
+
+    delete_flavor_copies(copies=[(int(host_id), str(cloud_id)) for host_id, cloud_id in copies])

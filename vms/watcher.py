@@ -16,6 +16,12 @@ backoff; on reconnect its events are registered again and it is reconciled at on
 host (``vms.metrics.sample_host``, one libvirt call per host), keeping the previous round's raw
 counters in memory to turn them into rates.
 
+OpenStack clouds (hosts of kind ``openstack``) have no event stream the portal can subscribe to:
+every ``WATCHER_CLOUD_POLL_SECONDS`` the watcher asks each cloud for the servers changed since its
+previous poll (Nova's ``changes-since``, which also lists deleted servers), and at every reconcile
+it lists all servers (``vms.cloud.sync_cloud``). A cloud that does not answer is marked down and
+retried with the same backoff as a libvirt host.
+
 Everything touching the database runs in the main thread; the loop closes stale database
 connections (``close_old_connections``) each round, so a restarted database costs one round.
 """
@@ -38,6 +44,7 @@ from django.utils.translation import gettext as _
 
 from portal.backends.base import BackendError
 from portal.backends.libvirt import connection
+from vms import cloud as cloud_services
 from vms import hosts as host_services
 from vms import metrics
 from vms.models import Host, Instance
@@ -121,6 +128,11 @@ class HostWatcher:
         self.stopping = threading.Event()
         self.ready = threading.Event()  # set once the first round (connect, reconcile, refresh) is done
         self.handled = 0  # events applied (for tests and the benchmark)
+        self.cloud_seconds = float(settings.WATCHER_CLOUD_POLL_SECONDS)
+        # Per cloud: when its last successful poll started, and when it may be tried again after a failure.
+        self.cloud_polled: dict[int, object] = {}
+        self.cloud_retry: dict[int, tuple[float, float]] = {}  # host id → (next try, backoff)
+        self.cloud_polls = 0  # cloud polls done (for tests)
 
     # ------------------------------------------------------------------ hosts
 
@@ -131,6 +143,37 @@ class HostWatcher:
         if self.host_names:
             qs = qs.filter(name__in=self.host_names)
         return list(qs.order_by("name"))
+
+    def clouds(self) -> list[Host]:
+        qs = Host.objects.filter(kind=Host.Kind.OPENSTACK, enabled=True)
+        if self.host_names:
+            qs = qs.filter(name__in=self.host_names)
+        return list(qs.order_by("name"))
+
+    def poll_clouds(self, *, full: bool = False) -> None:
+        """Changes since the last poll of every enabled cloud (``full``: every server, a reconcile)."""
+        from django.utils import timezone
+
+        now = time.monotonic()
+        for host in self.clouds():
+            retry_at, backoff = self.cloud_retry.get(host.pk, (0.0, 0.0))
+            if now < retry_at:
+                continue
+            started = timezone.now()
+            last = None if full else self.cloud_polled.get(host.pk)
+            try:
+                counts = cloud_services.sync_cloud(host=host, since=cloud_services.poll_window(last))
+            except BackendError as exc:
+                backoff = min(BACKOFF_MAX, max(BACKOFF_MIN, backoff * 2))
+                self.cloud_retry[host.pk] = (time.monotonic() + backoff, backoff)
+                self.cloud_polled.pop(host.pk, None)  # back up: reconcile fully
+                log.warning("cloud %s did not answer (%s); retry in %.0f s", host.name, exc.message, backoff)
+                continue
+            self.cloud_retry.pop(host.pk, None)
+            self.cloud_polled[host.pk] = started
+            if full or counts["changed"] or counts["vanished"]:
+                log.info("%s cloud %s: %s", "reconciled" if full or last is None else "polled", host.name, counts)
+        self.cloud_polls += 1
 
     def refresh_all(self) -> None:
         for host in self.hosts(enabled_only=False):
@@ -189,6 +232,9 @@ class HostWatcher:
         """One capacity refresh and one reconcile of every selected host (``watch_hosts --once``)."""
         self.refresh_all()
         self.reconcile_all()
+        for host in self.clouds():
+            cloud_services.verify_cloud(host=host)
+        self.poll_clouds(full=True)
 
     # ------------------------------------------------------------------ events
 
@@ -356,6 +402,7 @@ class HostWatcher:
         )
         next_reconcile = next_capacity = next_health = 0.0
         next_metrics = 0.0 if self.metrics_seconds > 0 else float("inf")
+        next_cloud = 0.0
         try:
             while not self.stopping.is_set():
                 close_old_connections()
@@ -364,10 +411,17 @@ class HostWatcher:
                     if now >= next_reconcile:
                         self.sync_watches()
                         self.reconcile_all(skip=self.connect_watches())
+                        self.poll_clouds(full=True)
                         next_reconcile = time.monotonic() + self.reconcile_seconds
+                        next_cloud = time.monotonic() + self.cloud_seconds
                     else:
                         self.connect_watches()
+                    if now >= next_cloud:
+                        self.poll_clouds()
+                        next_cloud = time.monotonic() + self.cloud_seconds
                     if now >= next_capacity:
+                        for cloud in self.clouds():
+                            cloud_services.verify_cloud(host=cloud)
                         self.refresh_all()
                         next_capacity = time.monotonic() + self.capacity_seconds
                     if now >= next_health:
@@ -383,7 +437,7 @@ class HostWatcher:
                     self.stopping.wait(BACKOFF_MIN)
                     continue
                 self.ready.set()
-                next_due = min(next_reconcile, next_capacity, next_health, next_metrics)
+                next_due = min(next_reconcile, next_capacity, next_health, next_metrics, next_cloud)
                 wait = min(TICK, max(0.0, next_due - time.monotonic()))
                 self.drain(wait)
         finally:

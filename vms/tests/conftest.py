@@ -217,3 +217,24 @@ def lctest_network(lctest_host):
     finally:
         with contextlib.suppress(Exception):
             delete_network(QEMU_URI, name)
+
+
+@pytest.fixture
+def run_tasks(django_capture_on_commit_callbacks, settings):
+    """Call a service; its on-commit Celery task runs here, in-process; returns the operation, refreshed."""
+    from portal.celery import app as celery_app
+
+    previous = celery_app.conf.task_always_eager
+    celery_app.conf.task_always_eager = True
+
+    def run(call):
+        with django_capture_on_commit_callbacks(execute=True):
+            result = call()
+        from vms.models import Operation
+
+        if isinstance(result, Operation):
+            result.refresh_from_db()
+        return result
+
+    yield run
+    celery_app.conf.task_always_eager = previous

@@ -30,25 +30,6 @@ pytestmark = [pytest.mark.libvirt_guests, pytest.mark.django_db]
 GIB = 1024**3
 
 
-@pytest.fixture
-def run_tasks(django_capture_on_commit_callbacks, settings):
-    """Call a service; its on-commit Celery task runs here, in-process; returns the operation, refreshed."""
-    from portal.celery import app as celery_app
-
-    previous = celery_app.conf.task_always_eager
-    celery_app.conf.task_always_eager = True
-
-    def run(call):
-        with django_capture_on_commit_callbacks(execute=True):
-            result = call()
-        if isinstance(result, Operation):
-            result.refresh_from_db()
-        return result
-
-    yield run
-    celery_app.conf.task_always_eager = previous
-
-
 def ok(operation: Operation) -> Operation:
     assert operation.state == Operation.State.SUCCEEDED, f"{operation.kind}: {operation.error}"
     return operation

@@ -678,6 +678,14 @@ class OpenStackDriver:
             raise
         return _image_of(image)
 
+    def add_image_member(self, *, image_id: str, project_id: str) -> bool:
+        """Share a ``shared`` image with a project (it may boot it by id at once). False when it was a member."""
+        with self._errors(f"share image {image_id}"):
+            if self.conn.image.find_member(project_id, image_id, ignore_missing=True) is not None:
+                return False
+            self.conn.image.add_member(image_id, member_id=project_id)
+        return True
+
     def image(self, *, image_id: str) -> GlanceImage:
         with self._errors(f"image {image_id}"):
             return _image_of(self.conn.image.get_image(image_id))

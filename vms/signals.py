@@ -1,0 +1,56 @@
+"""Changes that must reach the clouds: a tenant's quota, a flavor (its sizes, access or deletion).
+
+Signals rather than service calls, because cloud admins change quotas and flavors through the
+admin site, the API and the services alike. Only objects that already have a copy in a cloud
+queue work, after the transaction commits.
+"""
+
+from __future__ import annotations
+
+from django.db import transaction
+from django.db.models.signals import m2m_changed, post_save, pre_delete
+from django.dispatch import receiver
+
+from portal.models import Quota
+from vms.models import CloudFlavor, CloudProject, Flavor
+
+
+@receiver(post_save, sender=Quota, dispatch_uid="vms.quota_to_clouds")
+def _quota_saved(sender, instance: Quota, **_kwargs) -> None:
+    if CloudProject.objects.filter(tenant_id=instance.tenant_id).exists():
+        from vms.tasks import push_quota_task
+
+        transaction.on_commit(lambda: push_quota_task.delay(instance.tenant_id))
+
+
+def _flavor_changed(flavor_id: int) -> None:
+    if CloudFlavor.objects.filter(flavor_id=flavor_id).exists():
+        from vms.tasks import sync_flavor_task
+
+        transaction.on_commit(lambda: sync_flavor_task.delay(flavor_id))
+
+
+@receiver(post_save, sender=Flavor, dispatch_uid="vms.flavor_to_clouds")
+def _flavor_saved(sender, instance: Flavor, created: bool, **_kwargs) -> None:
+    if not created:
+        _flavor_changed(instance.pk)
+
+
+@receiver(m2m_changed, sender=Flavor.tenants.through, dispatch_uid="vms.flavor_access_to_clouds")
+def _flavor_access_changed(sender, instance, action: str, reverse: bool, pk_set, **_kwargs) -> None:
+    if action not in ("post_add", "post_remove", "post_clear"):
+        return
+    flavor_ids = list(pk_set or ()) if reverse else [instance.pk]
+    for flavor_id in flavor_ids:
+        _flavor_changed(flavor_id)
+
+
+@receiver(pre_delete, sender=Flavor, dispatch_uid="vms.flavor_delete_in_clouds")
+def _flavor_deleted(sender, instance: Flavor, **_kwargs) -> None:
+    from vms.cloud import forget_flavor_copies
+
+    copies = forget_flavor_copies(flavor=instance)
+    if copies:
+        from vms.tasks import delete_flavor_copies_task
+
+        transaction.on_commit(lambda: delete_flavor_copies_task.delay(copies))
