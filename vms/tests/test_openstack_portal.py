@@ -19,6 +19,7 @@ import uuid
 from urllib.parse import urlsplit
 
 import pytest
+from django.urls import reverse
 
 from images.models import Image, ImageReplica
 from portal.backends.openstack import OpenStackAuth, OpenStackDriver
@@ -166,7 +167,7 @@ def test_launch_makes_project_flavor_image_once_and_boots(scene, os_cloud, admin
     assert all(s.id != second.cloud_id for s in admin_driver.list_servers(project_id=project.project_id))
 
 
-def test_power_resize_snapshot_console_and_delete(scene, os_cloud, admin_driver, run_tasks):
+def test_power_resize_snapshot_console_and_delete(scene, os_cloud, admin_driver, run_tasks, client):
     tenant, user, small, large, image = scene
     instance, op = launch(run_tasks, tenant=tenant, user=user, flavor=small, image=image)
     ok(op)
@@ -229,6 +230,15 @@ def test_power_resize_snapshot_console_and_delete(scene, os_cloud, admin_driver,
             ).encode()
         )
         assert sock.recv(200).startswith(b"HTTP/1.1 101")
+
+    # the same through the pages: the instance page says what the cloud cannot do; the ticket is Nova's
+    client.force_login(user)
+    page = client.get(reverse("instance_detail", args=[instance.pk])).content.decode()
+    assert 'id="lc-instance-cloud"' in page and 'id="lc-instance-disks"' not in page
+    assert 'data-lc-action="snapshot_revert"' not in page
+    reply = client.post(reverse("instance_console_ticket", args=[instance.pk]), HTTP_ORIGIN="http://testserver")
+    assert reply.status_code == 201, reply.content
+    assert reply.json()["url"].startswith("ws://127.0.0.1:16080/") and reply.json()["protocol"] == "vnc"
 
     # a snapshot left at delete time goes with the instance
     ok(run_tasks(lambda: lifecycle.create_snapshot(actor=user, instance=instance, name="snap2")))
