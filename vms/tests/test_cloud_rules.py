@@ -1,0 +1,192 @@
+"""OpenStack clouds without a cloud: placement rules, refusals, credentials at rest, console URLs, pages.
+
+What needs a real cloud (launch, power, sync…) is in test_openstack_portal.py against the devcloud.
+"""
+
+from __future__ import annotations
+
+import pytest
+from django.urls import reverse
+
+from portal.backends.base import BackendError
+from portal.services import ConflictError
+from vms import cloud, lifecycle
+from vms.consoles import websocket_url_of
+from vms.models import Flavor, Host, Instance, PlacementRule
+from vms.scheduler import NoValidHost, place, placement_target
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def hosts():
+    libvirt_host = Host.objects.create(
+        name="kvm1",
+        uri="test:///default",
+        state=Host.State.UP,
+        cpus=8,
+        memory_mib=16384,
+        pool_capacity=100 * 1024**3,
+        pool_available=100 * 1024**3,
+    )
+    cloud_host = Host.objects.create(
+        name="cloud1", kind=Host.Kind.OPENSTACK, auth_url="http://127.0.0.1:9/v3", state=Host.State.UP
+    )
+    return libvirt_host, cloud_host
+
+
+def test_most_specific_placement_rule_wins(hosts, make_tenant):
+    libvirt_host, cloud_host = hosts
+    other_cloud = Host.objects.create(name="cloud2", kind=Host.Kind.OPENSTACK, auth_url="http://127.0.0.1:9/v3")
+    tenant, other = make_tenant("rules-a"), make_tenant("rules-b")
+    small = Flavor.objects.create(name="r.small", vcpus=1, ram_mib=128, disk_gib=1)
+    big = Flavor.objects.create(name="r.big", vcpus=2, ram_mib=256, disk_gib=1)
+    assert placement_target(tenant=tenant, flavor=small) is None  # no rule: the libvirt scheduler
+
+    PlacementRule.objects.create(tenant=tenant, host=cloud_host)
+    PlacementRule.objects.create(flavor=big, host=libvirt_host)
+    PlacementRule.objects.create(tenant=tenant, flavor=big, host=other_cloud)
+    assert placement_target(tenant=tenant, flavor=small) == cloud_host  # tenant rule
+    assert placement_target(tenant=other, flavor=big) == libvirt_host  # flavor rule
+    assert placement_target(tenant=tenant, flavor=big) == other_cloud  # tenant + flavor beats both
+    assert placement_target(tenant=other, flavor=small) is None
+
+
+def test_placement_rule_needs_a_tenant_or_a_flavor(hosts):
+    from django.core.exceptions import ValidationError
+
+    with pytest.raises(ValidationError):
+        PlacementRule(host=hosts[1]).full_clean()
+
+
+def test_scheduler_sends_to_a_cloud_unless_it_is_down_or_disabled(hosts):
+    _, cloud_host = hosts
+    assert place(count=2, vcpus=64, ram_mib=10**6, disk_gib=10**4, hosts=[cloud_host]) == [cloud_host] * 2
+    Host.objects.filter(pk=cloud_host.pk).update(state=Host.State.DOWN, state_reason="Keystone does not answer")
+    with pytest.raises(NoValidHost, match="cloud down: Keystone does not answer"):
+        place(count=1, vcpus=1, ram_mib=64, disk_gib=1, hosts=[cloud_host])
+    Host.objects.filter(pk=cloud_host.pk).update(state=Host.State.UP, enabled=False)
+    with pytest.raises(NoValidHost, match="disabled"):
+        place(count=1, vcpus=1, ram_mib=64, disk_gib=1, hosts=[cloud_host])
+    # the default scheduler never picks a cloud
+    assert place(count=1, vcpus=1, ram_mib=64, disk_gib=1)[0].kind == Host.Kind.LIBVIRT
+
+
+def test_launch_to_a_cloud_refuses_iso_and_portal_networks(hosts, make_tenant, make_user, tmp_path, settings):
+    from vms.tests.conftest import active_image
+
+    _, cloud_host = hosts
+    settings.LABCLOUD_IMAGE_STORE = tmp_path
+    tenant = make_tenant("rules-iso", instances=5, vcpus=5, ram_mib=4096, disk_gib=10)
+    user = make_user("rules-user")
+    tenant.memberships.create(user=user, role="member")
+    source = tmp_path / "src.iso"
+    source.write_bytes(b"\0" * 4096)
+    iso = active_image(tenant=tenant, source=source, name="installer", kind="iso", disk_format="iso")
+    flavor = Flavor.objects.create(name="r.f", vcpus=1, ram_mib=128, disk_gib=1)
+    PlacementRule.objects.create(tenant=tenant, host=cloud_host)
+    with pytest.raises(lifecycle.ServiceError, match="cannot install from an ISO"):
+        lifecycle.launch_instances(actor=user, tenant=tenant, name="x", flavor=flavor, image=iso)
+    assert not Instance.objects.filter(tenant=tenant).exists()  # nothing half-created
+
+
+def test_cloud_instances_refuse_what_the_cloud_cannot_do(hosts, make_tenant, make_user):
+    _, cloud_host = hosts
+    tenant = make_tenant("rules-refuse")
+    user = make_user("rules-refuse-user")
+    flavor = Flavor.objects.create(name="r.g", vcpus=1, ram_mib=128, disk_gib=1)
+    instance = Instance.objects.create(
+        tenant=tenant, owner=user, name="vm", flavor=flavor, vcpus=1, ram_mib=128, disk_gib=1,
+        host=cloud_host, state=Instance.State.SHUTOFF, cloud_id="abc",
+    )  # fmt: skip
+    for call in (
+        lambda: lifecycle.attach_disk(actor=user, instance=instance, size_gib=1),
+        lambda: lifecycle.set_resources(actor=user, instance=instance, vcpus=1, ram_mib=64),
+        lambda: lifecycle.request_action(actor=user, instance=instance, action="finish_install"),
+        lambda: lifecycle.capture_instance(actor=user, instance=instance, name="img"),
+    ):
+        with pytest.raises(ConflictError, match="OpenStack cloud cloud1"):
+            call()
+    instance.refresh_from_db()
+    assert instance.task == "" and not instance.disks.exists()
+
+
+def test_credentials_are_encrypted_at_rest_and_a_changed_key_is_a_clear_error(hosts, settings):
+    _, cloud_host = hosts
+    cloud_host.credentials = cloud.encrypt_credentials(
+        {"username": "portal", "password": "s3cret-PW", "project_name": "labcloud", "ignored": "x"}
+    )
+    cloud_host.save()
+    stored = Host.objects.values_list("credentials", flat=True).get(pk=cloud_host.pk)
+    assert "s3cret" not in stored and "portal" not in stored
+    assert cloud.decrypt_credentials(cloud_host) == {
+        "username": "portal",
+        "password": "s3cret-PW",
+        "project_name": "labcloud",
+    }
+    assert cloud.credentials_summary(cloud_host) == {"username": "portal", "project_name": "labcloud"}
+    auth = cloud.auth_for(cloud_host)
+    assert auth.password == "s3cret-PW" and "s3cret" not in repr(auth)
+    settings.LABCLOUD_CREDENTIALS_KEY = "0" * 43 + "="  # another key
+    with pytest.raises(BackendError, match="cannot be decrypted"):
+        cloud.decrypt_credentials(cloud_host)
+
+
+def test_clouds_yaml_cloud_name(hosts, tmp_path, monkeypatch):
+    _, cloud_host = hosts
+    config = tmp_path / "clouds.yaml"
+    config.write_text(
+        "clouds:\n  lab:\n    region_name: RegionTwo\n    auth:\n      auth_url: http://127.0.0.1:9/v3\n"
+        "      username: u\n      password: p\n      project_name: pr\n"
+    )
+    monkeypatch.setenv("OS_CLIENT_CONFIG_FILE", str(config))
+    cloud_host.auth_url, cloud_host.cloud_name = "", "lab"
+    auth = cloud.auth_for(cloud_host)
+    assert (auth.auth_url, auth.username, auth.project_name, auth.region_name) == (
+        "http://127.0.0.1:9/v3",
+        "u",
+        "pr",
+        "RegionTwo",
+    )
+    cloud_host.cloud_name = "nowhere"
+    with pytest.raises(BackendError, match=r"not in clouds\.yaml"):
+        cloud.auth_for(cloud_host)
+
+
+def test_verify_marks_an_unreachable_cloud_down(hosts):
+    _, cloud_host = hosts
+    cloud_host.credentials = cloud.encrypt_credentials({"username": "u", "password": "p", "project_name": "pr"})
+    cloud_host.save()
+    cloud.verify_cloud(host=cloud_host)
+    cloud_host.refresh_from_db()
+    assert cloud_host.state == Host.State.DOWN and "127.0.0.1:9" in cloud_host.state_reason
+
+
+@pytest.mark.parametrize(
+    ("nova_url", "websocket"),
+    [
+        ("http://127.0.0.1:6080/vnc_lite.html?path=%3Ftoken%3Dabc-123", "ws://127.0.0.1:6080/?token=abc-123"),
+        ("https://console.example.org/vnc_auto.html?token=t0k", "wss://console.example.org/?token=t0k"),
+        (
+            "https://cloud.example.org/novnc/vnc_lite.html?path=novnc%2Fwebsockify%3Ftoken%3Dxyz",
+            "wss://cloud.example.org/novnc/websockify?token=xyz",
+        ),
+    ],
+)
+def test_websocket_url_of_nova_console_urls(nova_url, websocket):
+    assert websocket_url_of(nova_url) == websocket
+
+
+def test_nova_console_url_without_token_is_refused():
+    with pytest.raises(ConflictError, match="without a token"):
+        websocket_url_of("http://127.0.0.1:6080/vnc_lite.html")
+
+
+def test_pages_with_a_cloud_host_render(hosts, actors, client, settings):
+    settings.METRICS_TOKEN = "scrape-token-for-test"
+    client.force_login(actors.cloud_admin)
+    for name in ("overview", "hosts"):
+        reply = client.get(reverse(name))
+        assert reply.status_code == 200 and "cloud1" in reply.content.decode()
+    metrics = client.get("/metrics", HTTP_AUTHORIZATION="Bearer scrape-token-for-test")
+    assert metrics.status_code == 200 and 'host="cloud1"' in metrics.content.decode()
