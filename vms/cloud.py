@@ -209,6 +209,20 @@ def project_for(*, host: Host, tenant: Tenant) -> str:
     return CloudProject.objects.get(host=host, tenant=tenant).project_id
 
 
+def delete_projects(*, projects: list[tuple[int, str]]) -> None:
+    """Remove managed projects of a deleted tenant (their servers are gone: a tenant with instances stays)."""
+    for host_id, project_id in projects:
+        host = Host.objects.filter(pk=host_id).first()
+        if host is None:
+            continue
+        try:
+            driver = cloud_driver(host)
+            driver.set_compute_quota(project_id=project_id, instances=-1, cores=-1, ram_mib=-1)
+            driver.delete_project(project_id=project_id)
+        except BackendError as exc:
+            log.warning("could not delete project %s on %s: %s", project_id, host.name, exc.message)
+
+
 def _nova_limits(tenant: Tenant) -> dict[str, int]:
     from portal.services import ensure_quota
 

@@ -1,4 +1,4 @@
-"""Changes that must reach the clouds: a tenant's quota, a flavor (its sizes, access or deletion).
+"""Changes that must reach the clouds: a tenant's quota or deletion, a flavor (its sizes, access or deletion).
 
 Signals rather than service calls, because cloud admins change quotas and flavors through the
 admin site, the API and the services alike. Only objects that already have a copy in a cloud
@@ -11,7 +11,7 @@ from django.db import transaction
 from django.db.models.signals import m2m_changed, post_save, pre_delete
 from django.dispatch import receiver
 
-from portal.models import Quota
+from portal.models import Quota, Tenant
 from vms.models import CloudFlavor, CloudProject, Flavor
 
 
@@ -54,3 +54,18 @@ def _flavor_deleted(sender, instance: Flavor, **_kwargs) -> None:
         from vms.tasks import delete_flavor_copies_task
 
         transaction.on_commit(lambda: delete_flavor_copies_task.delay(copies))
+
+
+@receiver(pre_delete, sender=Tenant, dispatch_uid="vms.tenant_projects_in_clouds")
+def _tenant_deleted(sender, instance: Tenant, **_kwargs) -> None:
+    """The Keystone projects the portal made for the tenant go with it (mapped, existing ones stay)."""
+    projects = [
+        [host_id, project_id]
+        for host_id, project_id in CloudProject.objects.filter(tenant=instance, managed=True).values_list(
+            "host_id", "project_id"
+        )
+    ]
+    if projects:
+        from vms.tasks import delete_cloud_projects_task
+
+        transaction.on_commit(lambda: delete_cloud_projects_task.delay(projects))

@@ -49,3 +49,10 @@ def delete_flavor_copies_task(copies: list[list]) -> None:
     from vms.cloud import delete_flavor_copies
 
     delete_flavor_copies(copies=[(int(host_id), str(cloud_id)) for host_id, cloud_id in copies])
+
+
+@shared_task
+def delete_cloud_projects_task(projects: list[list]) -> None:
+    from vms.cloud import delete_projects
+
+    delete_projects(projects=[(int(host_id), str(project_id)) for host_id, project_id in projects])

@@ -369,3 +369,13 @@ def test_existing_project_mapping_and_image_visibility(scene, os_cloud, admin_dr
     assert admin_driver.state(instance.cloud_id).project_id == existing.id
     glance = admin_driver.image(image_id=ImageReplica.objects.get(image=image, host=os_cloud).volume)
     assert glance.visibility == "public"
+
+
+def test_deleting_a_tenant_removes_its_managed_project(os_cloud, admin_driver, run_tasks, make_tenant, make_user):
+    from portal.services import delete_tenant
+
+    tenant = make_tenant("os-gone", instances=2, vcpus=2, ram_mib=512)
+    project_id = cloud.project_for(host=os_cloud, tenant=tenant)
+    assert admin_driver.compute_quota(project_id=project_id).instances == 2
+    run_tasks(lambda: delete_tenant(actor=make_user("os-root", staff=True), tenant=tenant))
+    assert admin_driver.conn.identity.find_project(project_id, ignore_missing=True) is None
