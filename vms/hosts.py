@@ -9,9 +9,11 @@ page load. Services are keyword-only and typed; they never raise for an unreacha
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from django.conf import settings
+from django.core.exceptions import NON_FIELD_ERRORS, ValidationError
 from django.db import IntegrityError, transaction
 from django.db.models import ProtectedError, Q
 from django.utils import timezone
@@ -23,7 +25,7 @@ from portal.backends.libvirt.driver import LibvirtDriver
 from portal.models import Tenant
 from portal.services import ConflictError, ServiceError, record_audit, reserve_quota
 from vms import realtime
-from vms.models import Flavor, Host, Instance, UnmanagedDomain
+from vms.models import CloudProject, Flavor, Host, Instance, PlacementRule, UnmanagedDomain
 
 log = logging.getLogger(__name__)
 
@@ -312,37 +314,299 @@ def counts_summary(counts: dict[str, Any]) -> str:
     return ", ".join(f"{key} {value}" for key, value in counts.items())
 
 
-def save_host(*, actor, host: Host | None, values: dict, ip: str | None = None) -> Host:
-    """Create or change a host (values already validated by HostSerializer); a taken name is a conflict."""
+def _validation_error(exc: ValidationError) -> ServiceError:
+    """The first message of a model validation error, as a ServiceError naming its field."""
+    if hasattr(exc, "error_dict"):
+        field, errors = next(iter(exc.message_dict.items()))
+        return ServiceError(errors[0], field=None if field == NON_FIELD_ERRORS else field)
+    return ServiceError(exc.messages[0])
+
+
+def _merged_credentials(*, stored: dict[str, str], given: dict[str, str]) -> dict[str, str]:
+    """The login after an edit: given values replace stored ones; blank ones keep them.
+
+    A secret stays only with the login it belongs to: a new username (or application credential id)
+    drops the stored password (or secret), and switching between a password login and an application
+    credential drops the other method's fields.
+    """
+    merged = dict(stored)
+    if given.get("application_credential_id"):
+        for key in ("username", "password", "project_name"):
+            merged.pop(key, None)
+        if given["application_credential_id"] != stored.get("application_credential_id"):
+            merged.pop("application_credential_secret", None)
+    if given.get("username"):
+        for key in ("application_credential_id", "application_credential_secret"):
+            merged.pop(key, None)
+        if given["username"] != stored.get("username"):
+            merged.pop("password", None)
+    merged.update(given)
+    return merged
+
+
+def _check_login(*, host: Host, login: dict[str, str]) -> None:
+    """A cloud without clouds.yaml entry logs in with a password or an application credential, complete."""
+    if host.cloud_name:
+        return  # clouds.yaml gives the rest; stored values only override it
+    password_login = all(login.get(k) for k in ("username", "password", "project_name"))
+    app_credential = all(login.get(k) for k in ("application_credential_id", "application_credential_secret"))
+    if password_login or app_credential:
+        return
+    if login or host.project_mode == Host.ProjectMode.MANAGED:
+        raise ServiceError(
+            _(
+                "Give a complete login: username, password and project name, or an application credential id "
+                "and secret (or a cloud name from clouds.yaml)."
+            ),
+            field="credentials",
+        )
+
+
+def prepare_host(
+    *,
+    host: Host | None,
+    values: Mapping[str, Any],
+    credentials: Mapping[str, str] | None = None,
+    clear_credentials: bool = False,
+) -> Host:
+    """``host`` (a new one when None) with ``values`` and the login applied and checked, not saved.
+
+    Raises ServiceError (ConflictError for a taken name) when the input is refused. ``credentials``
+    (keys of ``vms.cloud.CREDENTIAL_FIELDS``) are write-only: omitted or blank values keep what is
+    stored, given ones replace it (see ``_merged_credentials``); ``clear_credentials=True`` forgets
+    the stored login first (a managed cloud without a cloud name still needs a complete login).
+    """
+    from vms import cloud
+
     created = host is None
     host = host if host is not None else Host()
+    if not created and "kind" in values and values["kind"] != host.kind:
+        raise ServiceError(_("The kind of a host cannot change; add a new host instead."), field="kind")
+    unknown = sorted(set(credentials or {}) - set(cloud.CREDENTIAL_FIELDS))
+    if unknown:
+        raise ServiceError(
+            _("Unknown credential fields: %(fields)s.") % {"fields": ", ".join(unknown)}, field="credentials"
+        )
+    given = {k: str(v).strip() for k, v in (credentials or {}).items() if v is not None and str(v).strip()}
     name = values.get("name", host.name)
+    if Host.objects.filter(name=name).exclude(pk=host.pk).exists():
+        raise ConflictError(_("A host named “%(name)s” already exists.") % {"name": name}, field="name")
+    for field, value in values.items():
+        setattr(host, field, value)
+    try:
+        host.full_clean(validate_unique=False, validate_constraints=False)
+    except ValidationError as exc:
+        raise _validation_error(exc) from exc
+    if host.kind != Host.Kind.OPENSTACK:
+        if given:
+            raise ServiceError(_("A libvirt host has no cloud credentials."), field="credentials")
+        if clear_credentials:
+            host.credentials = ""
+    elif clear_credentials or given:
+        try:
+            stored = {} if clear_credentials else cloud.decrypt_credentials(host)
+        except BackendError:
+            stored = {}  # unreadable (the key changed): the new login replaces it
+        login = _merged_credentials(stored=stored, given=given)
+        _check_login(host=host, login=login)
+        if clear_credentials or login != stored:
+            host.credentials = cloud.encrypt_credentials(login)
+    else:
+        try:
+            _check_login(host=host, login=cloud.decrypt_credentials(host))
+        except BackendError as exc:
+            raise ServiceError(exc.message, field="credentials") from exc
+    return host
+
+
+def save_host(
+    *,
+    actor,
+    host: Host | None,
+    values: Mapping[str, Any],
+    credentials: Mapping[str, str] | None = None,
+    clear_credentials: bool = False,
+    ip: str | None = None,
+    via: str = "api",
+) -> Host:
+    """Create or change a libvirt host or an OpenStack cloud (cloud admins); a taken name is a conflict.
+
+    ``values`` are model fields (already checked by the caller's form or serializer); the model's own
+    rules (``Host.clean``) and the login rules run here too (``prepare_host``: write-only credentials,
+    blank keeps, ``clear_credentials`` forgets). Credentials are stored encrypted and never written to
+    the audit trail (it says only whether they changed). Invalid input changes nothing.
+    """
+    from vms import cloud
+
+    if not is_cloud_admin(actor):
+        raise ServiceError(_("Only cloud admins can change hosts."))
+    created = host is None
+    old_credentials = host.credentials if host is not None else ""
     try:
         with transaction.atomic():
-            if Host.objects.filter(name=name).exclude(pk=host.pk).exists():
-                raise ConflictError(_("A host named “%(name)s” already exists.") % {"name": name}, field="name")
-            for field, value in values.items():
-                setattr(host, field, value)
+            host = prepare_host(host=host, values=values, credentials=credentials, clear_credentials=clear_credentials)
             host.save()
+            detail: dict[str, Any] = {"fields": sorted(values), "via": via}
+            if host.credentials != old_credentials:
+                detail["credentials"] = "changed" if host.credentials else "cleared"
             record_audit(
                 user=actor,
                 action="host.create" if created else "host.update",
                 target=host,
                 ip=ip,
-                detail={"fields": sorted(values), "via": "api"},
+                detail=detail,
             )
     except IntegrityError as exc:
         raise ConflictError(_("A host with that name was created at the same time.")) from exc
+    if not created and host.is_cloud:
+        # A changed login, URL or region takes effect on the next call (the driver keeps a token).
+        saved = host
+        transaction.on_commit(lambda: cloud.forget_driver(saved))
     return host
 
 
 def delete_host(*, actor, host: Host, ip: str | None = None) -> None:
-    """Remove a host no instance is placed on (its unmanaged-domain rows and image copies go with it)."""
+    """Remove a host or cloud no instance is placed on (its unmanaged domains, image copies, cloud projects,
+    cloud flavors and placement rules go with it; nothing is deleted inside the cloud itself)."""
+    pk, is_cloud = host.pk, host.is_cloud
     try:
         with transaction.atomic():
-            record_audit(user=actor, action="host.delete", target=host, ip=ip)
+            record_audit(user=actor, action="host.delete", target=host, ip=ip, detail={"kind": host.kind})
             host.delete()
     except ProtectedError as exc:
         raise ConflictError(
             _("Host “%(name)s” still has instances; move or delete them, or disable the host.") % {"name": host.name}
         ) from exc
+    if is_cloud:
+        from vms import cloud
+
+        transaction.on_commit(lambda: cloud.forget_driver(Host(pk=pk)))
+
+
+def check_host(*, host: Host) -> Host:
+    """Ask a host or a cloud now: libvirt capacity (``refresh_host``) or an OpenStack login (``verify_cloud``).
+
+    An unreachable host or cloud is marked DOWN with the error as the reason.
+    """
+    if host.is_cloud:
+        from vms import cloud
+
+        return cloud.verify_cloud(host=host)
+    return refresh_host(host=host)
+
+
+# ---------------------------------------------------------------- cloud projects and placement rules (cloud admins)
+
+
+def _require_cloud_admin(actor, message: str) -> None:
+    if not is_cloud_admin(actor):
+        raise ServiceError(message)
+
+
+def map_cloud_project(*, actor, host: Host, tenant: Tenant, project_id: str, ip: str | None = None) -> CloudProject:
+    """Map a tenant to an existing Keystone project on a cloud (or change the mapping).
+
+    A mapping made here is not "managed": the portal never deletes that project. A project already
+    mapped to another tenant on the cloud is a conflict, and so is moving a tenant that has instances
+    on the cloud (their servers live in the old project).
+    """
+    _require_cloud_admin(actor, _("Only cloud admins can map tenants to cloud projects."))
+    if not host.is_cloud:
+        raise ServiceError(_("%(host)s is not an OpenStack cloud.") % {"host": host.name}, field="host")
+    project_id = (project_id or "").strip()
+    if not project_id:
+        raise ServiceError(_("Give the id of an existing project."), field="project_id")
+    try:
+        with transaction.atomic():
+            if CloudProject.objects.filter(host=host, project_id=project_id).exclude(tenant=tenant).exists():
+                raise ConflictError(
+                    _("Project %(project)s is already mapped to another tenant on %(host)s.")
+                    % {"project": project_id, "host": host.name},
+                    field="project_id",
+                )
+            row = CloudProject.objects.select_for_update().filter(host=host, tenant=tenant).first()
+            created = row is None
+            if row is not None and row.project_id == project_id:
+                return row
+            if row is not None and Instance.objects.filter(host=host, tenant=tenant).exists():
+                raise ConflictError(
+                    _("Tenant “%(tenant)s” has instances on %(host)s in project %(project)s; delete them first.")
+                    % {"tenant": tenant.name, "host": host.name, "project": row.project_id},
+                    field="project_id",
+                )
+            if row is None:
+                row = CloudProject(host=host, tenant=tenant)
+            old = row.project_id
+            row.project_id, row.managed, row.quota_synced_at, row.quota_error = project_id, False, None, ""
+            row.save()
+            record_audit(
+                user=actor,
+                action="cloudproject.create" if created else "cloudproject.update",
+                target=row,
+                tenant=tenant,
+                ip=ip,
+                detail={"cloud": host.name, "project_id": project_id, **({"old_project_id": old} if old else {})},
+            )
+    except IntegrityError as exc:
+        raise ConflictError(_("The tenant or the project was mapped on this cloud at the same time.")) from exc
+    return row
+
+
+def unmap_cloud_project(*, actor, project: CloudProject, ip: str | None = None) -> None:
+    """Forget a tenant's project on a cloud (the project itself stays); refused while it has instances there."""
+    _require_cloud_admin(actor, _("Only cloud admins can change cloud projects."))
+    with transaction.atomic():
+        if Instance.objects.filter(host_id=project.host_id, tenant_id=project.tenant_id).exists():
+            raise ConflictError(
+                _("Tenant “%(tenant)s” still has instances on this cloud; delete them first.")
+                % {"tenant": project.tenant.name}
+            )
+        record_audit(
+            user=actor,
+            action="cloudproject.delete",
+            target=project,
+            tenant=project.tenant,
+            ip=ip,
+            detail={"cloud": project.host.name, "project_id": project.project_id},
+        )
+        project.delete()
+
+
+def save_placement_rule(
+    *, actor, rule: PlacementRule | None, values: dict, ip: str | None = None, via: str = "api"
+) -> PlacementRule:
+    """Create or change a placement rule; a second rule for the same tenant and flavor is a conflict."""
+    _require_cloud_admin(actor, _("Only cloud admins can change placement rules."))
+    created = rule is None
+    rule = rule if rule is not None else PlacementRule()
+    for field, value in values.items():
+        setattr(rule, field, value)
+    try:
+        rule.full_clean(validate_unique=False, validate_constraints=False)
+    except ValidationError as exc:
+        raise _validation_error(exc) from exc
+    try:
+        with transaction.atomic():
+            if PlacementRule.objects.filter(tenant=rule.tenant, flavor=rule.flavor).exclude(pk=rule.pk).exists():
+                raise ConflictError(_("There is already a rule for this tenant and flavor; change that one."))
+            rule.save()
+            record_audit(
+                user=actor,
+                action="placementrule.create" if created else "placementrule.update",
+                target=rule,
+                tenant=rule.tenant,
+                ip=ip,
+                detail={"fields": sorted(values), "host": rule.host.name, "via": via},
+            )
+    except IntegrityError as exc:
+        raise ConflictError(_("The same rule was created at the same time.")) from exc
+    return rule
+
+
+def delete_placement_rule(*, actor, rule: PlacementRule, ip: str | None = None, via: str = "api") -> None:
+    _require_cloud_admin(actor, _("Only cloud admins can change placement rules."))
+    with transaction.atomic():
+        record_audit(
+            user=actor, action="placementrule.delete", target=rule, tenant=rule.tenant, ip=ip, detail={"via": via}
+        )
+        rule.delete()

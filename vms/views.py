@@ -755,10 +755,10 @@ def host_list(request):
 @require_POST
 def host_refresh(request, pk: int):
     _staff_only(request)
-    from vms.hosts import refresh_host
+    from vms.hosts import check_host
 
     host = get_object_or_404(hosts_for(user=request.user), pk=pk)
-    host = refresh_host(host=host)
+    host = check_host(host=host)
     if host.state == Host.State.DOWN:
         messages.warning(
             request,

@@ -9,7 +9,7 @@ from drf_spectacular.utils import extend_schema_field
 
 from portal.access import VIEW
 from portal.api.filtersets import TenantChoiceFilter
-from vms.models import Flavor, Host, Instance, Operation, UnmanagedDomain
+from vms.models import CloudFlavor, CloudProject, Flavor, Host, Instance, Operation, PlacementRule, UnmanagedDomain
 
 
 class FlavorFilter(django_filters.FilterSet):
@@ -69,13 +69,41 @@ class InstanceFilter(django_filters.FilterSet):
 
 
 class HostFilter(django_filters.FilterSet):
+    kind = django_filters.ChoiceFilter(choices=Host.Kind.choices, label=_("kind"))
     state = django_filters.ChoiceFilter(choices=Host.State.choices, label=_("state"))
     enabled = django_filters.BooleanFilter(label=_("enabled"))
     name = django_filters.CharFilter(lookup_expr="icontains", label=_("name contains"))
 
     class Meta:
         model = Host
-        fields = ["state", "enabled", "name"]
+        fields = ["kind", "state", "enabled", "name"]
+
+
+class CloudProjectFilter(django_filters.FilterSet):
+    host = HostChoiceFilter(label=_("cloud"))
+    tenant = TenantChoiceFilter()
+    managed = django_filters.BooleanFilter(label=_("managed"))
+
+    class Meta:
+        model = CloudProject
+        fields = ["host", "tenant", "managed"]
+
+
+class CloudFlavorFilter(django_filters.FilterSet):
+    host = HostChoiceFilter(label=_("cloud"))
+
+    class Meta:
+        model = CloudFlavor
+        fields = ["host", "flavor"]
+
+
+class PlacementRuleFilter(django_filters.FilterSet):
+    host = HostChoiceFilter()
+    tenant = TenantChoiceFilter()
+
+    class Meta:
+        model = PlacementRule
+        fields = ["host", "tenant", "flavor"]
 
 
 class UnmanagedDomainFilter(django_filters.FilterSet):

@@ -1,5 +1,6 @@
-"""/api/v1/instances/, /hosts/ and /unmanaged-domains/. Thin: instances_for() and restrict() for reads,
-vms.lifecycle and vms.hosts for writes.
+"""/api/v1/instances/, /hosts/, /unmanaged-domains/, /cloud-projects/, /cloud-flavors/ and /placement-rules/.
+
+Thin: instances_for() and restrict() for reads, vms.lifecycle and vms.hosts for writes.
 
 Long actions answer 202 with the Operation that carries them out (poll it at /api/v1/operations/{id}/);
 another tenant's instance, disk or snapshot is a 404 for every method.
@@ -26,9 +27,29 @@ from portal.access import CHANGE, DELETE, VIEW, is_cloud_admin
 from portal.api.base import MAX_ID, ApiViewSetMixin
 from portal.api.serializers import MAX_INT32, VisibleTenantField
 from vms import consoles, hosts, lifecycle
-from vms.api.filtersets import HostFilter, InstanceFilter, UnmanagedDomainFilter
+from vms.api.filtersets import (
+    CloudFlavorFilter,
+    CloudProjectFilter,
+    HostFilter,
+    InstanceFilter,
+    PlacementRuleFilter,
+    UnmanagedDomainFilter,
+)
 from vms.api.serializers import OperationSerializer
-from vms.models import Flavor, Host, Instance, InstanceDisk, Keypair, Network, Operation, Snapshot, UnmanagedDomain
+from vms.models import (
+    CloudFlavor,
+    CloudProject,
+    Flavor,
+    Host,
+    Instance,
+    InstanceDisk,
+    Keypair,
+    Network,
+    Operation,
+    PlacementRule,
+    Snapshot,
+    UnmanagedDomain,
+)
 from vms.selectors import instances_for, metric_points_for
 
 # ---------------------------------------------------------------- fields: ids of what the requester may see
@@ -524,10 +545,56 @@ class InstanceViewSet(ApiViewSetMixin, mixins.ListModelMixin, mixins.RetrieveMod
 # ---------------------------------------------------------------- hosts (cloud admins)
 
 
-class HostSerializer(serializers.ModelSerializer):
-    """A libvirt host. Capacity and state are reported by the host (refresh, watcher), never written here."""
+class CloudCredentialsSerializer(serializers.Serializer):
+    """How the portal logs in to an OpenStack cloud. Write-only: never returned by any request.
 
-    kind = serializers.CharField(read_only=True, help_text=_("Driver of the host: libvirt."))
+    Blank or omitted fields keep what is stored; a new username or application credential id drops the
+    stored secret of the old login.
+    """
+
+    username = serializers.CharField(required=False, allow_blank=True, max_length=255)
+    password = serializers.CharField(
+        required=False, allow_blank=True, max_length=255, trim_whitespace=False, style={"input_type": "password"}
+    )
+    project_name = serializers.CharField(required=False, allow_blank=True, max_length=255)
+    user_domain_name = serializers.CharField(required=False, allow_blank=True, max_length=255)
+    project_domain_name = serializers.CharField(required=False, allow_blank=True, max_length=255)
+    application_credential_id = serializers.CharField(required=False, allow_blank=True, max_length=255)
+    application_credential_secret = serializers.CharField(
+        required=False, allow_blank=True, max_length=255, trim_whitespace=False, style={"input_type": "password"}
+    )
+
+
+HOST_CLOUD_FIELDS = ["cloud_name", "auth_url", "region", "project_mode", "project_domain", "os_network", "verify_tls"]
+
+
+class HostSerializer(serializers.ModelSerializer):
+    """A libvirt host or an OpenStack cloud. Capacity and state are reported by the host (refresh/verify,
+    watcher), never written here; a cloud's credentials are write-only."""
+
+    kind = serializers.ChoiceField(
+        choices=Host.Kind.choices,
+        required=False,
+        help_text=_("Driver of the host: libvirt (needs uri) or openstack (needs auth_url or cloud_name); fixed."),
+    )
+    credentials = CloudCredentialsSerializer(
+        write_only=True,
+        required=False,
+        help_text=_(
+            "OpenStack login (write-only): username, password and project_name, or application_credential_id "
+            "and application_credential_secret. Blank or omitted fields keep the stored ones."
+        ),
+    )
+    clear_credentials = serializers.BooleanField(
+        write_only=True,
+        required=False,
+        default=False,
+        help_text=_("Forget the stored login first (then only what credentials gives is stored)."),
+    )
+    credentials_set = serializers.SerializerMethodField(help_text=_("Whether a cloud login is stored."))
+    credentials_summary = serializers.SerializerMethodField(
+        help_text=_("The stored login's names (username, project, domains, application credential id), no secret.")
+    )
 
     class Meta:
         model = Host
@@ -536,6 +603,11 @@ class HostSerializer(serializers.ModelSerializer):
             "name",
             "kind",
             "uri",
+            *HOST_CLOUD_FIELDS,
+            "credentials",
+            "clear_credentials",
+            "credentials_set",
+            "credentials_summary",
             "storage_pool",
             "default_network",
             "vnc_listen",
@@ -580,10 +652,25 @@ class HostSerializer(serializers.ModelSerializer):
             "reserved_ram_mib": {"max_value": MAX_INT32},
         }
 
+    @extend_schema_field(OpenApiTypes.BOOL)
+    def get_credentials_set(self, host: Host) -> bool:
+        return bool(host.credentials)
+
+    @extend_schema_field({"type": "object", "additionalProperties": {"type": "string"}})
+    def get_credentials_summary(self, host: Host) -> dict[str, str]:
+        from vms.cloud import credentials_summary
+
+        return credentials_summary(host) if host.credentials else {}
+
     def validate_name(self, value: str) -> str:
         value = value.strip()
         if not value:
             raise serializers.ValidationError(_("A host needs a name."))
+        return value
+
+    def validate_kind(self, value: str) -> str:
+        if self.instance is not None and value != self.instance.kind:
+            raise serializers.ValidationError(_("The kind of a host cannot change; add a new host instead."))
         return value
 
     def validate_vnc_listen(self, value: str) -> str:
@@ -602,15 +689,32 @@ class HostSerializer(serializers.ModelSerializer):
         return attrs
 
 
+def save_host_from(view, serializer: HostSerializer, host: Host | None) -> Host:
+    """Hand validated host input to vms.hosts.save_host (credentials apart from the model fields)."""
+    values = dict(serializer.validated_data)
+    credentials = values.pop("credentials", None)
+    clear = values.pop("clear_credentials", False)
+    return hosts.save_host(
+        actor=view.request.user,
+        host=host,
+        values=values,
+        credentials=credentials,
+        clear_credentials=clear,
+        ip=view.client_ip,
+    )
+
+
 @extend_schema_view(
-    list=extend_schema(summary=_("Hosts (cloud admins; others get an empty list)")),
-    retrieve=extend_schema(summary=_("One host with its last reported capacity")),
-    create=extend_schema(summary=_("Add a libvirt host (cloud admins)"), responses={201: HostSerializer}),
-    partial_update=extend_schema(summary=_("Change a host's settings (cloud admins)")),
-    destroy=extend_schema(summary=_("Remove a host that runs no instance (cloud admins)")),
+    list=extend_schema(summary=_("Hosts and clouds (cloud admins; others get an empty list)")),
+    retrieve=extend_schema(summary=_("One host or cloud with its last reported capacity and state")),
+    create=extend_schema(
+        summary=_("Add a libvirt host or an OpenStack cloud (cloud admins)"), responses={201: HostSerializer}
+    ),
+    partial_update=extend_schema(summary=_("Change a host's or cloud's settings or login (cloud admins)")),
+    destroy=extend_schema(summary=_("Remove a host or cloud that runs no instance (cloud admins)")),
 )
 class HostViewSet(ApiViewSetMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
-    """The libvirt hosts instances are placed on: infrastructure, visible to cloud admins only."""
+    """The libvirt hosts and OpenStack clouds instances are placed on: infrastructure, cloud admins only."""
 
     model = Host
     serializer_class = HostSerializer
@@ -624,14 +728,14 @@ class HostViewSet(ApiViewSetMixin, mixins.ListModelMixin, mixins.RetrieveModelMi
         self.require_cloud_admin(_("Only cloud admins can add hosts."))
         serializer = self.get_serializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        host = hosts.save_host(actor=request.user, host=None, values=dict(serializer.validated_data), ip=self.client_ip)
+        host = save_host_from(self, serializer, None)
         return Response(self.get_serializer(host).data, status=status.HTTP_201_CREATED)
 
     def partial_update(self, request, *args, **kwargs):
         host = self.get_object_for(CHANGE)
         serializer = self.get_serializer(host, data=request.data, partial=True)
         serializer.is_valid(raise_exception=True)
-        host = hosts.save_host(actor=request.user, host=host, values=dict(serializer.validated_data), ip=self.client_ip)
+        host = save_host_from(self, serializer, host)
         return Response(self.get_serializer(host).data)
 
     def destroy(self, request, *args, **kwargs):
@@ -647,8 +751,231 @@ class HostViewSet(ApiViewSetMixin, mixins.ListModelMixin, mixins.RetrieveModelMi
     @action(detail=True, methods=["post"])
     def refresh(self, request, *args, **kwargs):
         host = self.get_object_for(CHANGE)
-        host = hosts.refresh_host(host=host)
+        host = hosts.check_host(host=host)
         return Response(self.get_serializer(host).data)
+
+    @extend_schema(
+        summary=_("Log in to the cloud (or ask the libvirt host) now: up, or down with the reason"),
+        request=None,
+        responses={200: HostSerializer},
+    )
+    @action(detail=True, methods=["post"])
+    def verify(self, request, *args, **kwargs):
+        host = self.get_object_for(CHANGE)
+        host = hosts.check_host(host=host)
+        return Response(self.get_serializer(host).data)
+
+
+# ---------------------------------------------------------------- cloud projects and placement rules (cloud admins)
+
+
+@extend_schema_field(OpenApiTypes.INT)
+class CloudHostField(_GatedPrimaryKeyField):
+    """The id of an OpenStack cloud (a host of kind openstack)."""
+
+    model = Host
+
+    def get_queryset(self):
+        return super().get_queryset().filter(kind=Host.Kind.OPENSTACK)
+
+
+@extend_schema_field(OpenApiTypes.INT)
+class VisibleHostField(_GatedPrimaryKeyField):
+    model = Host
+
+
+class CloudProjectSerializer(serializers.ModelSerializer):
+    """The Keystone project a tenant's servers live in on one cloud (created by the portal, or mapped)."""
+
+    host = CloudHostField(help_text=_("Id of the OpenStack cloud."))
+    tenant = VisibleTenantField(help_text=_("Id of the tenant."))
+    host_name = serializers.CharField(source="host.name", read_only=True)
+    tenant_name = serializers.CharField(source="tenant.name", read_only=True)
+
+    class Meta:
+        model = CloudProject
+        fields = [
+            "id",
+            "host",
+            "host_name",
+            "tenant",
+            "tenant_name",
+            "project_id",
+            "managed",
+            "quota_synced_at",
+            "quota_error",
+            "created_at",
+        ]
+        read_only_fields = ["id", "managed", "quota_synced_at", "quota_error", "created_at"]
+        validators = []  # a taken tenant or project on the cloud is a 409 from the service
+
+
+class CloudProjectUpdateSerializer(serializers.Serializer):
+    project_id = serializers.CharField(max_length=64, help_text=_("Id of the existing Keystone project."))
+
+
+class PushQuotaSerializer(serializers.Serializer):
+    pushed = serializers.DictField(
+        child=serializers.BooleanField(), help_text=_("Per cloud name: whether the quota was set.")
+    )
+    project = CloudProjectSerializer(read_only=True)
+
+
+@extend_schema_view(
+    list=extend_schema(summary=_("Tenants' projects on the OpenStack clouds (cloud admins)")),
+    retrieve=extend_schema(summary=_("One tenant's project on a cloud")),
+    create=extend_schema(
+        summary=_("Map a tenant to an existing project on a cloud (cloud admins)"),
+        responses={201: CloudProjectSerializer},
+    ),
+    partial_update=extend_schema(
+        summary=_("Map the tenant to another existing project (cloud admins)"),
+        request=CloudProjectUpdateSerializer,
+        responses={200: CloudProjectSerializer},
+    ),
+    destroy=extend_schema(
+        summary=_("Forget the mapping (the project stays in the cloud; refused while instances run there)")
+    ),
+)
+class CloudProjectViewSet(ApiViewSetMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    """Which Keystone project holds a tenant's servers on each cloud: infrastructure, cloud admins only."""
+
+    model = CloudProject
+    serializer_class = CloudProjectSerializer
+    filterset_class = CloudProjectFilter
+    ordering_fields = ["created_at", "quota_synced_at"]
+
+    def get_queryset(self):
+        return CloudProject.objects.restrict(self.request.user, VIEW).select_related("host", "tenant")
+
+    def _answer(self, project: CloudProject, code: int = status.HTTP_200_OK) -> Response:
+        project = self.get_queryset().get(pk=project.pk)
+        return Response(self.get_serializer(project).data, status=code)
+
+    def create(self, request, *args, **kwargs):
+        self.require_cloud_admin(_("Only cloud admins can map tenants to cloud projects."))
+        serializer = self.get_serializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        project = hosts.map_cloud_project(actor=request.user, ip=self.client_ip, **serializer.validated_data)
+        return self._answer(project, status.HTTP_201_CREATED)
+
+    def partial_update(self, request, *args, **kwargs):
+        project = self.get_object_for(CHANGE)
+        serializer = CloudProjectUpdateSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        project = hosts.map_cloud_project(
+            actor=request.user,
+            host=project.host,
+            tenant=project.tenant,
+            project_id=serializer.validated_data["project_id"],
+            ip=self.client_ip,
+        )
+        return self._answer(project)
+
+    def destroy(self, request, *args, **kwargs):
+        project = self.get_object_for(DELETE)
+        hosts.unmap_cloud_project(actor=request.user, project=project, ip=self.client_ip)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+    @extend_schema(
+        summary=_("Push the tenant's quota to its projects on every cloud now"),
+        request=None,
+        responses={200: PushQuotaSerializer},
+    )
+    @action(detail=True, methods=["post"], url_path="push-quota", url_name="push-quota")
+    def push_quota(self, request, *args, **kwargs):
+        from vms import cloud
+
+        project = self.get_object_for(CHANGE)
+        pushed = cloud.push_quota(tenant=project.tenant)
+        project = self.get_queryset().get(pk=project.pk)
+        return Response({"pushed": pushed, "project": self.get_serializer(project).data})
+
+
+class PlacementRuleSerializer(serializers.ModelSerializer):
+    """Admin policy: new instances of a tenant and/or a flavor go to this host or cloud (most specific wins)."""
+
+    tenant = VisibleTenantField(required=False, allow_null=True, help_text=_("Id of the tenant; null: any tenant."))
+    flavor = VisibleFlavorField(required=False, allow_null=True, help_text=_("Id of the flavor; null: any flavor."))
+    host = VisibleHostField(help_text=_("Id of the host or cloud the instances go to."))
+    host_name = serializers.CharField(source="host.name", read_only=True)
+
+    class Meta:
+        model = PlacementRule
+        fields = ["id", "tenant", "flavor", "host", "host_name", "created_at"]
+        read_only_fields = ["id", "created_at"]
+        validators = []  # a duplicate rule is a 409 from the service
+
+
+@extend_schema_view(
+    list=extend_schema(summary=_("Placement rules (cloud admins): the most specific rule wins")),
+    retrieve=extend_schema(summary=_("One placement rule")),
+    create=extend_schema(summary=_("Add a placement rule (cloud admins)"), responses={201: PlacementRuleSerializer}),
+    partial_update=extend_schema(summary=_("Change a placement rule (cloud admins)")),
+    destroy=extend_schema(summary=_("Remove a placement rule (cloud admins)")),
+)
+class PlacementRuleViewSet(ApiViewSetMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    """Where new instances go: a rule for tenant + flavor beats one for the flavor, which beats one for the
+    tenant; without a rule the scheduler picks among the libvirt hosts."""
+
+    model = PlacementRule
+    serializer_class = PlacementRuleSerializer
+    filterset_class = PlacementRuleFilter
+    ordering_fields = ["created_at"]
+
+    def get_queryset(self):
+        return PlacementRule.objects.restrict(self.request.user, VIEW).select_related("host")
+
+    def create(self, request, *args, **kwargs):
+        self.require_cloud_admin(_("Only cloud admins can add placement rules."))
+        serializer = self.get_serializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        rule = hosts.save_placement_rule(
+            actor=request.user, rule=None, values=dict(serializer.validated_data), ip=self.client_ip
+        )
+        return Response(self.get_serializer(rule).data, status=status.HTTP_201_CREATED)
+
+    def partial_update(self, request, *args, **kwargs):
+        rule = self.get_object_for(CHANGE)
+        serializer = self.get_serializer(rule, data=request.data, partial=True)
+        serializer.is_valid(raise_exception=True)
+        rule = hosts.save_placement_rule(
+            actor=request.user, rule=rule, values=dict(serializer.validated_data), ip=self.client_ip
+        )
+        return Response(self.get_serializer(rule).data)
+
+    def destroy(self, request, *args, **kwargs):
+        rule = self.get_object_for(DELETE)
+        hosts.delete_placement_rule(actor=request.user, rule=rule, ip=self.client_ip)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class CloudFlavorSerializer(serializers.ModelSerializer):
+    """A portal flavor as created in one cloud's Nova (written by the portal only)."""
+
+    host_name = serializers.CharField(source="host.name", read_only=True)
+    flavor_name = serializers.CharField(source="flavor.name", read_only=True)
+
+    class Meta:
+        model = CloudFlavor
+        fields = ["id", "host", "host_name", "flavor", "flavor_name", "cloud_id", "synced_at"]
+        read_only_fields = fields
+
+
+@extend_schema_view(
+    list=extend_schema(summary=_("Portal flavors as created on the clouds (cloud admins; read-only)")),
+    retrieve=extend_schema(summary=_("One flavor's copy on a cloud")),
+)
+class CloudFlavorViewSet(ApiViewSetMixin, viewsets.ReadOnlyModelViewSet):
+    """The Nova flavor of each portal flavor on each cloud; the portal creates them on first launch."""
+
+    model = CloudFlavor
+    serializer_class = CloudFlavorSerializer
+    filterset_class = CloudFlavorFilter
+    ordering_fields = ["synced_at"]
+
+    def get_queryset(self):
+        return CloudFlavor.objects.restrict(self.request.user, VIEW).select_related("host", "flavor")
 
 
 # ---------------------------------------------------------------- unmanaged domains (cloud admins)
