@@ -2,8 +2,9 @@
 # Set up everything labcloud needs on this machine, short of serving it.
 #
 #   scripts/bootstrap.sh          # what `make run` needs
-#   scripts/bootstrap.sh --test   # plus PostgreSQL, Chromium, test-media tools
-#                                 # and requirements-dev.txt (`make test`)
+#   scripts/bootstrap.sh --test   # plus PostgreSQL, Chromium, test-media tools,
+#                                 # requirements-dev.txt and the devcloud's packages
+#                                 # and venvs (`make test`)
 #
 # Target: Debian 12 (bookworm) as root (or a user with sudo), with or without
 # systemd. Idempotent: a re-run only checks and skips what is already done.
@@ -250,6 +251,18 @@ if ((TEST)); then
     fi
 fi
 
+# The devcloud (scripts/devcloud/, a real OpenStack control plane for the tests marked openstack):
+# MariaDB, RabbitMQ (their system services kept stopped) and one venv per OpenStack service, so
+# that the test run downloads nothing; it starts nothing. Installs in the background while the
+# python, npm and django steps run (which use neither apt nor the user database; the packages
+# and users of the steps above are in place by now), and is waited for before the test media
+# (which use apt-get download). A re-run only checks the venvs' stamps (well under a second).
+DEVCLOUD_JOB=
+if ((TEST)); then
+    bash scripts/devcloud/up.sh --install-only >"$LOG_DIR/devcloud-install.log" 2>&1 &
+    DEVCLOUD_JOB=$!
+fi
+
 # ----------------------------------------------------------------------- python
 step "python venv (.venv)"
 if ! venv_ok; then
@@ -311,6 +324,15 @@ done_ "migrated"
 done_ "collected static files"
 if ((!TEST)); then
     "${DJ[@]}" seed_portal
+fi
+
+if [[ -n $DEVCLOUD_JOB ]]; then
+    step "devcloud: Debian packages and venvs (scripts/devcloud/up.sh --install-only)"
+    if ! wait "$DEVCLOUD_JOB"; then
+        tail -n 30 "$LOG_DIR/devcloud-install.log" >&2
+        die "devcloud install failed (full log: $LOG_DIR/devcloud-install.log)"
+    fi
+    grep -E '^\[' "$LOG_DIR/devcloud-install.log" | grep -v '] start$' | sed -E 's/^\[ *([0-9.]+)s\] (.*)/\2 (at \1 s)/' | while IFS= read -r l; do done_ "$l"; done
 fi
 
 # Tiny test guests (kernel + busybox disk, installer ISO, GRUB rescue ISO), built offline and cached.

@@ -8,6 +8,11 @@ It runs ``scripts/devcloud/up.sh`` once per test run (a no-op when the devcloud 
 yields a :class:`DevCloud`. At session end the devcloud is stopped (``down.sh``, by recorded PIDs)
 only if a fixture started it and no other live test session still holds a lease on it; one started
 by hand with ``up.sh`` is left running. ``LABCLOUD_DEVCLOUD=skip`` skips the tests that need it.
+
+``scripts/test.sh`` starts the devcloud itself before its pytest passes (the fixture then reuses it) and
+stops it afterwards if it started it. When that start failed, test.sh sets ``LABCLOUD_DEVCLOUD_UP_FAILED``
+to the log of the failed ``up.sh``: the tests that need the devcloud then fail at once instead of trying
+again. Test modules that use the fixture are marked ``openstack`` (``pytestmark = pytest.mark.openstack``).
 """
 
 from __future__ import annotations
@@ -110,6 +115,11 @@ def _already_up() -> bool:
 def devcloud_fixture() -> Iterator[DevCloud]:
     if os.environ.get("LABCLOUD_DEVCLOUD") == "skip":
         pytest.skip("LABCLOUD_DEVCLOUD=skip")
+    if failed_log := os.environ.get("LABCLOUD_DEVCLOUD_UP_FAILED"):
+        pytest.fail(
+            f"devcloud did not start (scripts/devcloud/up.sh failed in scripts/test.sh): see {failed_log}",
+            pytrace=False,
+        )
     lease = RUN / f"lease-{os.getpid()}"
     with _locked():
         if not _already_up():

@@ -18,6 +18,8 @@ from openstack import exceptions as os_exc
 
 from portal.backends.openstack_testing import ROOT, DevCloud, devcloud_fixture  # noqa: F401
 
+pytestmark = pytest.mark.openstack
+
 TINY_QCOW2 = ROOT / "var" / "test-media" / "tiny.qcow2"  # built by scripts/build_test_media.sh
 
 

@@ -35,6 +35,8 @@ from portal.backends.openstack import (
 )
 from portal.backends.openstack_testing import ROOT, DevCloud, devcloud_fixture  # noqa: F401
 
+pytestmark = pytest.mark.openstack
+
 TINY_QCOW2 = ROOT / "var" / "test-media" / "tiny.qcow2"  # built by scripts/build_test_media.sh
 PREFIX = f"lc-ostest-{uuid.uuid4().hex[:8]}"
 

@@ -10,6 +10,8 @@ descendants() {
         descendants "$c"
     done
 }
+# everything stops: a test session's "I started it" mark no longer applies
+[[ $# -gt 0 ]] || rm -f "$RUN/started-by-fixture"
 pids=()
 for n in ${*:-$ALL_SERVICES}; do
     f=$RUN/$n.pid

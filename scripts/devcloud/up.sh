@@ -2,49 +2,97 @@
 # Start the devcloud: a minimal real OpenStack control plane on 127.0.0.1 for the test suite.
 #   Keystone, Glance, Placement, Nova (fake compute driver) and a real neutron-server (ML2, no agents),
 #   all from PyPI pinned by constraints/, on a private MariaDB + RabbitMQ (Debian packages).
-# Usage: scripts/devcloud/up.sh          install what is missing, start, wait until healthy
-#        DEVCLOUD_INSTALLER=pip ...      use pip instead of uv (uv itself comes from PyPI)
+# Usage: scripts/devcloud/up.sh                 install what is missing, start, wait until healthy
+#        scripts/devcloud/up.sh --install-only  only install (Debian packages, uv, the five venvs); start
+#                                               nothing (scripts/bootstrap.sh --test runs this)
+#        DEVCLOUD_INSTALLER=pip ...             use pip instead of uv (uv itself comes from PyPI)
 # Idempotent: when everything is already running it only checks health. Venvs are reused while their
 # pins are unchanged (stamp file), databases and keys while var/devcloud/ is kept (reset.sh wipes them).
 # Writes var/devcloud/clouds.yaml (cloud "devcloud-admin"). Stop with down.sh.
 set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+INSTALL_ONLY=0
+case ${1:-} in
+--install-only) INSTALL_ONLY=1 ;;
+"") ;;
+*)
+    sed -n '5,8p' "$0" >&2
+    exit 2
+    ;;
+esac
 T0=$(date +%s.%N)
-el() { printf '%6.1f' "$(echo "$(date +%s.%N) - $T0" | bc)"; }
-log() { echo "[$(el)s] $*" | tee -a "$LOGS/up.timing"; }
-: >"$LOGS/up.timing"
+el() { awk -v a="$T0" -v b="$(date +%s.%N)" 'BEGIN { printf "%6.1f", b - a }'; } # awk: bc may not be there yet
+TIMING=$LOGS/up.timing
+((INSTALL_ONLY)) && TIMING=$LOGS/install.timing
+log() { echo "[$(el)s] $*" | tee -a "$TIMING"; }
+: >"$TIMING"
 cd "$DC"
+SUDO=()
+[[ $(id -u) -eq 0 ]] || SUDO=(sudo)
+# While apt-get installs MariaDB and RabbitMQ, /usr/sbin/policy-rc.d answers 101 ("do not start") to the
+# packages' invoke-rc.d calls: their system services (MariaDB on 3306, RabbitMQ on 0.0.0.0:5672 with epmd
+# on 0.0.0.0:4369) never start. A policy-rc.d that already denies is kept; any other is moved aside and
+# put back afterwards (also on failure or interrupt, from on_exit).
+POLICY=/usr/sbin/policy-rc.d
+POLICY_MADE= POLICY_SAVED=
+deny_service_starts() {
+    if [[ -e $POLICY ]]; then
+        local a=0 b=0
+        "$POLICY" mariadb start >/dev/null 2>&1 || a=$?
+        "$POLICY" rabbitmq-server start >/dev/null 2>&1 || b=$?
+        [[ $a == 101 && $b == 101 ]] && return 0
+        "${SUDO[@]}" mv "$POLICY" "$POLICY.devcloud-saved" && POLICY_SAVED=1
+    fi
+    printf '#!/bin/sh\n# scripts/devcloud/up.sh: no service starts during its apt-get install (removed afterwards)\nexit 101\n' |
+        "${SUDO[@]}" tee "$POLICY" >/dev/null
+    POLICY_MADE=1
+    "${SUDO[@]}" chmod 755 "$POLICY"
+}
+restore_policy() {
+    [[ -z $POLICY_MADE ]] || "${SUDO[@]}" rm -f "$POLICY"
+    [[ -z $POLICY_SAVED ]] || "${SUDO[@]}" mv "$POLICY.devcloud-saved" "$POLICY"
+    POLICY_MADE= POLICY_SAVED=
+}
 # on failure: stop the background installs and whatever this run started (keep state for a retry)
 on_exit() {
     local rc=$?
+    restore_policy
     [[ $rc -eq 0 ]] && return
     # shellcheck disable=SC2046
     kill $(jobs -p) 2>/dev/null
+    if ((INSTALL_ONLY)); then
+        echo "devcloud install FAILED (rc=$rc); logs in $LOGS" >&2
+        return
+    fi
     [[ -n ${DEVCLOUD_KEEP_ON_FAILURE:-} ]] || "$HERE/down.sh"
     echo "devcloud up FAILED (rc=$rc); logs in $LOGS" >&2
 }
 trap on_exit EXIT
 
-healthy() {
-    local s
-    for s in $ALL_SERVICES; do pid_alive "$s" || return 1; done
-    for u in 5000/v3 9292/ 8778/ 8774/ 9696/; do curl -sf -o /dev/null -m 5 "http://127.0.0.1:$u" || return 1; done
-}
-if healthy && "$DC/venv-keystone/bin/python" "$HERE/wait_ready.py" "$DC/clouds.yaml" 60 >"$LOGS/up-ready.out" 2>&1; then
-    log "devcloud already up"
-    exit 0
-fi
-# partly running (crash, interrupted start): stop what is left, keep state, start again
-for s in $ALL_SERVICES; do
-    if pid_alive "$s"; then
-        log "stopping leftovers of an earlier start"
-        "$HERE/down.sh"
-        break
+if ((!INSTALL_ONLY)); then
+    healthy() {
+        local s
+        for s in $ALL_SERVICES; do pid_alive "$s" || return 1; done
+        for u in 5000/v3 9292/ 8778/ 8774/ 9696/; do curl -sf -o /dev/null -m 5 "http://127.0.0.1:$u" || return 1; done
+    }
+    if healthy && "$DC/venv-keystone/bin/python" "$HERE/wait_ready.py" "$DC/clouds.yaml" 60 >"$LOGS/up-ready.out" 2>&1; then
+        log "devcloud already up"
+        exit 0
     fi
-done
-for p in 5000 9292 8778 8774 9696 16080 $DBPORT $MQPORT $MQDISTPORT $EPMDPORT; do
-    port_free "$p" || { echo "port 127.0.0.1:$p is taken by a process this harness did not start" >&2; exit 1; }
-done
+    # partly running (crash, interrupted start): stop what is left, keep state, start again
+    for s in $ALL_SERVICES; do
+        if pid_alive "$s"; then
+            log "stopping leftovers of an earlier start"
+            "$HERE/down.sh"
+            break
+        fi
+    done
+    for p in 5000 9292 8778 8774 9696 16080 $DBPORT $MQPORT $MQDISTPORT $EPMDPORT; do
+        port_free "$p" || { echo "port 127.0.0.1:$p is taken by a process this harness did not start" >&2; exit 1; }
+    done
+    # this run starts the devcloud: a fixture's mark from an earlier session no longer applies
+    rm -f "$RUN/started-by-fixture"
+fi
 
 # ---------- 1. packages: Debian (MariaDB, RabbitMQ, qemu-img) and one venv per service ----------
 log "start"
@@ -56,39 +104,57 @@ command -v bc >/dev/null || need_apt+=(bc)
 command -v curl >/dev/null || need_apt+=(curl)
 command -v ss >/dev/null || need_apt+=(iproute2)
 command -v pgrep >/dev/null || need_apt+=(procps)
+/usr/bin/python3 -c 'import ensurepip, venv' 2>/dev/null || need_apt+=(python3-venv)
 if [[ ${#need_apt[@]} -gt 0 ]]; then
-    [[ $(id -u) -eq 0 ]] || { echo "missing Debian packages: ${need_apt[*]} (run as root or apt-get install them)" >&2; exit 1; }
-    # packages only: a policy-rc.d that refuses service starts keeps the system MariaDB/RabbitMQ stopped
-    made_policy=
-    if [[ ! -e /usr/sbin/policy-rc.d ]]; then
-        printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d && made_policy=1
-    fi
-    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
-        -o Dpkg::Options::=--force-confold "${need_apt[@]}") >"$LOGS/apt.log" 2>&1
-    [[ -z $made_policy ]] || rm -f /usr/sbin/policy-rc.d
-    log "apt: ${need_apt[*]} installed"
+    [[ $(id -u) -eq 0 ]] || command -v sudo >/dev/null ||
+        { echo "missing Debian packages: ${need_apt[*]} (run as root or apt-get install them)" >&2; exit 1; }
+    # the system services' default ports, to tell afterwards whether the install started anything
+    sysports() {
+        ! command -v ss >/dev/null ||
+            ss -Hltn '( sport = :3306 or sport = :5672 or sport = :4369 or sport = :25672 )' | awk '{ print $4 }' | sort
+    }
+    before=$(sysports)
+    deny_service_starts
+    "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq >"$LOGS/apt.log" 2>&1 &&
+        "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+            -o Dpkg::Options::=--force-confold "${need_apt[@]}" >>"$LOGS/apt.log" 2>&1 ||
+        { tail -n 20 "$LOGS/apt.log" >&2; echo "apt-get install ${need_apt[*]} failed, see $LOGS/apt.log" >&2; exit 1; }
+    restore_policy
+    log "apt: ${need_apt[*]} installed (system services kept stopped)"
+    after=$(sysports)
+    [[ $after == "$before" ]] || echo "WARNING: something now listens on a system MariaDB/RabbitMQ/epmd port" \
+        "(this harness does not stop processes it did not start):"$'\n'"$after" | tee -a "$TIMING" >&2
 fi
 
 INSTALLER=${DEVCLOUD_INSTALLER:-uv}
+UV_VERSION=0.13.9 # the installer itself is pinned too
 export UV_CACHE_DIR="$DC/cache/uv" PIP_CACHE_DIR="$DC/cache/pip"
-if [[ $INSTALLER == uv && ! -x $DC/uvtool/bin/uv ]]; then
+if [[ $INSTALLER == uv && $("$DC/uvtool/bin/uv" --version 2>/dev/null) != "uv $UV_VERSION"* ]]; then
     rm -rf "$DC/uvtool"
-    /usr/bin/python3 -m venv "$DC/uvtool" && "$DC/uvtool/bin/pip" install -q uv >"$LOGS/uv-install.log" 2>&1
+    { /usr/bin/python3 -m venv "$DC/uvtool" && "$DC/uvtool/bin/pip" install -q "uv==$UV_VERSION"; } >"$LOGS/uv-install.log" 2>&1 ||
+        { echo "installing uv failed, see $LOGS/uv-install.log" >&2; exit 1; }
+    log "uv $UV_VERSION installed"
 fi
-# mkvenv NAME REQUIREMENT...: (re)build venv-NAME unless its stamp matches constraints/NAME.txt + requirements
+# venv_want NAME REQUIREMENT...: the stamp venv-NAME must carry (constraints/NAME.txt + requirements + Python)
+venv_want() {
+    local n=$1
+    shift
+    local want r
+    want="$(cat "$HERE/constraints/$n.txt") $* $(/usr/bin/python3 -V)"
+    for r in "$@"; do [[ ! -d $r ]] || want+=$(find "$r" -maxdepth 1 -type f -exec cat {} +); done # local package
+    echo "$want" | sha256sum | cut -d' ' -f1
+}
+venv_fresh() { [[ -f $DC/venv-$1/.devcloud-stamp && $(cat "$DC/venv-$1/.devcloud-stamp") == "$(venv_want "$@")" ]]; }
+# mkvenv NAME REQUIREMENT...: (re)build venv-NAME unless its stamp is current
 mkvenv() {
     local n=$1 v="$DC/venv-$1"
-    shift
-    local want
-    want="$(cat "$HERE/constraints/$n.txt") $* $(/usr/bin/python3 -V)"
-    local r
-    for r in "$@"; do [[ ! -d $r ]] || want+=$(find "$r" -maxdepth 1 -type f -exec cat {} +); done # local package
-    want=$(echo "$want" | sha256sum | cut -d' ' -f1)
-    if [[ -f $v/.devcloud-stamp && $(cat "$v/.devcloud-stamp") == "$want" ]]; then
+    if venv_fresh "$@"; then
         echo "venv $n: cached"
         return 0
     fi
-    local s
+    local want s
+    want=$(venv_want "$@")
+    shift
     s=$(date +%s.%N)
     rm -rf "$v"
     if [[ $INSTALLER == uv ]]; then
@@ -98,10 +164,35 @@ mkvenv() {
         /usr/bin/python3 -m venv "$v" && "$v/bin/pip" install -q -c "$HERE/constraints/$n.txt" "$@" >"$LOGS/pip-$n.log" 2>&1
     fi || { echo "venv $n: install failed, see $LOGS/pip-$n.log" >&2; return 1; }
     echo "$want" >"$v/.devcloud-stamp"
-    echo "venv $n: installed in $(echo "$(date +%s.%N) - $s" | bc) s"
+    echo "venv $n: installed in $(awk -v a="$s" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }') s"
 }
-# the venvs install in parallel while MariaDB and RabbitMQ start
+# each_venv CMD: CMD NAME REQUIREMENT... for each service's venv
 COMMON=(gunicorn PyMySQL)
+each_venv() {
+    "$@" keystone keystone==30.0.0 openstacksdk==4.22.0 pyyaml "${COMMON[@]}"
+    "$@" glance glance==33.0.0 "${COMMON[@]}"
+    "$@" placement openstack-placement==16.0.0 "${COMMON[@]}"
+    "$@" nova nova==34.0.0 "${COMMON[@]}"
+    "$@" neutron neutron==29.0.0 "$DC/src/devcloud_ml2" "${COMMON[@]}"
+}
+# the local ML2 driver builds from a copy: setuptools writes build/ and *.egg-info next to the sources
+rm -rf "$DC/src" && mkdir -p "$DC/src" && cp -r "$HERE/devcloud_ml2" "$DC/src/"
+if ((INSTALL_ONLY)); then
+    # a running devcloud keeps running unless one of its venvs is about to be replaced
+    stale=()
+    note_stale() { venv_fresh "$@" || stale+=("$1"); }
+    each_venv note_stale
+    if [[ ${#stale[@]} -gt 0 ]]; then
+        for s in $ALL_SERVICES; do
+            if pid_alive "$s"; then
+                log "stopping the running devcloud: venv ${stale[*]} must be rebuilt"
+                "$HERE/down.sh"
+                break
+            fi
+        done
+    fi
+fi
+# the venvs install in parallel (while MariaDB and RabbitMQ start, unless --install-only)
 rm -f "$RUN"/venv-*.rc
 venv() { # venv NAME REQ...: mkvenv in the background; its exit code lands in run/venv-NAME.rc
     (
@@ -110,13 +201,23 @@ venv() { # venv NAME REQ...: mkvenv in the background; its exit code lands in ru
         echo $rc >"$RUN/venv-$1.rc"
     ) &
 }
-venv keystone keystone==30.0.0 openstacksdk==4.22.0 pyyaml "${COMMON[@]}"
-venv glance glance==33.0.0 "${COMMON[@]}"
-venv placement openstack-placement==16.0.0 "${COMMON[@]}"
-venv nova nova==34.0.0 "${COMMON[@]}"
-# the local ML2 driver builds from a copy: setuptools writes build/ and *.egg-info next to the sources
-rm -rf "$DC/src" && mkdir -p "$DC/src" && cp -r "$HERE/devcloud_ml2" "$DC/src/"
-venv neutron neutron==29.0.0 "$DC/src/devcloud_ml2" "${COMMON[@]}"
+each_venv venv
+if ((INSTALL_ONLY)); then
+    wait
+    fail=0
+    for n in keystone glance placement nova neutron; do
+        if [[ $(cat "$RUN/venv-$n.rc" 2>/dev/null) == 0 ]]; then
+            log "$(cat "$LOGS/venv-$n.out")"
+        else
+            echo "venv $n failed: $(cat "$LOGS/venv-$n.out" 2>/dev/null)" >&2
+            fail=1
+        fi
+    done
+    rm -f "$RUN"/venv-*.rc
+    [[ $fail -eq 0 ]] || exit 1
+    log "devcloud installed (nothing started)"
+    exit 0
+fi
 
 # ---------- 2. configs rendered into var/devcloud/etc ----------
 mkdir -p etc keystone/fernet-keys keystone/credential-keys glance/images glance/staging glance/tasks \
