@@ -641,7 +641,13 @@ def delete_image(*, actor, image: Image, ip: str | None = None) -> None:
         Image.objects.filter(pk=image.pk).update(status=Image.Status.DELETING)
     for replica in image.replicas.select_related("host"):
         try:
-            storage.delete_volume(replica.host.uri, pool_name=replica.pool, name=replica.volume)
+            if replica.host.is_cloud:  # the copy in the cloud's Glance (vms.cloud.cloud_image)
+                from vms.cloud import cloud_driver
+
+                if replica.volume:
+                    cloud_driver(replica.host).delete_image(image_id=replica.volume)
+            else:
+                storage.delete_volume(replica.host.uri, pool_name=replica.pool, name=replica.volume)
         except BackendError as exc:
             Image.objects.filter(pk=image.pk).update(status=previous_status)
             raise ConflictError(
@@ -689,6 +695,8 @@ def ensure_image_on_host(
     """
     if image.status != Image.Status.ACTIVE:
         raise ServiceError(_("Image “%(name)s” is not active yet.") % {"name": image.name})
+    if host.is_cloud:
+        raise ServiceError(_("Images reach an OpenStack cloud's Glance with the first launch there."), field="host")
     replica, created = ImageReplica.objects.get_or_create(
         image=image,
         host=host,
@@ -740,6 +748,8 @@ def request_distribution(*, actor, image: Image, host: Host, ip: str | None = No
     """Queue copying the image to ``host`` ahead of launches (an admin action; launches do it themselves)."""
     from images.tasks import distribute_image_task
 
+    if host.is_cloud:
+        raise ServiceError(_("Images reach an OpenStack cloud's Glance with the first launch there."), field="host")
     if image.status != Image.Status.ACTIVE:
         raise ServiceError(_("Image “%(name)s” is not active yet.") % {"name": image.name})
     with transaction.atomic():

@@ -30,7 +30,14 @@ from portal.middleware import client_ip
 from portal.models import Tenant
 from portal.services import ServiceError
 from portal.views import current_tenant
+from vms.models import Host
 from vms.selectors import hosts_for, operations_for_target
+
+
+def distribution_hosts(user):
+    """Libvirt hosts an image may be copied to ahead of launches (clouds get it through Glance at launch)."""
+    return hosts_for(user=user).filter(enabled=True, kind=Host.Kind.LIBVIRT)
+
 
 FINAL_STATUSES = frozenset({Image.Status.ACTIVE, Image.Status.FAILED})
 UPLOAD_CHUNK_BYTES = 8 * 1024 * 1024
@@ -271,7 +278,7 @@ def _render_detail(request, image: Image, *, status: int = 200, **forms) -> Http
         context["edit_form"] = forms.get("edit_form") or ImageEditForm(image=image, staff=staff)
         context["share_form"] = forms.get("share_form") or ShareForm()
     if staff:
-        hosts = hosts_for(user=user).filter(enabled=True)
+        hosts = distribution_hosts(user)
         context["distribute_form"] = forms.get("distribute_form") or DistributeForm(hosts=hosts)
         context["has_hosts"] = hosts.exists()
         context["replicas"] = list(image.replicas.select_related("host").order_by("host__name"))
@@ -388,7 +395,7 @@ def image_distribute(request, pk: int):
     image = _image_for(request, pk)
     if not is_cloud_admin(request.user):
         raise PermissionDenied
-    form = DistributeForm(request.POST, hosts=hosts_for(user=request.user).filter(enabled=True))
+    form = DistributeForm(request.POST, hosts=distribution_hosts(request.user))
     if form.is_valid():
         host = form.cleaned_data["host"]
         try:

@@ -90,9 +90,10 @@ class PortalCollector:
             alloc["vcpus"].add_metric(name, load.vcpus)
             alloc["ram_mib"].add_metric(name, load.ram_mib)
             alloc["disk_gib"].add_metric(name, load.disk_gib)
-            limit["vcpus"].add_metric(name, load.vcpu_limit)
-            limit["ram_mib"].add_metric(name, load.ram_limit)
-            limit["disk_gib"].add_metric(name, load.disk_limit)
+            if not host.is_cloud:  # Nova places and limits in a cloud: the portal knows no limit there
+                limit["vcpus"].add_metric(name, load.vcpu_limit)
+                limit["ram_mib"].add_metric(name, load.ram_limit)
+                limit["disk_gib"].add_metric(name, load.disk_limit)
         yield from (up, enabled, cpus, memory, free, pool, pool_free, seen, instances, *alloc.values(), *limit.values())
 
     def _portal(self) -> Iterator[Metric]:

@@ -30,6 +30,7 @@ from datetime import datetime, timedelta
 from cryptography.fernet import Fernet, InvalidToken
 from django.conf import settings
 from django.db import IntegrityError, transaction
+from django.db.models import Q
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
@@ -37,7 +38,8 @@ from images.models import Image, ImageReplica
 from portal.backends.base import BackendError, NotFound
 from portal.backends.openstack.driver import OpenStackAuth, OpenStackDriver, ServerState
 from portal.models import Tenant
-from portal.services import ServiceError
+from portal.services import ConflictError, ServiceError
+from vms import realtime
 from vms.models import CloudFlavor, CloudProject, Flavor, Host, Instance
 
 log = logging.getLogger(__name__)
@@ -110,7 +112,7 @@ def auth_for(host: Host) -> OpenStackAuth:
         values.update({k: v for k, v in decrypt_credentials(host).items() if v})
         auth_url = host.auth_url or auth.get("auth_url") or ""
         region = host.region or cloud.config.get("region_name") or None
-        verify = host.verify_tls and cloud.config.get("verify", True)
+        verify = (cloud.config.get("cacert") or cloud.config.get("verify", True)) if host.verify_tls else False
     else:
         values = decrypt_credentials(host)
         auth_url, region, verify = host.auth_url, host.region or None, host.verify_tls
@@ -217,8 +219,8 @@ def delete_projects(*, projects: list[tuple[int, str]]) -> None:
             continue
         try:
             driver = cloud_driver(host)
-            driver.set_compute_quota(project_id=project_id, instances=-1, cores=-1, ram_mib=-1)
             driver.delete_project(project_id=project_id)
+            driver.forget_compute_quota(project_id=project_id)
         except BackendError as exc:
             log.warning("could not delete project %s on %s: %s", project_id, host.name, exc.message)
 
@@ -338,47 +340,108 @@ def glance_visibility(image: Image) -> str:
     return {"public": "public", "shared": "shared"}.get(image.visibility, "private")
 
 
+def _align_copy(driver: OpenStackDriver, *, image: Image, image_id: str, project_id: str | None) -> bool:
+    """Make a Glance copy match the portal image's visibility now; False when it must be uploaded again.
+
+    A private image must be owned by the tenant's project: a copy owned elsewhere is deleted (it may have
+    been public before) and uploaded again. A shared one gets the tenant's project as a member.
+    """
+    visibility = glance_visibility(image)
+    try:
+        found = driver.image(image_id=image_id)
+    except NotFound:
+        return False
+    if found.status != "active" or (visibility == "private" and project_id and found.owner != project_id):
+        driver.delete_image(image_id=image_id)
+        return False
+    if found.visibility != visibility:
+        driver.set_image_visibility(image_id=image_id, visibility=visibility)
+    if visibility == "shared" and project_id:
+        driver.add_image_member(image_id=image_id, project_id=project_id)
+    return True
+
+
 def cloud_image(*, host: Host, image: Image, project_id: str, report: Callable[[int], None] | None = None) -> str:
     """The Glance image id of a portal image on this cloud: uploaded once (or reused by checksum), then remembered.
 
     Private images belong to the tenant's project; public and shared ones to the portal's own project,
-    shared ones with the tenant's project added as a member.
+    shared ones with the tenant's project added as a member. One upload at a time: the replica row is
+    claimed (state COPYING) and a concurrent caller gets a ConflictError and waits, as for libvirt hosts.
     """
-    replica = ImageReplica.objects.filter(image=image, host=host, state=ImageReplica.State.READY).first()
+    from images.services import _copy_stale_after
+
     driver = cloud_driver(host)
     visibility = glance_visibility(image)
-    if replica is not None:
-        try:
-            if driver.image(image_id=replica.volume).status == "active":
-                if visibility == "shared":
-                    driver.add_image_member(image_id=replica.volume, project_id=project_id)
-                return replica.volume
-        except NotFound:
-            pass
-        replica.delete()  # gone from Glance: upload again
-    disk_format = image.stored_format or image.disk_format
-    if disk_format not in GLANCE_FORMATS:
-        raise ServiceError(_("Image format %(format)s cannot go to Glance.") % {"format": disk_format})
-    if report is not None:
-        report(0)
-    uploaded = driver.upload_image(
-        path=image.path,
-        name=f"{settings.LABCLOUD_DOMAIN_PREFIX}{image.name}"[:255],
-        disk_format="iso" if image.kind == Image.Kind.ISO else disk_format,
-        visibility=visibility,
-        project_id=project_id if visibility == "private" else None,
-        properties={"labcloud_image": str(image.pk), "min_disk": image.min_disk_gib, "min_ram": image.min_ram_mib},
+    replica, created = ImageReplica.objects.get_or_create(
+        image=image, host=host, defaults={"pool": GLANCE_POOL, "volume": "", "state": ImageReplica.State.COPYING}
     )
-    if visibility == "shared":
-        driver.add_image_member(image_id=uploaded.id, project_id=project_id)
-    ImageReplica.objects.update_or_create(
-        image=image,
-        host=host,
-        defaults={"pool": GLANCE_POOL, "volume": uploaded.id, "state": ImageReplica.State.READY, "error": ""},
+    if not created:
+        if replica.state == ImageReplica.State.READY:
+            if _align_copy(driver, image=image, image_id=replica.volume, project_id=project_id):
+                return replica.volume
+            claimable = Q(state=ImageReplica.State.READY)
+        else:
+            claimable = Q(state=ImageReplica.State.FAILED) | Q(
+                state=ImageReplica.State.COPYING, updated_at__lt=timezone.now() - _copy_stale_after()
+            )
+        claimed = ImageReplica.objects.filter(claimable, pk=replica.pk).update(
+            state=ImageReplica.State.COPYING, volume="", error="", updated_at=timezone.now()
+        )
+        if not claimed:
+            raise ConflictError(
+                _("Image “%(name)s” is being uploaded to %(host)s already.") % {"name": image.name, "host": host.name}
+            )
+    disk_format = image.stored_format or image.disk_format
+    try:
+        if disk_format not in GLANCE_FORMATS:
+            raise ServiceError(_("Image format %(format)s cannot go to Glance.") % {"format": disk_format})
+        if report is not None:
+            report(0)
+        uploaded = driver.upload_image(
+            path=image.path,
+            name=f"{settings.LABCLOUD_DOMAIN_PREFIX}{image.name}"[:255],
+            disk_format="iso" if image.kind == Image.Kind.ISO else disk_format,
+            visibility=visibility,
+            project_id=project_id if visibility == "private" else None,
+            properties={"labcloud_image": str(image.pk), "min_disk": image.min_disk_gib, "min_ram": image.min_ram_mib},
+        )
+        if uploaded.reused:  # an identical image was there: make sure it is shared as the portal's is now
+            _align_copy(driver, image=image, image_id=uploaded.id, project_id=project_id)
+        elif visibility == "shared":
+            driver.add_image_member(image_id=uploaded.id, project_id=project_id)
+    except (BackendError, ServiceError) as exc:
+        ImageReplica.objects.filter(pk=replica.pk).update(state=ImageReplica.State.FAILED, error=exc.message[:1000])
+        raise
+    ImageReplica.objects.filter(pk=replica.pk).update(
+        volume=uploaded.id, state=ImageReplica.State.READY, error="", updated_at=timezone.now()
     )
     if report is not None:
         report(100)
     return uploaded.id
+
+
+def sync_image_copies(*, image_id: int) -> dict[str, str]:
+    """After an image's visibility changed: every cloud's copy follows (a private one leaves public view at once)."""
+    results: dict[str, str] = {}
+    image = Image.objects.filter(pk=image_id).first()
+    replicas = ImageReplica.objects.filter(image_id=image_id, state=ImageReplica.State.READY).select_related("host")
+    for replica in replicas.filter(host__kind=Host.Kind.OPENSTACK):
+        try:
+            driver = cloud_driver(replica.host)
+            project = (
+                CloudProject.objects.filter(host=replica.host, tenant_id=image.tenant_id).first() if image else None
+            )
+            if image is None or not _align_copy(
+                driver, image=image, image_id=replica.volume, project_id=project.project_id if project else None
+            ):
+                replica.delete()
+                results[replica.host.name] = "removed"
+            else:
+                results[replica.host.name] = glance_visibility(image)
+        except BackendError as exc:
+            log.warning("image copy on %s not updated: %s", replica.host.name, exc.message)
+            results[replica.host.name] = f"error: {exc.message}"
+    return results
 
 
 # ---------------------------------------------------------------- state sync (the watcher)
@@ -396,14 +459,18 @@ def _apply_server(instance: Instance, server: ServerState) -> bool:
     from vms.hosts import _set_state
 
     if server.state == "deleted":
+        if instance.state == Instance.State.ERROR:  # keep the reason it failed with (e.g. a launch refused)
+            return False
         return _set_state(
             instance=instance, state=Instance.State.ERROR, reason=_("The server was deleted in the cloud.")
         )
     changed = False
     addresses = list(server.addresses)
     if addresses != list(instance.addresses or []) and not instance.task:
-        Instance.objects.filter(pk=instance.pk).update(addresses=addresses)
-        instance.addresses = addresses
+        now = timezone.now()
+        Instance.objects.filter(pk=instance.pk).update(addresses=addresses, updated_at=now)
+        instance.addresses, instance.updated_at = addresses, now
+        realtime.instance_changed(instance)
         changed = True
     target = NOVA_TO_INSTANCE.get(server.state)
     if target is None or server.busy:

@@ -165,6 +165,8 @@ class CapacityBar:
 
 def capacity_bars(load: HostLoad) -> list[CapacityBar]:
     host = load.host
+    if host.is_cloud:  # Nova places and limits there: no bars against a limit the portal does not know
+        return []
     gib = 1024**3
     return [
         CapacityBar("vcpus", _("vCPUs"), load.vcpus, load.vcpu_limit, "", host.cpus or 0, host.cpu_allocation_ratio),

@@ -60,6 +60,8 @@ REASON_MAX = Instance._meta.get_field("state_reason").max_length
 
 
 def driver_for(host: Host) -> LibvirtDriver:
+    if host.is_cloud:  # a missed cloud check must fail loudly, not open the local libvirt ("" = default URI)
+        raise BackendError(_("%(host)s is an OpenStack cloud, not a libvirt host.") % {"host": host.name})
     return LibvirtDriver(host.uri)
 
 
@@ -467,8 +469,15 @@ def save_host(
 
 def delete_host(*, actor, host: Host, ip: str | None = None) -> None:
     """Remove a host or cloud no instance is placed on (its unmanaged domains, image copies, cloud projects,
-    cloud flavors and placement rules go with it; nothing is deleted inside the cloud itself)."""
+    cloud flavors go with it; nothing is deleted inside the cloud itself). Refused while instances are placed
+    there or placement rules send instances there."""
     pk, is_cloud = host.pk, host.is_cloud
+    rules = PlacementRule.objects.filter(host=host).count()
+    if rules and not Instance.objects.filter(host=host).exists():  # with instances: the message below
+        raise ConflictError(
+            _("%(count)d placement rule(s) send instances to “%(name)s”; change or delete them first.")
+            % {"count": rules, "name": host.name}
+        )
     try:
         with transaction.atomic():
             record_audit(user=actor, action="host.delete", target=host, ip=ip, detail={"kind": host.kind})

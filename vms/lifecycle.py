@@ -41,7 +41,7 @@ from portal.backends.libvirt.driver import LibvirtDriver
 from portal.models import Tenant
 from portal.services import ConflictError, ServiceError, record_audit, reserve_quota
 from vms import cloud, operations, realtime
-from vms.models import Flavor, Host, Instance, InstanceDisk, Keypair, Network, Operation, Snapshot
+from vms.models import CloudProject, Flavor, Host, Instance, InstanceDisk, Keypair, Network, Operation, Snapshot
 from vms.scheduler import check_growth, place, placement_target
 from vms.services import reserve_instances
 
@@ -109,7 +109,9 @@ OBSERVED = {
 
 
 def driver_for(host: Host) -> LibvirtDriver:
-    return LibvirtDriver(host.uri)
+    from vms.hosts import driver_for as host_driver
+
+    return host_driver(host)
 
 
 def _prefix() -> str:
@@ -405,14 +407,24 @@ def _cloud_launch(operation: Operation, instance: Instance) -> str:
             message=_("Uploading the image to %(host)s") % {"host": host.name},
         )
 
-    image_id = cloud.cloud_image(host=host, image=image, project_id=project_id, report=upload_progress)
+    deadline = time.monotonic() + 3600
+    while True:
+        try:
+            image_id = cloud.cloud_image(host=host, image=image, project_id=project_id, report=upload_progress)
+            break
+        except ConflictError:  # another launch uploads it right now: wait for it (with heartbeats)
+            if time.monotonic() > deadline:
+                raise
+            operations.heartbeat(operation=operation)
+            time.sleep(0.5)
     server_id = instance.cloud_id
-    if not server_id and operation.params.get("attempts"):
-        # a worker died after Nova accepted the server but before its id was stored: adopt it
-        found = [s for s in driver.list_servers(project_id=project_id) if s.name == instance.domain_name]
-        server_id = found[0].id if found else ""
+    if not server_id and operation.params.get("server_requested"):
+        # this launch asked Nova before (a redelivered task, or a worker that died before storing the id)
+        server_id = _find_cloud_server(instance, project_id)
     if not server_id:
         operations.progress(operation=operation, percent=55, message=_("Creating the server"))
+        operation.params = {**operation.params, "server_requested": True}
+        Operation.objects.filter(pk=operation.pk).update(params=operation.params)
         server_id = driver.create(
             project_id=project_id,
             name=instance.domain_name,
@@ -427,8 +439,40 @@ def _cloud_launch(operation: Operation, instance: Instance) -> str:
     instance.cloud_id = server_id
     operations.progress(operation=operation, percent=70, message=_("Booting"))
     state = driver.wait_for(server_id, states=("running",), timeout=settings.LABCLOUD_CLOUD_BUILD_TIMEOUT)
-    _apply(instance, state.as_instance_state(), addresses=list(state.addresses))
+    _apply_cloud(instance, state)
     return _("Instance is running.")
+
+
+def _find_cloud_server(instance: Instance, project_id: str | None = None) -> str:
+    """The id of the server this instance made in the cloud (by its unique name), or "" when there is none."""
+    if project_id is None:
+        found = CloudProject.objects.filter(host=instance.host, tenant_id=instance.tenant_id).first()
+        if found is None:
+            return ""
+        project_id = found.project_id
+    servers = cloud.cloud_driver(instance.host).list_servers(project_id=project_id)
+    return next((s.id for s in servers if s.name == instance.domain_name and s.state != "deleted"), "")
+
+
+def _server_was_requested(instance: Instance) -> bool:
+    return Operation.objects.filter(
+        kind="instance.launch", target_type="vms.instance", target_id=str(instance.pk), params__server_requested=True
+    ).exists()
+
+
+def _apply_cloud(instance: Instance, server) -> None:
+    """Store what Nova just reported (the same mapping as the watcher's) and tell the browsers."""
+    fields = {"state": cloud.NOVA_TO_INSTANCE.get(server.state, instance.state), "state_reason": ""}
+    if server.state == "error":
+        fields["state_reason"] = (server.fault or "")[:255]
+    Instance.objects.filter(pk=instance.pk).update(
+        **fields, addresses=list(server.addresses), updated_at=timezone.now()
+    )
+    for key, value in fields.items():
+        setattr(instance, key, value)
+    instance.addresses = list(server.addresses)
+    instance.updated_at = timezone.now()
+    realtime.instance_changed(instance)
 
 
 def _ensure_replica(*, image: Image, host: Host, operation: Operation, report: Callable[[int], None]):
@@ -844,8 +888,7 @@ def _cloud_power(instance: Instance, action: str) -> str:
         "pause": lambda: driver.pause(server_id),
         "resume": lambda: driver.resume(server_id),
     }
-    state = handlers[action]()
-    _apply(instance, state.as_instance_state(), addresses=list(state.addresses))
+    _apply_cloud(instance, handlers[action]())
     return ""
 
 
@@ -888,8 +931,7 @@ def _resize(operation: Operation, instance: Instance) -> str:
         operations.progress(operation=operation, percent=20, message=_("Syncing the flavor"))
         flavor_id = cloud.cloud_flavor(host=instance.host, flavor=instance.flavor)
         operations.progress(operation=operation, percent=40, message=_("Resizing in the cloud"))
-        state = cloud.cloud_driver(instance.host).resize(instance.cloud_id, flavor_id=flavor_id)
-        _apply(instance, state.as_instance_state())
+        _apply_cloud(instance, cloud.cloud_driver(instance.host).resize(instance.cloud_id, flavor_id=flavor_id))
         return ""
     driver = driver_for(instance.host)
     operations.progress(operation=operation, percent=30, message=_("Growing the disk"))
@@ -961,11 +1003,16 @@ def _cloud_snapshot(operation: Operation, instance: Instance, action: str) -> st
     driver = cloud.cloud_driver(instance.host)
     snapshot = Snapshot.objects.filter(pk=operation.params["snapshot_id"]).first()
     if action == "snapshot_create":
-        name = f"{settings.LABCLOUD_DOMAIN_PREFIX}{instance.name}-{operation.params['name']}"[:255]
-        image_id = driver.snapshot(instance.cloud_id, name=name, metadata={"labcloud_instance": str(instance.uuid)})
-        Snapshot.objects.filter(pk=operation.params["snapshot_id"]).update(
-            state=Snapshot.State.AVAILABLE, cloud_id=image_id
-        )
+        if snapshot is None:
+            return ""
+        if not snapshot.cloud_id:  # stored at once: a retry or a failure knows which Glance image it is
+            name = f"{settings.LABCLOUD_DOMAIN_PREFIX}{instance.name}-{operation.params['name']}"[:255]
+            image_id = driver.start_snapshot(
+                instance.cloud_id, name=name, metadata={"labcloud_instance": str(instance.uuid)}
+            )
+            Snapshot.objects.filter(pk=snapshot.pk).update(cloud_id=image_id)
+        driver.wait_idle(instance.cloud_id, timeout=settings.LABCLOUD_CLOUD_BUILD_TIMEOUT)
+        Snapshot.objects.filter(pk=snapshot.pk).update(state=Snapshot.State.AVAILABLE)
     else:  # snapshot_delete (revert is refused for clouds)
         if snapshot is not None and snapshot.cloud_id:
             driver.delete_image(image_id=snapshot.cloud_id)
@@ -1024,8 +1071,14 @@ def _remove_from_cloud(instance: Instance, operation: Operation | None = None) -
         driver = cloud.cloud_driver(instance.host)
         if operation is not None:
             operations.progress(operation=operation, percent=20, message=_("Deleting the server"))
-        if instance.cloud_id:
-            driver.delete(instance.cloud_id)
+        server_id = instance.cloud_id
+        if not server_id and _server_was_requested(instance):  # asked for, but its id was never stored
+            server_id = _find_cloud_server(instance)
+        if server_id:
+            driver.delete(server_id)
+            if instance.cloud_id:
+                Instance.objects.filter(pk=instance.pk).update(cloud_id="")
+                instance.cloud_id = ""  # gone: the watcher must not report it "deleted in the cloud"
         for image_id in (
             Snapshot.objects.filter(instance=instance).exclude(cloud_id="").values_list("cloud_id", flat=True)
         ):
@@ -1061,6 +1114,7 @@ def _fail(operation: Operation, instance: Instance | None, message: str) -> None
     elif action.startswith("snapshot_"):
         snapshot_id = operation.params.get("snapshot_id")
         if action == "snapshot_create":
+            _drop_cloud_snapshot_image(instance, snapshot_id)
             Snapshot.objects.filter(pk=snapshot_id).delete()  # nothing was created: give the quota back
         else:
             Snapshot.objects.filter(pk=snapshot_id).update(state=Snapshot.State.AVAILABLE)
@@ -1081,6 +1135,18 @@ def _fail(operation: Operation, instance: Instance | None, message: str) -> None
     for key, value in fields.items():
         setattr(instance, key, value)
     realtime.instance_changed(instance)
+
+
+def _drop_cloud_snapshot_image(instance: Instance, snapshot_id) -> None:
+    """A failed cloud snapshot: the Glance image Nova may have made goes too."""
+    if instance.host_id is None or not instance.host.is_cloud:
+        return
+    image_id = Snapshot.objects.filter(pk=snapshot_id).values_list("cloud_id", flat=True).first()
+    if image_id:
+        try:
+            cloud.cloud_driver(instance.host).delete_image(image_id=image_id)
+        except BackendError:
+            log.warning("could not delete the image of a failed snapshot", exc_info=True)
 
 
 def execute(*, operation_id: int) -> None:

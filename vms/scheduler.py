@@ -61,9 +61,7 @@ class HostLoad:
         if not host.enabled:
             return _("disabled")
         if host.is_cloud:  # Nova places and counts; the portal only knows whether the cloud answers
-            return (
-                _("cloud down: %(reason)s") % {"reason": host.state_reason} if host.state == Host.State.DOWN else None
-            )
+            return _("cloud down") if host.state == Host.State.DOWN else None  # the reason is for admins
         if host.state != Host.State.UP:
             return _("not up")
         if not host.cpus or not host.memory_mib or host.pool_capacity is None:

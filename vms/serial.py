@@ -51,6 +51,7 @@ CLOSE_FORBIDDEN = 4403
 CLOSE_NOT_RUNNING = 4409
 CLOSE_MAX_LENGTH = 4408
 CLOSE_TAKEN_OVER = 4410
+CLOSE_UNSUPPORTED = 4406  # the instance runs on an OpenStack cloud: Nova's console only
 CLOSE_FAILED = 4502
 
 OUTPUT_QUEUE_CHUNKS = 64  # chunks of guest output waiting for the browser (each ≤ 64 KiB)
@@ -93,6 +94,8 @@ def serial_access(user_id: int, instance_id: int, session_key: str | None = None
         return CLOSE_FORBIDDEN
     if instance.state != Instance.State.RUNNING or instance.host is None:
         return CLOSE_NOT_RUNNING
+    if instance.host.is_cloud:
+        return CLOSE_UNSUPPORTED
     return SerialTarget(instance_id=instance.pk, uri=instance.host.uri, uuid=str(instance.uuid))
 
 

@@ -1,4 +1,5 @@
-"""Changes that must reach the clouds: a tenant's quota or deletion, a flavor (its sizes, access or deletion).
+"""Changes that must reach the clouds: a tenant's quota or deletion, a flavor (its sizes, access or deletion),
+an image's visibility.
 
 Signals rather than service calls, because cloud admins change quotas and flavors through the
 admin site, the API and the services alike. Only objects that already have a copy in a cloud
@@ -11,8 +12,9 @@ from django.db import transaction
 from django.db.models.signals import m2m_changed, post_save, pre_delete
 from django.dispatch import receiver
 
+from images.models import Image, ImageReplica
 from portal.models import Quota, Tenant
-from vms.models import CloudFlavor, CloudProject, Flavor
+from vms.models import CloudFlavor, CloudProject, Flavor, Host
 
 
 @receiver(post_save, sender=Quota, dispatch_uid="vms.quota_to_clouds")
@@ -54,6 +56,17 @@ def _flavor_deleted(sender, instance: Flavor, **_kwargs) -> None:
         from vms.tasks import delete_flavor_copies_task
 
         transaction.on_commit(lambda: delete_flavor_copies_task.delay(copies))
+
+
+@receiver(post_save, sender=Image, dispatch_uid="vms.image_to_clouds")
+def _image_saved(sender, instance: Image, created: bool, **_kwargs) -> None:
+    """A visibility change reaches the Glance copies at once (a private image must leave public view)."""
+    if created:
+        return
+    if ImageReplica.objects.filter(image=instance, host__kind=Host.Kind.OPENSTACK, state="ready").exists():
+        from vms.tasks import sync_image_copies_task
+
+        transaction.on_commit(lambda: sync_image_copies_task.delay(instance.pk))
 
 
 @receiver(pre_delete, sender=Tenant, dispatch_uid="vms.tenant_projects_in_clouds")

@@ -56,3 +56,10 @@ def delete_cloud_projects_task(projects: list[list]) -> None:
     from vms.cloud import delete_projects
 
     delete_projects(projects=[(int(host_id), str(project_id)) for host_id, project_id in projects])
+
+
+@shared_task
+def sync_image_copies_task(image_id: int) -> dict[str, str]:
+    from vms.cloud import sync_image_copies
+
+    return sync_image_copies(image_id=image_id)

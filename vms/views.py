@@ -807,6 +807,7 @@ def _console_config(request, instance: Instance, *, auto_connect: bool) -> dict:
                 "4409": _("The serial console is only available while the instance is running."),
                 "4408": _("The serial session reached its maximum length. Reconnect to go on."),
                 "4410": _("Another session took over the serial console. Reconnect to take it back."),
+                "4406": _("Instances on an OpenStack cloud have no serial console here; use the graphical console."),
                 "4502": _("The serial console could not be opened or broke."),
                 "default": _("The serial console connection was lost."),
             },

@@ -163,17 +163,31 @@ class HostWatcher:
             last = None if full else self.cloud_polled.get(host.pk)
             try:
                 counts = cloud_services.sync_cloud(host=host, since=cloud_services.poll_window(last))
-            except BackendError as exc:
+            except Exception as exc:  # one cloud's trouble never stops the loop nor the other clouds
                 backoff = min(BACKOFF_MAX, max(BACKOFF_MIN, backoff * 2))
                 self.cloud_retry[host.pk] = (time.monotonic() + backoff, backoff)
                 self.cloud_polled.pop(host.pk, None)  # back up: reconcile fully
-                log.warning("cloud %s did not answer (%s); retry in %.0f s", host.name, exc.message, backoff)
+                if isinstance(exc, BackendError):
+                    log.warning("cloud %s did not answer (%s); retry in %.0f s", host.name, exc.message, backoff)
+                else:
+                    log.exception("polling cloud %s failed; retry in %.0f s", host.name, backoff)
                 continue
             self.cloud_retry.pop(host.pk, None)
             self.cloud_polled[host.pk] = started
             if full or counts["changed"] or counts["vanished"]:
                 log.info("%s cloud %s: %s", "reconciled" if full or last is None else "polled", host.name, counts)
         self.cloud_polls += 1
+
+    def verify_clouds(self) -> None:
+        """Log in to every enabled cloud not in backoff: Up, or Down with the reason."""
+        now = time.monotonic()
+        for host in self.clouds():
+            if now < self.cloud_retry.get(host.pk, (0.0, 0.0))[0]:
+                continue  # in backoff: its next poll tells
+            try:
+                cloud_services.verify_cloud(host=host)
+            except Exception:
+                log.exception("verifying cloud %s failed", host.name)
 
     def refresh_all(self) -> None:
         for host in self.hosts(enabled_only=False):
@@ -232,8 +246,7 @@ class HostWatcher:
         """One capacity refresh and one reconcile of every selected host (``watch_hosts --once``)."""
         self.refresh_all()
         self.reconcile_all()
-        for host in self.clouds():
-            cloud_services.verify_cloud(host=host)
+        self.verify_clouds()
         self.poll_clouds(full=True)
 
     # ------------------------------------------------------------------ events
@@ -420,8 +433,7 @@ class HostWatcher:
                         self.poll_clouds()
                         next_cloud = time.monotonic() + self.cloud_seconds
                     if now >= next_capacity:
-                        for cloud in self.clouds():
-                            cloud_services.verify_cloud(host=cloud)
+                        self.verify_clouds()
                         self.refresh_all()
                         next_capacity = time.monotonic() + self.capacity_seconds
                     if now >= next_health:

@@ -181,7 +181,9 @@ class ImageShareSerializer(serializers.Serializer):
 
 
 class ImageDistributeSerializer(serializers.Serializer):
-    host = serializers.PrimaryKeyRelatedField(queryset=Host.objects.all(), help_text=_("Id of the host."))
+    host = serializers.PrimaryKeyRelatedField(
+        queryset=Host.objects.filter(kind=Host.Kind.LIBVIRT), help_text=_("Id of the libvirt host.")
+    )
 
 
 class UploadProgressSerializer(serializers.Serializer):

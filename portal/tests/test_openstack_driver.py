@@ -191,6 +191,35 @@ def test_project_is_created_once_and_the_portal_user_is_member(driver: OpenStack
     assert driver.delete_project(project_id=first.id) is False
 
 
+def test_concurrent_first_use_gives_everyone_the_same_project_flavor_and_keypair(devcloud: DevCloud, keypairs):
+    """Workers launching a new tenant's first instances at once: none fails on Keystone's or Nova's 409."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    drivers = [OpenStackDriver(auth_of(devcloud)) for _ in range(4)]
+    key = ssh_public_key()
+    keypairs.append(keypair_name_for(key))
+    name = f"{PREFIX}-race"
+
+    def first_use(drv: OpenStackDriver):
+        project = drv.ensure_project(name=name)
+        flavor = drv.ensure_flavor(name=f"{name}-f", vcpus=1, ram_mib=64, disk_gib=1)
+        return project.id, flavor.id, drv.ensure_keypair(public_key=key).name
+
+    try:
+        with ThreadPoolExecutor(len(drivers)) as pool:
+            results = list(pool.map(first_use, drivers))
+        assert len(set(results)) == 1, results
+    finally:
+        admin = drivers[0]
+        for flavor in admin.find_flavors(name=f"{name}-f"):
+            admin.delete_flavor(flavor_id=flavor.id)
+        project = admin.conn.identity.find_project(name, ignore_missing=True)
+        if project is not None:
+            _cleanup_project(admin, project.id)
+        for drv in drivers:
+            drv.close()
+
+
 def test_flavor_sync_creates_recreates_and_keeps_private_access(driver: OpenStackDriver, tenant):
     other = _new_project(driver, "other")
     name = f"{PREFIX}-sync"

@@ -57,6 +57,20 @@ class HostChoiceFilter(django_filters.ModelChoiceFilter):
         super().__init__(*args, **kwargs)
 
 
+def visible_flavors(request):
+    return Flavor.objects.restrict(getattr(request, "user", None), VIEW)
+
+
+@extend_schema_field(OpenApiTypes.INT)
+class FlavorChoiceFilter(django_filters.ModelChoiceFilter):
+    """A flavor id among the flavors the user may see (no hint about others)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("queryset", visible_flavors)
+        kwargs.setdefault("label", _("flavor"))
+        super().__init__(*args, **kwargs)
+
+
 class InstanceFilter(django_filters.FilterSet):
     tenant = TenantChoiceFilter()
     state = django_filters.ChoiceFilter(choices=Instance.State.choices, label=_("state"))
@@ -91,6 +105,7 @@ class CloudProjectFilter(django_filters.FilterSet):
 
 class CloudFlavorFilter(django_filters.FilterSet):
     host = HostChoiceFilter(label=_("cloud"))
+    flavor = FlavorChoiceFilter()
 
     class Meta:
         model = CloudFlavor
@@ -100,6 +115,7 @@ class CloudFlavorFilter(django_filters.FilterSet):
 class PlacementRuleFilter(django_filters.FilterSet):
     host = HostChoiceFilter()
     tenant = TenantChoiceFilter()
+    flavor = FlavorChoiceFilter()
 
     class Meta:
         model = PlacementRule

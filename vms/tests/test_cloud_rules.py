@@ -63,8 +63,9 @@ def test_scheduler_sends_to_a_cloud_unless_it_is_down_or_disabled(hosts):
     _, cloud_host = hosts
     assert place(count=2, vcpus=64, ram_mib=10**6, disk_gib=10**4, hosts=[cloud_host]) == [cloud_host] * 2
     Host.objects.filter(pk=cloud_host.pk).update(state=Host.State.DOWN, state_reason="Keystone does not answer")
-    with pytest.raises(NoValidHost, match="cloud down: Keystone does not answer"):
+    with pytest.raises(NoValidHost, match="cloud down") as refused:
         place(count=1, vcpus=1, ram_mib=64, disk_gib=1, hosts=[cloud_host])
+    assert "Keystone" not in str(refused.value)  # the cloud's own error is for admins, not for tenants
     Host.objects.filter(pk=cloud_host.pk).update(state=Host.State.UP, enabled=False)
     with pytest.raises(NoValidHost, match="disabled"):
         place(count=1, vcpus=1, ram_mib=64, disk_gib=1, hosts=[cloud_host])

@@ -379,3 +379,52 @@ def test_deleting_a_tenant_removes_its_managed_project(os_cloud, admin_driver, r
     assert admin_driver.compute_quota(project_id=project_id).instances == 2
     run_tasks(lambda: delete_tenant(actor=make_user("os-root", staff=True), tenant=tenant))
     assert admin_driver.conn.identity.find_project(project_id, ignore_missing=True) is None
+
+
+def test_a_server_whose_id_was_never_stored_is_still_found_and_deleted(scene, os_cloud, admin_driver, run_tasks):
+    tenant, user, small, _, image = scene
+    instance, op = launch(run_tasks, tenant=tenant, user=user, flavor=small, image=image)
+    ok(op)
+    server_id = instance.cloud_id
+    Instance.objects.filter(pk=instance.pk).update(cloud_id="")  # as if the worker died right after Nova said yes
+    instance.refresh_from_db()
+    ok(run_tasks(lambda: lifecycle.delete_instance(actor=user, instance=instance)))
+    assert all(s.id != server_id for s in admin_driver.list_servers())
+
+
+def test_a_failed_launch_keeps_its_reason_after_the_watcher_polls(scene, os_cloud, admin_driver, run_tasks):
+    tenant, user, small, _, image = scene
+    project_id = cloud.project_for(host=os_cloud, tenant=tenant)
+    admin_driver.set_compute_quota(project_id=project_id, instances=0, cores=-1, ram_mib=-1)
+    instance, op = launch(run_tasks, tenant=tenant, user=user, flavor=small, image=image, name="refused")
+    assert op.state == Operation.State.FAILED and "quota" in instance.state_reason.lower()
+    HostWatcher().poll_clouds(full=True)
+    HostWatcher().poll_clouds()
+    instance.refresh_from_db()
+    assert instance.state == Instance.State.ERROR and "quota" in instance.state_reason.lower()
+
+
+def test_image_copies_follow_visibility_and_go_with_the_image(scene, os_cloud, admin_driver, run_tasks, make_user):
+    from images import services as image_services
+
+    tenant, user, small, _, image = scene
+    Image.objects.filter(pk=image.pk).update(visibility=Image.Visibility.PUBLIC)
+    image.refresh_from_db()
+    instance, op = launch(run_tasks, tenant=tenant, user=user, flavor=small, image=image)
+    ok(op)
+    copy_id = ImageReplica.objects.get(image=image, host=os_cloud).volume
+    assert admin_driver.image(image_id=copy_id).visibility == "public"
+
+    # made private again: the copy leaves public view at once (not at the next launch)
+    image.visibility = Image.Visibility.PRIVATE
+    run_tasks(lambda: image.save())
+    left = admin_driver.conn.image.find_image(copy_id, ignore_missing=True)
+    assert left is None or left.visibility == "private"
+
+    # deleting the image (after its instance) deletes every copy in the clouds too
+    ok(run_tasks(lambda: lifecycle.delete_instance(actor=user, instance=instance)))
+    ok(launch(run_tasks, tenant=tenant, user=user, flavor=small, image=image, name="again")[1])
+    copy_id = ImageReplica.objects.get(image=image, host=os_cloud).volume
+    ok(run_tasks(lambda: lifecycle.delete_instance(actor=user, instance=Instance.objects.get(name="again"))))
+    image_services.delete_image(actor=make_user("os-imgadmin", staff=True), image=image)
+    assert admin_driver.conn.image.find_image(copy_id, ignore_missing=True) is None

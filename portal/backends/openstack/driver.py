@@ -387,7 +387,9 @@ class OpenStackDriver:
 
     def project_conn(self, project_id: str) -> openstack.connection.Connection:
         """A connection scoped to a tenant's project (the portal's user needs a role there: ``ensure_project``)."""
-        if project_id == self.conn.current_project_id:
+        with self._errors("log in"):
+            own = self.conn.current_project_id
+        if project_id == own:
             return self.conn
         with self._lock:
             conn = self._scoped.get(project_id)
@@ -491,8 +493,12 @@ class OpenStackDriver:
             project = conn.identity.find_project(name, domain_id=dom.id, ignore_missing=True)
             created = project is None
             if created:
-                project = conn.identity.create_project(name=name, domain_id=dom.id, description=description)
-            elif (project.description or "") != description:
+                try:
+                    project = conn.identity.create_project(name=name, domain_id=dom.id, description=description)
+                except os_exc.ConflictException:  # made meanwhile by a concurrent call: the same project
+                    project = conn.identity.find_project(name, domain_id=dom.id, ignore_missing=False)
+                    created = False
+            if not created and (project.description or "") != description:
                 project = conn.identity.update_project(project, description=description)
             found_role = conn.identity.find_role(role, ignore_missing=True)
             if found_role is None:
@@ -574,9 +580,17 @@ class OpenStackDriver:
                     conn.compute.delete_flavor(old, ignore_missing=True)
                     action = "recreated"
             if flavor is None:
-                flavor = conn.compute.create_flavor(
-                    name=name, vcpus=vcpus, ram=ram_mib, disk=disk_gib, is_public=is_public
-                )
+                try:
+                    flavor = conn.compute.create_flavor(
+                        name=name, vcpus=vcpus, ram=ram_mib, disk=disk_gib, is_public=is_public
+                    )
+                except os_exc.ConflictException:  # a concurrent call created it: use theirs if it is the same
+                    flavor = next(
+                        f
+                        for f in conn.compute.flavors(is_public="None")
+                        if f.name == name and (f.vcpus, f.ram, f.disk, bool(f.is_public))
+                        == (vcpus, ram_mib, disk_gib, is_public)
+                    )
             if not is_public:
                 current = {a["tenant_id"] for a in conn.compute.get_flavor_access(flavor)}
                 for project_id in sorted(wanted - current):
@@ -600,8 +614,8 @@ class OpenStackDriver:
     ) -> GlanceImage | None:
         """An active image with this content (sha512 ``os_hash_value`` or md5 ``checksum``) usable as asked."""
         key = "checksum" if len(checksum) == 32 else "os_hash_value"
-        owner = project_id or self.conn.current_project_id
         with self._errors("look for an image by checksum"):
+            owner = project_id or self.conn.current_project_id
             resp = self.conn.image.get("/images", params={key: checksum.lower(), "status": "active"}, raise_exc=False)
             os_exc.raise_from_response(resp)
             for image in resp.json().get("images", []):
@@ -678,6 +692,21 @@ class OpenStackDriver:
             raise
         return _image_of(image)
 
+    def set_image_visibility(self, *, image_id: str, visibility: str) -> GlanceImage:
+        """Change an image's visibility in Glance (public needs the admin role)."""
+        if visibility not in VISIBILITIES:
+            raise ValueError(f"visibility must be one of {VISIBILITIES}, not {visibility!r}")
+        with self._errors(f"image {image_id}"):
+            try:
+                return _image_of(self.conn.image.update_image(image_id, visibility=visibility))
+            except os_exc.NotFoundException as exc:
+                raise NotFound(f"image {image_id} does not exist") from exc
+
+    def forget_compute_quota(self, *, project_id: str) -> None:
+        """Drop the project's own Nova quota values (back to the cloud's defaults); for a deleted project."""
+        with self._errors(f"compute quota of project {project_id}"):
+            self.conn.compute.revert_quota_set(project_id)
+
     def add_image_member(self, *, image_id: str, project_id: str) -> bool:
         """Share a ``shared`` image with a project (it may boot it by id at once). False when it was a member."""
         with self._errors(f"share image {image_id}"):
@@ -742,7 +771,11 @@ class OpenStackDriver:
                 if _normalize_key(existing.public_key or "") == _normalize_key(public_key):
                     return KeypairInfo(name=name, fingerprint=existing.fingerprint, public_key=existing.public_key)
                 conn.compute.delete_keypair(existing)
-            created = conn.compute.create_keypair(name=name, public_key=public_key.strip())
+            try:
+                created = conn.compute.create_keypair(name=name, public_key=public_key.strip())
+            except os_exc.ConflictException:  # imported meanwhile by a concurrent call (the name is the key's hash)
+                found = conn.compute.get_keypair(name)
+                return KeypairInfo(name=name, fingerprint=found.fingerprint, public_key=found.public_key)
         return KeypairInfo(name=name, fingerprint=created.fingerprint, public_key=created.public_key, created=True)
 
     def delete_keypair(self, *, name: str) -> bool:
@@ -984,16 +1017,24 @@ class OpenStackDriver:
         Waits until Nova has finished its part (no task left on the server). Whether the image data is
         there depends on the compute driver (the fake driver leaves the image queued, without data).
         """
+        image_id = self.start_snapshot(server_id, name=name, metadata=metadata)
+        self.wait_idle(server_id, timeout=timeout)
+        return image_id
+
+    def start_snapshot(self, server_id: str, *, name: str, metadata: Mapping[str, str] | None = None) -> str:
+        """Ask Nova for a snapshot image of the server (in its project); returns the image id at once."""
         server = self._get(server_id)
         conn = self.project_conn(server.project_id)
         with self._errors(f"snapshot server {server_id}"):
-            image_id = conn.compute.get_server(server_id).create_image(conn.compute, name, dict(metadata or {}))
+            return conn.compute.get_server(server_id).create_image(conn.compute, name, dict(metadata or {}))
+
+    def wait_idle(self, server_id: str, *, timeout: float = 300) -> None:
+        """Poll until Nova has no task left on the server (e.g. the snapshot upload)."""
         deadline = time.monotonic() + timeout
         while self.state(server_id).busy:
             if time.monotonic() > deadline:
-                raise BackendError(f"snapshot of server {server_id}: still busy after {timeout:.0f} s")
+                raise BackendError(f"server {server_id}: still busy after {timeout:.0f} s")
             time.sleep(self.poll)
-        return image_id
 
     def console(self, server_id: str, *, console_type: str = "novnc") -> RemoteConsole:
         """URL of Nova's remote console for the server (remote-consoles API, microversion 2.6+)."""
