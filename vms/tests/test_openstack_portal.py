@@ -428,3 +428,21 @@ def test_image_copies_follow_visibility_and_go_with_the_image(scene, os_cloud, a
     ok(run_tasks(lambda: lifecycle.delete_instance(actor=user, instance=Instance.objects.get(name="again"))))
     image_services.delete_image(actor=make_user("os-imgadmin", staff=True), image=image)
     assert admin_driver.conn.image.find_image(copy_id, ignore_missing=True) is None
+
+
+def test_servers_join_the_clouds_network_and_report_their_address(scene, os_cloud, admin_driver, run_tasks):
+    tenant, user, small, _, image = scene
+    net_api = admin_driver.conn.network
+    net = net_api.create_network(name=f"{PREFIX}net", shared=True)
+    try:
+        net_api.create_subnet(network_id=net.id, ip_version=4, cidr="10.97.0.0/24", enable_dhcp=False)
+        os_cloud.os_network = net.id
+        os_cloud.save()
+        instance, op = launch(run_tasks, tenant=tenant, user=user, flavor=small, image=image, name="netted")
+        ok(op)
+        assert len(instance.addresses) == 1 and instance.addresses[0].startswith("10.97.0.")
+        ok(run_tasks(lambda: lifecycle.delete_instance(actor=user, instance=instance)))
+    finally:
+        for port in net_api.ports(network_id=net.id):
+            net_api.delete_port(port)
+        net_api.delete_network(net)
