@@ -588,8 +588,8 @@ class OpenStackDriver:
                     flavor = next(
                         f
                         for f in conn.compute.flavors(is_public="None")
-                        if f.name == name and (f.vcpus, f.ram, f.disk, bool(f.is_public))
-                        == (vcpus, ram_mib, disk_gib, is_public)
+                        if f.name == name
+                        and (f.vcpus, f.ram, f.disk, bool(f.is_public)) == (vcpus, ram_mib, disk_gib, is_public)
                     )
             if not is_public:
                 current = {a["tenant_id"] for a in conn.compute.get_flavor_access(flavor)}
