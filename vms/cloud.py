@@ -361,12 +361,22 @@ def _align_copy(driver: OpenStackDriver, *, image: Image, image_id: str, project
     return True
 
 
-def cloud_image(*, host: Host, image: Image, project_id: str, report: Callable[[int], None] | None = None) -> str:
+def cloud_image(
+    *,
+    host: Host,
+    image: Image,
+    project_id: str,
+    report: Callable[[int], None] | None = None,
+    recheck: bool = False,
+) -> str:
     """The Glance image id of a portal image on this cloud: uploaded once (or reused by checksum), then remembered.
 
     Private images belong to the tenant's project; public and shared ones to the portal's own project,
     shared ones with the tenant's project added as a member. One upload at a time: the replica row is
     claimed (state COPYING) and a concurrent caller gets a ConflictError and waits, as for libvirt hosts.
+
+    A recorded copy is trusted without asking Glance (visibility changes reach it through
+    ``sync_image_copies``); ``recheck`` asks Glance first, for when Nova did not find the copy.
     """
     from images.services import _copy_stale_after
 
@@ -377,6 +387,10 @@ def cloud_image(*, host: Host, image: Image, project_id: str, report: Callable[[
     )
     if not created:
         if replica.state == ImageReplica.State.READY:
+            if not recheck:
+                if visibility == "shared":
+                    driver.add_image_member(image_id=replica.volume, project_id=project_id)
+                return replica.volume
             if _align_copy(driver, image=image, image_id=replica.volume, project_id=project_id):
                 return replica.volume
             claimable = Q(state=ImageReplica.State.READY)

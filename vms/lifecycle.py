@@ -35,9 +35,10 @@ from django.utils.translation import gettext_lazy
 
 from images.models import Image
 from images.selectors import visible_to_tenant
-from portal.backends.base import BackendError, DiskSpec, InstanceSpec, InstanceState, NotFound
+from portal.backends.base import BackendError, DiskSpec, HostUnreachable, InstanceSpec, InstanceState, NotFound
 from portal.backends.cloudinit import build_nocloud_seed, hostname_from
 from portal.backends.libvirt.driver import LibvirtDriver
+from portal.backends.openstack.driver import AuthFailed, QuotaExceeded
 from portal.models import Tenant
 from portal.services import ConflictError, ServiceError, record_audit, reserve_quota
 from vms import cloud, operations, realtime
@@ -425,16 +426,29 @@ def _cloud_launch(operation: Operation, instance: Instance) -> str:
         operations.progress(operation=operation, percent=55, message=_("Creating the server"))
         operation.params = {**operation.params, "server_requested": True}
         Operation.objects.filter(pk=operation.pk).update(params=operation.params)
-        server_id = driver.create(
-            project_id=project_id,
-            name=instance.domain_name,
-            flavor_id=flavor_id,
-            image_id=image_id,
-            network_id=host.os_network or None,
-            public_key=instance.keypair.public_key if instance.keypair is not None else None,
-            user_data=instance.user_data or None,
-            metadata={"labcloud_instance": str(instance.uuid), "labcloud_tenant": instance.tenant.slug},
-        )
+
+        def create(image_id: str) -> str:
+            return driver.create(
+                project_id=project_id,
+                name=instance.domain_name,
+                flavor_id=flavor_id,
+                image_id=image_id,
+                network_id=host.os_network or None,
+                public_key=instance.keypair.public_key if instance.keypair is not None else None,
+                user_data=instance.user_data or None,
+                metadata={"labcloud_instance": str(instance.uuid), "labcloud_tenant": instance.tenant.slug},
+            )
+
+        try:
+            server_id = create(image_id)
+        except BackendError as exc:
+            if isinstance(exc, HostUnreachable | AuthFailed | QuotaExceeded):
+                raise
+            # Refused: maybe Nova does not see the recorded Glance copy (deleted there, or the project changed)
+            fresh = cloud.cloud_image(host=host, image=image, project_id=project_id, recheck=True)
+            if fresh == image_id:
+                raise
+            server_id = create(fresh)
     Instance.objects.filter(pk=instance.pk).update(cloud_id=server_id)
     instance.cloud_id = server_id
     operations.progress(operation=operation, percent=70, message=_("Booting"))

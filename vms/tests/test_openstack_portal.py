@@ -446,3 +446,14 @@ def test_servers_join_the_clouds_network_and_report_their_address(scene, os_clou
         for port in net_api.ports(network_id=net.id):
             net_api.delete_port(port)
         net_api.delete_network(net)
+
+
+def test_a_glance_copy_deleted_in_the_cloud_is_uploaded_again(scene, os_cloud, admin_driver, run_tasks):
+    tenant, user, small, _, image = scene
+    ok(launch(run_tasks, tenant=tenant, user=user, flavor=small, image=image)[1])
+    copy_id = ImageReplica.objects.get(image=image, host=os_cloud).volume
+    admin_driver.delete_image(image_id=copy_id)  # behind the portal's back
+    instance, op = launch(run_tasks, tenant=tenant, user=user, flavor=small, image=image, name="vm2")
+    ok(op)
+    new_copy = ImageReplica.objects.get(image=image, host=os_cloud).volume
+    assert new_copy != copy_id and admin_driver.state(instance.cloud_id).image_id == new_copy
