@@ -138,3 +138,11 @@ def operation_state_counts() -> list[dict[str, Any]]:
     from vms.models import Operation
 
     return list(Operation.objects.values("kind", "state").annotate(n=Count("id")).order_by("kind", "state"))
+
+
+def tenant_cloud(*, tenant) -> str:
+    """The name of the OpenStack cloud a tenant-wide placement rule sends the tenant's instances to, or ""."""
+    from vms.models import PlacementRule
+
+    rule = PlacementRule.objects.filter(tenant=tenant, flavor__isnull=True, host__kind=Host.Kind.OPENSTACK)
+    return rule.values_list("host__name", flat=True).first() or ""

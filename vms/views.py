@@ -50,7 +50,14 @@ from vms.forms import (
 from vms.keypairs import keypairs_for
 from vms.models import Host, Instance, InstanceDisk, Operation, Snapshot
 from vms.networks import networks_for
-from vms.selectors import flavors_for, hosts_for, instances_for, metric_points_for, operations_for_target
+from vms.selectors import (
+    flavors_for,
+    hosts_for,
+    instances_for,
+    metric_points_for,
+    operations_for_target,
+    tenant_cloud,
+)
 
 PAGE_SIZE = 50
 OPERATIONS_SHOWN = 10
@@ -450,6 +457,7 @@ def instance_launch(request):
             "selected_flavor": selected,
             "has_sources": bool(images),
             "impact": _impact(quota, flavor, count),
+            "tenant_cloud": tenant_cloud(tenant=tenant),
             "max_batch": settings.LABCLOUD_MAX_BATCH,
             "launch_data": {
                 "quota": quota,

@@ -191,3 +191,12 @@ def test_pages_with_a_cloud_host_render(hosts, actors, client, settings):
         assert reply.status_code == 200 and "cloud1" in reply.content.decode()
     metrics = client.get("/metrics", HTTP_AUTHORIZATION="Bearer scrape-token-for-test")
     assert metrics.status_code == 200 and 'host="cloud1"' in metrics.content.decode()
+
+
+def test_launch_form_says_where_a_tenants_instances_go(hosts, actors, client):
+    _, cloud_host = hosts
+    client.force_login(actors.member)  # the member's only tenant is the active one
+    assert 'id="lc-launch-cloud"' not in client.get(reverse("instance_launch")).content.decode()
+    PlacementRule.objects.create(tenant=actors.tenant, host=cloud_host)
+    page = client.get(reverse("instance_launch")).content.decode()
+    assert 'id="lc-launch-cloud"' in page and "OpenStack cloud cloud1" in page
