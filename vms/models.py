@@ -332,7 +332,19 @@ class PlacementRule(models.Model):
     class Meta:
         ordering = ["tenant", "flavor", "id"]
         constraints = [
-            models.UniqueConstraint(fields=["tenant", "flavor"], name="placement_unique_rule", nulls_distinct=False),
+            # one rule per (tenant, flavor), per tenant alone, per flavor alone (partial indexes: SQLite has no
+            # NULLS NOT DISTINCT)
+            models.UniqueConstraint(
+                fields=["tenant", "flavor"],
+                condition=models.Q(tenant__isnull=False, flavor__isnull=False),
+                name="placement_unique_tenant_flavor",
+            ),
+            models.UniqueConstraint(
+                fields=["tenant"], condition=models.Q(flavor__isnull=True), name="placement_unique_tenant"
+            ),
+            models.UniqueConstraint(
+                fields=["flavor"], condition=models.Q(tenant__isnull=True), name="placement_unique_flavor"
+            ),
             models.CheckConstraint(
                 condition=models.Q(tenant__isnull=False) | models.Q(flavor__isnull=False),
                 name="placement_rule_names_tenant_or_flavor",

@@ -200,3 +200,16 @@ def test_launch_form_says_where_a_tenants_instances_go(hosts, actors, client):
     PlacementRule.objects.create(tenant=actors.tenant, host=cloud_host)
     page = client.get(reverse("instance_launch")).content.decode()
     assert 'id="lc-launch-cloud"' in page and "OpenStack cloud cloud1" in page
+
+
+def test_one_rule_per_tenant_per_flavor_and_per_pair_in_the_database(hosts, make_tenant):
+    from django.db import IntegrityError, transaction
+
+    _, cloud_host = hosts
+    tenant = make_tenant("rules-unique")
+    flavor = Flavor.objects.create(name="r.u", vcpus=1, ram_mib=128, disk_gib=1)
+    for fields in ({"tenant": tenant}, {"flavor": flavor}, {"tenant": tenant, "flavor": flavor}):
+        PlacementRule.objects.create(host=cloud_host, **fields)
+        with pytest.raises(IntegrityError), transaction.atomic():
+            PlacementRule.objects.create(host=cloud_host, **fields)
+    assert PlacementRule.objects.count() == 3
