@@ -97,6 +97,18 @@ def actors(make_user, make_tenant) -> Actors:
     )
 
 
+def pytest_unconfigure(config):
+    """Django deletes this process's SQLite test database but not its write-ahead log files: remove them too."""
+    from pathlib import Path
+
+    from django.conf import settings
+
+    name = settings.DATABASES["default"].get("TEST", {}).get("NAME")
+    if name and settings.DATABASES["default"]["ENGINE"].endswith("sqlite3") and not Path(name).exists():
+        for suffix in ("-wal", "-shm"):
+            Path(f"{name}{suffix}").unlink(missing_ok=True)
+
+
 def pytest_collection_modifyitems(config, items):
     """Tests marked ``postgres`` need real row locks: they run in the PostgreSQL pass of the suite
     (scripts/test.sh runs the suite on SQLite and then on PostgreSQL) and are deselected on SQLite."""
