@@ -42,6 +42,7 @@ from portal.backends.openstack.driver import AuthFailed, QuotaExceeded
 from portal.models import Tenant
 from portal.services import ConflictError, ServiceError, record_audit, reserve_quota
 from vms import cloud, operations, realtime
+from vms.hosts import driver_for
 from vms.models import CloudProject, Flavor, Host, Instance, InstanceDisk, Keypair, Network, Operation, Snapshot
 from vms.scheduler import check_growth, place, placement_target
 from vms.services import reserve_instances
@@ -107,12 +108,6 @@ OBSERVED = {
 
 
 # ---------------------------------------------------------------- naming and specs
-
-
-def driver_for(host: Host) -> LibvirtDriver:
-    from vms.hosts import driver_for as host_driver
-
-    return host_driver(host)
 
 
 def _prefix() -> str:
