@@ -49,6 +49,22 @@ from vms.tests.test_browser_console import (
 )
 from vms.tests.test_libvirt_guests import BOOTED
 
+
+def scroll_to(locator) -> None:
+    """Scroll to an element of a live page: a redraw may replace its node meanwhile, then it is looked up again."""
+    from playwright.sync_api import Error as PlaywrightError
+
+    for _attempt in range(5):
+        try:
+            locator.scroll_into_view_if_needed()
+            return
+        except PlaywrightError as exc:
+            if "not attached" not in str(exc):
+                raise
+            time.sleep(0.2)
+    locator.scroll_into_view_if_needed()
+
+
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
 SHOTS = SCREENSHOT.parent
@@ -228,7 +244,7 @@ def test_member_journey_launch_console_snapshot_delete(stack, portal_host, guest
     print(f"launch → snapshot done: {time.monotonic() - t0:.1f} s")
     expect(row).to_contain_text("Available")  # the page redraws its snapshots when the task ends
     assert page.evaluate("window.lcNotReloaded") is True
-    row.scroll_into_view_if_needed()
+    scroll_to(row)
     shot(page, "instance-snapshot")
 
     # Delete, accepting the confirmation: the row leaves the list by itself.
