@@ -42,8 +42,9 @@ from portal.backends.base import BackendError, HostUnreachable, InstanceState, N
 
 log = logging.getLogger(__name__)
 
-# The portal's view of a server. "deleted" only appears in list_servers(changes_since=…), which also
-# returns servers deleted since then; "unknown" is Nova's own UNKNOWN (the compute host is unreachable).
+# The portal's view of a server. "deleted" appears in list_servers(changes_since=…), which also returns
+# servers deleted since then, and for a moment in any list while Nova's compute finishes a deletion;
+# "unknown" is Nova's own UNKNOWN (the compute host is unreachable).
 SERVER_STATES = ("running", "shutoff", "paused", "error", "building", "deleting", "deleted", "unknown")
 REBOOT_KINDS = ("soft", "hard")
 VISIBILITIES = ("public", "private", "shared", "community")
@@ -69,6 +70,8 @@ _NOVA_STATUS = {
 _POWER_STATE = {1: "running", 3: "paused", 4: "shutoff", 6: "error", 7: "paused"}
 _AS_INSTANCE_STATE = {"error": "crashed", "deleting": "unknown", "deleted": "unknown"}
 _UNREACHABLE_HTTP = {502, 503, 504}
+# How long delete() waits for a server shown as DELETED to disappear before taking it as gone.
+DELETED_ROW_GRACE = 30.0
 
 
 # ---------------------------------------------------------------------------------------------- errors
@@ -998,13 +1001,18 @@ class OpenStackDriver:
         except NotFound:
             return False
         deadline = time.monotonic() + timeout
+        marked_deleted_at: float | None = None
         while True:
             try:
                 current = self.state(server_id)
             except NotFound:
                 return True
             if current.state == "deleted":
-                return True
+                # Nova's compute saves vm_state DELETED a moment before it destroys the row; until then the
+                # server still shows in lists. Wait for the 404, but a row stuck in DELETED is deleted too.
+                marked_deleted_at = marked_deleted_at or time.monotonic()
+                if time.monotonic() - marked_deleted_at > DELETED_ROW_GRACE:
+                    return True
             if time.monotonic() > deadline:
                 raise BackendError(f"delete server {server_id}: still {current.status} after {timeout:.0f} s")
             time.sleep(self.poll)
