@@ -350,7 +350,6 @@ def test_server_lifecycle(driver: OpenStackDriver, tenant, flavors, image, serve
     raw = driver.conn.compute.get_server(server_id)
     assert base64.b64decode(raw.user_data).decode() == user_data  # admin reads it back (2.3+)
     assert raw.metadata == {"labcloud-instance": "42"}
-    assert state.as_instance_state().state == "running"
 
     steps = [
         (lambda: driver.stop(server_id), "shutoff", "SHUTOFF"),
@@ -479,7 +478,6 @@ def test_server_state_mapping():
     }
     for (status, task, power), want in cases.items():
         assert server_state_of(Fake(status, task, power)).state == want, status
-    assert server_state_of(Fake("ERROR")).as_instance_state().state == "crashed"
 
 
 def test_server_on_a_neutron_network_reports_its_address(driver: OpenStackDriver, tenant, flavors, image, servers):

@@ -38,7 +38,7 @@ import openstack
 from keystoneauth1 import exceptions as ksa_exc
 from openstack import exceptions as os_exc
 
-from portal.backends.base import BackendError, HostUnreachable, InstanceState, NotFound
+from portal.backends.base import BackendError, HostUnreachable, NotFound
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,6 @@ _NOVA_STATUS = {
 }
 # Nova power_state codes (nova/compute/power_state.py) for REBOOT, RESIZE, VERIFY_RESIZE, MIGRATING…
 _POWER_STATE = {1: "running", 3: "paused", 4: "shutoff", 6: "error", 7: "paused"}
-_AS_INSTANCE_STATE = {"error": "crashed", "deleting": "unknown", "deleted": "unknown"}
 _UNREACHABLE_HTTP = {502, 503, 504}
 # How long delete() waits for a server shown as DELETED to disappear before taking it as gone.
 DELETED_ROW_GRACE = 30.0
@@ -230,17 +229,6 @@ class ServerState:
     def busy(self) -> bool:
         """Nova is still working on it (a task is in progress)."""
         return self.task_state is not None
-
-    def as_instance_state(self) -> InstanceState:
-        """The libvirt-shaped fact (``POWER_STATES``) for code that handles every backend alike."""
-        return InstanceState(
-            uuid=self.id,
-            name=self.name,
-            state=_AS_INSTANCE_STATE.get(self.state, self.state),
-            reason=self.fault or (self.task_state or ""),
-            vcpus=self.vcpus,
-            memory_mib=self.ram_mib,
-        )
 
 
 def server_state_of(server: Any) -> ServerState:
