@@ -556,9 +556,18 @@ def map_cloud_project(*, actor, host: Host, tenant: Tenant, project_id: str, ip:
                 ip=ip,
                 detail={"cloud": host.name, "project_id": project_id, **({"old_project_id": old} if old else {})},
             )
+            host_id, tenant_id = host.pk, tenant.pk
+            transaction.on_commit(lambda: _push_quota_later(host_id=host_id, tenant_id=tenant_id))
     except IntegrityError as exc:
         raise ConflictError(_("The tenant or the project was mapped on this cloud at the same time.")) from exc
     return row
+
+
+def _push_quota_later(*, host_id: int, tenant_id: int) -> None:
+    """A newly mapped project gets the tenant's quota, as a managed one does when it is made."""
+    from vms.tasks import push_quota_to_task
+
+    push_quota_to_task.delay(host_id, tenant_id)
 
 
 def unmap_cloud_project(*, actor, project: CloudProject, ip: str | None = None) -> None:

@@ -38,6 +38,17 @@ def push_quota_task(tenant_id: int) -> dict[str, bool]:
 
 
 @shared_task
+def push_quota_to_task(host_id: int, tenant_id: int) -> bool:
+    from portal.models import Tenant
+    from vms.cloud import push_quota_to
+    from vms.models import Host
+
+    host = Host.objects.filter(pk=host_id).first()
+    tenant = Tenant.objects.filter(pk=tenant_id).first()
+    return host is not None and tenant is not None and push_quota_to(host=host, tenant=tenant)
+
+
+@shared_task
 def sync_flavor_task(flavor_id: int) -> dict[str, str]:
     from vms.cloud import sync_flavor
 

@@ -380,6 +380,25 @@ def test_push_quota_to_an_unreachable_cloud_records_the_error(actors, os_cloud):
     assert_problem(actors.client("tenant_admin").post(f"{detail(PROJECTS, project)}push-quota/"), 404)
 
 
+def test_mapping_a_project_pushes_the_quota_on_commit(actors, os_cloud, run_tasks):
+    """The mapping's on-commit task pushes the quota; the cloud refuses here, so the error is recorded."""
+    staff = actors.client("cloud_admin")
+    response = run_tasks(
+        lambda: staff.post(
+            PROJECTS, {"host": os_cloud.pk, "tenant": actors.tenant.pk, "project_id": "p2"}, format="json"
+        )
+    )
+    assert response.status_code == 201, response.content
+    project = CloudProject.objects.get(host=os_cloud, tenant=actors.tenant)
+    assert project.quota_synced_at is None and "does not answer" in project.quota_error
+    # mapping it again to the same project changes nothing and pushes nothing
+    CloudProject.objects.filter(pk=project.pk).update(quota_error="")
+    response = run_tasks(lambda: staff.patch(detail(PROJECTS, project), {"project_id": "p2"}, format="json"))
+    assert response.status_code == 200, response.content
+    project.refresh_from_db()
+    assert project.quota_error == ""
+
+
 # ---------------------------------------------------------------- placement rules
 
 

@@ -351,7 +351,9 @@ def test_cloud_down_and_bad_credentials_are_clear_and_leave_nothing(scene, os_cl
     assert [s for s in admin_driver.list_servers() if s.name.startswith(PREFIX)] == []
 
 
-def test_existing_project_mapping_and_image_visibility(scene, os_cloud, admin_driver, run_tasks, make_tenant):
+def test_existing_project_mapping_and_image_visibility(scene, os_cloud, admin_driver, run_tasks, make_user):
+    from vms.hosts import map_cloud_project
+
     tenant, user, small, _, image = scene
     os_cloud.project_mode = Host.ProjectMode.EXISTING
     os_cloud.save()
@@ -361,7 +363,13 @@ def test_existing_project_mapping_and_image_visibility(scene, os_cloud, admin_dr
     ok(run_tasks(lambda: lifecycle.delete_instance(actor=user, instance=instance)))
 
     existing = admin_driver.ensure_project(name=f"{PREFIX}existing")
-    CloudProject.objects.create(host=os_cloud, tenant=tenant, project_id=existing.id)
+    root = make_user("os-root", staff=True)
+    run_tasks(lambda: map_cloud_project(actor=root, host=os_cloud, tenant=tenant, project_id=existing.id))
+    # the mapping pushes the tenant's quota to the project at once (on commit), as for a managed project
+    quota = admin_driver.compute_quota(project_id=existing.id)
+    assert (quota.instances, quota.cores, quota.ram_mib) == (4, 8, 4096)
+    mapped = CloudProject.objects.get(host=os_cloud, tenant=tenant)
+    assert mapped.quota_synced_at is not None and mapped.quota_error == "" and not mapped.managed
     Image.objects.filter(pk=image.pk).update(visibility=Image.Visibility.PUBLIC, tenant=None)
     image.refresh_from_db()
     instance, op = launch(run_tasks, tenant=tenant, user=user, flavor=small, image=image, name="mapped")
