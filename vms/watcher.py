@@ -20,9 +20,10 @@ OpenStack clouds (hosts of kind ``openstack``) have no event stream the portal c
 every ``WATCHER_CLOUD_POLL_SECONDS`` the watcher asks each cloud for the servers changed since its
 previous poll (Nova's ``changes-since``, which also lists deleted servers), and at every reconcile
 it lists all servers (``vms.cloud.sync_cloud``). A cloud that does not answer is marked down and
-retried with the same backoff as a libvirt host.
+retried with the same backoff as a libvirt host. The clouds are polled in a thread of their own, one
+round at a time, so a cloud that hangs instead of refusing never delays the libvirt events.
 
-Everything touching the database runs in the main thread; the loop closes stale database
+Everything else touching the database runs in the main thread; both close stale database
 connections (``close_old_connections``) each round, so a restarted database costs one round.
 """
 
@@ -35,11 +36,13 @@ import threading
 import time
 import uuid as uuidlib
 from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import libvirt
 from django.conf import settings
 from django.db import DatabaseError, close_old_connections
+from django.db import connection as db_connection
 from django.utils.translation import gettext as _
 
 from portal.backends.base import BackendError
@@ -133,6 +136,13 @@ class HostWatcher:
         self.cloud_polled: dict[int, object] = {}
         self.cloud_retry: dict[int, tuple[float, float]] = {}  # host id → (next try, backoff)
         self.cloud_polls = 0  # cloud polls done (for tests)
+        # Clouds are talked to in a thread of their own, one round at a time, so that a cloud that hangs
+        # (rather than refusing) never holds up the libvirt events; a reconcile or verify that falls due
+        # while a round runs is done by the next round.
+        self._cloud_pool: ThreadPoolExecutor | None = None
+        self._cloud_round: Future | None = None
+        self._cloud_full_due = False
+        self._cloud_verify_due = False
 
     # ------------------------------------------------------------------ hosts
 
@@ -188,6 +198,33 @@ class HostWatcher:
                 cloud_services.verify_cloud(host=host)
             except Exception:
                 log.exception("verifying cloud %s failed", host.name)
+
+    @property
+    def cloud_round_running(self) -> bool:
+        return self._cloud_round is not None and not self._cloud_round.done()
+
+    def start_cloud_round(self) -> bool:
+        """Poll the clouds in the background (a full reconcile and a verify if due); False while one runs."""
+        if self.cloud_round_running:
+            return False
+        full, verify = self._cloud_full_due, self._cloud_verify_due
+        self._cloud_full_due = self._cloud_verify_due = False
+        if self._cloud_pool is None:
+            self._cloud_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="watcher-clouds")
+        self._cloud_round = self._cloud_pool.submit(self._clouds_round, full=full, verify=verify)
+        return True
+
+    def _clouds_round(self, *, full: bool, verify: bool) -> None:
+        close_old_connections()
+        try:
+            if verify:
+                self.verify_clouds()
+            self.poll_clouds(full=full)
+        except Exception as exc:  # a database outage or a bug: the next round tries again
+            kind = "database error" if isinstance(exc, DatabaseError) else "error"
+            log.exception("%s while polling the clouds", kind)
+        finally:
+            db_connection.close()  # this thread's own connection
 
     def refresh_all(self) -> None:
         for host in self.hosts(enabled_only=False):
@@ -424,18 +461,18 @@ class HostWatcher:
                     if now >= next_reconcile:
                         self.sync_watches()
                         self.reconcile_all(skip=self.connect_watches())
-                        self.poll_clouds(full=True)
+                        self._cloud_full_due = True
                         next_reconcile = time.monotonic() + self.reconcile_seconds
-                        next_cloud = time.monotonic() + self.cloud_seconds
                     else:
                         self.connect_watches()
-                    if now >= next_cloud:
-                        self.poll_clouds()
-                        next_cloud = time.monotonic() + self.cloud_seconds
                     if now >= next_capacity:
-                        self.verify_clouds()
+                        self._cloud_verify_due = True
                         self.refresh_all()
                         next_capacity = time.monotonic() + self.capacity_seconds
+                    if (now >= next_cloud or self._cloud_full_due or self._cloud_verify_due) and (
+                        self.start_cloud_round()
+                    ):
+                        next_cloud = time.monotonic() + self.cloud_seconds
                     if now >= next_health:
                         self.check_health()
                         next_health = time.monotonic() + HEALTH_SECONDS
@@ -453,6 +490,8 @@ class HostWatcher:
                 wait = min(TICK, max(0.0, next_due - time.monotonic()))
                 self.drain(wait)
         finally:
+            if self._cloud_pool is not None:  # a round in progress ends within CLOUD_TIMEOUT
+                self._cloud_pool.shutdown(wait=True, cancel_futures=True)
             for uri in list(self.listeners):
                 self._drop_listener(uri)
             for watch in self.watches.values():

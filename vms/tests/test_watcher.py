@@ -8,6 +8,7 @@ connection emits a lifecycle event, the watcher applies it and the change arrive
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 import threading
 import time
@@ -356,6 +357,75 @@ def test_an_event_updates_the_row_and_is_published_within_a_second(
     instance.refresh_from_db()
     assert instance.state == Instance.State.ERROR
     assert watcher.handled >= 3
+
+
+class SilentServer:
+    """A TCP server on 127.0.0.1 that accepts connections and never answers: a cloud that hangs."""
+
+    def __init__(self) -> None:
+        import socket
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.accepted: list = []
+        self.thread = threading.Thread(target=self._accept, name="lctest-silent-cloud", daemon=True)
+        self.thread.start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.accepted.append(conn)
+
+    def close(self) -> None:
+        import socket
+
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+        self.sock.close()
+        for conn in self.accepted:
+            conn.close()
+        self.thread.join(timeout=5)
+
+
+def test_a_hanging_cloud_does_not_hold_up_libvirt_events(
+    actors, flavor, test_driver, channel_layer, running_watcher, settings
+):
+    from vms import cloud
+
+    settings.LABCLOUD_CLOUD_TIMEOUT = 8
+    silent = SilentServer()
+    try:
+        hung = Host(name="lctest-hung-cloud", kind=Host.Kind.OPENSTACK, auth_url=f"http://127.0.0.1:{silent.port}/v3")
+        hung.credentials = cloud.encrypt_credentials({"username": "u", "password": "p", "project_name": "admin"})
+        hung.save()
+        host = Host.objects.create(name="lctest-host", uri=TEST_URI, storage_pool=POOL)
+        domain = define(test_driver)
+        instance = make_instance(actors.tenant, flavor, host, uuid_=domain, state=Instance.State.SHUTOFF)
+        watcher = running_watcher(host.name, hung.name)
+        channel = listen(channel_layer, f"tenant-{actors.tenant.pk}")
+        deadline = time.monotonic() + 5
+        while not silent.accepted and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert silent.accepted, "the watcher never asked the cloud"
+        assert watcher.cloud_round_running  # the cloud round hangs on Keystone ...
+
+        t0 = time.monotonic()
+        test_driver.start(domain)
+        message = receive(channel_layer, channel)
+        elapsed = time.monotonic() - t0
+        # ... while the libvirt event is applied and published as quickly as without a cloud
+        assert message is not None and message["event"]["data"]["state"] == "running"
+        assert elapsed < 1.0
+        assert watcher.cloud_round_running
+        instance.refresh_from_db()
+        assert instance.state == Instance.State.RUNNING
+    finally:
+        silent.close()  # the round's requests fail at once now, so the watcher stops quickly
 
 
 def test_watcher_reconnects_a_host_that_comes_back(db, test_driver, monkeypatch):
