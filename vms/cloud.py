@@ -340,11 +340,18 @@ def glance_visibility(image: Image) -> str:
     return {"public": "public", "shared": "shared"}.get(image.visibility, "private")
 
 
-def _align_copy(driver: OpenStackDriver, *, image: Image, image_id: str, project_id: str | None) -> bool:
+def _projects_allowed(*, image: Image, host: Host) -> set[str]:
+    """The cloud projects of the tenants that may use an image: its owner and those it is shared with."""
+    tenants = Q(tenant_id=image.tenant_id) | Q(tenant__in=image.shared_with.all())
+    return set(CloudProject.objects.filter(tenants, host=host).values_list("project_id", flat=True))
+
+
+def _align_copy(driver: OpenStackDriver, *, host: Host, image: Image, image_id: str, project_id: str | None) -> bool:
     """Make a Glance copy match the portal image's visibility now; False when it must be uploaded again.
 
     A private image must be owned by the tenant's project: a copy owned elsewhere is deleted (it may have
-    been public before) and uploaded again. A shared one gets the tenant's project as a member.
+    been public before) and uploaded again. A shared one gets the tenant's project as a member, and loses
+    the projects of tenants it is no longer shared with.
     """
     visibility = glance_visibility(image)
     try:
@@ -356,8 +363,13 @@ def _align_copy(driver: OpenStackDriver, *, image: Image, image_id: str, project
         return False
     if found.visibility != visibility:
         driver.set_image_visibility(image_id=image_id, visibility=visibility)
-    if visibility == "shared" and project_id:
-        driver.add_image_member(image_id=image_id, project_id=project_id)
+    if visibility == "shared":
+        if project_id:
+            driver.add_image_member(image_id=image_id, project_id=project_id)
+        allowed = _projects_allowed(image=image, host=host)
+        for member in driver.image_members(image_id=image_id):
+            if member not in allowed and member != project_id:
+                driver.remove_image_member(image_id=image_id, project_id=member)
     return True
 
 
@@ -391,7 +403,7 @@ def cloud_image(
                 if visibility == "shared":
                     driver.add_image_member(image_id=replica.volume, project_id=project_id)
                 return replica.volume
-            if _align_copy(driver, image=image, image_id=replica.volume, project_id=project_id):
+            if _align_copy(driver, host=host, image=image, image_id=replica.volume, project_id=project_id):
                 return replica.volume
             claimable = Q(state=ImageReplica.State.READY)
         else:
@@ -420,7 +432,7 @@ def cloud_image(
             properties={"labcloud_image": str(image.pk), "min_disk": image.min_disk_gib, "min_ram": image.min_ram_mib},
         )
         if uploaded.reused:  # an identical image was there: make sure it is shared as the portal's is now
-            _align_copy(driver, image=image, image_id=uploaded.id, project_id=project_id)
+            _align_copy(driver, host=host, image=image, image_id=uploaded.id, project_id=project_id)
         elif visibility == "shared":
             driver.add_image_member(image_id=uploaded.id, project_id=project_id)
     except (BackendError, ServiceError) as exc:
@@ -435,7 +447,10 @@ def cloud_image(
 
 
 def sync_image_copies(*, image_id: int) -> dict[str, str]:
-    """After an image's visibility changed: every cloud's copy follows (a private one leaves public view at once)."""
+    """After an image's visibility or sharing changed: every cloud's copy follows at once.
+
+    A private one leaves public view, and a shared one stops being shared with tenants taken off its list.
+    """
     results: dict[str, str] = {}
     image = Image.objects.filter(pk=image_id).first()
     replicas = ImageReplica.objects.filter(image_id=image_id, state=ImageReplica.State.READY).select_related("host")
@@ -446,7 +461,11 @@ def sync_image_copies(*, image_id: int) -> dict[str, str]:
                 CloudProject.objects.filter(host=replica.host, tenant_id=image.tenant_id).first() if image else None
             )
             if image is None or not _align_copy(
-                driver, image=image, image_id=replica.volume, project_id=project.project_id if project else None
+                driver,
+                host=replica.host,
+                image=image,
+                image_id=replica.volume,
+                project_id=project.project_id if project else None,
             ):
                 replica.delete()
                 results[replica.host.name] = "removed"

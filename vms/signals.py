@@ -1,5 +1,5 @@
 """Changes that must reach the clouds: a tenant's quota or deletion, a flavor (its sizes, access or deletion),
-an image's visibility.
+an image's visibility and sharing.
 
 Signals rather than service calls, because cloud admins change quotas and flavors through the
 admin site, the API and the services alike. Only objects that already have a copy in a cloud
@@ -67,6 +67,24 @@ def _image_saved(sender, instance: Image, created: bool, **_kwargs) -> None:
         from vms.tasks import sync_image_copies_task
 
         transaction.on_commit(lambda: sync_image_copies_task.delay(instance.pk))
+
+
+@receiver(m2m_changed, sender=Image.shared_with.through, dispatch_uid="vms.image_sharing_to_clouds")
+def _image_sharing_changed(sender, instance, action: str, reverse: bool, pk_set, **_kwargs) -> None:
+    """Tenants taken off a shared image's list lose their Glance membership at once."""
+    if action not in ("post_remove", "post_clear"):
+        return  # an added tenant's project becomes a member at its first launch
+    image_ids = list(pk_set or ()) if reverse else [instance.pk]
+    if reverse and action == "post_clear":
+        image_ids = []  # a tenant's list cleared: the tenant is being deleted, its projects go with it
+    copies = ImageReplica.objects.filter(
+        image_id__in=image_ids, host__kind=Host.Kind.OPENSTACK, state="ready"
+    ).values_list("image_id", flat=True)
+    if copies:
+        from vms.tasks import sync_image_copies_task
+
+        for image_id in sorted(set(copies)):
+            transaction.on_commit(lambda image_id=image_id: sync_image_copies_task.delay(image_id))
 
 
 @receiver(pre_delete, sender=Tenant, dispatch_uid="vms.tenant_projects_in_clouds")

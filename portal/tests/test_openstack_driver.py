@@ -275,6 +275,23 @@ def test_image_upload_then_reuse_by_checksum(driver: OpenStackDriver, tenant, im
         _cleanup_project(driver, other.id)
 
 
+def test_shared_image_members_are_added_listed_and_removed(driver: OpenStackDriver, tenant, tiny_qcow2):
+    shared = driver.upload_image(path=tiny_qcow2, name=f"{PREFIX}-shared", visibility="shared")
+    other = _new_project(driver, "member")
+    try:
+        assert shared.visibility == "shared" and driver.image_members(image_id=shared.id) == []
+        assert driver.add_image_member(image_id=shared.id, project_id=tenant.id) is True
+        assert driver.add_image_member(image_id=shared.id, project_id=tenant.id) is False  # already one
+        assert driver.add_image_member(image_id=shared.id, project_id=other.id) is True
+        assert driver.image_members(image_id=shared.id) == sorted([tenant.id, other.id])
+        assert driver.remove_image_member(image_id=shared.id, project_id=other.id) is True
+        assert driver.remove_image_member(image_id=shared.id, project_id=other.id) is False  # not one any more
+        assert driver.image_members(image_id=shared.id) == [tenant.id]
+    finally:
+        driver.delete_image(image_id=shared.id)
+        _cleanup_project(driver, other.id)
+
+
 def test_glance_rejects_a_file_that_is_not_what_it_claims(driver: OpenStackDriver, tenant, tmp_path):
     bogus = tmp_path / "bogus.qcow2"
     bogus.write_bytes(os.urandom(256 * 1024))

@@ -706,6 +706,19 @@ class OpenStackDriver:
             self.conn.image.add_member(image_id, member_id=project_id)
         return True
 
+    def image_members(self, *, image_id: str) -> list[str]:
+        """The projects a ``shared`` image is shared with."""
+        with self._errors(f"members of image {image_id}"):
+            return sorted(member.member_id for member in self.conn.image.members(image_id))
+
+    def remove_image_member(self, *, image_id: str, project_id: str) -> bool:
+        """Stop sharing an image with a project. False when it was not a member."""
+        with self._errors(f"unshare image {image_id}"):
+            if self.conn.image.find_member(project_id, image_id, ignore_missing=True) is None:
+                return False
+            self.conn.image.remove_member(project_id, image_id, ignore_missing=True)
+        return True
+
     def image(self, *, image_id: str) -> GlanceImage:
         with self._errors(f"image {image_id}"):
             return _image_of(self.conn.image.get_image(image_id))
