@@ -12,8 +12,10 @@ DBPORT=33306
 MQPORT=45672
 MQDISTPORT=45673 # rabbitmqctl uses 45680-45690 (set in rabbit_env)
 EPMDPORT=34369
+# The VNC server the fake compute's consoles point at (a QEMU without a machine: it speaks RFB).
+VNCPORT=16081
 # Stop order (reverse of start); down.sh stops each by its recorded PID and that PID's descendants.
-ALL_SERVICES="nova-novncproxy nova-api nova-compute nova-scheduler nova-conductor neutron placement glance
+ALL_SERVICES="vnc nova-novncproxy nova-api nova-compute nova-scheduler nova-conductor neutron placement glance
 keystone rabbitmq epmd mariadb"
 mkdir -p "$RUN" "$LOGS"
 

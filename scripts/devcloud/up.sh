@@ -87,7 +87,7 @@ if ((!INSTALL_ONLY)); then
             break
         fi
     done
-    for p in 5000 9292 8778 8774 9696 16080 $DBPORT $MQPORT $MQDISTPORT $EPMDPORT; do
+    for p in 5000 9292 8778 8774 9696 16080 $VNCPORT $DBPORT $MQPORT $MQDISTPORT $EPMDPORT; do
         port_free "$p" || { echo "port 127.0.0.1:$p is taken by a process this harness did not start" >&2; exit 1; }
     done
     # this run starts the devcloud: a fixture's mark from an earlier session no longer applies
@@ -100,6 +100,7 @@ need_apt=()
 [[ -x /usr/sbin/mariadbd ]] || need_apt+=(mariadb-server)
 [[ -x /usr/lib/rabbitmq/bin/rabbitmq-server ]] || need_apt+=(rabbitmq-server)
 command -v qemu-img >/dev/null || need_apt+=(qemu-utils)
+command -v qemu-system-x86_64 >/dev/null || need_apt+=(qemu-system-x86)
 command -v bc >/dev/null || need_apt+=(bc)
 command -v curl >/dev/null || need_apt+=(curl)
 command -v ss >/dev/null || need_apt+=(iproute2)
@@ -334,9 +335,16 @@ wait $K || fail=1
 wait $P || fail=1
 [[ $fail -eq 0 ]] || exit 1 # compute needs Keystone users and Placement before it starts
 NC=(--config-file "$DC/etc/nova.conf")
-for s in conductor scheduler compute; do
+for s in conductor scheduler; do
     start_daemon "nova-$s" "$DC/venv-nova/bin/nova-$s" "${NC[@]}" --log-file "$LOGS/nova-$s.log"
 done
+# the consoles of the fake compute point at this VNC server on 127.0.0.1 (compute/devcloud_compute.py)
+start_daemon vnc qemu-system-x86_64 -machine none -nodefaults -display none -vnc "127.0.0.1:$((VNCPORT - 5900))"
+# Nova loads compute drivers from its nova.virt package only: the module goes in there
+cp "$HERE/compute/devcloud_compute.py" \
+    "$("$DC/venv-nova/bin/python" -c 'import nova.virt, os; print(os.path.dirname(nova.virt.__file__))')/"
+start_daemon nova-compute env DEVCLOUD_VNC_PORT=$VNCPORT \
+    "$DC/venv-nova/bin/nova-compute" "${NC[@]}" --log-file "$LOGS/nova-compute.log"
 start_daemon nova-novncproxy "$DC/venv-nova/bin/nova-novncproxy" "${NC[@]}" \
     --log-file "$LOGS/nova-novncproxy.log" --web "$DC/novnc"
 OS_NOVA_CONFIG_DIR="$DC/etc" start_wsgi nova-api venv-nova 8774 nova_api_app:application

@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import os
 import socket
+import time
 import uuid
 from urllib.parse import urlsplit
 
@@ -229,7 +230,13 @@ def test_power_resize_snapshot_console_and_delete(scene, os_cloud, admin_driver,
                 "Sec-WebSocket-Protocol: binary\r\nOrigin: http://127.0.0.1:16080\r\n\r\n"
             ).encode()
         )
-        assert sock.recv(200).startswith(b"HTTP/1.1 101")
+        # Nova's proxy accepts the token, connects to the console's VNC server and relays its RFB banner
+        received = b""
+        while b"RFB 003." not in received:
+            chunk = sock.recv(4096)
+            assert chunk, f"the proxy closed the websocket: {received!r}"
+            received += chunk
+        assert received.startswith(b"HTTP/1.1 101")
 
     # the same through the pages: the instance page says what the cloud cannot do; the ticket is Nova's
     client.force_login(user)
@@ -310,6 +317,45 @@ def test_watcher_follows_nova(scene, os_cloud, admin_driver, run_tasks, settings
     instance.refresh_from_db()
     assert instance.state == Instance.State.ERROR and "deleted in the cloud" in instance.state_reason
     assert watcher.cloud_polls == 3
+
+
+def test_the_running_watcher_follows_nova_from_its_cloud_thread(
+    transactional_db, scene, os_cloud, admin_driver, run_tasks, settings
+):
+    """The watcher's loop (not a direct call) polls the cloud in its own thread and applies what changed."""
+    import threading
+
+    from django.db import connections
+
+    tenant, user, small, _, image = scene
+    instance, op = launch(run_tasks, tenant=tenant, user=user, flavor=small, image=image)
+    ok(op)
+    settings.WATCHER_CLOUD_POLL_SECONDS = 0.5
+    watcher = HostWatcher(host_names=[os_cloud.name], reconcile_seconds=300, capacity_seconds=300)
+
+    def run():
+        try:
+            watcher.run()
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=run, name="lctest-cloud-watcher", daemon=True)
+    thread.start()
+    try:
+        assert watcher.ready.wait(10)
+        admin_driver.stop(instance.cloud_id)  # behind the portal's back
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            instance.refresh_from_db()
+            if instance.state == Instance.State.SHUTOFF:
+                break
+            time.sleep(0.2)
+        assert instance.state == Instance.State.SHUTOFF
+        assert watcher.cloud_polls >= 2  # the reconcile at start, then changes-since polls
+    finally:
+        watcher.stop()
+        thread.join(timeout=60)
+    assert not thread.is_alive()
 
 
 def test_full_reconcile_finds_a_server_gone(scene, os_cloud, admin_driver, run_tasks):
@@ -436,6 +482,34 @@ def test_image_copies_follow_visibility_and_go_with_the_image(scene, os_cloud, a
     ok(run_tasks(lambda: lifecycle.delete_instance(actor=user, instance=Instance.objects.get(name="again"))))
     image_services.delete_image(actor=make_user("os-imgadmin", staff=True), image=image)
     assert admin_driver.conn.image.find_image(copy_id, ignore_missing=True) is None
+
+
+def test_a_shared_image_leaves_the_projects_of_tenants_taken_off_its_list(
+    scene, os_cloud, admin_driver, run_tasks, make_tenant, make_user
+):
+    from images import services as image_services
+
+    tenant, user, small, _, image = scene
+    other = make_tenant("os-b", instances=2, vcpus=2, ram_mib=512, disk_gib=4)
+    other_user = make_user("os-b-member")
+    other.memberships.create(user=other_user, role="member")
+    PlacementRule.objects.create(tenant=other, host=os_cloud)
+    owner = make_user("os-img-owner", staff=True)
+    image = image_services.share_image(actor=owner, image=image, tenant=other)
+    for who, where in ((user, tenant), (other_user, other)):
+        ok(launch(run_tasks, tenant=where, user=who, flavor=small, image=image, name=f"on-{where.slug}")[1])
+    copy_id = ImageReplica.objects.get(image=image, host=os_cloud).volume
+    projects = {t.slug: CloudProject.objects.get(host=os_cloud, tenant=t).project_id for t in (tenant, other)}
+    assert admin_driver.image(image_id=copy_id).visibility == "shared"
+    assert admin_driver.image_members(image_id=copy_id) == sorted(projects.values())
+
+    # taken off the list: its project stops being a member at once; the owner's stays
+    run_tasks(lambda: image_services.unshare_image(actor=owner, image=image, tenant=other))
+    assert admin_driver.image_members(image_id=copy_id) == [projects[tenant.slug]]
+    # shared again: its next launch makes it a member again
+    image_services.share_image(actor=owner, image=image, tenant=other)
+    ok(launch(run_tasks, tenant=other, user=other_user, flavor=small, image=image, name="again")[1])
+    assert admin_driver.image_members(image_id=copy_id) == sorted(projects.values())
 
 
 def test_servers_join_the_clouds_network_and_report_their_address(scene, os_cloud, admin_driver, run_tasks):
