@@ -54,6 +54,8 @@ CREDENTIAL_FIELDS = (
     "application_credential_secret",
 )
 SECRET_FIELDS = ("password", "application_credential_secret")
+# Taken from a clouds.yaml entry as well (not entered in the portal): ids instead of names.
+CLOUDS_YAML_ID_FIELDS = ("project_id", "user_domain_id", "project_domain_id")
 GLANCE_POOL = "glance"  # ImageReplica.pool of an image uploaded to a cloud's Glance
 GLANCE_FORMATS = {"qcow2", "raw", "iso", "vmdk", "vhd", "vdi"}
 
@@ -108,7 +110,11 @@ def auth_for(host: Host) -> OpenStackAuth:
                 _("Cloud “%(cloud)s” is not in clouds.yaml: %(error)s") % {"cloud": host.cloud_name, "error": exc}
             ) from exc
         auth = dict(cloud.config.get("auth") or {})
-        values = {k: auth.get(k) for k in CREDENTIAL_FIELDS if auth.get(k)}
+        values = {k: auth.get(k) for k in CREDENTIAL_FIELDS + CLOUDS_YAML_ID_FIELDS if auth.get(k)}
+        if auth.get("domain_id") or auth.get("domain_name"):  # clouds.yaml's shorthand for both domains
+            kind = "id" if auth.get("domain_id") else "name"
+            for key in (f"user_domain_{kind}", f"project_domain_{kind}"):
+                values.setdefault(key, auth.get(f"domain_{kind}"))
         values.update({k: v for k, v in decrypt_credentials(host).items() if v})
         auth_url = host.auth_url or auth.get("auth_url") or ""
         region = host.region or cloud.config.get("region_name") or None
@@ -122,7 +128,7 @@ def auth_for(host: Host) -> OpenStackAuth:
             region_name=region,
             verify=verify,
             timeout=settings.LABCLOUD_CLOUD_TIMEOUT,
-            **{k: v for k, v in values.items() if k in CREDENTIAL_FIELDS},
+            **{k: v for k, v in values.items() if k in CREDENTIAL_FIELDS + CLOUDS_YAML_ID_FIELDS},
         )
     except ValueError as exc:
         raise BackendError(_("Cloud %(host)s: %(error)s") % {"host": host.name, "error": exc}) from exc

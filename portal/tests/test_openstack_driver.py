@@ -147,6 +147,17 @@ def test_verify_reports_who_and_where(driver: OpenStackDriver):
     assert tuple(map(int, info.compute_max_microversion.split("."))) >= (2, 37)  # networks='none'
 
 
+def test_login_by_project_and_domain_ids(driver: OpenStackDriver, devcloud: DevCloud):
+    """As an RC file or clouds.yaml may give it: the project and the user's domain by id, not by name."""
+    info = driver.verify()
+    by_id = OpenStackDriver(auth_of(devcloud, project_name=None, project_id=info.project_id, user_domain_id="default"))
+    try:
+        again = by_id.verify()
+        assert (again.project_id, again.user_id) == (info.project_id, info.user_id)
+    finally:
+        by_id.close()
+
+
 def test_cloud_down_is_host_unreachable_quickly(devcloud: DevCloud):
     down = OpenStackDriver(auth_of(devcloud, auth_url="http://127.0.0.1:9/v3"))
     t0 = time.monotonic()

@@ -154,6 +154,36 @@ def test_clouds_yaml_cloud_name(hosts, tmp_path, monkeypatch):
         cloud.auth_for(cloud_host)
 
 
+def test_clouds_yaml_ids_instead_of_names(hosts, tmp_path, monkeypatch):
+    """An RC-file style entry: the project and the domains by id (``domain_id`` is the shorthand for both)."""
+    _, cloud_host = hosts
+    config = tmp_path / "clouds.yaml"
+    config.write_text(
+        "clouds:\n  lab:\n    auth:\n      auth_url: http://127.0.0.1:9/v3\n      username: u\n      password: p\n"
+        "      project_id: 0123abcd\n      domain_id: dom-1\n"
+        "  lab2:\n    auth:\n      auth_url: http://127.0.0.1:9/v3\n      username: u\n      password: p\n"
+        "      project_name: pr\n      project_domain_id: dom-2\n      user_domain_name: Users\n"
+    )
+    monkeypatch.setenv("OS_CLIENT_CONFIG_FILE", str(config))
+    cloud_host.auth_url, cloud_host.cloud_name = "", "lab"
+    auth = cloud.auth_for(cloud_host)
+    assert (auth.project_id, auth.project_name, auth.user_domain_id, auth.project_domain_id) == (
+        "0123abcd",
+        None,
+        "dom-1",
+        "dom-1",
+    )
+    cloud_host.cloud_name = "lab2"
+    auth = cloud.auth_for(cloud_host)
+    assert (auth.project_id, auth.project_name, auth.project_domain_id, auth.user_domain_id) == (
+        None,
+        "pr",
+        "dom-2",
+        None,
+    )
+    assert auth.user_domain_name == "Users"
+
+
 def test_verify_marks_an_unreachable_cloud_down(hosts):
     _, cloud_host = hosts
     cloud_host.credentials = cloud.encrypt_credentials({"username": "u", "password": "p", "project_name": "pr"})

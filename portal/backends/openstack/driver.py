@@ -105,6 +105,10 @@ class OpenStackAuth:
     project_name: str | None = None
     user_domain_name: str = "Default"
     project_domain_name: str = "Default"
+    # Ids instead of names (as an RC file or clouds.yaml may give them); an id wins over its name.
+    project_id: str | None = None
+    user_domain_id: str | None = None
+    project_domain_id: str | None = None
     region_name: str | None = None
     application_credential_id: str | None = None
     application_credential_secret: str | None = field(default=None, repr=False)
@@ -118,8 +122,10 @@ class OpenStackAuth:
         if self.application_credential_id:
             if not self.application_credential_secret:
                 raise ValueError("an application credential needs its secret")
-        elif not (self.username and self.password and self.project_name):
-            raise ValueError("give username, password and project_name, or an application credential id and secret")
+        elif not (self.username and self.password and (self.project_name or self.project_id)):
+            raise ValueError(
+                "give username, password and project_name (or project_id), or an application credential id and secret"
+            )
 
     @property
     def uses_application_credential(self) -> bool:
@@ -361,9 +367,15 @@ class OpenStackDriver:
                 application_credential_secret=a.application_credential_secret,
             )
         else:
-            kwargs.update(username=a.username, password=a.password, user_domain_name=a.user_domain_name)
-            if project_id:
-                kwargs.update(project_id=project_id)
+            kwargs.update(username=a.username, password=a.password)
+            if a.user_domain_id:
+                kwargs.update(user_domain_id=a.user_domain_id)
+            else:
+                kwargs.update(user_domain_name=a.user_domain_name)
+            if project_id or a.project_id:
+                kwargs.update(project_id=project_id or a.project_id)
+            elif a.project_domain_id:
+                kwargs.update(project_name=a.project_name, project_domain_id=a.project_domain_id)
             else:
                 kwargs.update(project_name=a.project_name, project_domain_name=a.project_domain_name)
         return openstack.connect(load_yaml_config=False, load_envvars=False, **kwargs)
