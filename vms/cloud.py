@@ -111,11 +111,11 @@ def auth_for(host: Host) -> OpenStackAuth:
             ) from exc
         auth = dict(cloud.config.get("auth") or {})
         values = {k: auth.get(k) for k in CREDENTIAL_FIELDS + CLOUDS_YAML_ID_FIELDS if auth.get(k)}
-        if auth.get("domain_id") or auth.get("domain_name"):  # clouds.yaml's shorthand for both domains
-            kind = "id" if auth.get("domain_id") else "name"
-            for key in (f"user_domain_{kind}", f"project_domain_{kind}"):
-                values.setdefault(key, auth.get(f"domain_{kind}"))
-        values.update({k: v for k, v in decrypt_credentials(host).items() if v})
+        stored = {k: v for k, v in decrypt_credentials(host).items() if v}
+        for key in stored:  # what the portal stores wins: a name entered here replaces clouds.yaml's id
+            if key.endswith("_name"):
+                values.pop(key.removesuffix("_name") + "_id", None)
+        values.update(stored)
         auth_url = host.auth_url or auth.get("auth_url") or ""
         region = host.region or cloud.config.get("region_name") or None
         verify = (cloud.config.get("cacert") or cloud.config.get("verify", True)) if host.verify_tls else False
@@ -346,18 +346,32 @@ def glance_visibility(image: Image) -> str:
     return {"public": "public", "shared": "shared"}.get(image.visibility, "private")
 
 
-def _projects_allowed(*, image: Image, host: Host) -> set[str]:
-    """The cloud projects of the tenants that may use an image: its owner and those it is shared with."""
-    tenants = Q(tenant_id=image.tenant_id) | Q(tenant__in=image.shared_with.all())
+def _projects_allowed(*, host: Host, image_id: str) -> set[str]:
+    """The cloud projects that may use a Glance image: the owners of the portal images it backs (an identical
+    image is reused by checksum, so one Glance image may back several) and the tenants those are shared with.
+    """
+    images = Image.objects.filter(replicas__host=host, replicas__volume=image_id)
+    tenants = Q(tenant_id__in=images.values("tenant_id")) | Q(
+        tenant__in=Tenant.objects.filter(shared_images__in=images).values("pk")
+    )
     return set(CloudProject.objects.filter(tenants, host=host).values_list("project_id", flat=True))
 
 
-def _align_copy(driver: OpenStackDriver, *, host: Host, image: Image, image_id: str, project_id: str | None) -> bool:
+def _align_copy(
+    driver: OpenStackDriver,
+    *,
+    host: Host,
+    image: Image,
+    image_id: str,
+    project_id: str | None,
+    prune: bool = False,
+) -> bool:
     """Make a Glance copy match the portal image's visibility now; False when it must be uploaded again.
 
     A private image must be owned by the tenant's project: a copy owned elsewhere is deleted (it may have
-    been public before) and uploaded again. A shared one gets the tenant's project as a member, and loses
-    the projects of tenants it is no longer shared with.
+    been public before) and uploaded again. A shared one gets the tenant's project as a member; with
+    ``prune`` (after a sharing change, not at launch) it also loses the members no tenant allowed to use
+    it has (a tenant taken off its list).
     """
     visibility = glance_visibility(image)
     try:
@@ -372,10 +386,11 @@ def _align_copy(driver: OpenStackDriver, *, host: Host, image: Image, image_id: 
     if visibility == "shared":
         if project_id:
             driver.add_image_member(image_id=image_id, project_id=project_id)
-        allowed = _projects_allowed(image=image, host=host)
-        for member in driver.image_members(image_id=image_id):
-            if member not in allowed and member != project_id:
-                driver.remove_image_member(image_id=image_id, project_id=member)
+        if prune:
+            allowed = _projects_allowed(host=host, image_id=image_id)
+            for member in driver.image_members(image_id=image_id):
+                if member not in allowed and member != project_id:
+                    driver.remove_image_member(image_id=image_id, project_id=member)
     return True
 
 
@@ -472,6 +487,7 @@ def sync_image_copies(*, image_id: int) -> dict[str, str]:
                 image=image,
                 image_id=replica.volume,
                 project_id=project.project_id if project else None,
+                prune=True,
             ):
                 replica.delete()
                 results[replica.host.name] = "removed"

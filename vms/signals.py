@@ -69,22 +69,44 @@ def _image_saved(sender, instance: Image, created: bool, **_kwargs) -> None:
         transaction.on_commit(lambda: sync_image_copies_task.delay(instance.pk))
 
 
-@receiver(m2m_changed, sender=Image.shared_with.through, dispatch_uid="vms.image_sharing_to_clouds")
-def _image_sharing_changed(sender, instance, action: str, reverse: bool, pk_set, **_kwargs) -> None:
-    """Tenants taken off a shared image's list lose their Glance membership at once."""
-    if action not in ("post_remove", "post_clear"):
-        return  # an added tenant's project becomes a member at its first launch
-    image_ids = list(pk_set or ()) if reverse else [instance.pk]
-    if reverse and action == "post_clear":
-        image_ids = []  # a tenant's list cleared: the tenant is being deleted, its projects go with it
+def _sync_image_copies_later(image_ids) -> None:
+    """After commit, the cloud copies of these images follow their portal image (only those with a copy)."""
     copies = ImageReplica.objects.filter(
-        image_id__in=image_ids, host__kind=Host.Kind.OPENSTACK, state="ready"
+        image_id__in=list(image_ids), host__kind=Host.Kind.OPENSTACK, state="ready"
     ).values_list("image_id", flat=True)
     if copies:
         from vms.tasks import sync_image_copies_task
 
         for image_id in sorted(set(copies)):
             transaction.on_commit(lambda image_id=image_id: sync_image_copies_task.delay(image_id))
+
+
+_CLEARED = "_labcloud_shared_before_clear"
+
+
+@receiver(m2m_changed, sender=Image.shared_with.through, dispatch_uid="vms.image_sharing_to_clouds")
+def _image_sharing_changed(sender, instance, action: str, reverse: bool, pk_set, **_kwargs) -> None:
+    """Tenants taken off a shared image's list lose their Glance membership at once.
+
+    An added tenant's project becomes a member at its first launch. ``post_clear`` has no ``pk_set``:
+    ``pre_clear`` notes what the clear removes.
+    """
+    if action == "pre_clear":
+        related = instance.shared_images if reverse else instance.shared_with
+        setattr(instance, _CLEARED, list(related.values_list("pk", flat=True)))
+        return
+    if action == "post_clear":
+        removed = instance.__dict__.pop(_CLEARED, [])
+    elif action == "post_remove":
+        removed = list(pk_set or ())
+    else:
+        return
+    if not removed:
+        return
+    if reverse:
+        _sync_image_copies_later(removed)
+    elif instance.visibility == Image.Visibility.SHARED:  # otherwise its post_save aligns the copies
+        _sync_image_copies_later([instance.pk])
 
 
 @receiver(pre_delete, sender=Tenant, dispatch_uid="vms.tenant_projects_in_clouds")
@@ -100,3 +122,5 @@ def _tenant_deleted(sender, instance: Tenant, **_kwargs) -> None:
         from vms.tasks import delete_cloud_projects_task
 
         transaction.on_commit(lambda: delete_cloud_projects_task.delay(projects))
+    # the images shared with it lose its projects' membership (the deletion sends no m2m_changed)
+    _sync_image_copies_later(instance.shared_images.values_list("pk", flat=True))

@@ -129,7 +129,8 @@ class HostWatcher:
         # shared by the hosts that name the same URI.
         self.listeners: dict[str, tuple[libvirt.virConnect, int]] = {}
         self.stopping = threading.Event()
-        self.ready = threading.Event()  # set once the first round (connect, reconcile, refresh) is done
+        # set once the first round (connect, reconcile, refresh) is done; the clouds' first round may still run
+        self.ready = threading.Event()
         self.handled = 0  # events applied (for tests and the benchmark)
         self.cloud_seconds = float(settings.WATCHER_CLOUD_POLL_SECONDS)
         # Per cloud: when its last successful poll started, and when it may be tried again after a failure.
@@ -166,6 +167,8 @@ class HostWatcher:
 
         now = time.monotonic()
         for host in self.clouds():
+            if self.stopping.is_set():
+                return
             retry_at, backoff = self.cloud_retry.get(host.pk, (0.0, 0.0))
             if now < retry_at:
                 continue
@@ -192,6 +195,8 @@ class HostWatcher:
         """Log in to every enabled cloud not in backoff: Up, or Down with the reason."""
         now = time.monotonic()
         for host in self.clouds():
+            if self.stopping.is_set():
+                return
             if now < self.cloud_retry.get(host.pk, (0.0, 0.0))[0]:
                 continue  # in backoff: its next poll tells
             try:
@@ -224,7 +229,15 @@ class HostWatcher:
             kind = "database error" if isinstance(exc, DatabaseError) else "error"
             log.exception("%s while polling the clouds", kind)
         finally:
-            db_connection.close()  # this thread's own connection
+            close_old_connections()
+
+    def _stop_cloud_rounds(self) -> None:
+        """Wait for the round in progress (it stops between clouds), then close the thread's database connection."""
+        if self._cloud_pool is None:
+            return
+        self._cloud_pool.submit(db_connection.close)  # runs in the rounds' thread, after the last round
+        self._cloud_pool.shutdown(wait=True)
+        self._cloud_pool = None
 
     def refresh_all(self) -> None:
         for host in self.hosts(enabled_only=False):
@@ -469,10 +482,10 @@ class HostWatcher:
                         self._cloud_verify_due = True
                         self.refresh_all()
                         next_capacity = time.monotonic() + self.capacity_seconds
-                    if (now >= next_cloud or self._cloud_full_due or self._cloud_verify_due) and (
-                        self.start_cloud_round()
-                    ):
-                        next_cloud = time.monotonic() + self.cloud_seconds
+                    if now >= next_cloud or self._cloud_full_due or self._cloud_verify_due:
+                        # while a round still runs (a slow or hanging cloud), look again a tick later
+                        started = self.start_cloud_round()
+                        next_cloud = time.monotonic() + (self.cloud_seconds if started else TICK)
                     if now >= next_health:
                         self.check_health()
                         next_health = time.monotonic() + HEALTH_SECONDS
@@ -490,8 +503,7 @@ class HostWatcher:
                 wait = min(TICK, max(0.0, next_due - time.monotonic()))
                 self.drain(wait)
         finally:
-            if self._cloud_pool is not None:  # a round in progress ends within CLOUD_TIMEOUT
-                self._cloud_pool.shutdown(wait=True, cancel_futures=True)
+            self._stop_cloud_rounds()
             for uri in list(self.listeners):
                 self._drop_listener(uri)
             for watch in self.watches.values():

@@ -341,8 +341,15 @@ done
 # the consoles of the fake compute point at this VNC server on 127.0.0.1 (compute/devcloud_compute.py)
 start_daemon vnc qemu-system-x86_64 -machine none -nodefaults -display none -vnc "127.0.0.1:$((VNCPORT - 5900))"
 # Nova loads compute drivers from its nova.virt package only: the module goes in there
-cp "$HERE/compute/devcloud_compute.py" \
-    "$("$DC/venv-nova/bin/python" -c 'import nova.virt, os; print(os.path.dirname(nova.virt.__file__))')/"
+virt_dir=$("$DC/venv-nova/bin/python" -c 'import nova.virt, os; print(os.path.dirname(nova.virt.__file__))') &&
+    [[ -d $virt_dir ]] || { echo "nova.virt not found in venv-nova" >&2; exit 1; }
+cp "$HERE/compute/devcloud_compute.py" "$virt_dir/"
+for _ in $(seq 1 40); do
+    port_free "$VNCPORT" || break
+    pid_alive vnc || { echo "the VNC server died, see $LOGS/vnc.out" >&2; exit 1; }
+    sleep 0.25
+done
+port_free "$VNCPORT" && { echo "the VNC server does not listen on 127.0.0.1:$VNCPORT" >&2; exit 1; }
 start_daemon nova-compute env DEVCLOUD_VNC_PORT=$VNCPORT \
     "$DC/venv-nova/bin/nova-compute" "${NC[@]}" --log-file "$LOGS/nova-compute.log"
 start_daemon nova-novncproxy "$DC/venv-nova/bin/nova-novncproxy" "${NC[@]}" \

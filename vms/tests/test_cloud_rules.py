@@ -182,6 +182,11 @@ def test_clouds_yaml_ids_instead_of_names(hosts, tmp_path, monkeypatch):
         None,
     )
     assert auth.user_domain_name == "Users"
+    # a project name stored in the portal replaces clouds.yaml's project id (what the portal stores wins)
+    cloud_host.cloud_name = "lab"
+    cloud_host.credentials = cloud.encrypt_credentials({"project_name": "mine"})
+    auth = cloud.auth_for(cloud_host)
+    assert (auth.project_id, auth.project_name, auth.username) == (None, "mine", "u")
 
 
 def test_verify_marks_an_unreachable_cloud_down(hosts):
@@ -243,3 +248,37 @@ def test_one_rule_per_tenant_per_flavor_and_per_pair_in_the_database(hosts, make
         with pytest.raises(IntegrityError), transaction.atomic():
             PlacementRule.objects.create(host=cloud_host, **fields)
     assert PlacementRule.objects.count() == 3
+
+
+def test_sharing_changes_queue_a_sync_of_the_cloud_copies(hosts, make_tenant, django_capture_on_commit_callbacks):
+    """Removing or clearing tenants of a shared image (either side), or deleting such a tenant, queues one sync
+    of the image's Glance copies after commit; adding a tenant, or an image without a copy, queues nothing."""
+    from images.models import Image, ImageReplica
+    from portal.models import Tenant
+
+    _, cloud_host = hosts
+    owner, b, c, d = (make_tenant(name) for name in ("own", "tb", "tc", "td"))
+    image = Image.objects.create(tenant=owner, name="img", visibility=Image.Visibility.SHARED)
+    elsewhere = Image.objects.create(tenant=owner, name="no-copy", visibility=Image.Visibility.SHARED)
+    ImageReplica.objects.create(
+        image=image, host=cloud_host, pool=cloud.GLANCE_POOL, volume="g1", state=ImageReplica.State.READY
+    )
+
+    def queued(change) -> int:
+        with django_capture_on_commit_callbacks() as callbacks:
+            change()
+        return len(callbacks)
+
+    assert queued(lambda: image.shared_with.add(b, c, d)) == 0
+    assert queued(lambda: elsewhere.shared_with.add(b, c)) == 0
+    assert queued(lambda: image.shared_with.remove(b)) == 1
+    assert queued(lambda: elsewhere.shared_with.remove(b)) == 0  # no copy in a cloud
+    assert queued(lambda: c.shared_images.clear()) == 1  # reverse: the images c was on
+    assert queued(lambda: image.shared_with.clear()) == 1  # d
+    assert queued(lambda: image.shared_with.clear()) == 0  # nothing left to remove
+    image.shared_with.add(d)
+    assert queued(lambda: Tenant.objects.get(pk=d.pk).delete()) == 1  # no m2m_changed for a deletion
+    Image.objects.filter(pk=image.pk).update(visibility=Image.Visibility.PRIVATE)
+    image.refresh_from_db()
+    image.shared_with.add(b)
+    assert queued(lambda: image.shared_with.remove(b)) == 0  # not shared: its save aligns the copies

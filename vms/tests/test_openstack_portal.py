@@ -506,9 +506,15 @@ def test_a_shared_image_leaves_the_projects_of_tenants_taken_off_its_list(
     # taken off the list: its project stops being a member at once; the owner's stays
     run_tasks(lambda: image_services.unshare_image(actor=owner, image=image, tenant=other))
     assert admin_driver.image_members(image_id=copy_id) == [projects[tenant.slug]]
-    # shared again: its next launch makes it a member again
-    image_services.share_image(actor=owner, image=image, tenant=other)
-    ok(launch(run_tasks, tenant=other, user=other_user, flavor=small, image=image, name="again")[1])
+    # an identical image of its own (same file) reuses that Glance copy: its launch makes it a member again,
+    # and a later sync of the first image keeps it, since the copy now backs its image too
+    own = active_image(
+        tenant=other, source=TINY_QCOW2, name="tiny-b", virtual_size=20 * 1024**2, visibility=Image.Visibility.SHARED
+    )
+    ok(launch(run_tasks, tenant=other, user=other_user, flavor=small, image=own, name="again")[1])
+    assert ImageReplica.objects.get(image=own, host=os_cloud).volume == copy_id
+    assert admin_driver.image_members(image_id=copy_id) == sorted(projects.values())
+    run_tasks(lambda: image.save())
     assert admin_driver.image_members(image_id=copy_id) == sorted(projects.values())
 
 

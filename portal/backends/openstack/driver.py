@@ -1024,7 +1024,7 @@ class OpenStackDriver:
                 # Nova's compute saves vm_state DELETED a moment before it destroys the row; until then the
                 # server still shows in lists. Wait for the 404, but a row stuck in DELETED is deleted too.
                 marked_deleted_at = marked_deleted_at or time.monotonic()
-                if time.monotonic() - marked_deleted_at > DELETED_ROW_GRACE:
+                if time.monotonic() - marked_deleted_at > min(DELETED_ROW_GRACE, timeout / 2):
                     return True
             if time.monotonic() > deadline:
                 raise BackendError(f"delete server {server_id}: still {current.status} after {timeout:.0f} s")
