@@ -37,6 +37,8 @@ from typing import Any
 import openstack
 from keystoneauth1 import exceptions as ksa_exc
 from openstack import exceptions as os_exc
+from urllib3.exceptions import ReadTimeoutError
+from urllib3.util.retry import Retry
 
 from portal.backends.base import BackendError, HostUnreachable, NotFound
 
@@ -334,6 +336,30 @@ def _normalize_key(public_key: str) -> str:
 # ---------------------------------------------------------------------------------------------- driver
 
 
+class StaleConnectionRetry(Retry):
+    """Send an idempotent request (GET, PUT, DELETE…) once more when its kept-alive connection was closed by
+    the server as it was being reused (API servers and load balancers close idle connections).
+
+    POST is never resent (a create could happen twice); a refused connection or a timeout is not retried
+    either (``connect=0``, and a read timeout is raised at once), so a cloud that is down or hangs fails as
+    fast as without this.
+    """
+
+    def increment(self, method=None, url=None, response=None, error=None, _pool=None, _stacktrace=None):
+        if isinstance(error, ReadTimeoutError):  # as without retries (read=False): requests says ReadTimeout
+            raise error.with_traceback(_stacktrace)
+        return super().increment(method, url, response, error, _pool, _stacktrace)
+
+
+def retry_stale_connections(session: Any) -> None:
+    """Give a keystoneauth Session's HTTP adapters ``StaleConnectionRetry`` (one retry, reads only)."""
+    retry = StaleConnectionRetry(
+        total=1, connect=0, read=1, status=0, other=0, redirect=0, raise_on_redirect=False, raise_on_status=False
+    )
+    for adapter in session.session.adapters.values():
+        adapter.max_retries = retry
+
+
 class OpenStackDriver:
     """Compute driver for one OpenStack cloud (region). Connections are created lazily and reused."""
 
@@ -378,7 +404,9 @@ class OpenStackDriver:
                 kwargs.update(project_name=a.project_name, project_domain_id=a.project_domain_id)
             else:
                 kwargs.update(project_name=a.project_name, project_domain_name=a.project_domain_name)
-        return openstack.connect(load_yaml_config=False, load_envvars=False, **kwargs)
+        conn = openstack.connect(load_yaml_config=False, load_envvars=False, **kwargs)
+        retry_stale_connections(conn.session)
+        return conn
 
     @property
     def conn(self) -> openstack.connection.Connection:
