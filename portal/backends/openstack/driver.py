@@ -753,10 +753,11 @@ class OpenStackDriver:
 
     def remove_image_member(self, *, image_id: str, project_id: str) -> bool:
         """Stop sharing an image with a project. False when it was not a member."""
-        with self._errors(f"unshare image {image_id}"):
-            if self.conn.image.find_member(project_id, image_id, ignore_missing=True) is None:
-                return False
-            self.conn.image.remove_member(project_id, image_id, ignore_missing=True)
+        try:
+            with self._errors(f"unshare image {image_id}"):
+                self.conn.image.remove_member(project_id, image_id, ignore_missing=False)
+        except NotFound:
+            return False
         return True
 
     def image(self, *, image_id: str) -> GlanceImage:
