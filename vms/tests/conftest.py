@@ -21,6 +21,7 @@ import contextlib
 import secrets
 import shutil
 import tempfile
+import threading
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -175,6 +176,28 @@ def portal_host(lctest_host, settings, tmp_path):
     )
     host.lctest = lctest_host
     return host
+
+
+@contextlib.contextmanager
+def watcher_running(watcher, *, name: str = "lctest-watcher", join_timeout: float = 10.0):
+    """``watcher.run()`` in a thread (with its own database connections) for the ``with`` block; then it is
+    stopped and joined, and must have ended within ``join_timeout`` seconds."""
+    from django.db import connections
+
+    def run():
+        try:
+            watcher.run()
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=run, name=name, daemon=True)
+    thread.start()
+    try:
+        yield thread
+    finally:
+        watcher.stop()
+        thread.join(timeout=join_timeout)
+    assert not thread.is_alive()
 
 
 def active_image(*, tenant, source: Path, name: str, kind: str = "disk", disk_format: str = "qcow2", **fields):

@@ -9,13 +9,11 @@ serves them on the API and the page, and keeps only ``METRICS_HISTORY`` points.
 from __future__ import annotations
 
 import secrets
-import threading
 import time
 import uuid
 from datetime import timedelta
 
 import pytest
-from django.db import connections
 from django.utils import timezone
 
 from portal.backends.base import DomainStats
@@ -27,7 +25,7 @@ from vms.models import Flavor, Host, Instance, InstanceMetricSample
 from vms.realtime import tenant_group
 from vms.watcher import HostWatcher
 
-from .conftest import TEST_URI
+from .conftest import TEST_URI, watcher_running
 from .test_watcher import POOL, channel_layer, define, listen, receive  # noqa: F401 - channel_layer is a fixture
 
 # ---------------------------------------------------------------- driver
@@ -284,23 +282,11 @@ def test_watcher_samples_a_running_guest(portal_host, guest_media, actors, chann
     live = listen(channel_layer, realtime.instance_group(instance.pk))
     watcher = HostWatcher(host_names=[portal_host.name], reconcile_seconds=30, capacity_seconds=60, metrics_seconds=1)
 
-    def run():
-        try:
-            watcher.run()
-        finally:
-            connections.close_all()
-
-    thread = threading.Thread(target=run, name="lctest-metrics-watcher", daemon=True)
-    thread.start()
-    try:
+    with watcher_running(watcher, name="lctest-metrics-watcher", join_timeout=15):
         deadline = time.monotonic() + 30
         while watcher.metric_rounds < 6 and time.monotonic() < deadline:
             time.sleep(0.2)
         assert watcher.metric_rounds >= 6, "the watcher did not sample six rounds in 30 s"
-    finally:
-        watcher.stop()
-        thread.join(timeout=15)
-    assert not thread.is_alive()
 
     samples = list(InstanceMetricSample.objects.filter(instance=instance))
     assert len(samples) == 3, "pruned to METRICS_HISTORY points"

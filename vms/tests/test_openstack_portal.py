@@ -30,7 +30,7 @@ from portal.testing import free_port
 from vms import cloud, consoles, lifecycle
 from vms.models import CloudFlavor, CloudProject, Flavor, Host, Instance, Keypair, Operation, PlacementRule, Snapshot
 from vms.scheduler import NoValidHost
-from vms.tests.conftest import active_image, fake_ssh_key
+from vms.tests.conftest import active_image, fake_ssh_key, watcher_running
 from vms.watcher import HostWatcher
 
 pytestmark = [pytest.mark.openstack, pytest.mark.django_db]
@@ -323,25 +323,13 @@ def test_the_running_watcher_follows_nova_from_its_cloud_thread(
     transactional_db, scene, os_cloud, admin_driver, run_tasks, settings
 ):
     """The watcher's loop (not a direct call) polls the cloud in its own thread and applies what changed."""
-    import threading
-
-    from django.db import connections
-
     tenant, user, small, _, image = scene
     instance, op = launch(run_tasks, tenant=tenant, user=user, flavor=small, image=image)
     ok(op)
     settings.WATCHER_CLOUD_POLL_SECONDS = 0.5
     watcher = HostWatcher(host_names=[os_cloud.name], reconcile_seconds=300, capacity_seconds=300)
 
-    def run():
-        try:
-            watcher.run()
-        finally:
-            connections.close_all()
-
-    thread = threading.Thread(target=run, name="lctest-cloud-watcher", daemon=True)
-    thread.start()
-    try:
+    with watcher_running(watcher, name="lctest-cloud-watcher", join_timeout=60):
         assert watcher.ready.wait(10)
         admin_driver.stop(instance.cloud_id)  # behind the portal's back
         deadline = time.monotonic() + 20
@@ -352,10 +340,6 @@ def test_the_running_watcher_follows_nova_from_its_cloud_thread(
             time.sleep(0.2)
         assert instance.state == Instance.State.SHUTOFF
         assert watcher.cloud_polls >= 2  # the reconcile at start, then changes-since polls
-    finally:
-        watcher.stop()
-        thread.join(timeout=60)
-    assert not thread.is_alive()
 
 
 def test_full_reconcile_finds_a_server_gone(scene, os_cloud, admin_driver, run_tasks):

@@ -17,7 +17,6 @@ import uuid
 import pytest
 from asgiref.sync import async_to_sync
 from django.core.management import CommandError, call_command
-from django.db import connections
 
 from portal.backends.base import InstanceSpec
 from portal.models import AuditEvent
@@ -27,7 +26,7 @@ from vms import hosts
 from vms.models import Flavor, Host, Instance, UnmanagedDomain
 from vms.watcher import HostWatcher
 
-from .conftest import PREFIX, TEST_URI
+from .conftest import PREFIX, TEST_URI, watcher_running
 
 POOL = "default-pool"  # test:///default's pool
 
@@ -299,29 +298,16 @@ def test_watch_hosts_once(actors, flavor, host, test_driver):
 @pytest.fixture
 def running_watcher(transactional_db):
     """Start a watcher loop (in a thread) for the given host names; stopped and joined at teardown."""
-    started: list[tuple[HostWatcher, threading.Thread]] = []
+    with contextlib.ExitStack() as started:
 
-    def start(*names: str) -> HostWatcher:
-        watcher = HostWatcher(host_names=names, reconcile_seconds=30, capacity_seconds=60)
+        def start(*names: str) -> HostWatcher:
+            watcher = HostWatcher(host_names=names, reconcile_seconds=30, capacity_seconds=60)
+            started.enter_context(watcher_running(watcher))
+            assert watcher.ready.wait(10), "the watcher did not finish its first round"
+            assert watcher.watches and all(w.connected for w in watcher.watches.values())
+            return watcher
 
-        def run():
-            try:
-                watcher.run()
-            finally:
-                connections.close_all()
-
-        thread = threading.Thread(target=run, name="lctest-watcher", daemon=True)
-        thread.start()
-        started.append((watcher, thread))
-        assert watcher.ready.wait(10), "the watcher did not finish its first round"
-        assert watcher.watches and all(w.connected for w in watcher.watches.values())
-        return watcher
-
-    yield start
-    for watcher, thread in started:
-        watcher.stop()
-        thread.join(timeout=10)
-        assert not thread.is_alive()
+        yield start
 
 
 def test_an_event_updates_the_row_and_is_published_within_a_second(
