@@ -126,7 +126,8 @@ class Image(models.Model):
 
 
 class ImageReplica(models.Model):
-    """A copy of an image as a storage volume on one host, shared by every instance there."""
+    """A copy of an image where instances run, shared by every instance there: a storage volume in a libvirt
+    host's pool (``pool``, ``volume``), or an image in an OpenStack cloud's Glance (``cloud_image_id``)."""
 
     class State(models.TextChoices):
         COPYING = "copying", _("Copying")
@@ -135,8 +136,9 @@ class ImageReplica(models.Model):
 
     image = models.ForeignKey(Image, on_delete=models.CASCADE, related_name="replicas", verbose_name=_("image"))
     host = models.ForeignKey("vms.Host", on_delete=models.CASCADE, related_name="image_replicas")
-    pool = models.CharField(_("storage pool"), max_length=100)
-    volume = models.CharField(_("volume"), max_length=200)
+    pool = models.CharField(_("storage pool"), max_length=100, blank=True)
+    volume = models.CharField(_("volume"), max_length=200, blank=True)
+    cloud_image_id = models.CharField(_("cloud image id"), max_length=64, blank=True, help_text=_("Glance image id."))
     state = models.CharField(_("state"), max_length=8, choices=State.choices, default=State.COPYING)
     error = models.TextField(_("error"), blank=True)
     created_at = models.DateTimeField(_("created"), auto_now_add=True)

@@ -1,0 +1,42 @@
+"""The compute app's models, one module per concern; import them from here."""
+
+from vms.models.flavors import Flavor, FlavorQuerySet, SharedWithTenantsQuerySet
+from vms.models.hosts import (
+    CloudFlavor,
+    CloudProject,
+    Host,
+    HostQuerySet,
+    InfrastructureQuerySet,
+    PlacementRule,
+    UnmanagedDomain,
+    validate_libvirt_uri,
+    validate_vnc_listen,
+)
+from vms.models.instances import ConsoleSession, Instance, InstanceDisk, InstanceMetricSample, Snapshot
+from vms.models.keypairs import Keypair
+from vms.models.networks import Network, NetworkQuerySet
+from vms.models.operations import Operation
+
+__all__ = [
+    "CloudFlavor",
+    "CloudProject",
+    "ConsoleSession",
+    "Flavor",
+    "FlavorQuerySet",
+    "Host",
+    "HostQuerySet",
+    "InfrastructureQuerySet",
+    "Instance",
+    "InstanceDisk",
+    "InstanceMetricSample",
+    "Keypair",
+    "Network",
+    "NetworkQuerySet",
+    "Operation",
+    "PlacementRule",
+    "SharedWithTenantsQuerySet",
+    "Snapshot",
+    "UnmanagedDomain",
+    "validate_libvirt_uri",
+    "validate_vnc_listen",
+]
