@@ -9,5 +9,14 @@ class ImagesConfig(AppConfig):
     def ready(self) -> None:
         from images.selectors import image_usage
         from portal.selectors import register_usage_provider
+        from vms.operations import register_operation_labels
 
         register_usage_provider(image_usage)
+        register_operation_labels(
+            {
+                "image.process": _("Image processing"),
+                "image.import": _("Image import"),
+                "image.capture": _("Capture"),
+                "image.distribute": _("Image distribution"),
+            }
+        )

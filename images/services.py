@@ -14,35 +14,31 @@ usage; failed images do not count against the image quota either.
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import logging
 import shutil
-import socket
-import urllib.error
-import urllib.parse
-import urllib.request
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from datetime import timedelta
 from pathlib import Path
 from typing import IO, Any
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Q
 from django.template.defaultfilters import filesizeformat
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
 from images import qemu
+from images.distribution import ensure_image_on_host
 from images.inspection import ImageRejected, inspect_file
-from images.models import Image, ImageReplica
-from images.selectors import GIB, gib
+from images.models import Image
+from images.selectors import gib
+from images.tasks import distribute_image_task, process_image_task
 from portal.access import is_cloud_admin
 from portal.backends.base import BackendError
-from portal.backends.libvirt import storage
 from portal.models import Tenant
 from portal.services import ConflictError, ServiceError, record_audit, reserve_quota
 from vms import operations
+from vms.compute import Capability, compute_for, host_can
 from vms.models import Host, Instance, Operation
 
 log = logging.getLogger(__name__)
@@ -51,7 +47,7 @@ COPY_CHUNK = 1024 * 1024
 EDITABLE_FIELDS = {"name", "description", "min_disk_gib", "min_ram_mib", "os_type", "cloud_init", "protected"}
 
 
-def _store() -> Path:
+def ensure_store() -> Path:
     path = Path(settings.LABCLOUD_IMAGE_STORE)
     (path / "incoming").mkdir(parents=True, exist_ok=True)
     return path
@@ -75,7 +71,7 @@ def _kind_for(disk_format: str, kind: str | None) -> str:
     return expected
 
 
-def _check_size(size: int) -> None:
+def check_size(size: int) -> None:
     limit = settings.LABCLOUD_IMAGE_MAX_UPLOAD_BYTES
     if size > limit:
         raise ServiceError(
@@ -114,7 +110,7 @@ def create_image(
         raise ServiceError(_("Unknown OS type “%(value)s”.") % {"value": os_type}, field="os_type")
     if size < 0 or (status == Image.Status.UPLOADING and size == 0):
         raise ServiceError(_("Give the size of the file in bytes."), field="size")
-    _check_size(size)
+    check_size(size)
     with transaction.atomic():
         if tenant is not None:
             reserve_quota(tenant=tenant, request={"images": 1, "image_storage_gib": gib(size)})
@@ -148,7 +144,7 @@ def create_image(
     return image
 
 
-def _reject(image: Image, reason: str) -> None:
+def reject(image: Image, reason: str) -> None:
     """Fail the image: no file, no storage usage, a clear reason."""
     image.partial_path.unlink(missing_ok=True)
     if image.stored_format:
@@ -181,7 +177,7 @@ def receive_chunk(*, actor, image: Image, stream: IO[bytes], offset: int, length
             )
         oversized = offset + length > image.size
         if not oversized:
-            _store()
+            ensure_store()
             received = _append(image.partial_path, stream, offset=offset, length=length)
             if received != length:
                 raise ServiceError(
@@ -192,12 +188,12 @@ def receive_chunk(*, actor, image: Image, stream: IO[bytes], offset: int, length
             image.status = Image.Status.UPLOADING
             image.save(update_fields=["received_bytes", "status", "updated_at"])
             if image.received_bytes == image.size:
-                _queue_processing(image, actor=actor)
+                queue_processing(image, actor=actor)
                 record_audit(user=actor, action="image.upload", target=image, tenant=image.tenant, ip=ip)
             return image
     # Outside the transaction, so the rejection itself is not rolled back with the error.
     reason = _("The upload is larger than the announced size of %(size)d bytes.") % {"size": image.size}
-    _reject(image, reason)
+    reject(image, reason)
     record_audit(user=actor, action="image.upload", target=image, tenant=image.tenant, outcome="failure", ip=ip)
     raise ServiceError(reason)
 
@@ -220,9 +216,7 @@ def _append(path: Path, stream: IO[bytes], *, offset: int, length: int) -> int:
     return received
 
 
-def _queue_processing(image: Image, *, actor) -> Operation:
-    from images.tasks import process_image_task
-
+def queue_processing(image: Image, *, actor) -> Operation:
     Image.objects.filter(pk=image.pk).update(status=Image.Status.INSPECTING)
     image.status = Image.Status.INSPECTING
     return operations.create_operation(
@@ -291,7 +285,7 @@ def process_image(*, operation_id: int) -> None:
         else:
             log.exception("processing image %s failed", image.pk)
             reason = _("The image could not be processed.")
-        _reject(image, reason)
+        reject(image, reason)
         operations.fail(operation=operation, error=reason)
         record_audit(
             action="image.reject", target=image, tenant=image.tenant, outcome="failure", detail={"reason": reason}
@@ -326,237 +320,7 @@ def sha256_of(path: Path) -> str:
 # ---------------------------------------------------------------- import from a URL
 
 
-def check_import_url(url: str) -> str:
-    """Refuse URLs the worker must not fetch: other schemes, hosts outside the allow-list, and, unless the
-    allow-list names the host, any host that resolves to a loopback, private, link-local or otherwise
-    non-global address (cloud metadata services, the portal's own services, the lab's internal network)."""
-    parsed = urllib.parse.urlparse(url)
-    if parsed.scheme not in {"http", "https"} or not parsed.hostname:
-        raise ServiceError(_("Import from an http:// or https:// URL."), field="url")
-    host = parsed.hostname
-    allowed = settings.LABCLOUD_IMAGE_IMPORT_ALLOWED_HOSTS
-    if allowed and host not in allowed:
-        raise ServiceError(_("Imports from %(host)s are not allowed on this cloud.") % {"host": host}, field="url")
-    if host in allowed:
-        return url
-    try:
-        port = parsed.port or (443 if parsed.scheme == "https" else 80)
-        addresses = {info[4][0] for info in socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)}
-    except (OSError, ValueError) as exc:
-        raise ServiceError(_("The host %(host)s cannot be resolved.") % {"host": host}, field="url") from exc
-    if not all(ipaddress.ip_address(address.split("%")[0]).is_global for address in addresses):
-        raise ServiceError(
-            _("Imports from local or private addresses are not allowed (%(host)s).") % {"host": host}, field="url"
-        )
-    return url
-
-
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    """Redirects are not followed: their target would escape the checks of check_import_url."""
-
-    def redirect_request(self, req, fp, code, msg, headers, newurl):
-        raise ImageRejected(_("The server redirected the download; give the final URL."))
-
-
-def import_image(
-    *,
-    actor,
-    tenant: Tenant | None,
-    name: str,
-    url: str,
-    disk_format: str,
-    ip: str | None = None,
-    **options: Any,
-) -> Image:
-    check_import_url(url)
-    from images.tasks import import_image_task
-
-    with transaction.atomic():
-        image = create_image(
-            actor=actor,
-            tenant=tenant,
-            name=name,
-            disk_format=disk_format,
-            source_url=url,
-            status=Image.Status.QUEUED,
-            ip=ip,
-            **options,
-        )
-        operations.create_operation(
-            kind="image.import", target=image, tenant=tenant, user=actor, task=import_image_task
-        )
-    return image
-
-
-def download_image(*, operation_id: int) -> None:
-    """Worker side of an import: stream the URL into the image store within the quota, then process it."""
-    operation = operations.begin(operation_id=operation_id)
-    if operation is None:
-        return
-    image = Image.objects.get(pk=operation.target_id)
-    try:
-        _store()
-        check_import_url(image.source_url)  # again: DNS may answer differently now
-        opener = urllib.request.build_opener(_NoRedirect)
-        request = urllib.request.Request(image.source_url, headers={"User-Agent": "labcloud-image-import"})  # noqa: S310
-        with opener.open(request, timeout=30) as response:
-            announced = int(response.headers.get("Content-Length") or 0)
-            limit = _download_budget(image, announced)
-            operations.progress(operation=operation, percent=1, message=_("Downloading"))
-            received = 0
-            last_percent = -1
-            with open(image.partial_path, "wb") as fh:
-                while chunk := response.read(COPY_CHUNK):
-                    received += len(chunk)
-                    if received > limit:
-                        raise ImageRejected(
-                            _("The download exceeds %(limit)s (upload limit or image storage quota).")
-                            % {"limit": filesizeformat(limit)}
-                        )
-                    fh.write(chunk)
-                    percent = received * 60 // announced if announced else 0
-                    if percent != last_percent:
-                        last_percent = percent
-                        operations.progress(operation=operation, percent=percent)
-            if announced and received != announced:
-                raise ImageRejected(
-                    _("The download ended after %(received)d of %(announced)d bytes.")
-                    % {"received": received, "announced": announced}
-                )
-        Image.objects.filter(pk=image.pk).update(size=received, received_bytes=received)
-    except urllib.error.HTTPError as exc:
-        _fail_download(image, operation, _("The server answered HTTP %(code)d.") % {"code": exc.code})
-        return
-    except (ImageRejected, ServiceError) as exc:
-        _fail_download(image, operation, exc.message)
-        return
-    except Exception:  # anything else (network, disk, HTTP protocol): fail cleanly, never leave it running
-        log.exception("import of image %s failed", image.pk)
-        _fail_download(image, operation, _("The download failed."))
-        return
-    operations.succeed(operation=operation)
-    with transaction.atomic():
-        _queue_processing(Image.objects.get(pk=image.pk), actor=operation.user)
-
-
-def _fail_download(image: Image, operation: Operation, reason: str) -> None:
-    _reject(image, reason)
-    operations.fail(operation=operation, error=reason)
-
-
-def _download_budget(image: Image, announced: int) -> int:
-    """Bytes the download may take: the upload limit, and the tenant's remaining storage quota.
-
-    The budget is reserved at once (written as the image's size under the quota lock), so
-    concurrent imports cannot each count on the same remaining quota.
-    """
-    limit = settings.LABCLOUD_IMAGE_MAX_UPLOAD_BYTES
-    if announced:
-        _check_size(announced)
-    if image.tenant is None:
-        return min(limit, announced) if announced else limit
-    with transaction.atomic():
-        if announced:
-            reserve_quota(tenant=image.tenant, request={"image_storage_gib": gib(announced)})
-            budget = min(limit, announced)
-        else:
-            quota = reserve_quota(tenant=image.tenant, request={})
-            if quota.image_storage_gib < 0:
-                budget = limit
-            else:
-                from portal.selectors import tenant_usage
-
-                used = tenant_usage(tenant_ids=[image.tenant_id])[image.tenant_id]["image_storage_gib"]
-                budget = min(limit, max(0, quota.image_storage_gib - used) * GIB)
-        Image.objects.filter(pk=image.pk).update(size=budget)
-    return budget
-
-
 # ---------------------------------------------------------------- capture
-
-
-def capture_image(
-    *,
-    actor,
-    tenant: Tenant,
-    name: str,
-    source: Path,
-    source_format: str = "qcow2",
-    instance_id: int | None = None,
-    ip: str | None = None,
-) -> Image:
-    """Create an image from an instance disk (a qcow2 overlay chain), flattened into a standalone qcow2.
-
-    The caller (the instance's "capture" action) makes sure the instance is shut off and marks
-    it busy; with ``instance_id``, the instance's task is cleared once the disk has been read
-    (or the capture failed). Quota is reserved for the disk's virtual size, the most the
-    flattened file can take.
-    """
-    from images.tasks import capture_image_task
-
-    facts = qemu.info(source, fmt=source_format)
-    with transaction.atomic():
-        image = create_image(
-            actor=actor,
-            tenant=tenant,
-            name=name,
-            disk_format=Image.DiskFormat.QCOW2,
-            size=facts.virtual_size,
-            status=Image.Status.CONVERTING,
-            ip=ip,
-        )
-        operations.create_operation(
-            kind="image.capture",
-            target=image,
-            tenant=tenant,
-            user=actor,
-            task=capture_image_task,
-            params={"source": str(source), "instance_id": instance_id},
-        )
-    return image
-
-
-def flatten_capture(*, operation_id: int) -> None:
-    operation = operations.begin(operation_id=operation_id)
-    if operation is None:
-        return
-    image = Image.objects.get(pk=operation.target_id)
-    source = Path(operation.params["source"])
-    try:
-        _flatten(operation, image, source)
-    finally:
-        _release_captured_instance(operation.params.get("instance_id"))
-
-
-def _release_captured_instance(instance_id: int | None) -> None:
-    if instance_id is None:
-        return
-    from vms import realtime
-    from vms.models import Instance
-
-    if Instance.objects.filter(pk=instance_id, task="capture").update(task="", updated_at=timezone.now()):
-        instance = Instance.objects.filter(pk=instance_id).first()
-        if instance is not None:
-            realtime.instance_changed(instance)
-
-
-def _flatten(operation: Operation, image: Image, source: Path) -> None:
-    try:
-        _store()
-        qemu.convert(
-            source,
-            image.partial_path,
-            source_fmt="qcow2",
-            progress=lambda p: operations.progress(operation=operation, percent=p * 90 // 100),
-        )
-    except (qemu.QemuImgError, OSError) as exc:
-        _reject(image, str(exc))
-        operations.fail(operation=operation, error=str(exc))
-        return
-    operations.succeed(operation=operation)
-    with transaction.atomic():
-        Image.objects.filter(pk=image.pk).update(received_bytes=image.partial_path.stat().st_size)
-        _queue_processing(image, actor=operation.user)
 
 
 # ---------------------------------------------------------------- editing, sharing, deletion
@@ -641,13 +405,7 @@ def delete_image(*, actor, image: Image, ip: str | None = None) -> None:
         Image.objects.filter(pk=image.pk).update(status=Image.Status.DELETING)
     for replica in image.replicas.select_related("host"):
         try:
-            if replica.host.is_cloud:  # the copy in the cloud's Glance (vms.cloud.cloud_image)
-                from vms.cloud import cloud_driver
-
-                if replica.volume:
-                    cloud_driver(replica.host).delete_image(image_id=replica.volume)
-            else:
-                storage.delete_volume(replica.host.uri, pool_name=replica.pool, name=replica.volume)
+            compute_for(replica.host).remove_image_copy(replica)
         except BackendError as exc:
             Image.objects.filter(pk=image.pk).update(status=previous_status)
             raise ConflictError(
@@ -667,7 +425,7 @@ def purge_stale_uploads(*, older_than: timedelta) -> int:
     stale = Image.objects.filter(status=Image.Status.UPLOADING, updated_at__lt=cutoff)
     count = 0
     for image in stale:
-        _reject(image, _("The upload was abandoned."))
+        reject(image, _("The upload was abandoned."))
         count += 1
     return count
 
@@ -675,81 +433,13 @@ def purge_stale_uploads(*, older_than: timedelta) -> int:
 # ---------------------------------------------------------------- distribution to hosts
 
 
-def volume_name(image: Image) -> str:
-    return f"labcloud-image-{image.uuid}.{image.stored_format or 'img'}"
-
-
-def _copy_stale_after() -> timedelta:
-    """A copy whose progress has not moved for this long belongs to a dead worker and may be redone."""
-    return timedelta(seconds=settings.LABCLOUD_OPERATION_STALE_SECONDS)
-
-
-def ensure_image_on_host(
-    *, image: Image, host: Host, operation: Operation | None = None, progress: Callable[[int], None] | None = None
-) -> ImageReplica:
-    """The image's volume in the host's pool, uploaded once through libvirt's stream API and reused after.
-
-    One copy at a time: the replica row is claimed with a conditional update; a second caller
-    while a copy runs gets a ConflictError. The copier touches the row as it makes progress, so a
-    copy silent for ``LABCLOUD_OPERATION_STALE_SECONDS`` counts as dead (its worker died) and is redone.
-    """
-    if image.status != Image.Status.ACTIVE:
-        raise ServiceError(_("Image “%(name)s” is not active yet.") % {"name": image.name})
-    if host.is_cloud:
-        raise ServiceError(_("Images reach an OpenStack cloud's Glance with the first launch there."), field="host")
-    replica, created = ImageReplica.objects.get_or_create(
-        image=image,
-        host=host,
-        defaults={"pool": host.storage_pool, "volume": volume_name(image), "state": ImageReplica.State.COPYING},
-    )
-    if replica.state == ImageReplica.State.READY:
-        return replica
-    if not created:
-        claimable = Q(state=ImageReplica.State.FAILED) | Q(
-            state=ImageReplica.State.COPYING, updated_at__lt=timezone.now() - _copy_stale_after()
-        )
-        claimed = ImageReplica.objects.filter(claimable, pk=replica.pk).update(
-            state=ImageReplica.State.COPYING, error="", updated_at=timezone.now()
-        )
-        if not claimed:
-            replica.refresh_from_db()
-            if replica.state == ImageReplica.State.READY:
-                return replica
-            raise ConflictError(
-                _("Image “%(name)s” is being copied to %(host)s already.") % {"name": image.name, "host": host.name}
-            )
-
-    def report(percent: int) -> None:
-        ImageReplica.objects.filter(pk=replica.pk).update(updated_at=timezone.now())  # the copy is alive
-        if progress is not None:
-            progress(percent)
-        elif operation is not None:
-            operations.progress(
-                operation=operation, percent=percent, message=_("Copying image to %(host)s") % {"host": host.name}
-            )
-
-    try:
-        storage.upload_file(
-            host.uri,
-            pool_name=replica.pool,
-            name=replica.volume,
-            source=image.path,
-            progress=report,
-        )
-    except BackendError as exc:
-        ImageReplica.objects.filter(pk=replica.pk).update(state=ImageReplica.State.FAILED, error=exc.message)
-        raise
-    ImageReplica.objects.filter(pk=replica.pk).update(state=ImageReplica.State.READY)
-    replica.state = ImageReplica.State.READY
-    return replica
-
-
 def request_distribution(*, actor, image: Image, host: Host, ip: str | None = None) -> Operation:
     """Queue copying the image to ``host`` ahead of launches (an admin action; launches do it themselves)."""
-    from images.tasks import distribute_image_task
-
-    if host.is_cloud:
-        raise ServiceError(_("Images reach an OpenStack cloud's Glance with the first launch there."), field="host")
+    if not host_can(host, Capability.IMAGE_COPIES):
+        raise ServiceError(
+            _("Images reach %(host)s with the first launch there; they cannot be copied ahead.") % {"host": host.name},
+            field="host",
+        )
     if image.status != Image.Status.ACTIVE:
         raise ServiceError(_("Image “%(name)s” is not active yet.") % {"name": image.name})
     with transaction.atomic():

@@ -21,22 +21,24 @@ from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy, pgettext
 from django.views.decorators.http import require_GET, require_POST
 
-from images import services
+from images import imports, services
+from images.access import access_image_by_id
+from images.api.filtersets import ImageFilter
 from images.forms import DistributeForm, ImageEditForm, ImageImportForm, ImageUploadForm, ShareForm
 from images.models import Image
 from images.selectors import images_for, visible_to_tenant
-from portal.access import CHANGE, DELETE, VIEW, is_cloud_admin
+from portal.access import CHANGE, DELETE, is_cloud_admin
 from portal.middleware import client_ip
 from portal.models import Tenant
 from portal.services import ServiceError
 from portal.views import current_tenant
-from vms.models import Host
+from vms.compute import Capability, kinds_with
 from vms.selectors import hosts_for, operations_for_target
 
 
 def distribution_hosts(user):
-    """Libvirt hosts an image may be copied to ahead of launches (clouds get it through Glance at launch)."""
-    return hosts_for(user=user).filter(enabled=True, kind=Host.Kind.LIBVIRT)
+    """Hosts an image may be copied to ahead of launches (libvirt hosts; clouds get it through Glance at launch)."""
+    return hosts_for(user=user).filter(enabled=True, kind__in=kinds_with(Capability.IMAGE_COPIES))
 
 
 FINAL_STATUSES = frozenset({Image.Status.ACTIVE, Image.Status.FAILED})
@@ -53,14 +55,6 @@ def _api_url(name: str, fallback: str, *args) -> str:
         return reverse(name, args=args)
     except NoReverseMatch:
         return fallback
-
-
-def _image_for(request, pk: int, action: str = VIEW) -> Image:
-    """An image the user may see (else 404) and perform ``action`` on (else 403)."""
-    image = get_object_or_404(images_for(user=request.user), pk=pk)
-    if action != VIEW and not Image.objects.restrict(request.user, action).filter(pk=pk).exists():
-        raise PermissionDenied
-    return image
 
 
 def _is_htmx(request) -> bool:
@@ -92,11 +86,11 @@ def image_list(request):
     filters = []
     for name, (label, choices) in FILTERS.items():
         value = request.GET.get(name, "")
-        if value not in dict(choices):
-            value = ""
-        if value:
-            images = images.filter(**{name: value})
-        filters.append({"name": name, "label": label, "choices": choices, "value": value})
+        filters.append(
+            {"name": name, "label": label, "choices": choices, "value": value if value in dict(choices) else ""}
+        )
+    # The API's filters, with the values the page accepted.
+    images = ImageFilter({f["name"]: f["value"] for f in filters}, queryset=images, request=request).qs
     query = request.GET.get("q", "").strip()[:100]
     if query:
         images = images.filter(name__icontains=query)
@@ -226,7 +220,7 @@ def image_import(request):
         form = ImageImportForm(request.POST, tenant=tenant, staff=staff)
         if form.is_valid():
             try:
-                image = services.import_image(
+                image = imports.import_image(
                     actor=request.user,
                     tenant=form.owner_tenant(),
                     name=form.cleaned_data["name"],
@@ -288,7 +282,7 @@ def _render_detail(request, image: Image, *, status: int = 200, **forms) -> Http
 @login_required
 @require_GET
 def image_detail(request, pk: int):
-    image = get_object_or_404(images_for(user=request.user).select_related("owner"), pk=pk)
+    image = access_image_by_id(user=request.user, image_id=pk)
     return _render_detail(request, image)
 
 
@@ -320,7 +314,7 @@ def image_live(request, pk: int):
 @login_required
 @require_POST
 def image_edit(request, pk: int):
-    image = _image_for(request, pk, CHANGE)
+    image = access_image_by_id(user=request.user, image_id=pk, action=CHANGE)
     form = ImageEditForm(request.POST, image=image, staff=is_cloud_admin(request.user))
     if form.is_valid():
         changes = form.changes()
@@ -341,7 +335,7 @@ def image_edit(request, pk: int):
 @login_required
 @require_POST
 def image_share(request, pk: int):
-    image = _image_for(request, pk, CHANGE)
+    image = access_image_by_id(user=request.user, image_id=pk, action=CHANGE)
     form = ShareForm(request.POST)
     if form.is_valid():
         slug = form.cleaned_data["tenant"]
@@ -365,7 +359,7 @@ def image_share(request, pk: int):
 @login_required
 @require_POST
 def image_unshare(request, pk: int, tenant_pk: int):
-    image = _image_for(request, pk, CHANGE)
+    image = access_image_by_id(user=request.user, image_id=pk, action=CHANGE)
     tenant = get_object_or_404(image.shared_with.all(), pk=tenant_pk)
     services.unshare_image(actor=request.user, image=image, tenant=tenant, ip=client_ip(request))
     messages.success(
@@ -378,7 +372,7 @@ def image_unshare(request, pk: int, tenant_pk: int):
 @login_required
 @require_POST
 def image_delete(request, pk: int):
-    image = _image_for(request, pk, DELETE)
+    image = access_image_by_id(user=request.user, image_id=pk, action=DELETE)
     name = image.name
     try:
         services.delete_image(actor=request.user, image=image, ip=client_ip(request))
@@ -392,7 +386,7 @@ def image_delete(request, pk: int):
 @login_required
 @require_POST
 def image_distribute(request, pk: int):
-    image = _image_for(request, pk)
+    image = access_image_by_id(user=request.user, image_id=pk)
     if not is_cloud_admin(request.user):
         raise PermissionDenied
     form = DistributeForm(request.POST, hosts=distribution_hosts(request.user))

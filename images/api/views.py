@@ -26,7 +26,7 @@ from rest_framework.parsers import BaseParser, DataAndFiles
 from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 
-from images import selectors, services
+from images import imports, selectors, services
 from images.api.filtersets import ImageFilter
 from images.api.serializers import (
     ImageCreateSerializer,
@@ -266,7 +266,7 @@ class ImageViewSet(ApiViewSetMixin, mixins.ListModelMixin, mixins.RetrieveModelM
         serializer = ImageImportSerializer(data=request.data, context=self.get_serializer_context())
         serializer.is_valid(raise_exception=True)
         data = dict(serializer.validated_data)
-        image = services.import_image(actor=request.user, tenant=data.pop("tenant", None), ip=self.client_ip, **data)
+        image = imports.import_image(actor=request.user, tenant=data.pop("tenant", None), ip=self.client_ip, **data)
         return self._respond(image, status.HTTP_202_ACCEPTED)
 
     @extend_schema(

@@ -1,0 +1,175 @@
+"""Images imported from a URL: the request (checked, quota reserved) and the worker's download.
+
+The worker streams the URL into the image store within the upload limit and the tenant's storage
+quota, then hands the file to the inspection pipeline (``images.services.process_image``).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import socket
+import urllib.error
+import urllib.parse
+import urllib.request
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.template.defaultfilters import filesizeformat
+from django.utils.translation import gettext as _
+
+from images.inspection import ImageRejected
+from images.models import Image
+from images.selectors import GIB, gib
+from images.services import COPY_CHUNK, check_size, create_image, ensure_store, queue_processing, reject
+from images.tasks import import_image_task
+from portal.models import Tenant
+from portal.selectors import tenant_usage
+from portal.services import ServiceError, reserve_quota
+from vms import operations
+from vms.models import Operation
+
+log = logging.getLogger(__name__)
+
+
+def check_import_url(url: str) -> str:
+    """Refuse URLs the worker must not fetch: other schemes, hosts outside the allow-list, and, unless the
+    allow-list names the host, any host that resolves to a loopback, private, link-local or otherwise
+    non-global address (cloud metadata services, the portal's own services, the lab's internal network)."""
+    parsed = urllib.parse.urlparse(url)
+    if parsed.scheme not in {"http", "https"} or not parsed.hostname:
+        raise ServiceError(_("Import from an http:// or https:// URL."), field="url")
+    host = parsed.hostname
+    allowed = settings.LABCLOUD_IMAGE_IMPORT_ALLOWED_HOSTS
+    if allowed and host not in allowed:
+        raise ServiceError(_("Imports from %(host)s are not allowed on this cloud.") % {"host": host}, field="url")
+    if host in allowed:
+        return url
+    try:
+        port = parsed.port or (443 if parsed.scheme == "https" else 80)
+        addresses = {info[4][0] for info in socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)}
+    except (OSError, ValueError) as exc:
+        raise ServiceError(_("The host %(host)s cannot be resolved.") % {"host": host}, field="url") from exc
+    if not all(ipaddress.ip_address(address.split("%")[0]).is_global for address in addresses):
+        raise ServiceError(
+            _("Imports from local or private addresses are not allowed (%(host)s).") % {"host": host}, field="url"
+        )
+    return url
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """Redirects are not followed: their target would escape the checks of check_import_url."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        raise ImageRejected(_("The server redirected the download; give the final URL."))
+
+
+def import_image(
+    *,
+    actor,
+    tenant: Tenant | None,
+    name: str,
+    url: str,
+    disk_format: str,
+    ip: str | None = None,
+    **options: Any,
+) -> Image:
+    check_import_url(url)
+    with transaction.atomic():
+        image = create_image(
+            actor=actor,
+            tenant=tenant,
+            name=name,
+            disk_format=disk_format,
+            source_url=url,
+            status=Image.Status.QUEUED,
+            ip=ip,
+            **options,
+        )
+        operations.create_operation(
+            kind="image.import", target=image, tenant=tenant, user=actor, task=import_image_task
+        )
+    return image
+
+
+def download_image(*, operation_id: int) -> None:
+    """Worker side of an import: stream the URL into the image store within the quota, then process it."""
+    operation = operations.begin(operation_id=operation_id)
+    if operation is None:
+        return
+    image = Image.objects.get(pk=operation.target_id)
+    try:
+        ensure_store()
+        check_import_url(image.source_url)  # again: DNS may answer differently now
+        opener = urllib.request.build_opener(_NoRedirect)
+        request = urllib.request.Request(image.source_url, headers={"User-Agent": "labcloud-image-import"})  # noqa: S310
+        with opener.open(request, timeout=30) as response:
+            announced = int(response.headers.get("Content-Length") or 0)
+            limit = _download_budget(image, announced)
+            operations.progress(operation=operation, percent=1, message=_("Downloading"))
+            received = 0
+            last_percent = -1
+            with open(image.partial_path, "wb") as fh:
+                while chunk := response.read(COPY_CHUNK):
+                    received += len(chunk)
+                    if received > limit:
+                        raise ImageRejected(
+                            _("The download exceeds %(limit)s (upload limit or image storage quota).")
+                            % {"limit": filesizeformat(limit)}
+                        )
+                    fh.write(chunk)
+                    percent = received * 60 // announced if announced else 0
+                    if percent != last_percent:
+                        last_percent = percent
+                        operations.progress(operation=operation, percent=percent)
+            if announced and received != announced:
+                raise ImageRejected(
+                    _("The download ended after %(received)d of %(announced)d bytes.")
+                    % {"received": received, "announced": announced}
+                )
+        Image.objects.filter(pk=image.pk).update(size=received, received_bytes=received)
+    except urllib.error.HTTPError as exc:
+        _fail_download(image, operation, _("The server answered HTTP %(code)d.") % {"code": exc.code})
+        return
+    except (ImageRejected, ServiceError) as exc:
+        _fail_download(image, operation, exc.message)
+        return
+    except Exception:  # anything else (network, disk, HTTP protocol): fail cleanly, never leave it running
+        log.exception("import of image %s failed", image.pk)
+        _fail_download(image, operation, _("The download failed."))
+        return
+    operations.succeed(operation=operation)
+    with transaction.atomic():
+        queue_processing(Image.objects.get(pk=image.pk), actor=operation.user)
+
+
+def _fail_download(image: Image, operation: Operation, reason: str) -> None:
+    reject(image, reason)
+    operations.fail(operation=operation, error=reason)
+
+
+def _download_budget(image: Image, announced: int) -> int:
+    """Bytes the download may take: the upload limit, and the tenant's remaining storage quota.
+
+    The budget is reserved at once (written as the image's size under the quota lock), so
+    concurrent imports cannot each count on the same remaining quota.
+    """
+    limit = settings.LABCLOUD_IMAGE_MAX_UPLOAD_BYTES
+    if announced:
+        check_size(announced)
+    if image.tenant is None:
+        return min(limit, announced) if announced else limit
+    with transaction.atomic():
+        if announced:
+            reserve_quota(tenant=image.tenant, request={"image_storage_gib": gib(announced)})
+            budget = min(limit, announced)
+        else:
+            quota = reserve_quota(tenant=image.tenant, request={})
+            if quota.image_storage_gib < 0:
+                budget = limit
+            else:
+                used = tenant_usage(tenant_ids=[image.tenant_id])[image.tenant_id]["image_storage_gib"]
+                budget = min(limit, max(0, quota.image_storage_gib - used) * GIB)
+        Image.objects.filter(pk=image.pk).update(size=budget)
+    return budget
