@@ -26,6 +26,7 @@ from images.selectors import image_counts
 from portal.access import is_cloud_admin
 from portal.selectors import quota_figures
 from portal.services import authenticate_api_token
+from vms.compute import Capability, host_can
 from vms.selectors import host_figures, instance_state_counts, operation_state_counts
 
 GIB = 1024**3
@@ -90,7 +91,7 @@ class PortalCollector:
             alloc["vcpus"].add_metric(name, load.vcpus)
             alloc["ram_mib"].add_metric(name, load.ram_mib)
             alloc["disk_gib"].add_metric(name, load.disk_gib)
-            if not host.is_cloud:  # Nova places and limits in a cloud: the portal knows no limit there
+            if host_can(host, Capability.CAPACITY):  # where the backend places and limits, the portal knows no limit
                 limit["vcpus"].add_metric(name, load.vcpu_limit)
                 limit["ram_mib"].add_metric(name, load.ram_limit)
                 limit["disk_gib"].add_metric(name, load.disk_limit)

@@ -2,8 +2,8 @@
 
 from django.urls import path
 
+from vms.consoles.serial import SerialConsumer
 from vms.consumers import LiveConsumer
-from vms.serial import SerialConsumer
 
 websocket_urlpatterns: list = [
     path("ws/live/", LiveConsumer.as_asgi()),

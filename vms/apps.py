@@ -7,8 +7,13 @@ class VmsConfig(AppConfig):
     verbose_name = _("Compute")
 
     def ready(self) -> None:
+        from images.capture import register_capture_finished
         from portal.selectors import register_usage_provider
+        from vms import signals  # noqa: F401  (quota and flavor changes reach the clouds)
+        from vms.compute.builtin import register_builtin_adapters
+        from vms.lifecycle import capture_finished
         from vms.selectors import instance_usage
 
         register_usage_provider(instance_usage)
-        from vms import signals  # noqa: F401  (quota and flavor changes reach the clouds)
+        register_builtin_adapters()
+        register_capture_finished(capture_finished)

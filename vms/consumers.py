@@ -24,8 +24,12 @@ from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from django.contrib.auth import get_user_model
+from django.core.exceptions import PermissionDenied
+from django.http import Http404
 
-from portal.access import MEMBER_ROLES, VIEW, is_cloud_admin, tenant_ids_for
+from portal.access import MEMBER_ROLES, is_cloud_admin, tenant_ids_for
+from vms.access import access_instance_by_id
 from vms.realtime import STAFF_GROUP, instance_group, tenant_group
 
 CLOSE_BAD_REQUEST = 4400
@@ -33,17 +37,21 @@ CLOSE_UNAUTHENTICATED = 4401
 CLOSE_FORBIDDEN = 4403
 
 
+def _sees(user, instance_id: int) -> bool:
+    try:
+        access_instance_by_id(user=user, instance_id=instance_id)
+    except (Http404, PermissionDenied):
+        return False
+    return True
+
+
 def _access(user_id: int, instance_id: int | None = None) -> tuple[bool, bool, frozenset[int], bool]:
     """(active, cloud admin, tenant ids, may view ``instance_id``) of the user as the database says now."""
-    from django.contrib.auth import get_user_model
-
-    from vms.models import Instance
-
     user = get_user_model().objects.filter(pk=user_id).first()
     if user is None or not user.is_active:
         return False, False, frozenset(), False
     tenants = frozenset(tenant_ids_for(user, MEMBER_ROLES).values_list("tenant_id", flat=True))
-    sees_instance = instance_id is not None and Instance.objects.restrict(user, VIEW).filter(pk=instance_id).exists()
+    sees_instance = instance_id is not None and _sees(user, instance_id)
     return True, is_cloud_admin(user), tenants, sees_instance
 
 

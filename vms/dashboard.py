@@ -13,41 +13,19 @@ from dataclasses import dataclass
 
 from django.urls import reverse
 from django.utils.translation import gettext as _
-from django.utils.translation import gettext_lazy
 
 from portal.access import VIEW
 from portal.models import Tenant
+from vms.compute import Capability, compute_for, host_can
+from vms.compute.base import HostFact
 from vms.models import Host, Instance, Operation
+from vms.operations import operation_labels
 from vms.scheduler import HostLoad, host_loads
 from vms.selectors import hosts_for
 
 RECENT_OPERATIONS = 8
 LIVE_SOCKET_PATH = "/ws/live/"  # the LiveConsumer route in portal/routing.py
 
-# What an operation did, as a noun ("Snapshot of web-1 finished").
-OPERATION_LABELS = {
-    "instance.launch": gettext_lazy("Launch"),
-    "instance.start": gettext_lazy("Start"),
-    "instance.shutdown": gettext_lazy("Shutdown"),
-    "instance.stop": gettext_lazy("Power-off"),
-    "instance.reboot": gettext_lazy("Reboot"),
-    "instance.reset": gettext_lazy("Hard reset"),
-    "instance.pause": gettext_lazy("Pause"),
-    "instance.resume": gettext_lazy("Resume"),
-    "instance.finish_install": gettext_lazy("Install finish"),
-    "instance.resize": gettext_lazy("Resize"),
-    "instance.set_resources": gettext_lazy("vCPU/RAM change"),
-    "instance.attach_disk": gettext_lazy("Disk attachment"),
-    "instance.detach_disk": gettext_lazy("Disk removal"),
-    "instance.snapshot_create": gettext_lazy("Snapshot"),
-    "instance.snapshot_revert": gettext_lazy("Snapshot revert"),
-    "instance.snapshot_delete": gettext_lazy("Snapshot deletion"),
-    "instance.delete": gettext_lazy("Deletion"),
-    "image.process": gettext_lazy("Image processing"),
-    "image.import": gettext_lazy("Image import"),
-    "image.capture": gettext_lazy("Capture"),
-    "image.distribute": gettext_lazy("Image distribution"),
-}
 # Pages that show an operation's target, by target type; "{id}" is replaced by the target id.
 TARGET_URL_NAMES = {"vms.instance": "instance_detail", "images.image": "image_detail"}
 STATE_TONES = {
@@ -68,8 +46,9 @@ OPERATION_TONES = {
 
 
 def operation_label(kind: str) -> str:
-    label = OPERATION_LABELS.get(kind)
-    return str(label) if label is not None else kind
+    """What an operation did, as a noun ("Snapshot" of web-1 finished): instance actions from the registry,
+    the other apps' kinds from ``vms.operations.operation_labels``."""
+    return operation_labels().get(kind, kind)
 
 
 def target_url_templates() -> dict[str, str]:
@@ -165,7 +144,7 @@ class CapacityBar:
 
 def capacity_bars(load: HostLoad) -> list[CapacityBar]:
     host = load.host
-    if host.is_cloud:  # Nova places and limits there: no bars against a limit the portal does not know
+    if not host_can(host, Capability.CAPACITY):  # the backend places and limits: no limit to draw a bar against
         return []
     gib = 1024**3
     return [
@@ -196,13 +175,29 @@ class HostCapacity:
     host: Host
     load: HostLoad
     bars: list[CapacityBar]
+    location: str
+    facts: list[HostFact]
+    overcommit: bool  # the portal places on the host: its overcommit ratios apply
 
 
 def host_capacity(*, user) -> list[HostCapacity]:
     """Every host the user may see with its allocation (two queries; cloud admins only see hosts)."""
     hosts = list(hosts_for(user=user))
     loads = host_loads(hosts)
-    return [HostCapacity(host=host, load=loads[host.pk], bars=capacity_bars(loads[host.pk])) for host in hosts]
+    rows = []
+    for host in hosts:
+        adapter = compute_for(host)
+        rows.append(
+            HostCapacity(
+                host=host,
+                load=loads[host.pk],
+                bars=capacity_bars(loads[host.pk]),
+                location=adapter.location(host),
+                facts=adapter.host_facts(host),
+                overcommit=host_can(host, Capability.CAPACITY),
+            )
+        )
+    return rows
 
 
 # ---------------------------------------------------------------- live.js
@@ -211,7 +206,7 @@ def host_capacity(*, user) -> list[HostCapacity]:
 def toast_config() -> dict:
     """The texts of the operation toasts live.js shows ({what}, {target} and {error} are filled in by the script)."""
     return {
-        "operations": {kind: str(label) for kind, label in OPERATION_LABELS.items()},
+        "operations": operation_labels(),
         "toast": {
             "succeeded": _("{what} of {target} finished"),
             "failed": _("{what} of {target} failed: {error}"),

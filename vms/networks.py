@@ -17,11 +17,11 @@ from django.db.models import ProtectedError, QuerySet
 from django.utils.text import slugify
 from django.utils.translation import gettext as _
 
-from portal.access import VIEW, is_cloud_admin
+from portal.access import VIEW
 from portal.backends.base import BackendError
 from portal.backends.libvirt import network as libvirt_network
 from portal.models import Tenant
-from portal.services import ConflictError, ServiceError, record_audit
+from portal.services import ConflictError, ServiceError, record_audit, require_cloud_admin
 from vms.models import Host, Network
 
 NETWORK_FIELDS = ("name", "libvirt_name", "mode", "bridge", "cidr", "dhcp", "description", "is_public")
@@ -29,14 +29,8 @@ NETWORK_FIELDS = ("name", "libvirt_name", "mode", "bridge", "cidr", "dhcp", "des
 HOST_FIELDS = ("libvirt_name", "mode", "bridge", "cidr", "dhcp")
 
 
-class NotAllowed(ServiceError):
-    status = 403
-    code = "permission_denied"
-
-
 def _require_staff(actor) -> None:
-    if not is_cloud_admin(actor):
-        raise NotAllowed(_("Only cloud admins can define networks."))
+    require_cloud_admin(actor, _("Only cloud admins can define networks."))
 
 
 def default_libvirt_name(name: str) -> str:

@@ -17,8 +17,23 @@ from django.db import connection, models, transaction
 from django.utils import timezone
 
 from portal.models import Tenant
-from vms import realtime
+from vms import actions, realtime
 from vms.models import Operation
+
+# What operations of other kinds than instance actions are called (the image pipeline registers its own).
+_labels: dict[str, Callable[[], str]] = {}
+
+
+def register_operation_labels(labels: dict[str, object]) -> None:
+    """``kind`` → its name as a noun ("Image import"), lazily translated."""
+    _labels.update({kind: (lambda label=label: str(label)) for kind, label in labels.items()})
+
+
+def operation_labels() -> dict[str, str]:
+    """Every operation kind's name as a noun, in the active language: instance actions from the registry."""
+    labels = {f"instance.{name}": str(action.noun) for name, action in actions.ACTIONS.items()}
+    labels.update({kind: label() for kind, label in _labels.items()})
+    return labels
 
 
 def create_operation(

@@ -14,7 +14,10 @@ import queue
 import threading
 from typing import Any
 
+from channels.layers import get_channel_layer
 from django.db import transaction
+
+from vms.actions import allowed_actions
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +55,6 @@ class _Sender:
             done.wait(timeout)
 
     def _run(self) -> None:
-        from channels.layers import get_channel_layer
-
         loop = asyncio.new_event_loop()
         asyncio.set_event_loop(loop)
         while True:
@@ -97,8 +98,6 @@ def publish(*, tenant_id: int | None, kind: str, data: dict[str, Any], groups: l
 
 
 def instance_changed(instance) -> None:
-    from vms.selectors import instance_payload
-
     publish(tenant_id=instance.tenant_id, kind="instance", data=instance_payload(instance))
 
 
@@ -133,3 +132,26 @@ def metrics_sampled(*, tenant_id: int, instance_id: int, point: dict[str, Any]) 
         data={"id": instance_id, "tenant_id": tenant_id, "point": point},
         groups=[instance_group(instance_id)],
     )
+
+
+def instance_payload(instance) -> dict[str, Any]:
+    """What live updates carry about an instance (no secrets: no user-data)."""
+    return {
+        "id": instance.pk,
+        "uuid": str(instance.uuid),
+        "name": instance.name,
+        "tenant_id": instance.tenant_id,
+        "state": instance.state,
+        "state_display": str(instance.get_state_display()),
+        "state_reason": instance.state_reason,
+        "task": instance.task,
+        "desired_power_state": instance.desired_power_state,
+        "installing": instance.installing,
+        "vcpus": instance.vcpus,
+        "ram_mib": instance.ram_mib,
+        "disk_gib": instance.disk_gib,
+        "host_id": instance.host_id,
+        "addresses": instance.addresses,
+        "allowed_actions": allowed_actions(instance),
+        "updated_at": instance.updated_at.isoformat() if instance.updated_at else None,
+    }

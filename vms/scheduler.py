@@ -22,6 +22,7 @@ from django.utils.translation import gettext as _
 
 from portal.models import Tenant
 from portal.services import ConflictError
+from vms.compute import Capability, host_can
 from vms.models import Flavor, Host, Instance, InstanceDisk, PlacementRule
 
 GIB = 1024**3
@@ -60,7 +61,8 @@ class HostLoad:
         host = self.host
         if not host.enabled:
             return _("disabled")
-        if host.is_cloud:  # Nova places and counts; the portal only knows whether the cloud answers
+        if not host_can(host, Capability.CAPACITY):
+            # The backend places and counts (a cloud's Nova); the portal only knows whether it answers.
             return _("cloud down") if host.state == Host.State.DOWN else None  # the reason is for admins
         if host.state != Host.State.UP:
             return _("not up")
@@ -150,7 +152,7 @@ def place(*, count: int, vcpus: int, ram_mib: int, disk_gib: int, hosts: list[Ho
     Call inside the launch transaction: the candidate hosts are locked until it ends.
     """
     if hosts is None:
-        hosts = list(Host.objects.select_for_update().filter(kind=Host.Kind.LIBVIRT).order_by("name"))
+        hosts = list(Host.objects.select_for_update().scheduled().order_by("name"))
     else:
         hosts = list(Host.objects.select_for_update().filter(pk__in=[h.pk for h in hosts]).order_by("name"))
     loads = host_loads(hosts)

@@ -8,7 +8,17 @@ from django.db.models import Count, QuerySet, Sum
 
 from portal.access import VIEW
 from portal.models import Tenant
-from vms.models import Flavor, Host, Instance, InstanceDisk, Snapshot
+from vms.models import (
+    Flavor,
+    Host,
+    Instance,
+    InstanceDisk,
+    InstanceMetricSample,
+    Operation,
+    PlacementRule,
+    Snapshot,
+)
+from vms.scheduler import host_loads
 
 
 def instance_usage(tenant_ids: list[int]) -> dict[int, dict[str, int]]:
@@ -46,28 +56,6 @@ def instances_for(*, user, tenant: Tenant | None = None) -> QuerySet[Instance]:
     return instances.select_related("tenant", "flavor", "image", "host", "owner", "network", "keypair")
 
 
-def instance_payload(instance: Instance) -> dict[str, Any]:
-    """What live updates carry about an instance (no secrets: no user-data)."""
-    return {
-        "id": instance.pk,
-        "uuid": str(instance.uuid),
-        "name": instance.name,
-        "tenant_id": instance.tenant_id,
-        "state": instance.state,
-        "state_display": str(instance.get_state_display()),
-        "state_reason": instance.state_reason,
-        "task": instance.task,
-        "desired_power_state": instance.desired_power_state,
-        "installing": instance.installing,
-        "vcpus": instance.vcpus,
-        "ram_mib": instance.ram_mib,
-        "disk_gib": instance.disk_gib,
-        "host_id": instance.host_id,
-        "addresses": instance.addresses,
-        "updated_at": instance.updated_at.isoformat() if instance.updated_at else None,
-    }
-
-
 def flavors_for(*, user, tenant: Tenant | None = None) -> QuerySet[Flavor]:
     """Flavors the user may see; with ``tenant``, only those that tenant may launch."""
     flavors = Flavor.objects.restrict(user, VIEW)
@@ -82,8 +70,6 @@ def hosts_for(*, user) -> QuerySet[Host]:
 
 def operations_for_target(*, user, target) -> QuerySet:
     """Operations on one object, newest first, through the access gate."""
-    from vms.models import Operation
-
     return Operation.objects.restrict(user, VIEW).filter(target_type=target._meta.label_lower, target_id=str(target.pk))
 
 
@@ -108,8 +94,6 @@ def metric_point(sample) -> dict[str, Any]:
 
 def metric_samples_for(*, user, instance: Instance) -> QuerySet:
     """The instance's metrics history, oldest first, through the access gate (one query)."""
-    from vms.models import InstanceMetricSample
-
     return InstanceMetricSample.objects.restrict(user, VIEW).filter(instance=instance).order_by("at", "id")
 
 
@@ -119,8 +103,6 @@ def metric_points_for(*, user, instance: Instance) -> list[dict[str, Any]]:
 
 def host_figures() -> list[tuple[Host, Any]]:
     """Every host with its allocated load (``vms.scheduler.HostLoad``): three queries for any number of hosts."""
-    from vms.scheduler import host_loads
-
     hosts = list(Host.objects.order_by("name"))
     loads = host_loads(hosts)
     return [(host, loads[host.pk]) for host in hosts]
@@ -135,14 +117,10 @@ def instance_state_counts() -> list[dict[str, Any]]:
 
 def operation_state_counts() -> list[dict[str, Any]]:
     """Operations per kind and state: one query."""
-    from vms.models import Operation
-
     return list(Operation.objects.values("kind", "state").annotate(n=Count("id")).order_by("kind", "state"))
 
 
 def tenant_cloud(*, tenant) -> str:
     """The name of the OpenStack cloud a tenant-wide placement rule sends the tenant's instances to, or ""."""
-    from vms.models import PlacementRule
-
-    rule = PlacementRule.objects.filter(tenant=tenant, flavor__isnull=True, host__kind=Host.Kind.OPENSTACK)
+    rule = PlacementRule.objects.filter(tenant=tenant, flavor__isnull=True, host__in=Host.objects.clouds())
     return rule.values_list("host__name", flat=True).first() or ""

@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import contextlib
-import secrets
 from collections.abc import Iterable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
-from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.db.models import ProtectedError
 from django.utils.translation import gettext as _
 
 from portal.models import Tenant
-from portal.services import ConflictError, ServiceError, record_audit, reserve_quota
-from vms.models import Flavor, Host, Instance
+from portal.services import ConflictError, ServiceError, record_audit, require_cloud_admin, reserve_quota
+from vms import limits
+from vms.models import Flavor, Host, Instance, validate_libvirt_uri
 
 FLAVOR_FIELDS = ("name", "vcpus", "ram_mib", "disk_gib", "description", "is_public", "disabled")
 
@@ -23,8 +21,7 @@ FLAVOR_FIELDS = ("name", "vcpus", "ram_mib", "disk_gib", "description", "is_publ
 def _validate_flavor(values: Mapping[str, Any]) -> None:
     if "name" in values and not str(values["name"]).strip():
         raise ServiceError(_("A flavor needs a name."), field="name")
-    minimums = {"vcpus": 1, "ram_mib": 16, "disk_gib": 1}
-    for field, minimum in minimums.items():
+    for field, minimum in limits.FLAVOR_MINIMUMS.items():
         if field in values and (not isinstance(values[field], int) or values[field] < minimum):
             raise ServiceError(
                 _("%(field)s must be a whole number of at least %(minimum)d.") % {"field": field, "minimum": minimum},
@@ -46,6 +43,7 @@ def create_flavor(
     tenants: Iterable[Tenant] = (),
     ip: str | None = None,
 ) -> Flavor:
+    require_cloud_admin(actor, _("Only cloud admins can change flavors."))
     values = {"name": name.strip(), "vcpus": vcpus, "ram_mib": ram_mib, "disk_gib": disk_gib}
     _validate_flavor(values)
     if Flavor.objects.filter(name=values["name"]).exists():
@@ -60,6 +58,7 @@ def create_flavor(
 def update_flavor(
     *, actor, flavor: Flavor, tenants: Iterable[Tenant] | None = None, ip: str | None = None, **changes: Any
 ) -> Flavor:
+    require_cloud_admin(actor, _("Only cloud admins can change flavors."))
     unknown = set(changes) - set(FLAVOR_FIELDS)
     if unknown:
         raise ServiceError(_("These fields cannot be changed: %(fields)s.") % {"fields": ", ".join(sorted(unknown))})
@@ -81,6 +80,7 @@ def update_flavor(
 
 
 def delete_flavor(*, actor, flavor: Flavor, ip: str | None = None) -> None:
+    require_cloud_admin(actor, _("Only cloud admins can change flavors."))
     try:
         with transaction.atomic():
             record_audit(user=actor, action="flavor.delete", target=flavor, ip=ip)
@@ -93,10 +93,6 @@ def delete_flavor(*, actor, flavor: Flavor, ip: str | None = None) -> None:
 
 @transaction.atomic
 def ensure_host(*, name: str, uri: str, actor=None) -> Host:
-    from django.core.exceptions import ValidationError
-
-    from vms.models import validate_libvirt_uri
-
     try:
         validate_libvirt_uri(uri)
     except ValidationError as exc:
@@ -160,39 +156,3 @@ def reserve_instances(
     except IntegrityError as exc:
         raise ConflictError(_("An instance with that name was created at the same time; pick another name.")) from exc
     return instances
-
-
-def detect_virt_type(*, host: Host, probe_image: Path, actor=None, timeout: float = 60.0) -> str:
-    """Choose the host's virtualization type by proof: ``kvm`` only if a guest really boots under KVM there.
-
-    ``probe_image`` is a small bootable disk whose serial console prints ``LABCLOUD-TINY-BOOTED``
-    (the tiny guest of ``scripts/build_test_media.sh``). It is copied into the host's pool, booted
-    once under KVM (CPU model from the host's CPU mode; QEMU's default model stands in for
-    host-model), and removed again. A host where /dev/kvm exists but cannot boot a kernel (nested
-    paravirtual KVM) ends up with ``qemu`` (TCG). Stores and returns the choice.
-    """
-    from portal.backends.base import BackendError
-    from portal.backends.libvirt.driver import LibvirtDriver
-
-    driver = LibvirtDriver(host.uri)
-    volume = f"{settings.LABCLOUD_DOMAIN_PREFIX}probe-{secrets.token_hex(4)}.qcow2"
-    cpu_mode = host.cpu_mode if host.cpu_mode != Host.CpuMode.DEFAULT else Host.CpuMode.HOST_MODEL
-    try:
-        driver.upload_file(host.storage_pool, volume, probe_image)
-        boots = driver.probe_kvm(
-            pool=host.storage_pool,
-            disk_volume=volume,
-            cpu_mode=cpu_mode,
-            timeout=timeout,
-            name_prefix=f"{settings.LABCLOUD_DOMAIN_PREFIX}probe-",
-        )
-    except BackendError as exc:
-        raise ServiceError(exc.message) from exc
-    finally:
-        with contextlib.suppress(BackendError):
-            driver.delete_volume(host.storage_pool, volume)
-    virt_type = Host.VirtType.KVM if boots else Host.VirtType.QEMU
-    Host.objects.filter(pk=host.pk).update(virt_type=virt_type)
-    host.virt_type = virt_type
-    record_audit(user=actor, action="host.detect_virt_type", target=host, detail={"virt_type": virt_type})
-    return virt_type

@@ -14,6 +14,7 @@ from django.dispatch import receiver
 
 from images.models import Image, ImageReplica
 from portal.models import Quota, Tenant
+from vms.compute.openstack.mirror import forget_flavor_copies
 from vms.models import CloudFlavor, CloudProject, Flavor, Host
 
 
@@ -49,8 +50,6 @@ def _flavor_access_changed(sender, instance, action: str, reverse: bool, pk_set,
 
 @receiver(pre_delete, sender=Flavor, dispatch_uid="vms.flavor_delete_in_clouds")
 def _flavor_deleted(sender, instance: Flavor, **_kwargs) -> None:
-    from vms.cloud import forget_flavor_copies
-
     copies = forget_flavor_copies(flavor=instance)
     if copies:
         from vms.tasks import delete_flavor_copies_task
@@ -58,12 +57,16 @@ def _flavor_deleted(sender, instance: Flavor, **_kwargs) -> None:
         transaction.on_commit(lambda: delete_flavor_copies_task.delay(copies))
 
 
+def _cloud_copies():
+    return ImageReplica.objects.filter(host__in=Host.objects.clouds(), state=ImageReplica.State.READY)
+
+
 @receiver(post_save, sender=Image, dispatch_uid="vms.image_to_clouds")
 def _image_saved(sender, instance: Image, created: bool, **_kwargs) -> None:
     """A visibility change reaches the Glance copies at once (a private image must leave public view)."""
     if created:
         return
-    if ImageReplica.objects.filter(image=instance, host__kind=Host.Kind.OPENSTACK, state="ready").exists():
+    if _cloud_copies().filter(image=instance).exists():
         from vms.tasks import sync_image_copies_task
 
         transaction.on_commit(lambda: sync_image_copies_task.delay(instance.pk))
@@ -71,9 +74,7 @@ def _image_saved(sender, instance: Image, created: bool, **_kwargs) -> None:
 
 def _sync_image_copies_later(image_ids) -> None:
     """After commit, the cloud copies of these images follow their portal image (only those with a copy)."""
-    copies = ImageReplica.objects.filter(
-        image_id__in=list(image_ids), host__kind=Host.Kind.OPENSTACK, state="ready"
-    ).values_list("image_id", flat=True)
+    copies = _cloud_copies().filter(image_id__in=list(image_ids)).values_list("image_id", flat=True)
     if copies:
         from vms.tasks import sync_image_copies_task
 

@@ -1,4 +1,4 @@
-"""Celery tasks of the compute app: thin wrappers around vms.lifecycle."""
+"""Celery tasks of the compute app: thin wrappers around its services (imported when a task runs)."""
 
 from __future__ import annotations
 
@@ -8,14 +8,14 @@ from celery.signals import worker_ready
 
 @shared_task(acks_late=True, reject_on_worker_lost=True)
 def run_instance_operation(operation_id: int) -> None:
-    from vms.lifecycle import execute
+    from vms.execution import execute
 
     execute(operation_id=operation_id)
 
 
 @shared_task
 def recover_stale_operations_task() -> list[int]:
-    from vms.lifecycle import recover_stale_operations
+    from vms.execution import recover_stale_operations
 
     return recover_stale_operations()
 
@@ -23,7 +23,7 @@ def recover_stale_operations_task() -> list[int]:
 @worker_ready.connect
 def _recover_at_start(**_kwargs) -> None:
     """A restarted worker picks up what its predecessor left half-done (after the stale delay)."""
-    from vms.lifecycle import recover_stale_operations
+    from vms.execution import recover_stale_operations
 
     recover_stale_operations()
 
@@ -31,7 +31,7 @@ def _recover_at_start(**_kwargs) -> None:
 @shared_task
 def push_quota_task(tenant_id: int) -> dict[str, bool]:
     from portal.models import Tenant
-    from vms.cloud import push_quota
+    from vms.compute.openstack.mirror import push_quota
 
     tenant = Tenant.objects.filter(pk=tenant_id).first()
     return {} if tenant is None else push_quota(tenant=tenant)
@@ -40,7 +40,7 @@ def push_quota_task(tenant_id: int) -> dict[str, bool]:
 @shared_task
 def push_quota_to_task(host_id: int, tenant_id: int) -> bool:
     from portal.models import Tenant
-    from vms.cloud import push_quota_to
+    from vms.compute.openstack.mirror import push_quota_to
     from vms.models import Host
 
     host = Host.objects.filter(pk=host_id).first()
@@ -50,27 +50,27 @@ def push_quota_to_task(host_id: int, tenant_id: int) -> bool:
 
 @shared_task
 def sync_flavor_task(flavor_id: int) -> dict[str, str]:
-    from vms.cloud import sync_flavor
+    from vms.compute.openstack.mirror import sync_flavor
 
     return sync_flavor(flavor_id=flavor_id)
 
 
 @shared_task
 def delete_flavor_copies_task(copies: list[list]) -> None:
-    from vms.cloud import delete_flavor_copies
+    from vms.compute.openstack.mirror import delete_flavor_copies
 
     delete_flavor_copies(copies=[(int(host_id), str(cloud_id)) for host_id, cloud_id in copies])
 
 
 @shared_task
 def delete_cloud_projects_task(projects: list[list]) -> None:
-    from vms.cloud import delete_projects
+    from vms.compute.openstack.mirror import delete_projects
 
     delete_projects(projects=[(int(host_id), str(project_id)) for host_id, project_id in projects])
 
 
 @shared_task
 def sync_image_copies_task(image_id: int) -> dict[str, str]:
-    from vms.cloud import sync_image_copies
+    from vms.compute.openstack.images import sync_image_copies
 
     return sync_image_copies(image_id=image_id)

@@ -1,8 +1,9 @@
 """The driver-facing vocabulary: frozen dataclasses in and out, and the errors drivers raise.
 
-Drivers (``portal/backends/*``) take and return these plain values and never import models; the
-services translate model rows into specs (``InstanceSpec``) and facts (``InstanceState``) back
-into rows.
+Drivers (``portal/backends/*``) take and return these plain values and never import models; each
+speaks its backend's own vocabulary (libvirt domains, Nova servers). Above them, one adapter per
+host kind (``vms.compute``) translates model rows into specs (``InstanceSpec``) and facts
+(``InstanceState``, ``ServerState``) back into rows: the one compute interface is the adapters'.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Protocol, runtime_checkable
 
 ProgressCallback = Callable[[int], None]  # percent 0..100
 
@@ -249,32 +249,3 @@ class SnapshotInfo:
     state: str = ""  # the domain state the snapshot captured: running, shutoff…
     parent: str | None = None
     current: bool = False
-
-
-@runtime_checkable
-class ComputeBackend(Protocol):
-    """The operations every compute driver offers; instances are addressed by UUID."""
-
-    def capacity(self) -> HostCapacity: ...
-
-    def define(self, spec: InstanceSpec) -> InstanceState: ...
-
-    def start(self, uuid: str) -> InstanceState: ...
-
-    def shutdown(self, uuid: str) -> InstanceState: ...
-
-    def power_off(self, uuid: str) -> InstanceState: ...
-
-    def reboot(self, uuid: str) -> InstanceState: ...
-
-    def pause(self, uuid: str) -> InstanceState: ...
-
-    def resume(self, uuid: str) -> InstanceState: ...
-
-    def undefine(self, uuid: str) -> bool: ...
-
-    def state(self, uuid: str) -> InstanceState: ...
-
-    def list_instances(self) -> list[InstanceState]: ...
-
-    def console_target(self, uuid: str) -> ConsoleTarget: ...

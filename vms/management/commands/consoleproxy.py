@@ -6,7 +6,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand
 from django.db import connections
 
-from vms.console_proxy import make_proxy
+from vms.consoles.proxy import make_proxy
 
 
 class Command(BaseCommand):

@@ -8,8 +8,8 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from portal.services import ServiceError
+from vms.compute.libvirt import detect_virt_type
 from vms.models import Host
-from vms.services import detect_virt_type
 
 
 class Command(BaseCommand):
@@ -28,7 +28,7 @@ class Command(BaseCommand):
     def handle(self, *args, hosts=None, image: Path, timeout: float, **options):
         if not image.exists():
             raise CommandError(f"probe image {image} not found (scripts/build_test_media.sh builds it)")
-        selected = Host.objects.filter(kind=Host.Kind.LIBVIRT, enabled=True)
+        selected = Host.objects.libvirt().filter(enabled=True)
         if hosts:
             selected = selected.filter(name__in=hosts)
         for host in selected:

@@ -1,4 +1,4 @@
-"""`manage.py watch_hosts`: keep the database in step with the libvirt hosts (see vms/watcher.py)."""
+"""`manage.py watch_hosts`: keep the database in step with the libvirt hosts (see vms/watcher/)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The console proxy: websockify with the portal's token plugin (run by ``manage.py consoleproxy``).
 
 websockify forks one child process per connection; the token is claimed there, from the database
-(``vms.consoles.claim_token``), together with the Origin header. While the session lives, a
+(``vms.tokens.claim_token``), together with the Origin header. While the session lives, a
 watchdog thread in the child re-checks ``session_still_allowed`` every CONSOLE_RECHECK_SECONDS and
 cuts the VNC side when access is gone or the maximum session length is reached; the proxy loop
 then closes the WebSocket. The session's end is recorded in the database and the audit log.
@@ -22,7 +22,7 @@ from django.http.cookie import parse_cookie
 from websockify.token_plugins import BasePlugin
 from websockify.websocketproxy import ProxyRequestHandler, WebSocketProxy
 
-from vms import consoles
+from vms.consoles import tokens
 
 logger = logging.getLogger(__name__)
 TOKEN_IN_TEXT = re.compile(r"token=[^&\s'\"]*")
@@ -47,11 +47,11 @@ class DatabaseTokenPlugin(BasePlugin):
 
     def claim(
         self, token: str | None, *, origin: str | None, ip: str | None, cookie: str | None = None
-    ) -> consoles.ClaimedConsole | None:
+    ) -> tokens.ClaimedConsole | None:
         connections.close_all()  # never reuse a connection inherited from the listening process
         try:
-            browser_user_id = consoles.user_of_session_cookie(session_cookie(cookie))
-            return consoles.claim_token(token=token, origin=origin, ip=ip, browser_user_id=browser_user_id)
+            browser_user_id = tokens.user_of_session_cookie(session_cookie(cookie))
+            return tokens.claim_token(token=token, origin=origin, ip=ip, browser_user_id=browser_user_id)
         finally:
             connections.close_all()
 
@@ -100,7 +100,7 @@ class ConsoleRequestHandler(ProxyRequestHandler):
             if getattr(self, "_cut_reason", None):
                 reason = self._cut_reason
             with contextlib.suppress(Exception):
-                consoles.end_session(session=self.session_id, reason=reason or "closed")
+                tokens.end_session(session=self.session_id, reason=reason or "closed")
             connections.close_all()
 
     def do_proxy(self, target: socket.socket) -> None:
@@ -117,7 +117,7 @@ class ConsoleRequestHandler(ProxyRequestHandler):
         try:
             while not stop.wait(interval):
                 try:
-                    allowed = consoles.session_still_allowed(session_id=self.session_id)
+                    allowed = tokens.session_still_allowed(session_id=self.session_id)
                 except Exception:
                     logger.exception("console session %s: check failed", self.session_id)
                     continue

@@ -4,13 +4,13 @@ One process (``manage.py watch_hosts``) keeps one long-lived connection per enab
 (the cached connection of ``portal.backends.libvirt.connection``) with a lifecycle event callback
 registered on it. libvirt calls the callback in its event-loop thread; the callback only puts the
 event on a queue. The main thread takes events off the queue, asks the host for the domain's
-current state and applies it (``vms.hosts.apply_observed_state``), which publishes the change to
+current state and records it (``vms.compute.state.record``), which publishes the change to
 the channel layer: a start or stop reaches the browser well within a second.
 
 Events can be missed (the watcher was down, the connection dropped), so every
-``WATCHER_RECONCILE_SECONDS`` the watcher also runs ``reconcile_host`` for every watched host,
+``WATCHER_RECONCILE_SECONDS`` the watcher also runs the adapter's ``reconcile`` for every watched host,
 which also picks up new, removed and disabled hosts; every ``WATCHER_CAPACITY_SECONDS`` it runs
-``refresh_host``. A host that does not answer is marked down and retried with exponential
+the adapter's ``check_host``. A host that does not answer is marked down and retried with exponential
 backoff; on reconnect its events are registered again and it is reconciled at once. Every
 ``METRICS_INTERVAL_SECONDS`` it samples the counters of every running domain of each connected
 host (``vms.metrics.sample_host``, one libvirt call per host), keeping the previous round's raw
@@ -19,7 +19,7 @@ counters in memory to turn them into rates.
 OpenStack clouds (hosts of kind ``openstack``) have no event stream the portal can subscribe to:
 every ``WATCHER_CLOUD_POLL_SECONDS`` the watcher asks each cloud for the servers changed since its
 previous poll (Nova's ``changes-since``, which also lists deleted servers), and at every reconcile
-it lists all servers (``vms.cloud.sync_cloud``). A cloud that does not answer is marked down and
+it lists all servers (the OpenStack adapter's ``reconcile``). A cloud that does not answer is marked down and
 retried with the same backoff as a libvirt host. The clouds are polled in a thread of their own, one
 round at a time, so a cloud that hangs instead of refusing never delays the libvirt events.
 
@@ -43,14 +43,17 @@ import libvirt
 from django.conf import settings
 from django.db import DatabaseError, close_old_connections
 from django.db import connection as db_connection
+from django.utils import timezone
 from django.utils.translation import gettext as _
 
 from portal.backends.base import BackendError
 from portal.backends.libvirt import connection
-from vms import cloud as cloud_services
-from vms import hosts as host_services
-from vms import metrics
+from vms.compute import compute_for
+from vms.compute import libvirt as libvirt_compute
+from vms.compute import state as observed_state
+from vms.compute.openstack.adapter import poll_window
 from vms.models import Host, Instance
+from vms.watcher import metrics
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +151,7 @@ class HostWatcher:
     # ------------------------------------------------------------------ hosts
 
     def hosts(self, *, enabled_only: bool) -> list[Host]:
-        qs = Host.objects.filter(kind=Host.Kind.LIBVIRT)
+        qs = Host.objects.libvirt()
         if enabled_only:
             qs = qs.filter(enabled=True)
         if self.host_names:
@@ -156,15 +159,13 @@ class HostWatcher:
         return list(qs.order_by("name"))
 
     def clouds(self) -> list[Host]:
-        qs = Host.objects.filter(kind=Host.Kind.OPENSTACK, enabled=True)
+        qs = Host.objects.clouds().filter(enabled=True)
         if self.host_names:
             qs = qs.filter(name__in=self.host_names)
         return list(qs.order_by("name"))
 
     def poll_clouds(self, *, full: bool = False) -> None:
         """Changes since the last poll of every enabled cloud (``full``: every server, a reconcile)."""
-        from django.utils import timezone
-
         now = time.monotonic()
         for host in self.clouds():
             if self.stopping.is_set():
@@ -175,7 +176,7 @@ class HostWatcher:
             started = timezone.now()
             last = None if full else self.cloud_polled.get(host.pk)
             try:
-                counts = cloud_services.sync_cloud(host=host, since=cloud_services.poll_window(last))
+                counts = compute_for(host).reconcile(host, since=poll_window(last))
             except Exception as exc:  # one cloud's trouble never stops the loop nor the other clouds
                 backoff = min(BACKOFF_MAX, max(BACKOFF_MIN, backoff * 2))
                 self.cloud_retry[host.pk] = (time.monotonic() + backoff, backoff)
@@ -200,7 +201,7 @@ class HostWatcher:
             if now < self.cloud_retry.get(host.pk, (0.0, 0.0))[0]:
                 continue  # in backoff: its next poll tells
             try:
-                cloud_services.verify_cloud(host=host)
+                compute_for(host).check_host(host)
             except Exception:
                 log.exception("verifying cloud %s failed", host.name)
 
@@ -244,7 +245,7 @@ class HostWatcher:
             watch = self.watches.get(host.pk)
             if watch is not None and not watch.connected:
                 continue  # in backoff: its reconnect attempt refreshes it
-            host_services.refresh_host(host=host)
+            compute_for(host).check_host(host)
             log.info("host %s: %s", host.name, host.get_state_display() if not host.state_reason else host.state_reason)
 
     def reconcile_all(self, *, skip: frozenset[int] | set[int] = frozenset()) -> None:
@@ -256,14 +257,14 @@ class HostWatcher:
 
     def reconcile(self, host: Host) -> bool:
         try:
-            counts = host_services.reconcile_host(host=host)
+            counts = compute_for(host).reconcile(host)
         except BackendError as exc:
             log.warning("reconcile of host %s failed: %s", host.name, exc.message)
             watch = self.watches.get(host.pk)
             if watch is not None:
                 self._went_down(watch, exc.message)
             return False
-        log.info("reconciled host %s: %s", host.name, host_services.counts_summary(counts))
+        log.info("reconciled host %s: %s", host.name, ", ".join(f"{k} {v}" for k, v in counts.items()))
         return True
 
     def sample_all(self) -> None:
@@ -380,7 +381,7 @@ class HostWatcher:
             watch.failures = 0
             host = Host.objects.filter(pk=watch.host_id).first()
             if host is not None:
-                host_services.refresh_host(host=host)
+                compute_for(host).check_host(host)
                 self.reconcile(host)  # catch up on whatever happened while we were not listening
                 connected.add(host.pk)
         return connected
@@ -417,14 +418,15 @@ class HostWatcher:
     def _apply_current_state(self, host: Host, instance: Instance, event: DomainEvent) -> bool:
         """Ask the host for the domain's state now (events may be coalesced); the event itself if it cannot answer."""
         try:
-            state = host_services.domain_state(host=host, uuid=event.uuid)
+            domain = libvirt_compute.domain_state(host=host, uuid=event.uuid)
         except BackendError:
             fallback = EVENT_STATES.get(event.event)
-            return fallback is not None and host_services.apply_observed_state(instance=instance, state=fallback)
-        if state is None:  # undefined, or a transient domain that stopped: gone
-            return host_services.mark_vanished(instance=instance)
-        reason = host_services.observed_reason(state)
-        return host_services.apply_observed_state(instance=instance, state=state.state, reason=reason)
+            return fallback is not None and observed_state.record(
+                instance, observed_state.Observed(state=fallback), by_task=False
+            )
+        if domain is None:  # undefined, or a transient domain that stopped: gone
+            return libvirt_compute.mark_vanished(instance=instance)
+        return observed_state.record(instance, libvirt_compute.observed(domain), by_task=False)
 
     def drain(self, timeout: float) -> None:
         """Handle queued events, waiting up to ``timeout`` seconds for the first; duplicates are applied once."""

@@ -17,19 +17,19 @@ import logging
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
+from importlib import import_module
+from urllib.parse import urlencode
 
 from django.conf import settings
+from django.contrib.auth import SESSION_KEY
 from django.db import transaction
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
 from portal.access import CHANGE
-from portal.backends.base import BackendError
-from portal.backends.libvirt.driver import random_vnc_password
 from portal.models import AuditEvent
 from portal.services import ConflictError, record_audit
-from vms.lifecycle import driver_for
+from vms.compute import Capability, compute_for, instance_capabilities
 from vms.models import ConsoleSession, Instance
 
 logger = logging.getLogger(__name__)
@@ -65,28 +65,37 @@ def console_url(token: str) -> str:
 
 
 def open_console(*, user, instance: Instance, ip: str | None = None) -> ConsoleTicket:
-    """Issue a console token for a running instance and give its VNC server a one-time password."""
+    """Issue a console ticket for a running instance.
+
+    Through the portal's proxy (a random token, stored hashed, and a one-time VNC password on the
+    domain), or, where the backend has a console proxy of its own (Nova's noVNC), its URL.
+    """
     if instance.state != Instance.State.RUNNING or instance.host_id is None:
         raise ConflictError(_("The console is only available while the instance is running."))
-    if instance.host.is_cloud:
-        return _open_cloud_console(user=user, instance=instance, ip=ip)
+    if Capability.GRAPHICAL_CONSOLE not in instance_capabilities(instance):
+        raise ConflictError(_("This instance has no console in the browser."))
     ttl = settings.CONSOLE_TOKEN_TTL_SECONDS
-    password = random_vnc_password()
-    try:
-        target = driver_for(instance.host).set_vnc_password(str(instance.uuid), password, valid_seconds=ttl)
-    except BackendError as exc:
-        logger.warning("console of instance %s: %s", instance.pk, exc.message)
-        raise ConflictError(_("The console of this instance is not available right now.")) from exc
-    token = secrets.token_urlsafe(32)
+    endpoint = compute_for(instance.host).console(instance, ttl=ttl)
     expires_at = timezone.now() + timedelta(seconds=ttl)
+    if endpoint.url:  # the backend's own console proxy, with its own token
+        record_audit(
+            user=user,
+            action="console.issue",
+            target=instance,
+            tenant=instance.tenant,
+            ip=ip,
+            detail={"kind": "novnc", "cloud": instance.host.name},
+        )
+        return ConsoleTicket(url=endpoint.url, token="", password="", expires_at=expires_at, session_id=0)
+    token = secrets.token_urlsafe(32)
     session = ConsoleSession.objects.create(
         tenant_id=instance.tenant_id,
         instance=instance,
         user=user,
         kind=ConsoleSession.Kind.VNC,
         token_hash=hash_token(token),
-        target_host=target.host,
-        target_port=target.port,
+        target_host=endpoint.vnc_host,
+        target_port=endpoint.vnc_port,
         expires_at=expires_at,
     )
     record_audit(
@@ -98,56 +107,8 @@ def open_console(*, user, instance: Instance, ip: str | None = None) -> ConsoleT
         detail={"session": session.pk, "kind": session.kind},
     )
     return ConsoleTicket(
-        url=console_url(token), token=token, password=password, expires_at=expires_at, session_id=session.pk
+        url=console_url(token), token=token, password=endpoint.password, expires_at=expires_at, session_id=session.pk
     )
-
-
-def websocket_url_of(novnc_url: str) -> str:
-    """The websocket noVNC connects to, from the page URL Nova hands out (``…/vnc_lite.html?path=%3Ftoken%3D…``).
-
-    Nova's console proxy (websockify) takes the token from the query of the websocket request; newer
-    Nova puts it in ``path``, older in ``token``.
-    """
-    parts = urlsplit(novnc_url)
-    query = parse_qs(parts.query)
-    token = (query.get("token") or [""])[0]
-    path = (query.get("path") or [""])[0]
-    if not token and path:
-        inner = urlsplit(path)
-        token = (parse_qs(inner.query).get("token") or [""])[0]
-        ws_path = inner.path if inner.path.startswith("/") else "/" + inner.path
-    else:
-        ws_path = "/"
-    if not token:
-        raise ConflictError(_("The cloud returned a console address without a token."))
-    scheme = "wss" if parts.scheme == "https" else "ws"
-    return urlunsplit((scheme, parts.netloc, ws_path, urlencode({"token": token}), ""))
-
-
-def _open_cloud_console(*, user, instance: Instance, ip: str | None) -> ConsoleTicket:
-    """Nova's own noVNC console: the browser connects to the cloud's console proxy with Nova's token."""
-    from portal.backends.openstack.driver import ConsoleUnavailable
-    from vms.cloud import cloud_driver
-
-    try:
-        console = cloud_driver(instance.host).console(instance.cloud_id, console_type="novnc")
-    except ConsoleUnavailable as exc:
-        logger.warning("console of instance %s: %s", instance.pk, exc.message)
-        raise ConflictError(_("The cloud has no console for this instance right now.")) from exc
-    except BackendError as exc:
-        logger.warning("console of instance %s: %s", instance.pk, exc.message)
-        raise ConflictError(_("The cloud of this instance did not answer; try again later.")) from exc
-    url = websocket_url_of(console.url)
-    record_audit(
-        user=user,
-        action="console.issue",
-        target=instance,
-        tenant=instance.tenant,
-        ip=ip,
-        detail={"kind": "novnc", "cloud": instance.host.name},
-    )
-    expires_at = timezone.now() + timedelta(seconds=settings.CONSOLE_TOKEN_TTL_SECONDS)
-    return ConsoleTicket(url=url, token="", password="", expires_at=expires_at, session_id=0)
 
 
 def origin_allowed(origin: str | None) -> bool:
@@ -183,10 +144,6 @@ def user_of_session_cookie(session_key: str | None) -> int | None:
     """The id of the user signed in with this portal session cookie, if any (for the proxy's user check)."""
     if not session_key or len(session_key) > 64:
         return None
-    from importlib import import_module
-
-    from django.contrib.auth import SESSION_KEY
-
     store = import_module(settings.SESSION_ENGINE).SessionStore(session_key)
     try:
         value = store.get(SESSION_KEY)

@@ -37,12 +37,18 @@ from dataclasses import dataclass
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.core.exceptions import PermissionDenied
+from django.http import Http404
 
 from portal.access import CHANGE
 from portal.backends.base import BackendError
 from portal.backends.libvirt import serial as backend
 from portal.models import AuditEvent
 from portal.services import record_audit
+from vms.access import access_instance_by_id
+from vms.compute import Capability, instance_capabilities
+from vms.consoles.tokens import user_of_session_cookie
 from vms.models import Instance
 
 CLOSE_NORMAL = 1000
@@ -51,7 +57,7 @@ CLOSE_FORBIDDEN = 4403
 CLOSE_NOT_RUNNING = 4409
 CLOSE_MAX_LENGTH = 4408
 CLOSE_TAKEN_OVER = 4410
-CLOSE_UNSUPPORTED = 4406  # the instance runs on an OpenStack cloud: Nova's console only
+CLOSE_UNSUPPORTED = 4406  # the instance's host has no serial console (an OpenStack cloud: Nova's console only)
 CLOSE_FAILED = 4502
 
 OUTPUT_QUEUE_CHUNKS = 64  # chunks of guest output waiting for the browser (each ≤ 64 KiB)
@@ -80,21 +86,18 @@ def serial_access(user_id: int, instance_id: int, session_key: str | None = None
     With ``session_key`` (the browser's portal session), that session must still be signed in as
     this user: signing out in another tab ends the serial session too.
     """
-    from django.contrib.auth import get_user_model
-
-    from vms.consoles import user_of_session_cookie
-
     if session_key is not None and user_of_session_cookie(session_key) != user_id:
         return CLOSE_UNAUTHENTICATED
     user = get_user_model().objects.filter(pk=user_id).first()
     if user is None or not user.is_active:
         return CLOSE_UNAUTHENTICATED
-    instance = Instance.objects.restrict(user, CHANGE).select_related("host").filter(pk=instance_id).first()
-    if instance is None:
+    try:
+        instance = access_instance_by_id(user=user, instance_id=instance_id, action=CHANGE)
+    except (Http404, PermissionDenied):
         return CLOSE_FORBIDDEN
     if instance.state != Instance.State.RUNNING or instance.host is None:
         return CLOSE_NOT_RUNNING
-    if instance.host.is_cloud:
+    if Capability.SERIAL_CONSOLE not in instance_capabilities(instance):
         return CLOSE_UNSUPPORTED
     return SerialTarget(instance_id=instance.pk, uri=instance.host.uri, uuid=str(instance.uuid))
 
@@ -102,8 +105,6 @@ def serial_access(user_id: int, instance_id: int, session_key: str | None = None
 def audit_serial(
     *, user_id: int | None, instance_id: int, action: str, ip: str | None, outcome: str = "", **detail
 ) -> None:
-    from django.contrib.auth import get_user_model
-
     user = get_user_model().objects.filter(pk=user_id).first() if user_id else None
     instance = Instance.objects.filter(pk=instance_id).select_related("tenant").first()
     record_audit(

@@ -1,7 +1,7 @@
 """Instance metrics: the watcher's sampling service (writes). Reads are in ``vms.selectors``.
 
 Every ``METRICS_INTERVAL_SECONDS`` the watcher calls ``sample_host`` for each host it is connected
-to. One driver call (``LibvirtDriver.domain_stats``, libvirt's bulk domain stats) returns the raw
+to. One driver call (the adapter's ``guest_stats``: libvirt's bulk domain stats) returns the raw
 counters of every running domain of the host; the counters of the previous round are kept in the
 watcher's memory (``counters``, keyed by domain UUID), and a point is stored for each instance whose
 domain was also seen last round:
@@ -32,7 +32,7 @@ from django.utils import timezone
 
 from portal.backends.base import DomainStats
 from vms import realtime
-from vms.hosts import driver_for
+from vms.compute import compute_for
 from vms.models import Host, Instance, InstanceMetricSample
 from vms.selectors import metric_point
 
@@ -115,7 +115,7 @@ def sample_host(
     """
     started = time.monotonic()
     keep = keep if keep is not None else settings.METRICS_HISTORY
-    stats = driver_for(host).domain_stats()
+    stats = compute_for(host).guest_stats(host)
     read_at = time.monotonic()
     at = at or timezone.now()
     current = {s.uuid.lower(): Counters(at=read_at, stats=s) for s in stats}

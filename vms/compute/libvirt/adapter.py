@@ -1,0 +1,445 @@
+"""The libvirt adapter: instances are domains, disks are volumes in the host's storage pool.
+
+Instances are addressed on their host by UUID (``Instance.uuid`` is the libvirt domain UUID); their
+volumes are named after it (``root_volume``…). Every step is idempotent (a volume that exists is
+reused, a domain defined again with the same UUID is the same domain, a started domain stays
+started), so a task redelivered after a worker died finishes the job.
+
+The watcher's side is here too: ``reconcile`` (a full sync of one host, unmanaged domains included),
+``domain_state`` and ``addresses`` for its event handling, ``guest_stats`` for its metrics.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from django.conf import settings
+from django.template.defaultfilters import filesizeformat
+from django.utils import timezone
+from django.utils.translation import gettext as _
+
+from images.distribution import ensure_image_on_host
+from images.models import Image, ImageReplica
+from portal.backends.base import (
+    BackendError,
+    DiskSpec,
+    DomainStats,
+    InstanceState,
+    NotFound,
+)
+from portal.backends.cloudinit import build_nocloud_seed, hostname_from
+from portal.backends.libvirt import storage
+from portal.backends.libvirt.driver import LibvirtDriver, random_vnc_password
+from portal.services import ConflictError, ServiceError
+from vms import operations
+from vms.compute import state
+from vms.compute.base import AdapterBase, Capability, ConsoleEndpoint, HostFact
+from vms.compute.libvirt.spec import (
+    build_spec,
+    disk_volume,
+    driver_for,
+    observed,
+    root_volume,
+    seed_volume,
+)
+from vms.compute.libvirt.watch import reconcile_host
+from vms.compute.state import mark_host_down
+from vms.models import Host, Instance, InstanceDisk, Operation, Snapshot
+from vms.networks import ensure_on_host
+
+log = logging.getLogger(__name__)
+
+GIB = 1024**3
+DETACH_TIMEOUT = 30  # seconds a guest gets to release a hot-unplugged disk
+IMAGE_WAIT = 3600  # seconds a launch waits while another launch copies the same image to the host
+
+HOST_CAPABILITIES = frozenset(Capability) - {Capability.TENANT_PROJECTS}
+# An adopted domain's disks and devices are the host's, not the portal's: nothing that rebuilds them.
+ADOPTED_MISSING = frozenset(
+    {
+        Capability.RESIZE,
+        Capability.LIVE_RESOURCES,
+        Capability.INSTALL_FROM_ISO,
+        Capability.EXTRA_DISKS,
+        Capability.CAPTURE,
+    }
+)
+SETTINGS_FIELDS = (
+    "uri",
+    "storage_pool",
+    "default_network",
+    "vnc_listen",
+    "virt_type",
+    "cpu_mode",
+    "cpu_model",
+    "cpu_allocation_ratio",
+    "ram_allocation_ratio",
+    "disk_allocation_ratio",
+    "reserved_ram_mib",
+)
+
+
+# ---------------------------------------------------------------- names and the driver
+
+
+def _network_name(instance: Instance) -> str | None:
+    if instance.network_id is not None:
+        return ensure_on_host(network=instance.network, host=instance.host)
+    return instance.host.default_network or None
+
+
+def _record(instance: Instance, domain: InstanceState) -> None:
+    state.record(instance, observed(domain), by_task=True)
+
+
+def _ensure_replica(*, image: Image, host: Host, operation: Operation, report) -> ImageReplica:
+    """The image on the host; waits (with heartbeats) while another launch copies it."""
+    deadline = time.monotonic() + IMAGE_WAIT
+    while True:
+        try:
+            return ensure_image_on_host(image=image, host=host, operation=operation, progress=report)
+        except ConflictError:
+            if time.monotonic() > deadline:
+                raise
+            operations.heartbeat(operation=operation)
+            time.sleep(0.5)
+
+
+class LibvirtAdapter(AdapterBase):
+    kind = Host.Kind.LIBVIRT
+
+    # ------------------------------------------------------------ capabilities
+
+    def host_capabilities(self, host: Host) -> frozenset[Capability]:
+        return HOST_CAPABILITIES
+
+    def capabilities(self, instance: Instance) -> frozenset[Capability]:
+        return HOST_CAPABILITIES - ADOPTED_MISSING if instance.adopted else HOST_CAPABILITIES
+
+    def describe(self, host: Host) -> str:
+        return _("libvirt host %(host)s") % {"host": host.name}
+
+    def limits_note(self, instance: Instance) -> str:
+        if instance.adopted:
+            return _(
+                "This instance was adopted: its disks and devices are managed on the host, so the portal "
+                "cannot do these:"
+            )
+        return super().limits_note(instance)
+
+    def missing_reason(self, instance: Instance, action: str) -> str:
+        if instance.adopted:
+            return _("Instance “%(name)s” was adopted: its disks and devices are managed on the host, not here.") % {
+                "name": instance.name
+            }
+        return super().missing_reason(instance, action)
+
+    # ------------------------------------------------------------ launch
+
+    def launch(self, operation: Operation, instance: Instance) -> str:
+        host = instance.host
+        driver = driver_for(host)
+        image = instance.image
+        if image is None or image.status != Image.Status.ACTIVE:
+            raise ServiceError(_("The image of this instance is gone or no longer active."))
+        if not image.replicas.filter(host=host, state=ImageReplica.State.READY).exists():
+            operations.progress(
+                operation=operation, percent=5, message=_("Copying image to %(host)s") % {"host": host.name}
+            )
+
+        def copy_progress(percent: int) -> None:
+            operations.progress(operation=operation, percent=5 + percent * 55 // 100)
+
+        replica = _ensure_replica(image=image, host=host, operation=operation, report=copy_progress)
+        pool = host.storage_pool
+        size = instance.disk_gib * GIB
+        operations.progress(operation=operation, percent=65, message=_("Creating the disk and the seed"))
+        if driver.find_volume(pool, root_volume(instance)) is None:
+            if instance.installing:
+                driver.create_volume(pool, root_volume(instance), size)
+            else:
+                size = max(size, image.virtual_size or 0)
+                driver.create_overlay(
+                    pool,
+                    root_volume(instance),
+                    replica.volume,
+                    size,
+                    backing_pool=replica.pool if replica.pool != pool else None,
+                    backing_format=image.stored_format or "qcow2",
+                )
+        if not instance.installing:  # always written: a crash may have left a partial seed behind
+            keys = [instance.keypair.public_key] if instance.keypair is not None else []
+            seed = build_nocloud_seed(
+                instance_id=str(instance.uuid),
+                hostname=hostname_from(instance.name),
+                ssh_keys=keys,
+                user_data=instance.user_data or None,
+            )
+            driver.upload_bytes(pool, seed_volume(instance), seed)
+        network = _network_name(instance)
+        try:
+            facts = driver.describe(str(instance.uuid))
+        except NotFound:
+            driver.define(build_spec(instance, network=network))
+            facts = driver.describe(str(instance.uuid))
+        mac = facts.spec.mac_address or instance.mac_address  # libvirt picks the MAC when the domain is defined
+        operations.progress(operation=operation, percent=90, message=_("Starting"))
+        domain = driver.start(str(instance.uuid))
+        Instance.objects.filter(pk=instance.pk).update(mac_address=mac or "")
+        instance.mac_address = mac or ""
+        _record(instance, domain)
+        return _("Instance is running.")
+
+    # ------------------------------------------------------------ power
+
+    def power(self, operation: Operation, instance: Instance, action: str) -> None:
+        driver = driver_for(instance.host)
+        uuid = str(instance.uuid)
+        handlers = {
+            "start": lambda: driver.start(uuid),
+            "stop": lambda: driver.power_off(uuid),
+            "reboot": lambda: driver.reboot(uuid),
+            "reset": lambda: driver.reset(uuid),
+            "pause": lambda: driver.pause(uuid),
+            "resume": lambda: driver.resume(uuid),
+            "shutdown": lambda: self._shutdown(driver, operation, uuid),
+        }
+        _record(instance, handlers[action]())
+
+    @staticmethod
+    def _shutdown(driver: LibvirtDriver, operation: Operation, uuid: str) -> InstanceState:
+        domain = driver.shutdown(uuid)
+        deadline = time.monotonic() + settings.LABCLOUD_SHUTDOWN_TIMEOUT
+        while domain.state not in ("shutoff", "crashed"):
+            if time.monotonic() > deadline:
+                operations.progress(operation=operation, percent=80, message=_("No reaction to ACPI; powering off"))
+                return driver.power_off(uuid)
+            operations.heartbeat(operation=operation)
+            time.sleep(0.5)
+            domain = driver.state(uuid)
+        return domain
+
+    def finish_install(self, operation: Operation, instance: Instance) -> None:
+        driver = driver_for(instance.host)
+        uuid = str(instance.uuid)
+        driver.power_off(uuid)
+        Instance.objects.filter(pk=instance.pk).update(installing=False)
+        instance.installing = False
+        self._redefine(driver, instance)  # the same domain without the installer, disk first
+        _record(instance, driver.start(uuid))
+
+    @staticmethod
+    def _redefine(driver: LibvirtDriver, instance: Instance) -> None:
+        facts = driver.describe(str(instance.uuid))
+        driver.define(build_spec(instance, network=facts.spec.network))
+
+    # ------------------------------------------------------------ sizes and disks
+
+    def resize(self, operation: Operation, instance: Instance) -> None:
+        driver = driver_for(instance.host)
+        operations.progress(operation=operation, percent=30, message=_("Growing the disk"))
+        driver.resize_volume(instance.host.storage_pool, root_volume(instance), instance.disk_gib * GIB)
+        operations.progress(operation=operation, percent=70, message=_("Redefining"))
+        self._redefine(driver, instance)
+        _record(instance, driver.state(str(instance.uuid)))
+
+    def set_resources(self, operation: Operation, instance: Instance) -> None:
+        driver = driver_for(instance.host)
+        uuid = str(instance.uuid)
+        if instance.state == Instance.State.RUNNING:
+            driver.set_vcpus(uuid, instance.vcpus)
+            domain = driver.set_memory(uuid, instance.ram_mib)
+        else:
+            self._redefine(driver, instance)
+            domain = driver.state(uuid)
+        _record(instance, domain)
+
+    def attach_disk(self, operation: Operation, instance: Instance, disk: InstanceDisk) -> None:
+        if not disk.volume:  # named after the disk's row
+            disk.volume = disk_volume(instance, disk.pk)
+            InstanceDisk.objects.filter(pk=disk.pk).update(volume=disk.volume)
+        driver = driver_for(instance.host)
+        pool = instance.host.storage_pool
+        if driver.find_volume(pool, disk.volume) is None:
+            driver.create_volume(pool, disk.volume, disk.size_gib * GIB)
+        already = next((d for d in driver.describe(str(instance.uuid)).spec.disks if d.volume == disk.volume), None)
+        if already is not None and not disk.attached:  # attached before a crash: just record it
+            InstanceDisk.objects.filter(pk=disk.pk).update(attached=True, target=already.target or "")
+        elif not disk.attached:
+            attached = driver.attach_disk(
+                str(instance.uuid), DiskSpec(device="disk", pool=pool, volume=disk.volume, format="qcow2")
+            )
+            InstanceDisk.objects.filter(pk=disk.pk).update(attached=True, target=attached.target or "")
+
+    def detach_disk(self, operation: Operation, instance: Instance, disk: InstanceDisk) -> None:
+        driver = driver_for(instance.host)
+        uuid = str(instance.uuid)
+        if disk.attached and disk.target:
+            driver.detach_disk(uuid, disk.target)
+            # A live unplug needs the guest's cooperation: delete the volume only once QEMU let go of it.
+            deadline = time.monotonic() + DETACH_TIMEOUT
+            while disk.target in self._live_targets(driver, uuid):
+                if time.monotonic() > deadline:
+                    raise BackendError(
+                        _("The guest did not release disk %(target)s; it is removed at the next shut down.")
+                        % {"target": disk.target}
+                    )
+                time.sleep(0.5)
+        driver.delete_volume(instance.host.storage_pool, disk.volume)
+
+    @staticmethod
+    def _live_targets(driver: LibvirtDriver, uuid: str) -> set[str]:
+        facts = driver.describe(uuid, inactive=False)
+        return {d.target for d in facts.spec.disks if d.target} if facts.active else set()
+
+    def discard_disk(self, instance: Instance, disk: InstanceDisk) -> None:
+        """A disk whose attach failed: its volume goes (best effort)."""
+        try:
+            driver_for(instance.host).delete_volume(instance.host.storage_pool, disk.volume)
+        except BackendError:
+            log.warning("could not delete the volume of a failed disk attach", exc_info=True)
+
+    # ------------------------------------------------------------ snapshots
+
+    def create_snapshot(self, operation: Operation, instance: Instance, snapshot: Snapshot) -> None:
+        driver = driver_for(instance.host)
+        uuid = str(instance.uuid)
+        if snapshot.name not in {s.name for s in driver.snapshot_list(uuid)}:
+            driver.snapshot_create(uuid, snapshot.name, snapshot.description)
+
+    def revert_snapshot(self, operation: Operation, instance: Instance, snapshot: Snapshot) -> None:
+        _record(instance, driver_for(instance.host).snapshot_revert(str(instance.uuid), snapshot.name))
+
+    def delete_snapshot(self, operation: Operation, instance: Instance, snapshot: Snapshot) -> None:
+        driver_for(instance.host).snapshot_delete(str(instance.uuid), snapshot.name)
+
+    # ------------------------------------------------------------ removal
+
+    def remove(self, instance: Instance, operation: Operation | None = None) -> None:
+        """Domain, root disk, seed and extra disks off the host; what is already gone is fine.
+
+        Without ``operation`` (cleaning up after a failed launch) a host that does not answer is logged.
+        """
+        driver = driver_for(instance.host)
+        pool = instance.host.storage_pool
+        if operation is not None:
+            operations.progress(operation=operation, percent=20, message=_("Removing the domain"))
+        try:
+            driver.undefine(str(instance.uuid))
+            if operation is not None:
+                operations.progress(operation=operation, percent=60, message=_("Deleting the disks"))
+            volumes = [root_volume(instance), seed_volume(instance), *instance.disks.values_list("volume", flat=True)]
+            for volume in volumes:
+                if volume:
+                    driver.delete_volume(pool, volume)
+        except BackendError:
+            if operation is not None:
+                raise
+            log.warning("could not clean up instance %s after a failed launch", instance.uuid, exc_info=True)
+
+    # ------------------------------------------------------------ console and capture (web process)
+
+    def console(self, instance: Instance, *, ttl: int) -> ConsoleEndpoint:
+        """A one-time VNC password on the running domain, valid for ``ttl`` seconds; the portal's proxy connects."""
+        password = random_vnc_password()
+        try:
+            target = driver_for(instance.host).set_vnc_password(str(instance.uuid), password, valid_seconds=ttl)
+        except BackendError as exc:
+            log.warning("console of instance %s: %s", instance.pk, exc.message)
+            raise ConflictError(_("The console of this instance is not available right now.")) from exc
+        return ConsoleEndpoint(vnc_host=target.host, vnc_port=target.port, password=password)
+
+    def capture_source(self, instance: Instance) -> Path:
+        """The root disk's file, when the host is this machine (the image pipeline reads it from there)."""
+        try:
+            volume = driver_for(instance.host).find_volume(instance.host.storage_pool, root_volume(instance))
+        except BackendError as exc:
+            raise ConflictError(
+                _("The host of instance “%(name)s” did not answer: %(error)s")
+                % {"name": instance.name, "error": exc.message}
+            ) from exc
+        if volume is None or not Path(volume.path).exists():
+            raise ConflictError(
+                _("The disk of instance “%(name)s” is not on this machine; capture works for local hosts only.")
+                % {"name": instance.name}
+            )
+        return Path(volume.path)
+
+    # ------------------------------------------------------------ hosts
+
+    def check_host(self, host: Host) -> Host:
+        """Ask the host for its capacity and store it; an unreachable host becomes DOWN with the error as reason."""
+        try:
+            capacity = driver_for(host).capacity(host.storage_pool or None)
+        except BackendError as exc:
+            log.info("host %s is down: %s", host.name, exc.message)
+            return mark_host_down(host=host, reason=exc.message)
+        host.cpus = capacity.cpus
+        host.memory_mib = capacity.memory_mib
+        host.free_memory_mib = capacity.free_memory_mib
+        host.pool_capacity = capacity.pool_capacity
+        host.pool_available = capacity.pool_available
+        host.backend_version = capacity.libvirt_version
+        host.state = Host.State.UP if host.enabled else Host.State.DISABLED
+        host.state_reason = ""
+        host.last_seen = timezone.now()
+        host.save(update_fields=list(Host.REPORTED_FIELDS))
+        return host
+
+    def check_summary(self, host: Host) -> str:
+        return _("%(host)s: %(cpus)s CPUs, %(ram)s MiB RAM.") % {
+            "host": host.name,
+            "cpus": host.cpus,
+            "ram": host.memory_mib,
+        }
+
+    def location(self, host: Host) -> str:
+        return host.uri
+
+    def host_facts(self, host: Host) -> list[HostFact]:
+        cpu = host.get_cpu_mode_display() + (f" ({host.cpu_model})" if host.cpu_model else "")
+        return [
+            HostFact(_("Virtualization"), host.get_virt_type_display(), "virt-type"),
+            HostFact(_("CPU mode"), cpu, "cpu-mode"),
+            HostFact(
+                _("Free RAM"), f"{host.free_memory_mib} MiB" if host.free_memory_mib is not None else "—", "free-ram"
+            ),
+            HostFact(
+                _("Pool free space"),
+                filesizeformat(host.pool_available) if host.pool_available is not None else "—",
+                "pool-free",
+            ),
+            HostFact(_("libvirt"), host.backend_version or "—", "version"),
+        ]
+
+    def settings_fields(self) -> tuple[str, ...]:
+        return SETTINGS_FIELDS
+
+    def validate_settings(self, host: Host) -> None:
+        if not host.uri:
+            raise ServiceError(_("A libvirt host needs its URI."), field="uri")
+        if host.cpu_mode == Host.CpuMode.CUSTOM and not host.cpu_model:
+            raise ServiceError(_("CPU mode “custom” needs a CPU model."), field="cpu_model")
+
+    def apply_login(self, host: Host, *, given: dict[str, str], clear: bool) -> None:
+        if given:
+            raise ServiceError(_("A libvirt host has no cloud credentials."), field="credentials")
+        if clear:
+            host.credentials = ""
+
+    def forget(self, host: Host) -> None:
+        """Nothing to forget: connections are kept per URI and checked for life at each use."""
+
+    def remove_image_copy(self, replica: ImageReplica) -> None:
+        storage.delete_volume(replica.host.uri, pool_name=replica.pool, name=replica.volume)
+
+    # ------------------------------------------------------------ the watcher
+
+    def reconcile(self, host: Host, *, since=None) -> dict[str, int]:
+        return reconcile_host(host)
+
+    def guest_stats(self, host: Host) -> list[DomainStats]:
+        """The raw counters of every running domain of the host (one driver call), for the metrics."""
+        return driver_for(host).domain_stats()

@@ -1,0 +1,113 @@
+"""Observed state: one map from backend power states to instance states, and one writer of what a backend said.
+
+The hypervisor or cloud holds fact, the row holds it as last seen. Two kinds of callers write it:
+
+* the task that owns the instance (``by_task=True``: a launch, a power action…) writes what the backend
+  answered at the end of its step, unconditionally, and publishes it: the task's end is news;
+* the watcher (``by_task=False``: domain events, reconciles, cloud polls) writes only a change, and only
+  with a conditional UPDATE on the state and task it read, so it never overwrites what a task wrote
+  meanwhile; rows being deleted, or being built while a launch task owns them, are left alone.
+
+Adapters turn their driver's facts (``InstanceState``, ``ServerState``) into an ``Observed``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from django.db.models import Q
+from django.utils import timezone
+
+from vms import realtime
+from vms.models import Host, Instance
+
+# A backend's power state (portal.backends.base.POWER_STATES, and "error" from clouds) → Instance.State.
+# "building", "unknown" and anything else change nothing.
+BACKEND_STATES = {
+    "running": Instance.State.RUNNING,
+    "paused": Instance.State.PAUSED,
+    "shutoff": Instance.State.SHUTOFF,
+    "crashed": Instance.State.CRASHED,
+    "error": Instance.State.ERROR,
+}
+REASON_MAX = Instance._meta.get_field("state_reason").max_length
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What a backend reports about one instance now.
+
+    ``reason`` is shown beside the state (for the watcher's writes; a task keeps it only for errors);
+    ``addresses`` None means "not reported"; ``busy``: the backend is between states (a cloud's task
+    state), so the power state is not written yet.
+    """
+
+    state: str
+    reason: str = ""
+    addresses: tuple[str, ...] | None = None
+    busy: bool = False
+
+
+def instance_state_of(backend_state: str, default: str | None = None) -> str | None:
+    return BACKEND_STATES.get(backend_state, default)
+
+
+def owned_by_a_task() -> Q:
+    """Rows the watcher leaves alone: being deleted, or being built by the launch task."""
+    return Q(state=Instance.State.DELETING) | (Q(state=Instance.State.BUILDING) & ~Q(task=""))
+
+
+def record(instance: Instance, observed: Observed, *, by_task: bool) -> bool:
+    """Store ``observed`` in the row and publish it; True when the row changed (always, ``by_task``)."""
+    fields: dict = {}
+    target = BACKEND_STATES.get(observed.state)
+    if target is not None and not observed.busy:
+        keep_reason = not by_task or target == Instance.State.ERROR
+        fields.update(state=target, state_reason=(observed.reason if keep_reason else "")[:REASON_MAX])
+    if observed.addresses is not None and (by_task or not instance.task):
+        fields["addresses"] = list(observed.addresses)
+    if by_task:
+        now = timezone.now()
+        Instance.objects.filter(pk=instance.pk).update(**fields, updated_at=now)
+    else:
+        fields = {key: value for key, value in fields.items() if getattr(instance, key) != value}
+        if not fields or _owned(instance):
+            return False
+        now = timezone.now()
+        updated = (
+            Instance.objects.filter(pk=instance.pk, state=instance.state, task=instance.task)
+            .exclude(owned_by_a_task())
+            .update(**fields, updated_at=now)
+        )
+        if not updated:
+            return False
+    for key, value in fields.items():
+        setattr(instance, key, value)
+    instance.updated_at = now
+    realtime.instance_changed(instance)
+    return True
+
+
+def _owned(instance: Instance) -> bool:
+    return instance.state == Instance.State.DELETING or (
+        instance.state == Instance.State.BUILDING and bool(instance.task)
+    )
+
+
+def mark_host_down(*, host: Host, reason: str) -> Host:
+    """Record that the host or cloud did not answer: DOWN, with the error as the reason."""
+    host.state = Host.State.DOWN
+    host.state_reason = reason[: Host._meta.get_field("state_reason").max_length]
+    host.save(update_fields=["state", "state_reason"])
+    return host
+
+
+def mark_host_answered(*, host: Host) -> None:
+    """The host or cloud answered: UP again (an enabled one that was not), seen now."""
+    now = timezone.now()
+    if host.state != Host.State.UP and host.enabled:
+        Host.objects.filter(pk=host.pk).update(state=Host.State.UP, state_reason="", last_seen=now)
+        host.state, host.state_reason = Host.State.UP, ""
+    else:
+        Host.objects.filter(pk=host.pk).update(last_seen=now)
+    host.last_seen = now

@@ -1,0 +1,220 @@
+"""Instance lifecycle, the worker's half: run a queued instance operation through the host's adapter.
+
+``execute(operation_id=…)`` is the body of the Celery task ``vms.tasks.run_instance_operation``. It
+talks to the host only through ``compute_for(instance.host)``; each adapter step is idempotent, so a
+task redelivered after a worker died finishes the job. A failure fails the operation with the
+backend's message (an unexpected error with a generic one; the details go to the worker's log),
+and ``_fail`` undoes what the request reserved (quota, a disk row, a snapshot row) so nothing is
+left half-created. ``recover_stale_operations`` re-queues operations whose worker stopped sending
+heartbeats.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Q
+from django.utils import timezone
+from django.utils.translation import gettext as _
+
+from portal.backends.base import BackendError
+from portal.services import ServiceError
+from vms import actions, operations, realtime
+from vms.compute import compute_for
+from vms.models import Instance, InstanceDisk, Operation, Snapshot
+from vms.tasks import run_instance_operation
+
+log = logging.getLogger(__name__)
+
+REASON_MAX = Instance._meta.get_field("state_reason").max_length
+
+
+def execute(*, operation_id: int) -> None:
+    """Run one instance operation (the Celery task's body); safe to run again after a crash."""
+    operation = operations.begin(operation_id=operation_id)
+    if operation is None:
+        return
+    instance = (
+        Instance.objects.select_related("tenant", "flavor", "image", "host", "keypair", "network")
+        .filter(pk=operation.target_id)
+        .first()
+    )
+    if instance is None:
+        operations.succeed(operation=operation, message=_("The instance no longer exists."))
+        return
+    action = operation.kind.removeprefix("instance.")
+    if instance.state == Instance.State.DELETING and action != "delete":
+        operations.fail(operation=operation, error=_("The instance is being deleted."))
+        return
+    with operations.heartbeats(operation=operation):
+        _dispatch(operation, instance, action)
+
+
+def _dispatch(operation: Operation, instance: Instance, action: str) -> None:
+    try:
+        message = _run(operation, instance, action)
+    except (BackendError, ServiceError) as exc:
+        log.warning("operation %s (%s) failed: %s", operation.pk, operation.kind, exc.message)
+        _fail(operation, instance, exc.message)
+        return
+    except Exception:
+        # The details (paths, SQL…) go to the log for the operator, not to the tenant.
+        log.exception("operation %s (%s) crashed", operation.pk, operation.kind)
+        _fail(operation, instance, _("Internal error; the administrators can find the details in the worker's log."))
+        return
+    if action != "delete":
+        Instance.objects.filter(pk=instance.pk).update(task="", updated_at=timezone.now())
+        instance.task = ""
+        realtime.instance_changed(instance)
+    operations.succeed(operation=operation, message=message)
+
+
+def _run(operation: Operation, instance: Instance, action: str) -> str:
+    """Carry out ``action`` on the host; the message the finished operation shows."""
+    if action not in actions.ACTIONS:
+        raise ServiceError(_("Unknown operation %(kind)s.") % {"kind": operation.kind})
+    adapter = compute_for(instance.host)
+    params = operation.params
+    if action == "launch":
+        return adapter.launch(operation, instance)
+    if action in actions.POWER_ACTIONS:
+        adapter.power(operation, instance, action)
+    elif action == "finish_install":
+        adapter.finish_install(operation, instance)
+        return _("Installed system booted from disk.")
+    elif action == "resize":
+        adapter.resize(operation, instance)
+    elif action == "set_resources":
+        adapter.set_resources(operation, instance)
+    elif action == "attach_disk":
+        adapter.attach_disk(operation, instance, InstanceDisk.objects.get(pk=params["disk_id"]))
+    elif action == "detach_disk":
+        disk = InstanceDisk.objects.filter(pk=params["disk_id"]).first()
+        if disk is not None:
+            adapter.detach_disk(operation, instance, disk)
+            disk.delete()
+    elif action.startswith("snapshot_"):
+        _snapshot(operation, instance, action)
+    elif action == "delete":
+        return _delete(operation, instance)
+    return ""
+
+
+def _snapshot(operation: Operation, instance: Instance, action: str) -> None:
+    adapter = compute_for(instance.host)
+    snapshot = Snapshot.objects.filter(pk=operation.params["snapshot_id"]).first()
+    if snapshot is None:
+        return
+    if action == "snapshot_create":
+        adapter.create_snapshot(operation, instance, snapshot)
+        Snapshot.objects.filter(pk=snapshot.pk).update(state=Snapshot.State.AVAILABLE)
+    elif action == "snapshot_revert":
+        adapter.revert_snapshot(operation, instance, snapshot)
+        Snapshot.objects.filter(pk=snapshot.pk).update(state=Snapshot.State.AVAILABLE)
+    else:
+        adapter.delete_snapshot(operation, instance, snapshot)
+        snapshot.delete()
+
+
+def _delete(operation: Operation, instance: Instance) -> str:
+    if instance.host_id is not None:
+        compute_for(instance.host).remove(instance, operation)
+    tenant_id, pk = instance.tenant_id, instance.pk
+    with transaction.atomic():
+        Snapshot.objects.filter(instance_id=pk).delete()
+        InstanceDisk.objects.filter(instance_id=pk).delete()
+        Instance.objects.filter(pk=pk).delete()
+        realtime.instance_deleted(tenant_id=tenant_id, instance_id=pk)
+    return _("Instance deleted.")
+
+
+def _fail(operation: Operation, instance: Instance | None, message: str) -> None:
+    """Fail the operation and undo what its request reserved; a failed launch leaves nothing on the host."""
+    operations.fail(operation=operation, error=message)
+    if instance is None:
+        return
+    action = operation.kind.removeprefix("instance.")
+    params = operation.params
+    fields: dict = {"task": ""}
+    adapter = compute_for(instance.host) if instance.host_id is not None else None
+    if action == "launch":
+        fields.update(state=Instance.State.ERROR, state_reason=message[:REASON_MAX])
+        if adapter is not None:
+            adapter.remove(instance)  # best effort: what the launch made goes
+    elif action == "delete":
+        fields.update(state=Instance.State.ERROR, state_reason=message[:REASON_MAX])
+    elif action.startswith("snapshot_"):
+        snapshot = Snapshot.objects.filter(pk=params.get("snapshot_id")).first()
+        if snapshot is not None and action == "snapshot_create":
+            if adapter is not None:
+                adapter.discard_snapshot(instance, snapshot)
+            snapshot.delete()  # nothing was created: give the quota back
+        elif snapshot is not None:
+            Snapshot.objects.filter(pk=snapshot.pk).update(state=Snapshot.State.AVAILABLE)
+    elif action == "attach_disk":
+        disk = InstanceDisk.objects.filter(pk=params.get("disk_id")).first()
+        if disk is not None and not disk.attached:
+            if adapter is not None and disk.volume:
+                adapter.discard_disk(instance, disk)
+            disk.delete()
+    elif action == "resize":  # back to the old flavor: the quota reserved for the new one is released
+        vcpus, ram_mib, disk_gib = params["from_sizes"]
+        fields.update(flavor_id=params["from_flavor_id"], vcpus=vcpus, ram_mib=ram_mib, disk_gib=disk_gib)
+    elif action == "set_resources":
+        fields.update(vcpus=params["from_vcpus"], ram_mib=params["from_ram_mib"])
+    Instance.objects.filter(pk=instance.pk).update(**fields, updated_at=timezone.now())
+    for key, value in fields.items():
+        setattr(instance, key, value)
+    realtime.instance_changed(instance)
+
+
+def recover_stale_operations(*, stale_after: timedelta | None = None, max_attempts: int = 3) -> list[int]:
+    """Re-queue instance operations whose worker died; fail those that died ``max_attempts`` times.
+
+    Runs from Celery beat and at worker start. A *running* operation whose heartbeat (sent every
+    quarter of ``stale_after`` while its task runs) stopped for ``stale_after`` lost its worker: it
+    is queued again and the attempt counted. A *queued* operation is only waiting for a free
+    worker; if it has waited ten times as long, its message may be lost, so it is sent once more
+    (not counted: waiting is not failing). Host clean-up of a failed launch happens after the
+    sweep's transaction, never while rows are locked.
+    """
+    stale_after = stale_after or timedelta(seconds=settings.LABCLOUD_OPERATION_STALE_SECONDS)
+    now = timezone.now()
+    running_cutoff, queued_cutoff = now - stale_after, now - 10 * stale_after
+    requeued, to_fail = [], []
+    candidates = Operation.objects.filter(kind__startswith="instance.").filter(
+        Q(state=Operation.State.RUNNING, heartbeat_at__lt=running_cutoff)
+        | Q(state=Operation.State.RUNNING, heartbeat_at__isnull=True, started_at__lt=running_cutoff)
+        | Q(state=Operation.State.QUEUED, heartbeat_at__lt=queued_cutoff)
+        | Q(state=Operation.State.QUEUED, heartbeat_at__isnull=True, created_at__lt=queued_cutoff)
+    )
+    for pk in candidates.values_list("pk", flat=True):
+        with transaction.atomic():
+            fresh = Operation.objects.select_for_update().filter(pk=pk).first()
+            if fresh is None or fresh.finished:
+                continue
+            last_sign = fresh.heartbeat_at or fresh.started_at or fresh.created_at
+            if fresh.state == Operation.State.RUNNING:
+                if last_sign > running_cutoff:
+                    continue
+                attempts = int(fresh.params.get("attempts", 0)) + 1
+                if attempts > max_attempts:
+                    to_fail.append(fresh)
+                    continue
+                fresh.params = {**fresh.params, "attempts": attempts}
+            elif last_sign > queued_cutoff:
+                continue
+            fresh.state = Operation.State.QUEUED
+            fresh.heartbeat_at = now  # the next re-send waits a full period again
+            fresh.save(update_fields=["params", "state", "heartbeat_at"])
+            transaction.on_commit(lambda pk=fresh.pk: run_instance_operation.delay(pk))
+        requeued.append(pk)
+    for operation in to_fail:
+        instance = Instance.objects.select_related("host", "tenant").filter(pk=operation.target_id).first()
+        _fail(operation, instance, _("The worker running this operation stopped %(n)d times.") % {"n": max_attempts})
+    if requeued:
+        log.info("re-queued stale instance operations: %s", requeued)
+    return requeued
