@@ -8,6 +8,7 @@ from django.utils.translation import gettext_lazy as _
 
 from images.models import Image
 from portal.forms import BootstrapForm
+from vms.keypairs import KEY_MAX
 from vms.models import Flavor, Instance
 
 BULK_ACTIONS = {
@@ -156,3 +157,37 @@ class BulkActionForm(forms.Form):
         super().__init__(*args, **kwargs)
         # Any id is accepted here; the view fetches them through the access gate.
         self.fields["instances"].valid_value = lambda value: str(value).isdigit()
+
+
+class KeypairImportForm(BootstrapForm):
+    prefix = "import"
+
+    name = forms.CharField(
+        label=_("Name"),
+        max_length=100,
+        widget=forms.TextInput(attrs={"placeholder": _("e.g. laptop"), "autocomplete": "off"}),
+    )
+    public_key = forms.CharField(
+        label=_("Public key"),
+        max_length=KEY_MAX,
+        widget=forms.Textarea(
+            attrs={
+                "rows": 3,
+                "class": "font-monospace",
+                "placeholder": "ssh-ed25519 AAAA… user@host",
+                "spellcheck": "false",
+            }
+        ),
+        help_text=_("The content of your .pub file: ssh-ed25519, ecdsa or RSA (at least 2048 bits)."),
+    )
+
+
+class KeypairGenerateForm(BootstrapForm):
+    prefix = "generate"
+
+    name = forms.CharField(
+        label=_("Name"),
+        max_length=100,
+        widget=forms.TextInput(attrs={"placeholder": _("e.g. lab-key"), "autocomplete": "off"}),
+        help_text=_("An ed25519 keypair is made for you; you download the private key once."),
+    )

@@ -6,9 +6,7 @@ from rest_framework.routers import DefaultRouter
 
 from images.api import views as images_views
 from portal.api import views as portal_views
-from vms.api import instances as vms_instances
-from vms.api import keypairs, networks
-from vms.api import views as vms_views
+from vms.api import clouds, flavors, hosts, instances, keypairs, networks, operations
 
 router = DefaultRouter()
 router.register("tenants", portal_views.TenantViewSet, basename="tenant")
@@ -16,14 +14,14 @@ router.register("memberships", portal_views.MembershipViewSet, basename="members
 router.register("quotas", portal_views.QuotaViewSet, basename="quota")
 router.register("tokens", portal_views.ApiTokenViewSet, basename="apitoken")
 router.register("audit-events", portal_views.AuditEventViewSet, basename="auditevent")
-router.register("flavors", vms_views.FlavorViewSet, basename="flavor")
-router.register("operations", vms_views.OperationViewSet, basename="operation")
-router.register("instances", vms_instances.InstanceViewSet, basename="instance")
-router.register("hosts", vms_instances.HostViewSet, basename="host")
-router.register("unmanaged-domains", vms_instances.UnmanagedDomainViewSet, basename="unmanageddomain")
-router.register("cloud-projects", vms_instances.CloudProjectViewSet, basename="cloudproject")
-router.register("cloud-flavors", vms_instances.CloudFlavorViewSet, basename="cloudflavor")
-router.register("placement-rules", vms_instances.PlacementRuleViewSet, basename="placementrule")
+router.register("flavors", flavors.FlavorViewSet, basename="flavor")
+router.register("operations", operations.OperationViewSet, basename="operation")
+router.register("instances", instances.InstanceViewSet, basename="instance")
+router.register("hosts", hosts.HostViewSet, basename="host")
+router.register("unmanaged-domains", hosts.UnmanagedDomainViewSet, basename="unmanageddomain")
+router.register("cloud-projects", clouds.CloudProjectViewSet, basename="cloudproject")
+router.register("cloud-flavors", clouds.CloudFlavorViewSet, basename="cloudflavor")
+router.register("placement-rules", clouds.PlacementRuleViewSet, basename="placementrule")
 router.register("keypairs", keypairs.KeypairViewSet, basename="keypair")
 router.register("networks", networks.NetworkViewSet, basename="network")
 router.register("images", images_views.ImageViewSet, basename="image")

@@ -10,7 +10,7 @@
  * in a separate window, reconnect. #lc-vnc-status has data-state idle|connecting|connected|
  * disconnected|error and says why a session ended.
  *
- * Serial: a WebSocket to /ws/instances/<id>/serial/ (channels, vms/serial.py). Guest output comes
+ * Serial: a WebSocket to /ws/instances/<id>/serial/ (channels, vms/consoles/serial.py). Guest output comes
  * as binary frames, keystrokes go out as text frames. The newest session takes over the console:
  * close code 4410 says so. #lc-serial-status has data-state like the graphical one.
  *

@@ -1,10 +1,10 @@
 /* Live instance state over the /ws/live/ websocket (channels), for the instance list and detail pages.
  *
  * The page renders everything; this script only keeps it current. It reads its configuration
- * (socket path, translated labels, which actions each state allows) from the json_script element
- * "lc-live-config", and updates every element with data-instance="<id>":
+ * (socket path, translated labels) from the json_script element "lc-live-config", and updates every
+ * element with data-instance="<id>":
  *   [data-lc-field=state]      the state badge        [data-lc-field=task]   task label + progress bar
- *   [data-lc-field=addresses]  the addresses          [data-lc-action=…]     buttons enabled by state
+ *   [data-lc-field=addresses]  the addresses          [data-lc-action=…]     enabled when in allowed_actions
  * Messages: {"type": "instance", "data": payload}, {"type": "instance.deleted", "data": {"id"}},
  * {"type": "operation", "data": {id, kind, target_type, target_id, state, progress, message, error}}.
  * The socket reconnects with exponential backoff; #lc-live-indicator says "Live" or "Offline".
@@ -128,18 +128,10 @@
     });
   }
 
+  // What the instance accepts now comes with every update (the server's action registry): a button is
+  // enabled exactly when its action is among them.
   function actionAllowed(action, data) {
-    if (action === "delete") {
-      return data.state !== "deleting" && (!data.task || data.state === "error");
-    }
-    if (data.task || data.state === "deleting") {
-      return false;
-    }
-    if (action === "finish_install" && !data.installing) {
-      return false;
-    }
-    var states = (config.allowed || {})[action];
-    return !states || states.indexOf(data.state) !== -1;
+    return (data.allowed_actions || []).indexOf(action) !== -1;
   }
 
   function updateButtons(root, data) {
@@ -169,6 +161,7 @@
       var previousTask = root.getAttribute("data-task");
       root.setAttribute("data-state", data.state);
       root.setAttribute("data-task", data.task || "");
+      root.setAttribute("data-allowed", (data.allowed_actions || []).join(" "));
       root.querySelectorAll('[data-lc-field="state"]').forEach(function (badge) { renderState(badge, data); });
       root.querySelectorAll('[data-lc-field="task"]').forEach(function (box) { renderTask(box, data.task); });
       root.querySelectorAll('[data-lc-field="addresses"]').forEach(function (cell) {
@@ -221,15 +214,11 @@
         var root = document.getElementById("lc-instance");
         var freshRoot = fresh.getElementById("lc-instance");
         if (root && freshRoot) {
-          ["data-state", "data-task", "data-installing"].forEach(function (name) {
+          ["data-state", "data-task", "data-installing", "data-allowed"].forEach(function (name) {
             root.setAttribute(name, freshRoot.getAttribute(name) || "");
           });
-          // The buttons outside the redrawn sections (Delete in the page header) follow the fresh state too.
-          updateButtons(document, {
-            state: root.getAttribute("data-state"),
-            task: root.getAttribute("data-task"),
-            installing: root.getAttribute("data-installing") === "true",
-          });
+          // The buttons outside the redrawn sections (Delete in the page header) follow the fresh page too.
+          updateButtons(document, { allowed_actions: (root.getAttribute("data-allowed") || "").split(" ") });
           root.setAttribute("data-refreshed", String(Date.now()));
         }
       })

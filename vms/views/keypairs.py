@@ -11,28 +11,19 @@ from __future__ import annotations
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
-from django.shortcuts import get_object_or_404, redirect, render
-from django.urls import NoReverseMatch, reverse
+from django.shortcuts import redirect, render
 from django.utils.text import slugify
 from django.utils.translation import gettext as _
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_POST
 
-from portal.access import DELETE, VIEW, is_cloud_admin
+from portal.access import DELETE, is_cloud_admin
 from portal.middleware import client_ip
 from portal.services import ServiceError
 from portal.views import current_tenant
-from vms.keypair_forms import KeypairGenerateForm, KeypairImportForm
+from vms.access import access_keypair_by_id
+from vms.forms import KeypairGenerateForm, KeypairImportForm
 from vms.keypairs import delete_keypair, generate_keypair, import_keypair, keypairs_for
-from vms.models import Keypair
-from vms.networks import networks_for
-
-
-def _admin_url(name: str, *args) -> str | None:
-    try:
-        return reverse(f"admin:{name}", args=args)
-    except NoReverseMatch:
-        return None
 
 
 def _keypairs_page(request, *, import_form=None, generate_form=None, status: int = 200):
@@ -128,34 +119,8 @@ def keypair_generate(request):
 @login_required
 @require_POST
 def keypair_delete(request, pk: int):
-    keypair = get_object_or_404(Keypair.objects.restrict(request.user, VIEW), pk=pk)
-    if not Keypair.objects.restrict(request.user, DELETE).filter(pk=pk).exists():
-        raise PermissionDenied
+    keypair = access_keypair_by_id(user=request.user, keypair_id=pk, action=DELETE)
     name = keypair.name
     delete_keypair(actor=request.user, keypair=keypair, ip=client_ip(request))
     messages.success(request, _("Keypair “%(name)s” has been deleted.") % {"name": name})
     return redirect("keypairs")
-
-
-@login_required
-def network_list(request):
-    tenant = current_tenant(request)
-    staff = is_cloud_admin(request.user)
-    if staff:
-        networks = list(networks_for(user=request.user))
-        for network in networks:
-            network.admin_url = _admin_url("vms_network_change", network.pk)
-    elif tenant is not None:
-        networks = list(networks_for(user=request.user, tenant=tenant).prefetch_related(None))
-    else:
-        networks = []
-    return render(
-        request,
-        "vms/networks.html",
-        {
-            "tenant": tenant,
-            "staff": staff,
-            "networks": networks,
-            "add_url": _admin_url("vms_network_add") if staff else None,
-        },
-    )

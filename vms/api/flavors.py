@@ -1,4 +1,4 @@
-"""Viewsets of the compute API (/api/v1/). Thin: restrict() for reads, vms.services for writes."""
+"""/api/v1/flavors/: instance sizes (members see what they may use; cloud admins change them). Thin: vms.services."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from rest_framework.response import Response
 from portal.access import CHANGE, DELETE, VIEW, is_cloud_admin
 from portal.api.base import ApiViewSetMixin
 from vms import services
-from vms.api.filtersets import FlavorFilter, OperationFilter
-from vms.api.serializers import FlavorSerializer, OperationSerializer
-from vms.models import Flavor, Operation
+from vms.api.filtersets import FlavorFilter
+from vms.api.serializers import FlavorSerializer
+from vms.models import Flavor
 
 
 @extend_schema_view(
@@ -62,20 +62,3 @@ class FlavorViewSet(ApiViewSetMixin, mixins.ListModelMixin, mixins.RetrieveModel
         flavor = self.get_object_for(DELETE)
         services.delete_flavor(actor=request.user, flavor=flavor, ip=self.client_ip)
         return Response(status=status.HTTP_204_NO_CONTENT)
-
-
-@extend_schema_view(
-    list=extend_schema(summary=_("Operations of your tenants, newest first (cloud admins: all)")),
-    retrieve=extend_schema(summary=_("One operation: poll it for progress")),
-)
-class OperationViewSet(ApiViewSetMixin, viewsets.ReadOnlyModelViewSet):
-    """Long actions run by the workers, with their progress. Members see their tenants' operations;
-    operations without a tenant (infrastructure) are for cloud admins."""
-
-    model = Operation
-    serializer_class = OperationSerializer
-    filterset_class = OperationFilter
-    ordering_fields = ["created_at", "finished_at", "kind", "state"]
-
-    def get_queryset(self):
-        return Operation.objects.restrict(self.request.user, VIEW).select_related("user")

@@ -1,0 +1,344 @@
+"""The instance actions, in one registry: what each needs, what it is called, what it does to the power state.
+
+Every reader takes its answer from here: the services' check (``check``), the instance page's
+buttons and forms and the list's bulk actions (``offered``/``allowed``), the live redraw of the
+page (the ``allowed_actions`` of each live update), the API's ``allowed_actions`` field, the labels
+of tasks and operations. An action is *offered* when the instance's host has its capability (an
+adopted domain folds in there, see ``vms.compute``) and it applies (finish install: only while
+installing); it is *allowed* now when it is offered, no task runs, and the instance is in one of
+its states. What is not offered is never shown; what is offered but not allowed is shown disabled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from django.utils.functional import Promise
+from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy
+
+from portal.services import ConflictError
+from vms.compute import Capability, compute_for, instance_capabilities
+from vms.models import Instance
+
+S = Instance.State
+P = Instance.PowerState
+
+
+class Busy(ConflictError):
+    """Refused because a task runs on the instance (the only refusal a stuck launch may override)."""
+
+
+@dataclass(frozen=True)
+class Action:
+    """One instance action.
+
+    ``verb`` completes "Cannot … instance X" ("shut down"); ``progress`` is the task label while it runs
+    ("Shutting down"); ``noun`` names the finished operation ("Shutdown of web-1 finished"); ``button``,
+    ``icon``, ``tone`` and ``confirm`` draw its button; ``power`` is the desired power state it sets
+    (None: unchanged); ``bulk``: offered on the instance list for several instances at once.
+    """
+
+    name: str
+    capability: Capability | None
+    states: frozenset[str]
+    verb: Promise
+    progress: Promise
+    noun: Promise
+    button: Promise
+    icon: str = ""
+    tone: str = "secondary"
+    confirm: Promise | None = None
+    power: str | None = None
+    bulk: bool = False
+    applies: Callable[[Instance], bool] = lambda instance: True
+    busy_ok_in_error: bool = False  # may run while a task is recorded, once the instance is in error
+
+
+def _installing(instance: Instance) -> bool:
+    return instance.installing
+
+
+RUNNING_OR_OFF = frozenset({S.RUNNING, S.SHUTOFF})
+RUNNING_OFF_OR_PAUSED = frozenset({S.RUNNING, S.SHUTOFF, S.PAUSED})
+lazy = gettext_lazy
+
+ACTIONS: dict[str, Action] = {
+    action.name: action
+    for action in (
+        Action("launch", None, frozenset(), lazy("launch"), lazy("Launching"), lazy("Launch"), lazy("Launch")),
+        Action(
+            "start",
+            Capability.POWER,
+            frozenset({S.SHUTOFF, S.CRASHED}),
+            lazy("start"),
+            lazy("Starting"),
+            lazy("Start"),
+            lazy("Start"),
+            icon="play-fill",
+            tone="success",
+            power=P.RUNNING,
+            bulk=True,
+        ),
+        Action(
+            "shutdown",
+            Capability.POWER,
+            frozenset({S.RUNNING, S.PAUSED}),
+            lazy("shut down"),
+            lazy("Shutting down"),
+            lazy("Shutdown"),
+            lazy("Shut down"),
+            icon="power",
+            power=P.STOPPED,
+            bulk=True,
+        ),
+        Action(
+            "stop",
+            Capability.POWER,
+            frozenset({S.RUNNING, S.PAUSED, S.CRASHED}),
+            lazy("power off"),
+            lazy("Powering off"),
+            lazy("Power-off"),
+            lazy("Power off"),
+            icon="plug",
+            tone="warning",
+            confirm=lazy("Power off “%(name)s” now? Unsaved data in the guest is lost."),
+            power=P.STOPPED,
+            bulk=True,
+        ),
+        Action(
+            "reboot",
+            Capability.POWER,
+            frozenset({S.RUNNING}),
+            lazy("reboot"),
+            lazy("Rebooting"),
+            lazy("Reboot"),
+            lazy("Reboot"),
+            icon="arrow-clockwise",
+            power=P.RUNNING,
+            bulk=True,
+        ),
+        Action(
+            "reset",
+            Capability.POWER,
+            frozenset({S.RUNNING, S.PAUSED}),
+            lazy("hard reset"),
+            lazy("Resetting"),
+            lazy("Hard reset"),
+            lazy("Hard reset"),
+            icon="lightning-charge",
+            tone="warning",
+            confirm=lazy("Reset “%(name)s” like the reset button of a PC? Unsaved data in the guest is lost."),
+            power=P.RUNNING,
+        ),
+        Action(
+            "pause",
+            Capability.PAUSE,
+            frozenset({S.RUNNING}),
+            lazy("pause"),
+            lazy("Pausing"),
+            lazy("Pause"),
+            lazy("Pause"),
+            icon="pause-fill",
+        ),
+        Action(
+            "resume",
+            Capability.PAUSE,
+            frozenset({S.PAUSED}),
+            lazy("resume"),
+            lazy("Resuming"),
+            lazy("Resume"),
+            lazy("Resume"),
+            icon="play",
+            tone="success",
+            power=P.RUNNING,
+        ),
+        Action(
+            "finish_install",
+            Capability.INSTALL_FROM_ISO,
+            frozenset({S.RUNNING, S.SHUTOFF, S.PAUSED, S.CRASHED}),
+            lazy("finish install"),
+            lazy("Finishing the install"),
+            lazy("Install finish"),
+            lazy("Finish install"),
+            icon="check2-circle",
+            tone="primary",
+            confirm=lazy(
+                "Finish the install of “%(name)s”? The ISO is ejected and the instance restarts from its disk."
+            ),
+            power=P.RUNNING,
+            applies=_installing,
+        ),
+        Action(
+            "resize",
+            Capability.RESIZE,
+            frozenset({S.SHUTOFF}),
+            lazy("resize"),
+            lazy("Resizing"),
+            lazy("Resize"),
+            lazy("Resize"),
+            icon="arrows-angle-expand",
+        ),
+        Action(
+            "set_resources",
+            Capability.LIVE_RESOURCES,
+            RUNNING_OR_OFF,
+            lazy("change vCPUs/RAM"),
+            lazy("Changing vCPUs/RAM"),
+            lazy("vCPU/RAM change"),
+            lazy("Apply"),
+            icon="check-lg",
+        ),
+        Action(
+            "attach_disk",
+            Capability.EXTRA_DISKS,
+            RUNNING_OR_OFF,
+            lazy("attach a disk"),
+            lazy("Attaching a disk"),
+            lazy("Disk attachment"),
+            lazy("Attach disk"),
+            icon="plus-lg",
+        ),
+        Action(
+            "detach_disk",
+            Capability.EXTRA_DISKS,
+            RUNNING_OR_OFF,
+            lazy("detach a disk"),
+            lazy("Detaching a disk"),
+            lazy("Disk removal"),
+            lazy("Detach"),
+            icon="eject",
+        ),
+        Action(
+            "snapshot_create",
+            Capability.SNAPSHOTS,
+            RUNNING_OR_OFF,
+            lazy("take a snapshot"),
+            lazy("Taking a snapshot"),
+            lazy("Snapshot"),
+            lazy("Take snapshot"),
+            icon="camera",
+        ),
+        Action(
+            "snapshot_revert",
+            Capability.SNAPSHOT_REVERT,
+            RUNNING_OFF_OR_PAUSED,
+            lazy("revert to a snapshot"),
+            lazy("Reverting to a snapshot"),
+            lazy("Snapshot revert"),
+            lazy("Revert"),
+            icon="arrow-counterclockwise",
+        ),
+        Action(
+            "snapshot_delete",
+            Capability.SNAPSHOTS,
+            RUNNING_OFF_OR_PAUSED,
+            lazy("delete a snapshot"),
+            lazy("Deleting a snapshot"),
+            lazy("Snapshot deletion"),
+            lazy("Delete snapshot"),
+            icon="trash",
+        ),
+        Action(
+            "capture",
+            Capability.CAPTURE,
+            frozenset({S.SHUTOFF}),
+            lazy("capture to image"),
+            lazy("Capturing to an image"),
+            lazy("Capture"),
+            lazy("Capture"),
+            icon="disc",
+        ),
+        Action(
+            "delete",
+            None,
+            frozenset(S.values),
+            lazy("delete"),
+            lazy("Deleting"),
+            lazy("Deletion"),
+            lazy("Delete"),
+            icon="trash",
+            tone="danger",
+            power=P.STOPPED,
+            bulk=True,
+            busy_ok_in_error=True,
+        ),
+    )
+}
+POWER_ACTIONS = tuple(a.name for a in ACTIONS.values() if a.capability in (Capability.POWER, Capability.PAUSE))
+# The buttons of the instance page's power card (finish install only while installing).
+POWER_CARD = (*POWER_ACTIONS, "finish_install")
+BULK_ACTIONS = tuple(a.name for a in ACTIONS.values() if a.bulk)
+REQUESTABLE = tuple(name for name in ACTIONS if name != "launch")
+
+
+def get(name: str) -> Action:
+    return ACTIONS[name]
+
+
+def task_label(task: str) -> str:
+    action = ACTIONS.get(task)
+    return str(action.progress) if action is not None else task
+
+
+def offered(instance: Instance, name: str, capabilities: frozenset[Capability] | None = None) -> bool:
+    """Whether the instance can ever do ``name`` where it is (its host's capabilities, and what applies now)."""
+    action = ACTIONS[name]
+    if name == "launch":
+        return False
+    if action.capability is not None:
+        capabilities = instance_capabilities(instance) if capabilities is None else capabilities
+        if action.capability not in capabilities:
+            return False
+    return action.applies(instance)
+
+
+def refusal(instance: Instance, name: str) -> ConflictError | None:
+    """Why the instance cannot do ``name`` now (a ConflictError to raise), or None when it can."""
+    action = ACTIONS[name]
+    if instance.state == S.DELETING and (name != "delete" or instance.task):
+        if instance.task == "delete":
+            return ConflictError(_("Instance “%(name)s” is being deleted already.") % {"name": instance.name})
+        return ConflictError(_("Instance “%(name)s” is being deleted.") % {"name": instance.name})
+    if instance.task and not (action.busy_ok_in_error and instance.state == S.ERROR):
+        return Busy(
+            _("Instance “%(name)s” is busy (%(task)s); try again when it has finished.")
+            % {"name": instance.name, "task": verb(instance.task)}
+        )
+    if instance.state not in action.states:
+        return ConflictError(
+            _("Cannot %(action)s instance “%(name)s” while it is %(state)s.")
+            % {"action": action.verb, "name": instance.name, "state": instance.get_state_display().lower()}
+        )
+    if action.capability is None:
+        return None
+    if instance.host_id is None:
+        return ConflictError(_("Instance “%(name)s” has no host.") % {"name": instance.name})
+    if action.capability not in instance_capabilities(instance):
+        return ConflictError(compute_for(instance.host).missing_reason(instance, str(action.verb)))
+    if not action.applies(instance):
+        return ConflictError(_("Instance “%(name)s” is not installing from an ISO.") % {"name": instance.name})
+    return None
+
+
+def check(instance: Instance, name: str) -> None:
+    """Raise the ConflictError that refuses ``name`` now, if any (the services call this under the row lock)."""
+    problem = refusal(instance, name)
+    if problem is not None:
+        raise problem
+
+
+def verb(name: str) -> str:
+    action = ACTIONS.get(name)
+    return str(action.verb) if action is not None else name
+
+
+def allowed_actions(instance: Instance) -> list[str]:
+    """The actions the instance accepts now (what its buttons enable), in the registry's order."""
+    return [name for name in REQUESTABLE if offered(instance, name) and refusal(instance, name) is None]
+
+
+def offered_actions(instance: Instance) -> list[str]:
+    capabilities = instance_capabilities(instance)
+    return [name for name in REQUESTABLE if offered(instance, name, capabilities)]

@@ -1,0 +1,1 @@
+"""Dashboard pages of the compute app, one module per resource (the URLs are in ``vms.urls``)."""

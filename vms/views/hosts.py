@@ -1,0 +1,47 @@
+"""The hosts page (cloud admins): every host and cloud with its state and, where the portal knows it, capacity."""
+
+from __future__ import annotations
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.http import Http404
+from django.shortcuts import redirect, render
+from django.utils.translation import gettext as _
+from django.views.decorators.http import require_GET, require_POST
+
+from portal.access import CHANGE, is_cloud_admin
+from vms.access import access_host_by_id
+from vms.dashboard import host_capacity
+from vms.hosts import check_host
+from vms.models import Host
+from vms.views.common import admin_url
+
+
+def _staff_only(request) -> None:
+    """The hosts pages do not exist for anyone but cloud admins."""
+    if not is_cloud_admin(request.user):
+        raise Http404
+
+
+@login_required
+@require_GET
+def host_list(request):
+    _staff_only(request)
+    rows = host_capacity(user=request.user)
+    return render(request, "vms/hosts.html", {"rows": rows, "add_url": admin_url("vms_host_add")})
+
+
+@login_required
+@require_POST
+def host_refresh(request, pk: int):
+    _staff_only(request)
+    host = access_host_by_id(user=request.user, host_id=pk, action=CHANGE)
+    host = check_host(host=host)
+    if host.state == Host.State.DOWN:
+        messages.warning(
+            request,
+            _("Host %(name)s did not answer: %(reason)s") % {"name": host.name, "reason": host.state_reason},
+        )
+    else:
+        messages.success(request, _("Capacity of host %(name)s refreshed.") % {"name": host.name})
+    return redirect("hosts")
