@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from django.contrib import admin, messages
 from django.contrib.admin.views.main import ChangeList
+from django.db.models import Count
 from django.utils.html import format_html
 from django.utils.translation import gettext_lazy as _
 
@@ -154,8 +155,6 @@ class TenantAdmin(AuditedAdminMixin, RestrictedAdminMixin, admin.ModelAdmin):
     inlines = [QuotaInline, MembershipInline]
 
     def get_queryset(self, request):
-        from django.db.models import Count
-
         return super().get_queryset(request).select_related("quota").annotate(_member_count=Count("memberships"))
 
     @admin.display(description=_("members"), ordering="_member_count")

@@ -42,6 +42,19 @@ class ConflictError(ServiceError):
     code = "conflict"
 
 
+class NotAllowed(ServiceError):
+    """The actor may not do this at all (403)."""
+
+    status = 403
+    code = "permission_denied"
+
+
+def require_cloud_admin(actor, message: str) -> None:
+    """Every admin-only service starts with this: NotAllowed (403, ``message``) unless ``actor`` is a cloud admin."""
+    if not is_cloud_admin(actor):
+        raise NotAllowed(message)
+
+
 class QuotaExceeded(ServiceError):
     status = 403
     code = "quota_exceeded"

@@ -21,7 +21,7 @@ from django.utils.translation import gettext as _
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_POST
 
-from portal.access import CHANGE, DELETE, VIEW, is_cloud_admin
+from portal.access import CHANGE, DELETE, VIEW, access_by_id, is_cloud_admin
 from portal.forms import AddMemberForm, ApiTokenForm, RoleForm, SwitchTenantForm
 from portal.middleware import SESSION_KEY, client_ip
 from portal.models import ApiToken, Membership, Quota, Tenant
@@ -211,7 +211,7 @@ def tokens(request):
 @login_required
 @require_POST
 def token_revoke(request, pk: int):
-    token = get_object_or_404(ApiToken.objects.restrict(request.user, CHANGE), pk=pk)
+    token = access_by_id(ApiToken.objects.restrict(request.user, VIEW), user=request.user, pk=pk, action=CHANGE)
     if token.revoked_at is not None:
         messages.info(request, _("Token “%(name)s” was already revoked.") % {"name": token.name})
     else:
@@ -267,12 +267,8 @@ def members(request):
 
 def _membership_for(request, pk: int, action: str) -> Membership:
     """A membership the user may see (else 404) and act on (else 403)."""
-    membership = get_object_or_404(
-        Membership.objects.restrict(request.user, VIEW).select_related("tenant", "user"), pk=pk
-    )
-    if not Membership.objects.restrict(request.user, action).filter(pk=pk).exists():
-        raise PermissionDenied
-    return membership
+    memberships = Membership.objects.restrict(request.user, VIEW).select_related("tenant", "user")
+    return access_by_id(memberships, user=request.user, pk=pk, action=action)
 
 
 @login_required

@@ -9,14 +9,14 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from images.models import Image
-from portal.access import MEMBER_ROLES, is_cloud_admin, tenant_ids_for
+from portal.access import MAX_ID, MEMBER_ROLES, is_cloud_admin, tenant_ids_for
 from portal.api.serializers import MAX_INT32, VisibleTenantField
 from portal.models import Tenant
+from vms.compute import Capability, kinds_with
 from vms.models import Host
 
 # Sizes are stored in 64-bit columns.
 MAX_BYTES = 2**63 - 1
-MAX_ID = 2**63 - 1
 
 
 class ImageSerializer(serializers.ModelSerializer):
@@ -180,10 +180,15 @@ class ImageShareSerializer(serializers.Serializer):
         return tenant
 
 
+class CopyHostField(serializers.PrimaryKeyRelatedField):
+    """The id of a host images are copied to ahead of launches (a libvirt host; clouds get them at launch)."""
+
+    def get_queryset(self):
+        return Host.objects.filter(kind__in=kinds_with(Capability.IMAGE_COPIES))
+
+
 class ImageDistributeSerializer(serializers.Serializer):
-    host = serializers.PrimaryKeyRelatedField(
-        queryset=Host.objects.filter(kind=Host.Kind.LIBVIRT), help_text=_("Id of the libvirt host.")
-    )
+    host = CopyHostField(help_text=_("Id of the libvirt host."))
 
 
 class UploadProgressSerializer(serializers.Serializer):

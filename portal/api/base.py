@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.http import Http404
 from django.utils.translation import gettext_lazy as _
 from django_filters.rest_framework import DjangoFilterBackend
 from drf_spectacular.openapi import AutoSchema
@@ -10,12 +12,10 @@ from rest_framework.exceptions import NotFound
 from rest_framework.filters import OrderingFilter
 from rest_framework.parsers import JSONParser
 
-from portal.access import VIEW, is_cloud_admin
+from portal.access import VIEW, access_by_id, is_cloud_admin
 from portal.api.exceptions import PROBLEM_CONTENT_TYPE
 from portal.api.serializers import ProblemSerializer
 from portal.middleware import client_ip as request_ip
-
-MAX_ID = 2**63 - 1
 
 PROBLEM_DESCRIPTIONS = {
     400: _("Invalid request (field errors in `errors`)."),
@@ -80,17 +80,19 @@ class ApiViewSetMixin:
         return self.model.objects.restrict(self.request.user, action)
 
     def get_object(self):
-        # Ids beyond the 64-bit range cannot exist; some lookups (foreign keys) would overflow the database driver.
-        value = str(self.kwargs.get(self.lookup_url_kwarg or self.lookup_field, ""))
-        if not value.isdigit() or int(value) > MAX_ID:
-            raise NotFound()
-        return super().get_object()
+        return self.get_object_for(VIEW)
 
     def get_object_for(self, action: str):
-        """The object of the URL if ``action`` is allowed on it: 404 when invisible, 403 when only visible."""
-        obj = self.get_object()
-        if action != VIEW and not self.restricted(action).filter(pk=obj.pk).exists():
+        """The object of the URL if ``action`` is allowed on it: 404 when invisible, 403 when only visible
+        (``portal.access.access_by_id``, the rule of every page and consumer too)."""
+        pk = str(self.kwargs.get(self.lookup_url_kwarg or self.lookup_field, ""))
+        try:
+            obj = access_by_id(self.get_queryset(), user=self.request.user, pk=pk, action=action)
+        except Http404:
+            raise NotFound() from None
+        except DjangoPermissionDenied:
             self.permission_denied(self.request, message=_("You are not allowed to do this."))
+        self.check_object_permissions(self.request, obj)
         return obj
 
     def require_cloud_admin(self, message) -> None:
