@@ -17,15 +17,27 @@ reports every mismatch at once.
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
+import socket
+import subprocess
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
+import kombu.pools
+import pytest
+from django.conf import settings
 from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
+from django.urls import reverse
 from rest_framework.test import APIClient
+
+from portal.celery import app as celery_app
 
 ROLES = ("anonymous", "outsider", "member", "tenant_admin", "cloud_admin")
 
@@ -136,8 +148,6 @@ BROWSER_TIMEOUT_MS = 15_000
 
 def sign_in(page, base: str, username: str, password: str) -> None:
     """Sign in through the login form of the portal at ``base`` (a Playwright page); lands on the overview."""
-    from django.urls import reverse
-
     page.goto(base + reverse("login"))
     page.fill("#id_username", username)
     page.fill("#id_password", password)
@@ -149,7 +159,7 @@ def without_live_socket_errors(errors: list[str]) -> list[str]:
     """Browser errors minus the live socket's: Django's live_server speaks WSGI only, so /ws/live/ gets a 404.
 
     Pages open the socket wherever live updates exist; the socket itself is tested against daphne
-    (vms/tests/test_browser_instances.py, portal/tests/test_browser_overview.py).
+    (vms/tests/views/test_browser_instances.py, portal/tests/test_browser_overview.py).
     """
     return [error for error in errors if "/ws/live/" not in error]
 
@@ -162,10 +172,6 @@ def switch_celery_broker(url: str, queue: str) -> None:
     is used, and the app's AMQP helper caches the queues and routes of the first default queue:
     close and forget them all, so the next message goes where the settings now say.
     """
-    import kombu.pools
-
-    from portal.celery import app as celery_app
-
     if celery_app._pool is not None:
         celery_app._pool.force_close_all()
     celery_app._pool = None
@@ -177,23 +183,17 @@ def switch_celery_broker(url: str, queue: str) -> None:
 
 def database_url_of_this_test() -> str:
     """A ``DATABASE_URL`` for a child process (daphne, a Celery worker) that must use this test's database."""
-    from urllib.parse import quote
-
-    from django.db import connection
-
-    settings = connection.settings_dict
+    db = connection.settings_dict
     if connection.vendor == "sqlite":
-        return f"sqlite:///{settings['NAME']}"
-    user = quote(settings.get("USER") or "", safe="")
-    password = quote(settings.get("PASSWORD") or "", safe="")
+        return f"sqlite:///{db['NAME']}"
+    user = quote(db.get("USER") or "", safe="")
+    password = quote(db.get("PASSWORD") or "", safe="")
     auth = f"{user}:{password}@" if password else (f"{user}@" if user else "")
-    return f"postgres://{auth}{settings.get('HOST') or ''}:{settings.get('PORT') or 5432}/{settings['NAME']}"
+    return f"postgres://{auth}{db.get('HOST') or ''}:{db.get('PORT') or 5432}/{db['NAME']}"
 
 
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that was free a moment ago."""
-    import socket
-
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -206,15 +206,6 @@ def child_process(args: list[str], *, env: dict, log: Path, port: int | None = N
     With ``port``, waits until something accepts connections on 127.0.0.1:``port``; fails with the
     child's log when it exits first or does not listen in time.
     """
-    import os
-    import signal
-    import socket
-    import subprocess
-    import time
-
-    import pytest
-    from django.conf import settings
-
     with log.open("ab") as out:
         process = subprocess.Popen(  # noqa: S603 - the tests' own commands
             args, cwd=settings.BASE_DIR, env=env, stdout=out, stderr=subprocess.STDOUT

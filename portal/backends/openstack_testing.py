@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import openstack
 import pytest
 import yaml
 
@@ -45,8 +46,6 @@ class DevCloud:
 
     def connect(self, **overrides: Any):
         """An openstacksdk connection as the devcloud admin (``overrides`` replace auth settings)."""
-        import openstack
-
         return openstack.connect(load_yaml_config=False, region_name=self.region_name, **{**self.auth, **overrides})
 
 
