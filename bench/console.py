@@ -5,7 +5,7 @@
 
 Starts a GRUB rescue ISO guest (``var/test-media/grub-rescue-cdrom.iso``, TCG, VNC on 127.0.0.1; a
 static ``grub>`` screen) and the real console proxy as a child process on 127.0.0.1, both using a
-throw-away database. Each connection gets its own ticket from ``vms.consoles.open_console`` (which
+throw-away database. Each connection gets its own ticket from ``vms.tokens.open_console`` (which
 also sets the one-time VNC password); a direct connection is a plain TCP socket to the guest's VNC
 port with that password, a proxied one a minimal RFC 6455 client (masked binary frames, the allowed
 Origin) to the proxy with the ticket's token. Both do the same RFB 3.8 session: VNC authentication,
@@ -432,9 +432,9 @@ class Bench:
 
     def connect(self, proxied: bool) -> Rfb:
         """A fresh ticket (and one-time password) per connection, then a full RFB session."""
-        from vms import consoles
+        from vms.consoles import tokens
 
-        ticket = consoles.open_console(user=self.user, instance=self.instance)
+        ticket = tokens.open_console(user=self.user, instance=self.instance)
         if proxied:
             transport = Proxied(self.proxy_port, ticket.token, ORIGIN)
         else:
@@ -518,7 +518,7 @@ FIRST_FRAME_JS = """async (timeoutMs) => {
     const button = document.querySelector('#lc-vnc-connect');
     const status = document.querySelector('#lc-vnc-status');
     const screen = document.querySelector('#lc-vnc-screen');
-    const colours = () => {  // as canvas_colours() in vms/tests/test_browser_console.py
+    const colours = () => {  // as canvas_colours() in vms/tests/consoles/test_browser_console.py
         const canvas = screen.querySelector('canvas');
         if (!canvas || !canvas.width) return 0;
         const data = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;

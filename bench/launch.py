@@ -84,8 +84,8 @@ class Bench:
     def setup_portal(self):
         from django.contrib.auth import get_user_model
 
+        from images.distribution import ensure_image_on_host
         from images.models import Image
-        from images.services import ensure_image_on_host
         from portal.backends.libvirt.driver import LibvirtDriver
         from portal.celery import app as celery_app
         from portal.models import Membership, Quota, Tenant

@@ -58,7 +58,7 @@ class Portal:
         from images.models import Image
         from portal.celery import app as celery_app
         from portal.models import Membership, Quota, Tenant
-        from vms import cloud
+        from vms.compute.openstack import login
         from vms.models import Flavor, Host, PlacementRule
 
         celery_app.conf.task_always_eager = True
@@ -69,7 +69,7 @@ class Portal:
             kind=Host.Kind.OPENSTACK,
             auth_url=auth["auth_url"],
             region=region,
-            credentials=cloud.encrypt_credentials({k: auth[k] for k in ("username", "password", "project_name")}),
+            credentials=login.encrypt_credentials({k: auth[k] for k in ("username", "password", "project_name")}),
             state=Host.State.UP,
         )
         self.tenant = Tenant.objects.create(name="bench", slug="bench")
@@ -202,7 +202,7 @@ def main() -> None:
         for label in ("portal", "driver"):
             print(f"  ratio {label}/openstacksdk: {statistics.median(times[label]) / s:.3f} (goal <= 1.10)")
     finally:
-        from vms.cloud import forget_driver
+        from vms.compute.openstack.login import forget_driver
 
         forget_driver(portal.host)
         for server in driver.list_servers():

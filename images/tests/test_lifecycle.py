@@ -11,16 +11,11 @@ import threading
 import pytest
 from django.contrib.auth.models import AnonymousUser
 
+from images.capture import capture_image
+from images.distribution import ensure_image_on_host
+from images.imports import import_image
 from images.models import Image, ImageReplica
-from images.services import (
-    capture_image,
-    delete_image,
-    ensure_image_on_host,
-    import_image,
-    share_image,
-    unshare_image,
-    update_image,
-)
+from images.services import delete_image, share_image, unshare_image, update_image
 from images.tests.conftest import upload
 from portal.access import CHANGE, VIEW
 from portal.backends.libvirt.storage import find_volume

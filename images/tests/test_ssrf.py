@@ -8,8 +8,8 @@ import threading
 
 import pytest
 
+from images.imports import check_import_url, import_image
 from images.models import Image
-from images.services import check_import_url, import_image
 from portal.services import ServiceError
 
 

@@ -1,6 +1,6 @@
 """The overview in a real browser: charts drawn, and operation events turn into toasts and list entries live.
 
-Same set-up as vms/tests/test_browser_instances.py (whose fixtures are reused): daphne serves the
+Same set-up as vms/tests/views/test_browser_instances.py (whose fixtures are reused): daphne serves the
 portal and the websocket on 127.0.0.1 against this test's database; the test publishes through
 ``vms.realtime`` as the worker does, and the page changes without a reload.
 """
@@ -15,7 +15,7 @@ from django.urls import reverse
 from portal.testing import sign_in
 from vms import realtime
 from vms.models import Instance, Operation
-from vms.tests.test_browser_instances import (  # noqa: F401 - fixtures
+from vms.tests.views.test_browser_instances import (  # noqa: F401 - fixtures
     PASSWORD,
     SHOTS,
     channel_layer,

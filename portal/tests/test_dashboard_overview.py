@@ -12,9 +12,10 @@ import re
 import pytest
 from django.urls import reverse
 
+from portal.factories import make_host, make_instance
 from portal.testing import assert_access_matrix, assert_constant_queries
-from vms.models import Flavor, Host, Instance, Operation
-from vms.tests.test_dashboard_instances import login, text
+from vms.models import Flavor, Instance, Operation
+from vms.tests.views.test_instances import login, text
 
 pytestmark = pytest.mark.django_db
 
@@ -32,19 +33,6 @@ def flavor() -> Flavor:
     return Flavor.objects.create(name="m1.small", vcpus=2, ram_mib=2048, disk_gib=10)
 
 
-def make_instance(tenant, flavor, *, name: str | None = None, state: str = Instance.State.RUNNING, host=None):
-    return Instance.objects.create(
-        tenant=tenant,
-        name=name or f"vm-{next(_serial)}",
-        flavor=flavor,
-        vcpus=flavor.vcpus,
-        ram_mib=flavor.ram_mib,
-        disk_gib=flavor.disk_gib,
-        state=state,
-        host=host,
-    )
-
-
 def make_operation(tenant, instance, *, kind="instance.start", state=Operation.State.SUCCEEDED, **fields):
     return Operation.objects.create(
         kind=kind,
@@ -55,19 +43,6 @@ def make_operation(tenant, instance, *, kind="instance.start", state=Operation.S
         state=state,
         **fields,
     )
-
-
-def make_host(name: str, **fields) -> Host:
-    values = {
-        "uri": "test:///default",
-        "state": "up",
-        "cpus": 8,
-        "memory_mib": 16384,
-        "pool_capacity": 100 * GIB,
-        "pool_available": 90 * GIB,
-    }
-    values.update(fields)
-    return Host.objects.create(name=name, **values)
 
 
 # ---------------------------------------------------------------- access

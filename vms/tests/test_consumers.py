@@ -17,8 +17,7 @@ from portal.models import Membership
 from vms import realtime
 from vms.consumers import LiveConsumer
 from vms.models import Flavor, Instance
-
-from .test_watcher import channel_layer  # noqa: F401 - fixture
+from vms.tests.watcher.test_loop import channel_layer  # noqa: F401 - fixture
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("channel_layer")]
 

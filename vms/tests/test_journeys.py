@@ -37,9 +37,10 @@ from portal.testing import sign_in
 from portal.tests.test_browser import SCREENSHOT
 from portal.tests.test_i18n import ensure_compiled_messages
 from vms.models import Flavor, Host, Instance, Snapshot
-from vms.tests import test_browser_console, test_browser_instances
+from vms.tests.compute.test_libvirt_guests import BOOTED
 from vms.tests.conftest import active_image
-from vms.tests.test_browser_console import (
+from vms.tests.consoles import test_browser_console
+from vms.tests.consoles.test_browser_console import (
     GUEST_TIMEOUT,
     PASSWORD,
     canvas_colours,
@@ -47,7 +48,7 @@ from vms.tests.test_browser_console import (
     log_has,
     wait_until,
 )
-from vms.tests.test_libvirt_guests import BOOTED
+from vms.tests.views import test_browser_instances
 
 
 def scroll_to(locator) -> None:

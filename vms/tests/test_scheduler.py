@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 
+from portal import factories
 from vms.models import Flavor, Host, Instance
 from vms.scheduler import NoValidHost, host_loads, place
 
@@ -11,20 +14,16 @@ GIB = 1024**3
 pytestmark = pytest.mark.django_db
 
 
-def make_host(name: str, **fields) -> Host:
-    values = {
-        "uri": "test:///default",
-        "state": Host.State.UP,
-        "cpus": 4,
-        "memory_mib": 8192,
-        "reserved_ram_mib": 0,
-        "pool_capacity": 100 * GIB,
-        "pool_available": 80 * GIB,
-        "cpu_allocation_ratio": 1.0,
-        "ram_allocation_ratio": 1.0,
-    }
-    values.update(fields)
-    return Host.objects.create(name=name, **values)
+# Small hosts without overcommit: the arithmetic of the filters is easy to follow.
+make_host = partial(
+    factories.make_host,
+    cpus=4,
+    memory_mib=8192,
+    reserved_ram_mib=0,
+    pool_available=80 * GIB,
+    cpu_allocation_ratio=1.0,
+    ram_allocation_ratio=1.0,
+)
 
 
 def occupy(host: Host, tenant, *, vcpus: int = 1, ram_mib: int = 1024, disk_gib: int = 1, n: int = 1) -> None:

@@ -27,7 +27,10 @@ from portal.backends.openstack import OpenStackAuth, OpenStackDriver
 from portal.backends.openstack_testing import ROOT, DevCloud, devcloud_fixture  # noqa: F401
 from portal.services import ConflictError, set_quota
 from portal.testing import free_port
-from vms import cloud, consoles, lifecycle
+from vms import lifecycle
+from vms.compute import compute_for
+from vms.compute.openstack import login, mirror
+from vms.consoles import tokens
 from vms.models import CloudFlavor, CloudProject, Flavor, Host, Instance, Keypair, Operation, PlacementRule, Snapshot
 from vms.scheduler import NoValidHost
 from vms.tests.conftest import active_image, fake_ssh_key, watcher_running
@@ -86,13 +89,13 @@ def os_cloud(devcloud: DevCloud, admin_driver, settings, tmp_path):
         kind=Host.Kind.OPENSTACK,
         auth_url=a["auth_url"],
         region=devcloud.region_name,
-        credentials=cloud.encrypt_credentials(
+        credentials=login.encrypt_credentials(
             {"username": a["username"], "password": a["password"], "project_name": a["project_name"]}
         ),
         state=Host.State.UP,
     )
     yield host
-    cloud.forget_driver(host)
+    login.forget_driver(host)
     _cleanup(admin_driver)
 
 
@@ -147,9 +150,9 @@ def test_launch_makes_project_flavor_image_once_and_boots(scene, os_cloud, admin
     # the Nova flavor is the portal's flavor, the image the portal's file, private to the project
     assert server.flavor_name == f"{PREFIX}os.small" and (server.vcpus, server.ram_mib) == (1, 128)
     replica = ImageReplica.objects.get(image=image, host=os_cloud)
-    glance = admin_driver.image(image_id=replica.volume)
+    glance = admin_driver.image(image_id=replica.cloud_image_id)
     assert (glance.visibility, glance.owner, glance.status) == ("private", project.project_id, "active")
-    assert server.image_id == replica.volume
+    assert server.image_id == replica.cloud_image_id
     assert server.key_name  # the member's key went in as a Nova keypair
     raw = admin_driver.conn.compute.get_server(instance.cloud_id)
     assert raw.metadata["labcloud_instance"] == str(instance.uuid)
@@ -217,7 +220,7 @@ def test_power_resize_snapshot_console_and_delete(scene, os_cloud, admin_driver,
     assert admin_driver.conn.image.find_image(snap.cloud_id, ignore_missing=True) is None
 
     # the console ticket is Nova's noVNC console: its proxy takes the websocket with Nova's token
-    ticket = consoles.open_console(user=user, instance=instance)
+    ticket = tokens.open_console(user=user, instance=instance)
     parts = urlsplit(ticket.url)
     assert parts.scheme == "ws" and parts.hostname == "127.0.0.1" and parts.port == 16080
     assert "token=" in parts.query
@@ -241,7 +244,7 @@ def test_power_resize_snapshot_console_and_delete(scene, os_cloud, admin_driver,
     # the same through the pages: the instance page says what the cloud cannot do; the ticket is Nova's
     client.force_login(user)
     page = client.get(reverse("instance_detail", args=[instance.pk])).content.decode()
-    assert 'id="lc-instance-cloud"' in page and 'id="lc-instance-disks"' not in page
+    assert 'id="lc-instance-not-offered"' in page and 'id="lc-instance-disks"' not in page
     assert 'data-lc-action="snapshot_revert"' not in page
     reply = client.post(reverse("instance_console_ticket", args=[instance.pk]), HTTP_ORIGIN="http://testserver")
     assert reply.status_code == 201, reply.content
@@ -347,7 +350,7 @@ def test_full_reconcile_finds_a_server_gone(scene, os_cloud, admin_driver, run_t
     instance, op = launch(run_tasks, tenant=tenant, user=user, flavor=small, image=image)
     ok(op)
     Instance.objects.filter(pk=instance.pk).update(cloud_id=str(uuid.uuid4()))  # a server Nova never had
-    counts = cloud.sync_cloud(host=os_cloud)
+    counts = compute_for(os_cloud).reconcile(os_cloud)
     instance.refresh_from_db()
     assert counts["vanished"] == 1 and instance.state == Instance.State.ERROR
 
@@ -355,7 +358,7 @@ def test_full_reconcile_finds_a_server_gone(scene, os_cloud, admin_driver, run_t
 def test_cloud_down_and_bad_credentials_are_clear_and_leave_nothing(scene, os_cloud, admin_driver, run_tasks):
     tenant, user, small, _, image = scene
     # bad credentials: Keystone refuses; the launch fails with that reason
-    os_cloud.credentials = cloud.encrypt_credentials(
+    os_cloud.credentials = login.encrypt_credentials(
         {"username": "admin", "password": "wrong", "project_name": "admin"}
     )
     os_cloud.save()
@@ -371,7 +374,7 @@ def test_cloud_down_and_bad_credentials_are_clear_and_leave_nothing(scene, os_cl
     assert op.state == Operation.State.FAILED
     assert "not answer" in op.error.lower() or "unreachable" in op.error.lower(), op.error
     assert not CloudProject.objects.filter(tenant=tenant).exists()
-    cloud.verify_cloud(host=os_cloud)
+    login.verify_cloud(host=os_cloud)
     os_cloud.refresh_from_db()
     assert os_cloud.state == Host.State.DOWN and os_cloud.state_reason
     # a cloud known to be down takes no new instances: the scheduler says why at once
@@ -405,7 +408,7 @@ def test_existing_project_mapping_and_image_visibility(scene, os_cloud, admin_dr
     instance, op = launch(run_tasks, tenant=tenant, user=user, flavor=small, image=image, name="mapped")
     ok(op)
     assert admin_driver.state(instance.cloud_id).project_id == existing.id
-    glance = admin_driver.image(image_id=ImageReplica.objects.get(image=image, host=os_cloud).volume)
+    glance = admin_driver.image(image_id=ImageReplica.objects.get(image=image, host=os_cloud).cloud_image_id)
     assert glance.visibility == "public"
 
 
@@ -413,7 +416,7 @@ def test_deleting_a_tenant_removes_its_managed_project(os_cloud, admin_driver, r
     from portal.services import delete_tenant
 
     tenant = make_tenant("os-gone", instances=2, vcpus=2, ram_mib=512)
-    project_id = cloud.project_for(host=os_cloud, tenant=tenant)
+    project_id = mirror.project_for(host=os_cloud, tenant=tenant)
     assert admin_driver.compute_quota(project_id=project_id).instances == 2
     run_tasks(lambda: delete_tenant(actor=make_user("os-root", staff=True), tenant=tenant))
     assert admin_driver.conn.identity.find_project(project_id, ignore_missing=True) is None
@@ -432,7 +435,7 @@ def test_a_server_whose_id_was_never_stored_is_still_found_and_deleted(scene, os
 
 def test_a_failed_launch_keeps_its_reason_after_the_watcher_polls(scene, os_cloud, admin_driver, run_tasks):
     tenant, user, small, _, image = scene
-    project_id = cloud.project_for(host=os_cloud, tenant=tenant)
+    project_id = mirror.project_for(host=os_cloud, tenant=tenant)
     admin_driver.set_compute_quota(project_id=project_id, instances=0, cores=-1, ram_mib=-1)
     instance, op = launch(run_tasks, tenant=tenant, user=user, flavor=small, image=image, name="refused")
     assert op.state == Operation.State.FAILED and "quota" in instance.state_reason.lower()
@@ -450,7 +453,7 @@ def test_image_copies_follow_visibility_and_go_with_the_image(scene, os_cloud, a
     image.refresh_from_db()
     instance, op = launch(run_tasks, tenant=tenant, user=user, flavor=small, image=image)
     ok(op)
-    copy_id = ImageReplica.objects.get(image=image, host=os_cloud).volume
+    copy_id = ImageReplica.objects.get(image=image, host=os_cloud).cloud_image_id
     assert admin_driver.image(image_id=copy_id).visibility == "public"
 
     # made private again: the copy leaves public view at once (not at the next launch)
@@ -462,7 +465,7 @@ def test_image_copies_follow_visibility_and_go_with_the_image(scene, os_cloud, a
     # deleting the image (after its instance) deletes every copy in the clouds too
     ok(run_tasks(lambda: lifecycle.delete_instance(actor=user, instance=instance)))
     ok(launch(run_tasks, tenant=tenant, user=user, flavor=small, image=image, name="again")[1])
-    copy_id = ImageReplica.objects.get(image=image, host=os_cloud).volume
+    copy_id = ImageReplica.objects.get(image=image, host=os_cloud).cloud_image_id
     ok(run_tasks(lambda: lifecycle.delete_instance(actor=user, instance=Instance.objects.get(name="again"))))
     image_services.delete_image(actor=make_user("os-imgadmin", staff=True), image=image)
     assert admin_driver.conn.image.find_image(copy_id, ignore_missing=True) is None
@@ -482,7 +485,7 @@ def test_a_shared_image_leaves_the_projects_of_tenants_taken_off_its_list(
     image = image_services.share_image(actor=owner, image=image, tenant=other)
     for who, where in ((user, tenant), (other_user, other)):
         ok(launch(run_tasks, tenant=where, user=who, flavor=small, image=image, name=f"on-{where.slug}")[1])
-    copy_id = ImageReplica.objects.get(image=image, host=os_cloud).volume
+    copy_id = ImageReplica.objects.get(image=image, host=os_cloud).cloud_image_id
     projects = {t.slug: CloudProject.objects.get(host=os_cloud, tenant=t).project_id for t in (tenant, other)}
     assert admin_driver.image(image_id=copy_id).visibility == "shared"
     assert admin_driver.image_members(image_id=copy_id) == sorted(projects.values())
@@ -496,7 +499,7 @@ def test_a_shared_image_leaves_the_projects_of_tenants_taken_off_its_list(
         tenant=other, source=TINY_QCOW2, name="tiny-b", virtual_size=20 * 1024**2, visibility=Image.Visibility.SHARED
     )
     ok(launch(run_tasks, tenant=other, user=other_user, flavor=small, image=own, name="again")[1])
-    assert ImageReplica.objects.get(image=own, host=os_cloud).volume == copy_id
+    assert ImageReplica.objects.get(image=own, host=os_cloud).cloud_image_id == copy_id
     assert admin_driver.image_members(image_id=copy_id) == sorted(projects.values())
     run_tasks(lambda: image.save())
     assert admin_driver.image_members(image_id=copy_id) == sorted(projects.values())
@@ -523,9 +526,9 @@ def test_servers_join_the_clouds_network_and_report_their_address(scene, os_clou
 def test_a_glance_copy_deleted_in_the_cloud_is_uploaded_again(scene, os_cloud, admin_driver, run_tasks):
     tenant, user, small, _, image = scene
     ok(launch(run_tasks, tenant=tenant, user=user, flavor=small, image=image)[1])
-    copy_id = ImageReplica.objects.get(image=image, host=os_cloud).volume
+    copy_id = ImageReplica.objects.get(image=image, host=os_cloud).cloud_image_id
     admin_driver.delete_image(image_id=copy_id)  # behind the portal's back
     instance, op = launch(run_tasks, tenant=tenant, user=user, flavor=small, image=image, name="vm2")
     ok(op)
-    new_copy = ImageReplica.objects.get(image=image, host=os_cloud).volume
+    new_copy = ImageReplica.objects.get(image=image, host=os_cloud).cloud_image_id
     assert new_copy != copy_id and admin_driver.state(instance.cloud_id).image_id == new_copy

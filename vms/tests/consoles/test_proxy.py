@@ -16,11 +16,12 @@ import pytest
 from django.conf import settings
 from django.utils import timezone
 
+from portal.factories import make_instance
 from portal.models import AuditEvent, Membership
 from portal.testing import child_process, database_url_of_this_test, free_port
-from vms import consoles
+from vms.consoles import tokens
 from vms.models import ConsoleSession
-from vms.tests.test_consoles import ORIGIN, make_instance, start_console_domain
+from vms.tests.consoles.test_tokens import ORIGIN, start_console_domain
 
 pytestmark = [pytest.mark.libvirt_guests, pytest.mark.django_db(transaction=True)]
 
@@ -124,7 +125,7 @@ def wait_for(predicate, timeout: float = 10) -> None:
 
 
 def test_token_opens_one_vnc_connection_and_refusals(actors, console_instance, proxy):
-    ticket = consoles.open_console(user=actors.member, instance=console_instance)
+    ticket = tokens.open_console(user=actors.member, instance=console_instance)
     status, conn = ws_connect(proxy.port, ticket.token)
     assert status == 101
     assert read_banner(conn).startswith(b"RFB 003.008")
@@ -133,13 +134,13 @@ def test_token_opens_one_vnc_connection_and_refusals(actors, console_instance, p
 
     assert ws_connect(proxy.port, ticket.token)[0] == 403  # reused
 
-    expired = consoles.open_console(user=actors.member, instance=console_instance)
+    expired = tokens.open_console(user=actors.member, instance=console_instance)
     ConsoleSession.objects.filter(pk=expired.session_id).update(expires_at=timezone.now() - timedelta(seconds=1))
     assert ws_connect(proxy.port, expired.token)[0] == 403
 
-    wrong_origin = consoles.open_console(user=actors.member, instance=console_instance)
+    wrong_origin = tokens.open_console(user=actors.member, instance=console_instance)
     assert ws_connect(proxy.port, wrong_origin.token, origin="http://evil.test")[0] == 403
-    no_origin = consoles.open_console(user=actors.member, instance=console_instance)
+    no_origin = tokens.open_console(user=actors.member, instance=console_instance)
     assert ws_connect(proxy.port, no_origin.token, origin=None)[0] == 403
 
     assert ws_connect(proxy.port, "unknown" * 7)[0] == 403
@@ -155,7 +156,7 @@ def test_token_opens_one_vnc_connection_and_refusals(actors, console_instance, p
 
 
 def test_live_session_closed_when_membership_removed(actors, console_instance, proxy):
-    ticket = consoles.open_console(user=actors.member, instance=console_instance)
+    ticket = tokens.open_console(user=actors.member, instance=console_instance)
     status, conn = ws_connect(proxy.port, ticket.token)
     assert status == 101
     assert read_banner(conn).startswith(b"RFB 003.008")

@@ -22,9 +22,10 @@ import pytest
 from portal.backends.libvirt.connection import connect
 from portal.selectors import tenant_usage
 from vms import lifecycle
+from vms.compute import libvirt as libvirt_compute
 from vms.models import Flavor, Instance, InstanceDisk, Keypair, Operation, Snapshot
+from vms.tests.compute.test_libvirt_guests import BOOTED, INSTALL_DONE, markers, wait_for_marker
 from vms.tests.conftest import QEMU_URI, active_image, fake_ssh_key, leftovers
-from vms.tests.test_libvirt_guests import BOOTED, INSTALL_DONE, markers, wait_for_marker
 
 pytestmark = [pytest.mark.libvirt_guests, pytest.mark.django_db]
 GIB = 1024**3
@@ -112,7 +113,7 @@ def test_launch_from_image_and_full_lifecycle(portal_host, guest_media, make_ten
     ok(run_tasks(lambda: lifecycle.resize_instance(actor=user, instance=instance, flavor=bigger)))
     instance.refresh_from_db()
     assert (instance.flavor_id, instance.ram_mib, instance.disk_gib) == (bigger.pk, 192, 2)
-    root = driver.find_volume(portal_host.storage_pool, lifecycle.root_volume(instance))
+    root = driver.find_volume(portal_host.storage_pool, libvirt_compute.root_volume(instance))
     assert root.capacity == 2 * GIB
     assert driver.describe(str(instance.uuid)).spec.memory_mib == 192
     # …but reverting to a snapshot of the old size is refused: quota counts the new size.

@@ -11,6 +11,7 @@ import pytest
 from django.core.cache import cache
 
 from images.models import Image
+from portal import factories
 from portal.models import AuditEvent
 from portal.services import create_api_token, set_quota
 from portal.testing import assert_access_matrix, assert_constant_queries, assert_problem
@@ -68,14 +69,14 @@ def image(actors):
 def make_instance(actors, host, flavors, image):
     def make(*, tenant=None, state=Instance.State.RUNNING, name=None, **fields) -> Instance:
         flavor = fields.pop("flavor", flavors["small"])
-        values = {"vcpus": 1, "ram_mib": 512, "disk_gib": flavor.disk_gib, **fields}
-        return Instance.objects.create(
-            tenant=tenant or actors.tenant,
+        values = {"vcpus": 1, "ram_mib": 512, **fields}
+        return factories.make_instance(
+            tenant or actors.tenant,
+            flavor,
+            host,
             owner=actors.member,
             name=name or f"vm{Instance.objects.count() + 1}",
-            flavor=flavor,
             image=image,
-            host=host,
             state=state,
             **values,
         )

@@ -8,6 +8,7 @@ import uuid
 import pytest
 from django.core.cache import cache
 
+from portal.factories import make_host
 from portal.models import AuditEvent
 from portal.services import create_api_token, set_quota
 from portal.testing import assert_access_matrix, assert_constant_queries, assert_problem
@@ -26,20 +27,6 @@ def staff_only(status: int) -> dict:
 @pytest.fixture(autouse=True)
 def _fresh_throttles():
     cache.clear()
-
-
-def make_host(name: str | None = None, **fields) -> Host:
-    values = {
-        "uri": "test:///default",
-        "storage_pool": "default-pool",
-        "state": Host.State.UP,
-        "cpus": 8,
-        "memory_mib": 16384,
-        "pool_capacity": 100 * GIB,
-        "pool_available": 90 * GIB,
-        **fields,
-    }
-    return Host.objects.create(name=name or f"node{Host.objects.count() + 1}", **values)
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from django.urls import reverse
 
 from portal.models import AuditEvent
 from portal.testing import assert_access_matrix, assert_constant_queries
-from vms import cloud
+from vms.compute.openstack import login
 from vms.models import CloudFlavor, CloudProject, Flavor, Host, PlacementRule
 
 pytestmark = pytest.mark.django_db
@@ -38,7 +38,7 @@ CLOUD_FORM = {
 
 def make_cloud(name: str = "os1", **fields) -> Host:
     host = Host(name=name, kind=Host.Kind.OPENSTACK, auth_url=REFUSING, **fields)
-    host.credentials = cloud.encrypt_credentials(LOGIN)
+    host.credentials = login.encrypt_credentials(LOGIN)
     host.save()
     return host
 
@@ -90,14 +90,14 @@ def test_add_cloud_encrypts_and_audits_without_secret(actors, client):
     response = client.post(url("host", "add"), data)
     assert response.status_code == 302, response.content.decode()[:3000]
     host = Host.objects.get(name="os1")
-    assert host.is_cloud and PASSWORD not in host.credentials
-    assert cloud.decrypt_credentials(host) == LOGIN
+    assert host.kind == Host.Kind.OPENSTACK and PASSWORD not in host.credentials
+    assert login.decrypt_credentials(host) == LOGIN
     event = AuditEvent.objects.get(action="host.create")
     assert event.detail["via"] == "admin" and PASSWORD not in json.dumps(event.detail)
 
 
 def test_change_page_never_renders_a_secret(actors, os_cloud, client):
-    os_cloud.credentials = cloud.encrypt_credentials(
+    os_cloud.credentials = login.encrypt_credentials(
         {**LOGIN, "application_credential_id": "ac", "application_credential_secret": SECRET}
     )
     os_cloud.save()
@@ -117,11 +117,11 @@ def test_blank_password_keeps_the_stored_one(actors, os_cloud, client):
     response = client.post(url("host", "change", os_cloud.pk), data)
     assert response.status_code == 302, response.content.decode()[:3000]
     os_cloud.refresh_from_db()
-    assert os_cloud.region == "R2" and cloud.decrypt_credentials(os_cloud) == LOGIN
+    assert os_cloud.region == "R2" and login.decrypt_credentials(os_cloud) == LOGIN
     data["os_password"] = "new-Pass-2"
     assert client.post(url("host", "change", os_cloud.pk), data).status_code == 302
     os_cloud.refresh_from_db()
-    assert cloud.decrypt_credentials(os_cloud)["password"] == "new-Pass-2"
+    assert login.decrypt_credentials(os_cloud)["password"] == "new-Pass-2"
     assert "new-Pass-2" not in json.dumps(list(AuditEvent.objects.values_list("detail", flat=True)))
 
 

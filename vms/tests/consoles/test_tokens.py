@@ -17,11 +17,12 @@ from django.urls import reverse
 from django.utils import timezone
 
 from portal.backends.base import DiskSpec, InstanceSpec
+from portal.factories import make_instance
 from portal.models import AuditEvent, Membership
 from portal.services import ConflictError
 from portal.testing import assert_access_matrix, assert_problem
-from vms import consoles
-from vms.models import ConsoleSession, Flavor, Host, Instance
+from vms.consoles import tokens
+from vms.models import ConsoleSession, Host, Instance
 
 ORIGIN = "http://portal.test"
 CREATED = {"anonymous": 401, "outsider": 404, "member": 201, "tenant_admin": 201, "cloud_admin": 201}
@@ -31,15 +32,6 @@ CREATED = {"anonymous": 401, "outsider": 404, "member": 201, "tenant_admin": 201
 def _console_settings(settings):
     settings.CONSOLE_ALLOWED_ORIGINS = [ORIGIN]
     settings.CONSOLE_PUBLIC_URL = "wss://portal.test/websockify"
-
-
-def make_instance(tenant, *, host=None, state=Instance.State.RUNNING, name="vm1") -> Instance:
-    flavor, _ = Flavor.objects.get_or_create(
-        name="lctest.console", defaults={"vcpus": 1, "ram_mib": 128, "disk_gib": 1}
-    )
-    return Instance.objects.create(
-        tenant=tenant, name=name, flavor=flavor, vcpus=1, ram_mib=128, disk_gib=1, host=host, state=state
-    )
 
 
 def start_console_domain(portal_host, guest_media, instance: Instance, *, serial_log: str | None = None) -> None:
@@ -62,7 +54,7 @@ def start_console_domain(portal_host, guest_media, instance: Instance, *, serial
 
 @pytest.fixture
 def console_instance(actors, portal_host, guest_media):
-    instance = make_instance(actors.tenant, host=portal_host)
+    instance = make_instance(actors.tenant, host=portal_host, name="vm1")
     start_console_domain(portal_host, guest_media, instance)
     return instance
 
@@ -74,7 +66,7 @@ def issued(instance: Instance, user, *, expires_in: int = 60, **fields) -> tuple
         tenant=instance.tenant,
         instance=instance,
         user=user,
-        token_hash=consoles.hash_token(token),
+        token_hash=tokens.hash_token(token),
         target_host="127.0.0.1",
         target_port=5900,
         expires_at=timezone.now() + timedelta(seconds=expires_in),
@@ -92,39 +84,39 @@ def fake_host(db):
 
 
 def test_claim_once_within_ttl_then_refused(actors, fake_host, caplog):
-    instance = make_instance(actors.tenant, host=fake_host)
+    instance = make_instance(actors.tenant, host=fake_host, name="vm1")
     token, session = issued(instance, actors.member)
-    claimed = consoles.claim_token(token=token, origin=ORIGIN, ip="10.0.0.9")
-    assert claimed == consoles.ClaimedConsole(session_id=session.pk, host="127.0.0.1", port=5900)
+    claimed = tokens.claim_token(token=token, origin=ORIGIN, ip="10.0.0.9")
+    assert claimed == tokens.ClaimedConsole(session_id=session.pk, host="127.0.0.1", port=5900)
     session.refresh_from_db()
     assert session.used_at is not None and session.client_ip == "10.0.0.9"
     assert AuditEvent.objects.filter(action="console.start", user=actors.member).count() == 1
 
     with caplog.at_level(logging.WARNING, logger="vms.consoles"):
-        assert consoles.claim_token(token=token, origin=ORIGIN) is None
+        assert tokens.claim_token(token=token, origin=ORIGIN) is None
     assert "already used" in caplog.text and token not in caplog.text
 
-    consoles.end_session(session=session.pk, reason="closed")
-    consoles.end_session(session=session.pk, reason="again")  # once only
+    tokens.end_session(session=session.pk, reason="closed")
+    tokens.end_session(session=session.pk, reason="again")  # once only
     session.refresh_from_db()
     assert session.ended_at is not None and session.end_reason == "closed"
     assert AuditEvent.objects.filter(action="console.end").count() == 1
 
 
 def test_expired_unknown_malformed_and_wrong_origin_refused(actors, fake_host, caplog):
-    instance = make_instance(actors.tenant, host=fake_host)
+    instance = make_instance(actors.tenant, host=fake_host, name="vm1")
     expired, _ = issued(instance, actors.member, expires_in=-1)
     fresh, fresh_session = issued(instance, actors.member)
     with caplog.at_level(logging.WARNING, logger="vms.consoles"):
-        assert consoles.claim_token(token=expired, origin=ORIGIN) is None
-        assert consoles.claim_token(token="nope" * 10, origin=ORIGIN) is None
-        assert consoles.claim_token(token="", origin=ORIGIN) is None
-        assert consoles.claim_token(token="x" * 500, origin=ORIGIN) is None
-        assert consoles.claim_token(token=fresh, origin="http://evil.test") is None
+        assert tokens.claim_token(token=expired, origin=ORIGIN) is None
+        assert tokens.claim_token(token="nope" * 10, origin=ORIGIN) is None
+        assert tokens.claim_token(token="", origin=ORIGIN) is None
+        assert tokens.claim_token(token="x" * 500, origin=ORIGIN) is None
+        assert tokens.claim_token(token=fresh, origin="http://evil.test") is None
     assert "token expired" in caplog.text and "unknown token" in caplog.text and "origin not allowed" in caplog.text
     assert expired not in caplog.text and fresh not in caplog.text
     # a wrong origin uses the token up: it cannot be retried from the right origin
-    assert consoles.claim_token(token=fresh, origin=ORIGIN) is None
+    assert tokens.claim_token(token=fresh, origin=ORIGIN) is None
     fresh_session.refresh_from_db()
     assert fresh_session.ended_at is not None
     assert AuditEvent.objects.filter(action="console.refused", outcome="denied").count() == 6
@@ -134,9 +126,9 @@ def test_token_of_another_signed_in_user_is_refused(actors, fake_host):
     """A browser sends its portal session cookie to the proxy: a token issued to someone else is refused."""
     from django.test import Client
 
-    from vms.console_proxy import session_cookie
+    from vms.consoles.proxy import session_cookie
 
-    instance = make_instance(actors.tenant, host=fake_host)
+    instance = make_instance(actors.tenant, host=fake_host, name="vm1")
     other = Client()
     other.force_login(actors.tenant_admin)  # same tenant, but not the user the token was issued to
     other_key = other.cookies[settings.SESSION_COOKIE_NAME].value
@@ -145,25 +137,25 @@ def test_token_of_another_signed_in_user_is_refused(actors, fake_host):
     # another app's cookies on the same host, malformed for Python's SimpleCookie, hide nothing
     for before in ('prefs={"a":1}', "a=b c", 'x="unterminated'):
         assert session_cookie(f"{before}; {settings.SESSION_COOKIE_NAME}={other_key}") == other_key
-    assert consoles.user_of_session_cookie(other_key) == actors.tenant_admin.pk
-    assert consoles.user_of_session_cookie("no-such-session") is None
+    assert tokens.user_of_session_cookie(other_key) == actors.tenant_admin.pk
+    assert tokens.user_of_session_cookie("no-such-session") is None
 
     stolen, stolen_session = issued(instance, actors.member)
-    assert consoles.claim_token(token=stolen, origin=ORIGIN, browser_user_id=actors.tenant_admin.pk) is None
+    assert tokens.claim_token(token=stolen, origin=ORIGIN, browser_user_id=actors.tenant_admin.pk) is None
     stolen_session.refresh_from_db()
     assert stolen_session.end_reason == "refused: user"
     assert AuditEvent.objects.get(action="console.refused").detail["reason"] == "token of another user"
     # the owner's own browser, and an API client without a cookie, are fine
     mine, _ = issued(instance, actors.member)
-    assert consoles.claim_token(token=mine, origin=ORIGIN, browser_user_id=actors.member.pk) is not None
+    assert tokens.claim_token(token=mine, origin=ORIGIN, browser_user_id=actors.member.pk) is not None
     bearer, _ = issued(instance, actors.member)
-    assert consoles.claim_token(token=bearer, origin=ORIGIN) is not None
+    assert tokens.claim_token(token=bearer, origin=ORIGIN) is not None
 
 
 def test_dashboard_console_needs_a_running_instance_of_ones_own(actors, fake_host):
-    from vms.tests.test_dashboard_instances import login
+    from vms.tests.views.test_instances import login
 
-    stopped = make_instance(actors.tenant, host=fake_host, state=Instance.State.SHUTOFF)
+    stopped = make_instance(actors.tenant, host=fake_host, name="vm1", state=Instance.State.SHUTOFF)
     ticket_url = reverse("instance_console_ticket", args=[stopped.pk])
     page_url = reverse("instance_console", args=[stopped.pk])
     anonymous = Client()
@@ -186,38 +178,38 @@ def test_dashboard_console_needs_a_running_instance_of_ones_own(actors, fake_hos
 
 
 def test_claim_rechecks_access_and_state(actors, fake_host):
-    instance = make_instance(actors.tenant, host=fake_host)
+    instance = make_instance(actors.tenant, host=fake_host, name="vm1")
     token, _ = issued(instance, actors.member)
     Membership.objects.filter(user=actors.member, tenant=actors.tenant).delete()
-    assert consoles.claim_token(token=token, origin=ORIGIN) is None  # bound to the issuing user, who left
+    assert tokens.claim_token(token=token, origin=ORIGIN) is None  # bound to the issuing user, who left
 
     token, _ = issued(instance, actors.tenant_admin)
     Instance.objects.filter(pk=instance.pk).update(state=Instance.State.SHUTOFF)
-    assert consoles.claim_token(token=token, origin=ORIGIN) is None
+    assert tokens.claim_token(token=token, origin=ORIGIN) is None
 
 
 def test_session_still_allowed(actors, fake_host, settings):
-    instance = make_instance(actors.tenant, host=fake_host)
+    instance = make_instance(actors.tenant, host=fake_host, name="vm1")
     token, session = issued(instance, actors.member)
-    assert not consoles.session_still_allowed(session_id=session.pk)  # not claimed yet
-    consoles.claim_token(token=token, origin=ORIGIN)
-    assert consoles.session_still_allowed(session_id=session.pk)
+    assert not tokens.session_still_allowed(session_id=session.pk)  # not claimed yet
+    tokens.claim_token(token=token, origin=ORIGIN)
+    assert tokens.session_still_allowed(session_id=session.pk)
     settings.CONSOLE_MAX_SESSION_SECONDS = 0
-    assert not consoles.session_still_allowed(session_id=session.pk)
+    assert not tokens.session_still_allowed(session_id=session.pk)
     settings.CONSOLE_MAX_SESSION_SECONDS = 3600
     Membership.objects.filter(user=actors.member, tenant=actors.tenant).delete()
-    assert not consoles.session_still_allowed(session_id=session.pk)
+    assert not tokens.session_still_allowed(session_id=session.pk)
     instance.delete()
-    assert not consoles.session_still_allowed(session_id=session.pk)
+    assert not tokens.session_still_allowed(session_id=session.pk)
 
 
 def test_open_console_refuses_instances_not_running(actors, fake_host):
-    stopped = make_instance(actors.tenant, host=fake_host, state=Instance.State.SHUTOFF)
+    stopped = make_instance(actors.tenant, host=fake_host, name="vm1", state=Instance.State.SHUTOFF)
     with pytest.raises(ConflictError):
-        consoles.open_console(user=actors.member, instance=stopped)
+        tokens.open_console(user=actors.member, instance=stopped)
     nowhere = make_instance(actors.tenant, name="vm2")
     with pytest.raises(ConflictError):
-        consoles.open_console(user=actors.member, instance=nowhere)
+        tokens.open_console(user=actors.member, instance=nowhere)
     # running in the database, but no such domain on its host: a clean conflict, not a 500
     missing = make_instance(actors.tenant, host=fake_host, name="vm3")
     response = actors.client("member").post(f"/api/v1/instances/{missing.pk}/console/")
@@ -228,7 +220,7 @@ def test_open_console_refuses_instances_not_running(actors, fake_host):
 def test_read_only_api_token_cannot_open_a_console(actors, fake_host):
     from portal.services import create_api_token
 
-    instance = make_instance(actors.tenant, host=fake_host)
+    instance = make_instance(actors.tenant, host=fake_host, name="vm1")
     _, raw = create_api_token(user=actors.member, name="ro")  # the default scope is read
     response = actors.client("anonymous").post(
         f"/api/v1/instances/{instance.pk}/console/", HTTP_AUTHORIZATION=f"Bearer {raw}"
@@ -241,9 +233,9 @@ def test_read_only_api_token_cannot_open_a_console(actors, fake_host):
 
 @pytest.mark.libvirt_guests
 def test_open_console_stores_only_the_hash_and_sets_a_one_time_password(actors, console_instance):
-    from vms.tests.test_libvirt_guests import vnc_login
+    from vms.tests.compute.test_libvirt_guests import vnc_login
 
-    ticket = consoles.open_console(user=actors.member, instance=console_instance, ip="10.0.0.1")
+    ticket = tokens.open_console(user=actors.member, instance=console_instance, ip="10.0.0.1")
     assert len(ticket.token) >= 43  # 32 random bytes, URL-safe base64
     assert ticket.url == f"wss://portal.test/websockify?token={ticket.token}"
     session = ConsoleSession.objects.get()
@@ -270,7 +262,7 @@ def test_console_api_access_matrix(actors, console_instance):
 
 @pytest.mark.libvirt_guests
 def test_dashboard_console_ticket_access_matrix(actors, console_instance):
-    from vms.tests.test_dashboard_instances import login
+    from vms.tests.views.test_instances import login
 
     url = reverse("instance_console_ticket", args=[console_instance.pk])
     assert Client().post(url).status_code == 401

@@ -7,8 +7,8 @@ from django.urls import reverse
 
 from portal.testing import sign_in
 from vms import realtime
-from vms.tests.test_browser_instances import PASSWORD, channel_layer, daphne, lab, publish  # noqa: F401 - fixtures
-from vms.tests.test_metrics import add_samples
+from vms.tests.views.test_browser_instances import PASSWORD, channel_layer, daphne, lab, publish  # noqa: F401 - fixtures
+from vms.tests.watcher.test_metrics import add_samples
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 

@@ -19,14 +19,18 @@ from asgiref.sync import async_to_sync
 from django.core.management import CommandError, call_command
 
 from portal.backends.base import InstanceSpec
+from portal.factories import make_instance
 from portal.models import AuditEvent
 from portal.selectors import tenant_usage
 from portal.services import QuotaExceeded, ServiceError
 from vms import hosts
+from vms.compute import compute_for
+from vms.compute import libvirt as libvirt_compute
+from vms.compute.openstack import login
+from vms.compute.state import Observed, record
 from vms.models import Flavor, Host, Instance, UnmanagedDomain
+from vms.tests.conftest import PREFIX, TEST_URI, watcher_running
 from vms.watcher import HostWatcher
-
-from .conftest import PREFIX, TEST_URI, watcher_running
 
 POOL = "default-pool"  # test:///default's pool
 
@@ -76,37 +80,22 @@ def host(db):
     return Host.objects.create(name="lctest-host", uri=TEST_URI, storage_pool=POOL)
 
 
-def make_instance(tenant, flavor, host, *, uuid_: str | None = None, state=Instance.State.SHUTOFF, task="", name=None):
-    return Instance.objects.create(
-        uuid=uuid_ or uuid.uuid4(),
-        tenant=tenant,
-        name=name or f"vm-{secrets.token_hex(3)}",
-        flavor=flavor,
-        vcpus=flavor.vcpus,
-        ram_mib=flavor.ram_mib,
-        disk_gib=flavor.disk_gib,
-        host=host,
-        state=state,
-        task=task,
-    )
-
-
 # ---------------------------------------------------------------- refresh_host
 
 
 def test_refresh_host_stores_capacity(host, test_driver):
-    hosts.refresh_host(host=host)
+    compute_for(host).check_host(host)
     host.refresh_from_db()
     assert host.state == Host.State.UP and host.state_reason == ""
     assert host.cpus > 0 and host.memory_mib > 0 and host.free_memory_mib is not None
     assert host.pool_capacity > 0 and host.pool_available is not None
-    assert host.libvirt_version.count(".") == 2 and host.last_seen is not None
+    assert host.backend_version.count(".") == 2 and host.last_seen is not None
 
 
 def test_refresh_of_a_disabled_host_keeps_it_disabled(host, test_driver):
     host.enabled = False
     host.save()
-    hosts.refresh_host(host=host)
+    compute_for(host).check_host(host)
     host.refresh_from_db()
     assert host.state == Host.State.DISABLED and host.cpus > 0
 
@@ -114,7 +103,7 @@ def test_refresh_of_a_disabled_host_keeps_it_disabled(host, test_driver):
 @pytest.mark.parametrize("uri", ["qemu+tcp://127.0.0.1:1/system", "test:///nonexistent-lctest.xml"])
 def test_refresh_of_an_unreachable_host_marks_it_down(db, uri):
     host = Host.objects.create(name="lctest-gone", uri=uri, cpus=4, state=Host.State.UP)
-    hosts.refresh_host(host=host)
+    compute_for(host).check_host(host)
     host.refresh_from_db()
     assert host.state == Host.State.DOWN
     assert "cannot connect" in host.state_reason and host.cpus == 4  # the last known capacity stays
@@ -122,7 +111,7 @@ def test_refresh_of_an_unreachable_host_marks_it_down(db, uri):
 
 def test_refresh_with_a_missing_pool_marks_the_host_down(db, test_driver):
     host = Host.objects.create(name="lctest-nopool", uri=TEST_URI, storage_pool="lctest-no-such-pool")
-    hosts.refresh_host(host=host)
+    compute_for(host).check_host(host)
     host.refresh_from_db()
     assert host.state == Host.State.DOWN and "lctest-no-such-pool" in host.state_reason
 
@@ -131,14 +120,14 @@ def test_refresh_with_a_missing_pool_marks_the_host_down(db, test_driver):
 
 
 def test_apply_observed_state(actors, flavor, host):
-    instance = make_instance(actors.tenant, flavor, host)
+    instance = make_instance(actors.tenant, flavor, host, state=Instance.State.SHUTOFF)
     before = instance.updated_at
-    assert hosts.apply_observed_state(instance=instance, state="running") is True
+    assert record(instance, Observed(state="running"), by_task=False) is True
     instance.refresh_from_db()
     assert instance.state == Instance.State.RUNNING and instance.updated_at > before
-    assert hosts.apply_observed_state(instance=instance, state="running") is False  # no change, no write
-    assert hosts.apply_observed_state(instance=instance, state="unknown") is False
-    assert hosts.apply_observed_state(instance=instance, state="crashed", reason="panicked") is True
+    assert record(instance, Observed(state="running"), by_task=False) is False  # no change, no write
+    assert record(instance, Observed(state="unknown"), by_task=False) is False
+    assert record(instance, Observed(state="crashed", reason="panicked"), by_task=False) is True
     instance.refresh_from_db()
     assert (instance.state, instance.state_reason) == (Instance.State.CRASHED, "panicked")
 
@@ -149,8 +138,8 @@ def test_apply_observed_state(actors, flavor, host):
 )
 def test_rows_owned_by_a_task_are_left_alone(actors, flavor, host, state, task):
     instance = make_instance(actors.tenant, flavor, host, state=state, task=task)
-    assert hosts.apply_observed_state(instance=instance, state="running") is False
-    assert hosts.mark_vanished(instance=instance) is False
+    assert record(instance, Observed(state="running"), by_task=False) is False
+    assert libvirt_compute.mark_vanished(instance=instance) is False
     instance.refresh_from_db()
     assert instance.state == state
 
@@ -158,7 +147,7 @@ def test_rows_owned_by_a_task_are_left_alone(actors, flavor, host, state, task):
 def test_a_stale_row_does_not_overwrite_a_task_change(actors, flavor, host):
     instance = make_instance(actors.tenant, flavor, host, state=Instance.State.RUNNING)
     Instance.objects.filter(pk=instance.pk).update(state=Instance.State.DELETING, task="delete")  # a task, meanwhile
-    assert hosts.apply_observed_state(instance=instance, state="shutoff") is False
+    assert record(instance, Observed(state="shutoff"), by_task=False) is False
     instance.refresh_from_db()
     assert instance.state == Instance.State.DELETING
 
@@ -176,7 +165,7 @@ def test_reconcile_applies_states_finds_vanished_and_unmanaged_domains(actors, f
     building = make_instance(actors.tenant, flavor, host, state=Instance.State.BUILDING, task="launch")
     deleting = make_instance(actors.tenant, flavor, host, state=Instance.State.DELETING)
 
-    counts = hosts.reconcile_host(host=host)
+    counts = compute_for(host).reconcile(host)
     assert counts["changed"] == 2 and counts["vanished"] == 1 and counts["domains"] >= 3
 
     states = dict(Instance.objects.values_list("pk", "state"))
@@ -194,7 +183,7 @@ def test_reconcile_applies_states_finds_vanished_and_unmanaged_domains(actors, f
 
     # Nothing changed: the second pass writes no instance; a domain that went away drops its row.
     test_driver.undefine(stray)
-    again = hosts.reconcile_host(host=host)
+    again = compute_for(host).reconcile(host)
     assert again["changed"] == 0 and again["vanished"] == 0 and again["unmanaged_removed"] == 1
     assert not UnmanagedDomain.objects.filter(host=host, uuid=stray).exists()
 
@@ -205,11 +194,11 @@ def test_reconcile_queries_do_not_grow_with_unchanged_instances(actors, flavor, 
 
     def queries() -> int:
         with CaptureQueriesContext(connection) as ctx:
-            hosts.reconcile_host(host=host)
+            compute_for(host).reconcile(host)
         return len(ctx.captured_queries)
 
     make_instance(actors.tenant, flavor, host, uuid_=define(test_driver, start=True), state=Instance.State.RUNNING)
-    hosts.reconcile_host(host=host)
+    compute_for(host).reconcile(host)
     few = queries()
     for _ in range(5):
         uuid_ = define(test_driver, start=True)
@@ -222,7 +211,7 @@ def test_reconcile_of_an_unreachable_host_marks_it_down(db):
 
     host = Host.objects.create(name="lctest-gone", uri="test:///nonexistent-lctest.xml", state=Host.State.UP)
     with pytest.raises(HostUnreachable):
-        hosts.reconcile_host(host=host)
+        compute_for(host).reconcile(host)
     host.refresh_from_db()
     assert host.state == Host.State.DOWN and "cannot connect" in host.state_reason
 
@@ -233,7 +222,7 @@ def test_reconcile_of_an_unreachable_host_marks_it_down(db):
 @pytest.fixture
 def unmanaged(host, test_driver):
     domain = define(test_driver, start=True)
-    hosts.reconcile_host(host=host)
+    compute_for(host).reconcile(host)
     return UnmanagedDomain.objects.get(host=host, uuid=domain)
 
 
@@ -248,7 +237,7 @@ def test_adopt_domain(actors, flavor, unmanaged):
     event = AuditEvent.objects.get(action="instance.adopt")
     assert event.tenant == actors.tenant and event.detail["domain"] == unmanaged.name
     # The next reconcile treats it as an instance, not as unmanaged.
-    counts = hosts.reconcile_host(host=unmanaged.host)
+    counts = compute_for(unmanaged.host).reconcile(unmanaged.host)
     assert not UnmanagedDomain.objects.filter(uuid=unmanaged.uuid).exists() and counts["changed"] == 0
 
 
@@ -268,7 +257,7 @@ def test_only_cloud_admins_adopt(actors, flavor, unmanaged, role):
 
 
 def test_adopt_refuses_a_taken_name(actors, flavor, host, unmanaged):
-    make_instance(actors.tenant, flavor, host, name="taken")
+    make_instance(actors.tenant, flavor, host, name="taken", state=Instance.State.SHUTOFF)
     with pytest.raises(ServiceError, match="taken"):
         hosts.adopt_domain(
             actor=actors.cloud_admin, unmanaged=unmanaged, tenant=actors.tenant, flavor=flavor, name="taken"
@@ -381,13 +370,11 @@ class SilentServer:
 def test_a_hanging_cloud_does_not_hold_up_libvirt_events(
     actors, flavor, test_driver, channel_layer, running_watcher, settings
 ):
-    from vms import cloud
-
     settings.LABCLOUD_CLOUD_TIMEOUT = 8
     silent = SilentServer()
     try:
         hung = Host(name="lctest-hung-cloud", kind=Host.Kind.OPENSTACK, auth_url=f"http://127.0.0.1:{silent.port}/v3")
-        hung.credentials = cloud.encrypt_credentials({"username": "u", "password": "p", "project_name": "admin"})
+        hung.credentials = login.encrypt_credentials({"username": "u", "password": "p", "project_name": "admin"})
         hung.save()
         host = Host.objects.create(name="lctest-host", uri=TEST_URI, storage_pool=POOL)
         domain = define(test_driver)
@@ -417,7 +404,7 @@ def test_a_hanging_cloud_does_not_hold_up_libvirt_events(
 def test_watcher_reconnects_a_host_that_comes_back(db, test_driver, monkeypatch):
     """A host that is down at first is retried with backoff; once it answers, its events are registered."""
     from portal.backends.libvirt.connection import start_event_loop
-    from vms import watcher as watcher_module
+    from vms.watcher import loop as watcher_module
 
     start_event_loop()
 
@@ -453,7 +440,7 @@ def test_reconcile_stores_addresses_from_dhcp_leases(actors, flavor, host, test_
     builtin = connect(host.uri).lookupByName("test")
     instance = make_instance(actors.tenant, flavor, host, uuid_=builtin.UUIDString(), state=Instance.State.RUNNING)
     Instance.objects.filter(pk=instance.pk).update(mac_address="aa:bb:cc:dd:ee:ff")
-    assert hosts.reconcile_host(host=host)["addresses"] == 1
+    assert compute_for(host).reconcile(host)["addresses"] == 1
     instance.refresh_from_db()
     assert instance.addresses == ["192.168.122.3"]
-    assert hosts.reconcile_host(host=host)["addresses"] == 0  # unchanged: nothing written
+    assert compute_for(host).reconcile(host)["addresses"] == 0  # unchanged: nothing written

@@ -15,15 +15,15 @@ from asgiref.sync import async_to_sync, sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.contrib.sessions.models import Session
 
+from portal.factories import make_instance
 from portal.models import AuditEvent, Membership
 from vms import lifecycle
+from vms.consoles.serial import SerialConsumer
 from vms.models import Flavor, Instance
-from vms.serial import SerialConsumer
+from vms.tests.compute.test_libvirt_guests import BOOTED, wait_for_marker
 from vms.tests.conftest import active_image
 from vms.tests.test_consumers import session_cookie
-from vms.tests.test_libvirt_guests import BOOTED, wait_for_marker
-
-from .test_watcher import channel_layer  # noqa: F401 - fixture
+from vms.tests.watcher.test_loop import channel_layer  # noqa: F401 - fixture
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("channel_layer")]
 
@@ -68,16 +68,9 @@ async def read_until(communicator: WebsocketCommunicator, needle: bytes, timeout
     return seen
 
 
-def make_instance(tenant, name: str, **fields) -> Instance:
-    flavor, _ = Flavor.objects.get_or_create(name="lctest.serial", defaults={"vcpus": 1, "ram_mib": 128, "disk_gib": 1})
-    return Instance.objects.create(tenant=tenant, name=name, flavor=flavor, vcpus=1, ram_mib=128, disk_gib=1, **fields)
-
-
 def test_anonymous_outsider_and_stopped_are_refused(actors):
-    running_nowhere = make_instance(
-        actors.tenant, "nowhere", state=Instance.State.RUNNING
-    )  # no host: not running anywhere
-    stopped = make_instance(actors.tenant, "stopped", state=Instance.State.SHUTOFF)
+    running_nowhere = make_instance(actors.tenant, name="nowhere", state=Instance.State.RUNNING)  # no host
+    stopped = make_instance(actors.tenant, name="stopped", state=Instance.State.SHUTOFF)
 
     async def scenario():
         assert await closed_with(await open_serial(stopped.pk)) == 4401

@@ -11,7 +11,7 @@ from django.db import connection
 
 from portal.models import AuditEvent
 from portal.testing import assert_access_matrix, assert_constant_queries, assert_problem
-from vms import cloud
+from vms.compute.openstack import login
 from vms.models import CloudFlavor, CloudProject, Flavor, Host, Instance, PlacementRule
 
 HOSTS = "/api/v1/hosts/"
@@ -38,7 +38,7 @@ def _fresh_throttles():
 def make_cloud(name: str | None = None, credentials: dict | None = None, **fields) -> Host:
     values = {"kind": Host.Kind.OPENSTACK, "auth_url": REFUSING, **fields}
     host = Host(name=name or f"cloud{Host.objects.count() + 1}", **values)
-    host.credentials = cloud.encrypt_credentials(LOGIN if credentials is None else credentials)
+    host.credentials = login.encrypt_credentials(LOGIN if credentials is None else credentials)
     host.save()
     return host
 
@@ -115,7 +115,7 @@ def test_create_cloud_encrypts_the_login_and_never_returns_it(actors):
     assert body["credentials_summary"] == {"username": "portal", "project_name": "admin", "user_domain_name": "Default"}
     host = Host.objects.get(name="os-new")
     assert PASSWORD not in stored_column(host) and "portal" not in stored_column(host)
-    assert cloud.decrypt_credentials(host)["password"] == PASSWORD
+    assert login.decrypt_credentials(host)["password"] == PASSWORD
     for url in (HOSTS, detail(HOSTS, host)):
         assert_no_secret(staff.get(url).content.decode())
     event = AuditEvent.objects.get(action="host.create", target_id=str(host.pk))
@@ -131,10 +131,10 @@ def test_blank_or_omitted_password_keeps_the_stored_one(actors, os_cloud):
     assert response.status_code == 200, response.content
     assert_no_secret(response.content.decode())
     os_cloud.refresh_from_db()
-    assert os_cloud.region == "R2" and cloud.decrypt_credentials(os_cloud) == LOGIN
+    assert os_cloud.region == "R2" and login.decrypt_credentials(os_cloud) == LOGIN
     assert staff.patch(detail(HOSTS, os_cloud), {"enabled": False}, format="json").status_code == 200
     os_cloud.refresh_from_db()
-    assert cloud.decrypt_credentials(os_cloud) == LOGIN
+    assert login.decrypt_credentials(os_cloud) == LOGIN
 
 
 def test_new_password_replaces_the_old_one(actors, os_cloud):
@@ -143,7 +143,7 @@ def test_new_password_replaces_the_old_one(actors, os_cloud):
     assert response.status_code == 200, response.content
     assert "other-Pass-1" not in response.content.decode()
     os_cloud.refresh_from_db()
-    assert cloud.decrypt_credentials(os_cloud) == {**LOGIN, "password": "other-Pass-1"}
+    assert login.decrypt_credentials(os_cloud) == {**LOGIN, "password": "other-Pass-1"}
     event = AuditEvent.objects.get(action="host.update")
     assert "other-Pass-1" not in json.dumps(event.detail) and event.detail["credentials"] == "changed"
 
@@ -156,7 +156,7 @@ def test_switching_to_an_application_credential_drops_the_password(actors, os_cl
     assert_no_secret(response.content.decode())
     assert response.json()["credentials_summary"] == {"application_credential_id": "ac-1"}
     os_cloud.refresh_from_db()
-    assert cloud.decrypt_credentials(os_cloud) == creds
+    assert login.decrypt_credentials(os_cloud) == creds
 
 
 def test_clear_credentials(actors):
@@ -175,7 +175,7 @@ def test_a_managed_cloud_cannot_lose_its_login(actors, os_cloud):
     )
     assert "credentials" in body["errors"]
     os_cloud.refresh_from_db()
-    assert cloud.decrypt_credentials(os_cloud) == LOGIN
+    assert login.decrypt_credentials(os_cloud) == LOGIN
 
 
 @pytest.mark.parametrize(

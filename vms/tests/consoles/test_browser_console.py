@@ -32,13 +32,14 @@ import redis
 from django.conf import settings
 from django.urls import reverse
 
+from portal.factories import make_instance
 from portal.models import AuditEvent, Membership
 from portal.testing import child_process, database_url_of_this_test, free_port, sign_in
 from portal.tests.test_browser import SCREENSHOT
 from vms.models import ConsoleSession, Flavor, Instance
+from vms.tests.compute.test_libvirt_guests import BOOTED, INSTALL_DONE
 from vms.tests.conftest import active_image
-from vms.tests.test_consoles import make_instance, start_console_domain
-from vms.tests.test_libvirt_guests import BOOTED, INSTALL_DONE
+from vms.tests.consoles.test_tokens import start_console_domain
 
 pytestmark = [pytest.mark.browser, pytest.mark.libvirt_guests, pytest.mark.django_db(transaction=True)]
 

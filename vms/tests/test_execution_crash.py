@@ -28,7 +28,8 @@ from django.db import connection
 from portal.celery import app as celery_app
 from portal.selectors import tenant_usage
 from portal.testing import database_url_of_this_test, switch_celery_broker
-from vms import lifecycle
+from vms import execution, lifecycle
+from vms.compute import libvirt as libvirt_compute
 from vms.models import Flavor, Instance, Operation
 from vms.tests.conftest import active_image, leftovers
 
@@ -154,7 +155,7 @@ def test_worker_killed_mid_launch_recovers_without_orphans(
 
         worker.start()
         time.sleep(STALE + 0.5)
-        requeued = lifecycle.recover_stale_operations(stale_after=timedelta(seconds=STALE))
+        requeued = execution.recover_stale_operations(stale_after=timedelta(seconds=STALE))
         assert operation.pk in requeued
 
         def finished():
@@ -172,8 +173,8 @@ def test_worker_killed_mid_launch_recovers_without_orphans(
         assert sorted(leftovers(driver.conn, prefix)) == sorted(
             [
                 f"domain {instance.domain_name}",
-                f"volume {lifecycle.root_volume(instance)}",
-                f"volume {lifecycle.seed_volume(instance)}",
+                f"volume {libvirt_compute.root_volume(instance)}",
+                f"volume {libvirt_compute.seed_volume(instance)}",
             ]
         )
         images = [v.name for v in driver.list_volumes(portal_host.storage_pool) if v.name.startswith("labcloud-image")]

@@ -10,8 +10,9 @@ from django.urls import reverse
 
 from portal.backends.base import BackendError
 from portal.services import ConflictError
-from vms import cloud, lifecycle
-from vms.consoles import websocket_url_of
+from vms import lifecycle
+from vms.compute.openstack import login
+from vms.compute.openstack.adapter import websocket_url_of
 from vms.models import Flavor, Host, Instance, PlacementRule
 from vms.scheduler import NoValidHost, place, placement_target
 
@@ -114,23 +115,23 @@ def test_cloud_instances_refuse_what_the_cloud_cannot_do(hosts, make_tenant, mak
 
 def test_credentials_are_encrypted_at_rest_and_a_changed_key_is_a_clear_error(hosts, settings):
     _, cloud_host = hosts
-    cloud_host.credentials = cloud.encrypt_credentials(
+    cloud_host.credentials = login.encrypt_credentials(
         {"username": "portal", "password": "s3cret-PW", "project_name": "labcloud", "ignored": "x"}
     )
     cloud_host.save()
     stored = Host.objects.values_list("credentials", flat=True).get(pk=cloud_host.pk)
     assert "s3cret" not in stored and "portal" not in stored
-    assert cloud.decrypt_credentials(cloud_host) == {
+    assert login.decrypt_credentials(cloud_host) == {
         "username": "portal",
         "password": "s3cret-PW",
         "project_name": "labcloud",
     }
-    assert cloud.credentials_summary(cloud_host) == {"username": "portal", "project_name": "labcloud"}
-    auth = cloud.auth_for(cloud_host)
+    assert login.credentials_summary(cloud_host) == {"username": "portal", "project_name": "labcloud"}
+    auth = login.auth_for(cloud_host)
     assert auth.password == "s3cret-PW" and "s3cret" not in repr(auth)
     settings.LABCLOUD_CREDENTIALS_KEY = "0" * 43 + "="  # another key
     with pytest.raises(BackendError, match="cannot be decrypted"):
-        cloud.decrypt_credentials(cloud_host)
+        login.decrypt_credentials(cloud_host)
 
 
 def test_clouds_yaml_cloud_name(hosts, tmp_path, monkeypatch):
@@ -142,7 +143,7 @@ def test_clouds_yaml_cloud_name(hosts, tmp_path, monkeypatch):
     )
     monkeypatch.setenv("OS_CLIENT_CONFIG_FILE", str(config))
     cloud_host.auth_url, cloud_host.cloud_name = "", "lab"
-    auth = cloud.auth_for(cloud_host)
+    auth = login.auth_for(cloud_host)
     assert (auth.auth_url, auth.username, auth.project_name, auth.region_name) == (
         "http://127.0.0.1:9/v3",
         "u",
@@ -151,7 +152,7 @@ def test_clouds_yaml_cloud_name(hosts, tmp_path, monkeypatch):
     )
     cloud_host.cloud_name = "nowhere"
     with pytest.raises(BackendError, match=r"not in clouds\.yaml"):
-        cloud.auth_for(cloud_host)
+        login.auth_for(cloud_host)
 
 
 def test_clouds_yaml_ids_instead_of_names(hosts, tmp_path, monkeypatch):
@@ -166,7 +167,7 @@ def test_clouds_yaml_ids_instead_of_names(hosts, tmp_path, monkeypatch):
     )
     monkeypatch.setenv("OS_CLIENT_CONFIG_FILE", str(config))
     cloud_host.auth_url, cloud_host.cloud_name = "", "lab"
-    auth = cloud.auth_for(cloud_host)
+    auth = login.auth_for(cloud_host)
     assert (auth.project_id, auth.project_name, auth.user_domain_id, auth.project_domain_id) == (
         "0123abcd",
         None,
@@ -174,7 +175,7 @@ def test_clouds_yaml_ids_instead_of_names(hosts, tmp_path, monkeypatch):
         "dom-1",
     )
     cloud_host.cloud_name = "lab2"
-    auth = cloud.auth_for(cloud_host)
+    auth = login.auth_for(cloud_host)
     assert (auth.project_id, auth.project_name, auth.project_domain_id, auth.user_domain_id) == (
         None,
         "pr",
@@ -184,16 +185,16 @@ def test_clouds_yaml_ids_instead_of_names(hosts, tmp_path, monkeypatch):
     assert auth.user_domain_name == "Users"
     # a project name stored in the portal replaces clouds.yaml's project id (what the portal stores wins)
     cloud_host.cloud_name = "lab"
-    cloud_host.credentials = cloud.encrypt_credentials({"project_name": "mine"})
-    auth = cloud.auth_for(cloud_host)
+    cloud_host.credentials = login.encrypt_credentials({"project_name": "mine"})
+    auth = login.auth_for(cloud_host)
     assert (auth.project_id, auth.project_name, auth.username) == (None, "mine", "u")
 
 
 def test_verify_marks_an_unreachable_cloud_down(hosts):
     _, cloud_host = hosts
-    cloud_host.credentials = cloud.encrypt_credentials({"username": "u", "password": "p", "project_name": "pr"})
+    cloud_host.credentials = login.encrypt_credentials({"username": "u", "password": "p", "project_name": "pr"})
     cloud_host.save()
-    cloud.verify_cloud(host=cloud_host)
+    login.verify_cloud(host=cloud_host)
     cloud_host.refresh_from_db()
     assert cloud_host.state == Host.State.DOWN and "127.0.0.1:9" in cloud_host.state_reason
 
@@ -260,9 +261,7 @@ def test_sharing_changes_queue_a_sync_of_the_cloud_copies(hosts, make_tenant, dj
     owner, b, c, d = (make_tenant(name) for name in ("own", "tb", "tc", "td"))
     image = Image.objects.create(tenant=owner, name="img", visibility=Image.Visibility.SHARED)
     elsewhere = Image.objects.create(tenant=owner, name="no-copy", visibility=Image.Visibility.SHARED)
-    ImageReplica.objects.create(
-        image=image, host=cloud_host, pool=cloud.GLANCE_POOL, volume="g1", state=ImageReplica.State.READY
-    )
+    ImageReplica.objects.create(image=image, host=cloud_host, cloud_image_id="g1", state=ImageReplica.State.READY)
 
     def queued(change) -> int:
         with django_capture_on_commit_callbacks() as callbacks:

@@ -10,6 +10,7 @@ from django.contrib.admin import helpers
 from django.contrib.messages import get_messages
 from django.urls import reverse
 
+from portal import factories
 from portal.testing import assert_access_matrix, assert_constant_queries
 from vms.models import Flavor, Host, Instance, InstanceDisk, Operation, Snapshot, UnmanagedDomain
 
@@ -42,15 +43,15 @@ def flavor(db):
 @pytest.fixture
 def make_instance(actors, host, flavor):
     def make(*, state=Instance.State.RUNNING, **fields) -> Instance:
-        instance = Instance.objects.create(
-            tenant=fields.pop("tenant", actors.tenant),
+        instance = factories.make_instance(
+            fields.pop("tenant", actors.tenant),
+            flavor,
+            host,
             owner=actors.member,
             name=fields.pop("name", f"vm{Instance.objects.count() + 1}"),
-            flavor=flavor,
             vcpus=2,
             ram_mib=1024,
             disk_gib=10,
-            host=host,
             state=state,
             **fields,
         )

@@ -8,9 +8,7 @@ serves them on the API and the page, and keeps only ``METRICS_HISTORY`` points.
 
 from __future__ import annotations
 
-import secrets
 import time
-import uuid
 from datetime import timedelta
 
 import pytest
@@ -18,15 +16,15 @@ from django.utils import timezone
 
 from portal.backends.base import DomainStats
 from portal.backends.libvirt.driver import _domain_stats
+from portal.factories import make_instance
 from portal.testing import assert_access_matrix, assert_constant_queries, count_queries
 from vms import realtime
-from vms.metrics import Counters, compute_point, prune_samples, sample_host
 from vms.models import Flavor, Host, Instance, InstanceMetricSample
 from vms.realtime import tenant_group
+from vms.tests.conftest import TEST_URI, watcher_running
+from vms.tests.watcher.test_loop import POOL, channel_layer, define, listen, receive  # noqa: F401 - channel_layer is a fixture
 from vms.watcher import HostWatcher
-
-from .conftest import TEST_URI, watcher_running
-from .test_watcher import POOL, channel_layer, define, listen, receive  # noqa: F401 - channel_layer is a fixture
+from vms.watcher.metrics import Counters, compute_point, prune_samples, sample_host
 
 # ---------------------------------------------------------------- driver
 
@@ -130,20 +128,6 @@ def flavor(db):
     return Flavor.objects.create(name="lctest.metrics", vcpus=1, ram_mib=128, disk_gib=1)
 
 
-def make_instance(tenant, flavor, host=None, **fields) -> Instance:
-    return Instance.objects.create(
-        tenant=tenant,
-        name=f"vm-{secrets.token_hex(3)}",
-        flavor=flavor,
-        vcpus=1,
-        ram_mib=128,
-        disk_gib=1,
-        host=host,
-        state=Instance.State.RUNNING,
-        **fields,
-    )
-
-
 def add_samples(instance: Instance, n: int, *, start=None) -> None:
     start = start or timezone.now() - timedelta(hours=1)
     existing = InstanceMetricSample.objects.filter(instance=instance).count()
@@ -181,7 +165,7 @@ def test_prune_keeps_the_newest_points_of_each_instance(actors, flavor):
 def test_sample_host_primes_counters_and_forgets_stopped_domains(actors, flavor, test_driver):
     host = Host.objects.create(name="lctest-metrics-host", uri=TEST_URI, storage_pool=POOL)
     running = define(test_driver, start=True)
-    make_instance(actors.tenant, flavor, host, uuid=uuid.UUID(running))
+    make_instance(actors.tenant, flavor, host, uuid_=running)
     counters = {"00000000-0000-0000-0000-000000000000": reading(0.0)}  # a domain that stopped meanwhile
     result = sample_host(host=host, counters=counters)
     assert running in counters and "00000000-0000-0000-0000-000000000000" not in counters

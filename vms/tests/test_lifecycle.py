@@ -11,8 +11,7 @@ import pytest
 from django.utils import timezone
 
 from images.models import Image
-from images.services import _release_captured_instance
-from vms import lifecycle, operations
+from vms import execution, lifecycle, operations
 from vms.models import Flavor, Host, Instance, Operation, Snapshot
 from vms.scheduler import NoValidHost
 
@@ -79,17 +78,17 @@ def operation_for(instance: Instance, *, state: str, age: timedelta, heartbeat_a
 def test_a_running_operation_without_heartbeat_is_requeued_and_counted(instance, django_capture_on_commit_callbacks):
     op = operation_for(instance, state=Operation.State.RUNNING, age=timedelta(hours=1), heartbeat_age=3 * STALE)
     with django_capture_on_commit_callbacks() as sent:
-        assert lifecycle.recover_stale_operations(stale_after=STALE) == [op.pk]
+        assert execution.recover_stale_operations(stale_after=STALE) == [op.pk]
     op.refresh_from_db()
     assert op.state == Operation.State.QUEUED and op.params["attempts"] == 1 and len(sent) == 1
     # Re-sent just now: the next sweep leaves it alone for a full period.
-    assert lifecycle.recover_stale_operations(stale_after=STALE) == []
+    assert execution.recover_stale_operations(stale_after=STALE) == []
 
 
 def test_a_live_operation_and_a_merely_waiting_one_are_left_alone(instance):
     live = operation_for(instance, state=Operation.State.RUNNING, age=timedelta(hours=1), heartbeat_age=STALE / 4)
     waiting = operation_for(instance, state=Operation.State.QUEUED, age=3 * STALE)
-    assert lifecycle.recover_stale_operations(stale_after=STALE) == []
+    assert execution.recover_stale_operations(stale_after=STALE) == []
     for op in (live, waiting):
         op.refresh_from_db()
         assert not op.finished and "attempts" not in op.params
@@ -98,7 +97,7 @@ def test_a_live_operation_and_a_merely_waiting_one_are_left_alone(instance):
 def test_a_long_queued_operation_is_resent_without_counting_an_attempt(instance, django_capture_on_commit_callbacks):
     op = operation_for(instance, state=Operation.State.QUEUED, age=11 * STALE)
     with django_capture_on_commit_callbacks() as sent:
-        assert lifecycle.recover_stale_operations(stale_after=STALE) == [op.pk]
+        assert execution.recover_stale_operations(stale_after=STALE) == [op.pk]
     op.refresh_from_db()
     assert op.state == Operation.State.QUEUED and "attempts" not in op.params and len(sent) == 1
 
@@ -107,7 +106,7 @@ def test_an_operation_whose_worker_died_too_often_fails_cleanly(instance):
     Instance.objects.filter(pk=instance.pk).update(task="start")
     op = operation_for(instance, state=Operation.State.RUNNING, age=timedelta(hours=1), heartbeat_age=2 * STALE)
     Operation.objects.filter(pk=op.pk).update(params={"attempts": 3})
-    assert lifecycle.recover_stale_operations(stale_after=STALE, max_attempts=3) == []
+    assert execution.recover_stale_operations(stale_after=STALE, max_attempts=3) == []
     op.refresh_from_db()
     instance.refresh_from_db()
     assert op.state == Operation.State.FAILED and "stopped 3 times" in op.error
@@ -154,7 +153,7 @@ def test_capture_keeps_the_instance_busy_until_the_disk_was_read(actors, instanc
     Instance.objects.filter(pk=instance.pk).update(task="capture")
     with pytest.raises(lifecycle.ConflictError, match="busy"):
         lifecycle.request_action(actor=actors.member, instance=instance, action="start")
-    _release_captured_instance(instance.pk)
+    lifecycle.capture_finished({"instance_id": instance.pk})
     instance.refresh_from_db()
     assert instance.task == ""
     assert not Image.objects.exists()
