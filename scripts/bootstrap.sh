@@ -135,6 +135,34 @@ if ((${#missing[@]})); then
 else
     done_ "all ${#PKGS[@]} present"
 fi
+# The sshd of the tests' second libvirt host (scripts/second_host/, run inside its own namespace on
+# 127.0.0.1:10022). The package's own service must not start: while apt-get installs it,
+# /usr/sbin/policy-rc.d answers 101 ("do not start") to its invoke-rc.d calls, as the devcloud does for
+# MariaDB and RabbitMQ (an existing policy-rc.d is moved aside and put back, also on failure). The boot
+# links it made are disabled too, so no system sshd on 0.0.0.0:22 appears at the next boot either.
+if ((TEST)) && [[ $(dpkg-query -W -f='${db:Status-Abbrev}' openssh-server 2>/dev/null) != ii* ]]; then
+    done_ "installing openssh-server, its system service kept stopped (log: $LOG_DIR/apt-sshd.log)"
+    POLICY=/usr/sbin/policy-rc.d
+    restore_policy() {
+        as_root rm -f "$POLICY"
+        if [[ -e $POLICY.labcloud-saved ]]; then as_root mv "$POLICY.labcloud-saved" "$POLICY"; fi
+    }
+    [[ ! -e $POLICY ]] || as_root mv "$POLICY" "$POLICY.labcloud-saved"
+    trap restore_policy EXIT
+    printf '#!/bin/sh\n# scripts/bootstrap.sh: no service starts during its apt-get install (removed afterwards)\nexit 101\n' |
+        as_root tee "$POLICY" >/dev/null
+    as_root chmod 755 "$POLICY"
+    ((${#missing[@]})) || run_logged "$LOG_DIR/apt-update.log" as_root apt-get update
+    run_logged "$LOG_DIR/apt-sshd.log" as_root env DEBIAN_FRONTEND=noninteractive \
+        apt-get install -y -q --no-install-recommends openssh-server
+    restore_policy
+    trap - EXIT
+    if has_systemd; then
+        as_root systemctl disable ssh.service >>"$LOG_DIR/apt-sshd.log" 2>&1 || true
+    else
+        as_root update-rc.d ssh disable >>"$LOG_DIR/apt-sshd.log" 2>&1 || true
+    fi
+fi
 
 # ---------------------------------------------------------------------- libvirt
 step "libvirtd"
