@@ -9,6 +9,8 @@ from portal.models import Membership, Tenant
 from portal.services import ensure_quota
 from portal.testing import Actors
 
+pytest_plugins = ["portal.testing_second_host"]  # the second libvirt host: second_host, second_host_row
+
 
 @pytest.fixture(autouse=True)
 def _fast_password_hashing(settings):

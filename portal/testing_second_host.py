@@ -1,0 +1,212 @@
+"""The tests' second libvirt host (scripts/second_host/): a pytest plugin, registered in the root conftest.py.
+
+``second_host`` (session fixture) runs ``scripts/second_host/up.sh`` once per test run — a no-op when
+the second host is already up — and yields a :class:`SecondHost`. At session end it runs ``down.sh``
+only if a fixture started it and no other live test session holds a lease on it; one started by
+hand is left running (the devcloud's fixture does the same, portal/backends/openstack_testing.py).
+
+``second_host_row`` (function fixture) registers it as an ordinary portal ``Host`` row of kind
+libvirt. Its URI is the **ssh** one: the portal's URI validator accepts ``qemu:///system``,
+``qemu+ssh://`` and ``qemu+tls://`` only, so an unauthenticated ``qemu+tcp://`` row could exist
+only by going around ``full_clean()``; the row here passes it. Domains and volumes the portal makes
+there are named with the test's own ``lctest-…`` prefix and removed afterwards.
+
+Tests using them are marked ``second_host`` (registered here) and, as they run real guests and do
+not depend on the database, ``libvirt_guests`` (the PostgreSQL pass of scripts/test.sh skips them).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import secrets
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = ROOT / "scripts" / "second_host"
+STATE = Path(os.environ.get("LABCLOUD_SECOND_HOST_DIR") or ROOT / "var" / "second-host")  # as scripts/second_host
+FIXTURE = STATE / "fixture"  # lock, leases and the "a fixture started it" mark (down.sh keeps them)
+STARTED_MARK = FIXTURE / "started-by-fixture"
+SCRIPT_TIMEOUT = 300
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "second_host: uses the second libvirt host (scripts/second_host/), started once per run"
+    )
+
+
+@dataclass(frozen=True)
+class SecondHost:
+    """Where the second libvirt host answers (both URIs reach the same libvirtd) and what it has."""
+
+    tcp_uri: str  # qemu+tcp://127.0.0.1:16510/system (no authentication; loopback, tests only)
+    ssh_uri: str  # qemu+ssh://root@lctest-host2/system (its sshd on 127.0.0.1:10022, ssh_config alias)
+    pool: str  # its dir pool (it also has "default")
+    host_uuid: str
+    hostname: str
+    directory: Path  # var/second-host
+
+    @property
+    def pid(self) -> int:
+        """Its libvirtd's PID (read from the PID file: a restart by a test changes it)."""
+        return int((self.directory / "run" / "libvirtd.pid").read_text().strip())
+
+    @property
+    def pool_path(self) -> Path:
+        return self.directory / "pool"
+
+
+def run_script(name: str, *args: str) -> str:
+    """Run scripts/second_host/NAME; its output, or RuntimeError with the output when it fails."""
+    proc = subprocess.run(  # noqa: S603 - our own script, fixed arguments
+        ["/bin/bash", str(SCRIPTS / name), *args],
+        capture_output=True,
+        text=True,
+        timeout=SCRIPT_TIMEOUT,
+        check=False,
+    )
+    output = proc.stdout + proc.stderr
+    if proc.returncode and not (name == "status.sh" and proc.returncode in (1, 2)):
+        raise RuntimeError(f"scripts/second_host/{name} failed (exit {proc.returncode}):\n{output[-4000:]}")
+    return output
+
+
+def status() -> str:
+    """The state scripts/second_host/status.sh prints: "up", "down" or "partial"."""
+    return run_script("status.sh").strip()
+
+
+def read_info(directory: Path = STATE) -> SecondHost:
+    """The running second host as up.sh described it (run/info)."""
+    values = dict(line.split("=", 1) for line in (directory / "run" / "info").read_text().splitlines() if "=" in line)
+    return SecondHost(
+        tcp_uri=values["tcp_uri"],
+        ssh_uri=values["ssh_uri"],
+        pool=values["pool"],
+        host_uuid=values["host_uuid"],
+        hostname=values["hostname"],
+        directory=Path(values["dir"]),
+    )
+
+
+@contextlib.contextmanager
+def _locked() -> Iterator[None]:
+    FIXTURE.mkdir(parents=True, exist_ok=True)
+    with open(FIXTURE / "lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _other_live_leases() -> list[Path]:
+    leases = []
+    for lease in FIXTURE.glob("lease-*"):
+        pid = int(lease.name.removeprefix("lease-"))
+        if pid == os.getpid():
+            continue
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            lease.unlink(missing_ok=True)  # a session that died without cleaning up
+            continue
+        except PermissionError:
+            pass
+        leases.append(lease)
+    return leases
+
+
+@pytest.fixture(scope="session")
+def second_host() -> Iterator[SecondHost]:
+    lease = FIXTURE / f"lease-{os.getpid()}"
+    with _locked():
+        was_down = status() != "up"
+        if was_down:
+            STARTED_MARK.unlink(missing_ok=True)
+        try:
+            run_script("up.sh")  # already up: only checks that it answers (and its pools)
+        except (RuntimeError, subprocess.TimeoutExpired) as exc:
+            pytest.fail(f"the second libvirt host did not start: {exc}", pytrace=False)
+        if was_down:
+            STARTED_MARK.touch()
+        lease.touch()
+    try:
+        yield read_info()
+    finally:
+        with _locked():
+            lease.unlink(missing_ok=True)
+            if STARTED_MARK.exists() and not _other_live_leases():
+                STARTED_MARK.unlink()
+                run_script("down.sh")
+
+
+@pytest.fixture
+def second_host_row(second_host, db, settings):
+    """A ``Host`` row for the second host (ssh URI, its pool, TCG, capacity filled in), validated by ``full_clean()``.
+
+    ``LABCLOUD_DOMAIN_PREFIX`` becomes the test's own ``lctest-…-`` prefix; afterwards every domain and
+    volume of the second host with that prefix is removed, also when the test failed.
+    """
+    from portal.backends.libvirt.driver import LibvirtDriver
+    from vms.models import Host
+
+    prefix = f"lctest-{secrets.token_hex(3)}-"
+    settings.LABCLOUD_DOMAIN_PREFIX = prefix
+    capacity = LibvirtDriver(second_host.ssh_uri).capacity(second_host.pool)
+    host = Host(
+        name=f"{prefix}host2",
+        kind=Host.Kind.LIBVIRT,
+        uri=second_host.ssh_uri,
+        storage_pool=second_host.pool,
+        vnc_listen="127.0.0.1",
+        virt_type=Host.VirtType.QEMU,
+        state=Host.State.UP,
+        cpus=capacity.cpus,
+        memory_mib=capacity.memory_mib,
+        free_memory_mib=capacity.free_memory_mib,
+        pool_capacity=capacity.pool_capacity,
+        pool_available=capacity.pool_available,
+        libvirt_version=capacity.libvirt_version,
+    )
+    host.full_clean()
+    host.save()
+    try:
+        yield host
+    finally:
+        remove_named(second_host.tcp_uri, prefix)
+
+
+def remove_named(uri: str, prefix: str) -> None:
+    """Destroy and undefine the domains, and delete the volumes, of ``uri`` whose names start with ``prefix``."""
+    import libvirt
+
+    conn = libvirt.open(uri)
+    try:
+        for dom in conn.listAllDomains(0):
+            if not dom.name().startswith(prefix):
+                continue
+            with contextlib.suppress(libvirt.libvirtError):
+                if dom.isActive():
+                    dom.destroy()
+            with contextlib.suppress(libvirt.libvirtError):
+                if dom.isPersistent():
+                    dom.undefineFlags(
+                        libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
+                        | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
+                        | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM
+                    )
+        for pool in conn.listAllStoragePools(0):
+            with contextlib.suppress(libvirt.libvirtError):
+                for vol in pool.listAllVolumes(0):
+                    if vol.name().startswith(prefix):
+                        vol.delete(0)
+    finally:
+        conn.close()
