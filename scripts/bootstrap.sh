@@ -121,6 +121,8 @@ if ((TEST)); then
     PKGS+=(postgresql chromium fonts-wqy-microhei)
     # Tools to build the offline test guests (ISOs, tiny disks).
     PKGS+=(xorriso isolinux syslinux syslinux-common mtools busybox-static grub-rescue-pc cpio)
+    # systemd-analyze checks the units of deploy/systemd/ (installing the package starts nothing without systemd).
+    PKGS+=(systemd)
 fi
 missing=()
 for p in "${PKGS[@]}"; do
