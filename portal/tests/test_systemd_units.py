@@ -25,7 +25,6 @@ import re
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -221,12 +220,14 @@ def _http_ok(url: str) -> bool:
         return False
 
 
-def _accepts(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-        return True
-    except OSError:
-        return False
+def _listens(port: int) -> bool:
+    """Is a socket listening on 127.0.0.1:port? Read from /proc/net/tcp, without connecting: a connection to
+    the console proxy forks a handler, and websockify can hang when SIGTERM arrives during that fork."""
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, state = line.split()[1], line.split()[3]
+        if local == f"0100007F:{port:04X}" and state == "0A":
+            return True
+    return False
 
 
 READY_LINE = {
@@ -265,7 +266,12 @@ def test_exec_start_starts_the_process(name, settings_file):
         else:
             out.wait_for(READY_LINE[name], timeout=30)
             if name == "consoleproxy":
-                assert _accepts(int(env["CONSOLE_PROXY_PORT"]))
+                # The command prints its line just before websockify binds: wait for the listening socket.
+                deadline = time.monotonic() + 30
+                while not _listens(int(env["CONSOLE_PROXY_PORT"])):
+                    assert proc.poll() is None, "\n".join(out.lines[-30:])
+                    assert time.monotonic() < deadline, "the console proxy did not listen within 30 s"
+                    time.sleep(0.02)
             if name == "beat":
                 # Beat logs "Starting" before it opens its schedule file; a SIGTERM in between breaks the
                 # import of the dbm module it is loading (exit 1). Started means: the schedule file exists.
@@ -279,7 +285,10 @@ def test_exec_start_starts_the_process(name, settings_file):
         # Stop it as systemd does: SIGTERM to the main PID, SIGKILL after TimeoutStopSec.
         stop_timeout = int(parse_unit(unit_path(name))["Service"]["TimeoutStopSec"])
         os.kill(proc.pid, signal.SIGTERM)
-        code = proc.wait(timeout=stop_timeout)
+        try:
+            code = proc.wait(timeout=stop_timeout)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"{name} did not stop within {stop_timeout} s of SIGTERM:\n" + "\n".join(out.lines[-30:]))
         # A clean stop for systemd: exit 0, or the SIGTERM itself (so Restart=on-failure does not restart it).
         assert code in (0, -signal.SIGTERM), f"{name} stopped with {code}:\n" + "\n".join(out.lines[-30:])
     finally:
