@@ -9,14 +9,16 @@ from django.utils.html import format_html
 from django.utils.translation import gettext_lazy as _
 
 from portal.access import VIEW
+from portal.forms import AdminLoginForm
 from portal.middleware import client_ip
-from portal.models import QUOTA_RESOURCES, ApiToken, AuditEvent, Membership, Quota, Tenant
+from portal.models import QUOTA_RESOURCES, ApiToken, AuditEvent, LoginFailure, Membership, Quota, Tenant
 from portal.selectors import tenant_usage
-from portal.services import ensure_quota, record_audit, revoke_api_token
+from portal.services import ensure_quota, record_audit, revoke_api_token, unlock_logins
 
 admin.site.site_header = _("labcloud administration")
 admin.site.site_title = _("labcloud admin")
 admin.site.index_title = _("Cloud administration")
+admin.site.login_form = AdminLoginForm  # sign-in throttling, shared with the dashboard's login
 
 
 class RestrictedAdminMixin:
@@ -241,3 +243,34 @@ class AuditEventAdmin(RestrictedAdminMixin, admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None) -> bool:
         return False
+
+
+@admin.register(LoginFailure)
+class LoginFailureAdmin(admin.ModelAdmin):
+    """The sign-in throttle's counters: who failed from where. Deleting an account's rows lifts its lock."""
+
+    list_display = ["created_at", "username", "address"]
+    search_fields = ["username", "address"]
+    date_hierarchy = "created_at"
+    readonly_fields = ["created_at", "username", "address"]
+
+    def has_module_permission(self, request) -> bool:
+        return request.user.is_active and request.user.is_staff
+
+    def has_view_permission(self, request, obj=None) -> bool:
+        return request.user.is_active and request.user.is_staff
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return request.user.is_active and request.user.is_staff
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def delete_queryset(self, request, queryset):
+        unlock_logins(actor=request.user, failures=queryset, ip=client_ip(request))
+
+    def delete_model(self, request, obj):
+        unlock_logins(actor=request.user, failures=LoginFailure.objects.filter(pk=obj.pk), ip=client_ip(request))

@@ -5,10 +5,17 @@ from __future__ import annotations
 import datetime
 
 from django import forms
+from django.contrib.admin.forms import AdminAuthenticationForm
+from django.contrib.auth.forms import AuthenticationForm
+from django.core.exceptions import ValidationError
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
+from django.utils.translation import ngettext
 
+from portal.middleware import client_ip
 from portal.models import ApiToken, Membership
+from portal.selectors import Lockout, login_address_key, login_lockout
+from portal.services import record_login_failure, reset_login_failures
 
 
 class BootstrapForm(forms.Form):
@@ -77,3 +84,58 @@ class RoleForm(BootstrapForm):
 
 class SwitchTenantForm(forms.Form):
     tenant = forms.IntegerField(min_value=1)
+
+
+# ---------------------------------------------------------------- sign-in
+
+
+class ThrottledLoginMixin:
+    """Sign-in throttling for Django's authentication forms (docs/access-control.md).
+
+    A locked account or address is refused before the password is checked; a wrong password
+    is counted (and may start a lock); a successful sign-in resets the account's count.
+    """
+
+    login_via = "dashboard"
+
+    def clean(self):
+        username = self.cleaned_data.get("username")
+        password = self.cleaned_data.get("password")
+        if not username or not password:  # a field error: nothing was tried
+            return super().clean()
+        ip = client_ip(self.request) if self.request is not None else None
+        lock = login_lockout(username=username, address=login_address_key(ip))
+        if lock is not None:
+            raise self.lockout_error(lock)
+        try:
+            cleaned = super().clean()
+        except ValidationError:
+            # user_cache is None: wrong password, unknown or inactive account. Otherwise the password was
+            # right and the login refused for another reason (the admin site for a non-staff user).
+            if self.user_cache is None:
+                lock = record_login_failure(username=username, ip=ip, via=self.login_via)
+                if lock is not None:
+                    raise self.lockout_error(lock) from None
+            raise
+        reset_login_failures(username=username)
+        return cleaned
+
+    @staticmethod
+    def lockout_error(lock: Lockout) -> ValidationError:
+        minutes = lock.minutes_left()
+        message = ngettext(
+            "Too many failed sign-in attempts; try again in %(minutes)d minute.",
+            "Too many failed sign-in attempts; try again in %(minutes)d minutes.",
+            minutes,
+        ) % {"minutes": minutes}
+        return ValidationError(message, code="locked_out")
+
+
+class LoginForm(ThrottledLoginMixin, AuthenticationForm):
+    """The dashboard's sign-in form."""
+
+
+class AdminLoginForm(ThrottledLoginMixin, AdminAuthenticationForm):
+    """The admin site's sign-in form (staff only); shares the counters with the dashboard's."""
+
+    login_via = "admin"

@@ -209,3 +209,28 @@ class AuditEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.created_at:%Y-%m-%d %H:%M:%S} {self.username} {self.action} {self.target_repr} {self.outcome}"
+
+
+class LoginFailure(models.Model):
+    """One failed sign-in (dashboard or admin site): the counters of the sign-in throttle (docs/access-control.md).
+
+    ``username`` is what was typed, case-folded (it need not exist); ``address`` is the client's
+    address, or its /64 network for IPv6. Rows older than LOGIN_FAILURE_WINDOW_MINUTES no longer
+    count and are purged; a successful sign-in deletes its account's rows.
+    """
+
+    username = models.CharField(_("username"), max_length=150)
+    address = models.CharField(_("client address"), max_length=64, blank=True)
+    created_at = models.DateTimeField(_("time"), default=timezone.now, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [
+            models.Index(fields=["username", "created_at"], name="portal_loginfail_user_idx"),
+            models.Index(fields=["address", "created_at"], name="portal_loginfail_addr_idx"),
+        ]
+        verbose_name = _("failed sign-in")
+        verbose_name_plural = _("failed sign-ins")
+
+    def __str__(self) -> str:
+        return f"{self.created_at:%Y-%m-%d %H:%M:%S} {self.username} {self.address}"

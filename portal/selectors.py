@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import ipaddress
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 
+from django.conf import settings
 from django.db.models import QuerySet
+from django.utils import timezone
 
 from portal.access import VIEW
-from portal.models import QUOTA_RESOURCES, Membership, Quota, Tenant
+from portal.models import QUOTA_RESOURCES, LoginFailure, Membership, Quota, Tenant
 
 # A usage provider maps tenant ids to {resource: amount in use}. Apps that own
 # quota-counted rows (instances, snapshots, images) register one in AppConfig.ready(),
@@ -101,3 +106,67 @@ def quota_figures() -> list[tuple[Tenant, list[QuotaLine]]]:
     quotas = list(Quota.objects.select_related("tenant").order_by("tenant__slug"))
     usage = tenant_usage(tenant_ids=[quota.tenant_id for quota in quotas])
     return [(quota.tenant, quota_lines(quota=quota, usage=usage[quota.tenant_id])) for quota in quotas]
+
+
+# ---------------------------------------------------------------- sign-in throttling
+
+
+@dataclass(frozen=True)
+class Lockout:
+    """A sign-in lock: of an account (every address) or of a client address (every account)."""
+
+    scope: str  # "account" or "address"
+    until: datetime
+    failures: int  # failed sign-ins within the window (the limit: attempts while locked are not counted)
+
+    def minutes_left(self, *, now: datetime | None = None) -> int:
+        seconds = (self.until - (now or timezone.now())).total_seconds()
+        return max(1, math.ceil(seconds / 60))
+
+
+def login_username_key(username: str) -> str:
+    """The account a sign-in counts against: the typed name, case-folded (it need not exist)."""
+    return username.strip().casefold()[:150]
+
+
+def login_address_key(ip: str | None) -> str:
+    """The client address a sign-in counts against; for IPv6 its /64 network (one client has them all)."""
+    if not ip:
+        return ""
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return ip[:64]
+    if address.version == 6:
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    return str(address)
+
+
+def login_lockouts(*, username: str, address: str, now: datetime | None = None) -> list[Lockout]:
+    """The locks in force for a sign-in as ``username`` from ``address`` (a login_address_key)."""
+    now = now or timezone.now()
+    window = timedelta(minutes=settings.LOGIN_FAILURE_WINDOW_MINUTES)
+    checks = [("account", settings.LOGIN_FAILURES_PER_ACCOUNT, {"username": login_username_key(username)})]
+    if address:  # no address (a Unix socket): only the account counts
+        checks.append(("address", settings.LOGIN_FAILURES_PER_ADDRESS, {"address": address}))
+    locks = []
+    for scope, limit, match in checks:
+        if limit <= 0:
+            continue
+        newest = list(
+            LoginFailure.objects.filter(**match, created_at__gt=now - window)
+            .order_by("-created_at")
+            .values_list("created_at", flat=True)[:limit]
+        )
+        if len(newest) >= limit:
+            # Locked until fewer than `limit` failures are left in the window: the limit-th newest leaves it.
+            locks.append(Lockout(scope=scope, until=newest[limit - 1] + window, failures=len(newest)))
+    return locks
+
+
+def login_lockout(*, username: str, address: str, now: datetime | None = None) -> Lockout | None:
+    """The lock that lasts longest for a sign-in as ``username`` from ``address``, or None."""
+    locks = login_lockouts(username=username, address=address, now=now)
+    return max(locks, key=lambda lock: lock.until) if locks else None

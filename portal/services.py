@@ -8,9 +8,10 @@ message is shown to the user as it is.
 
 from __future__ import annotations
 
+import logging
 import secrets
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
@@ -21,8 +22,10 @@ from django.utils.text import slugify
 from django.utils.translation import gettext as _
 
 from portal.access import ROLE_ADMIN, is_cloud_admin
-from portal.models import QUOTA_RESOURCES, ApiToken, AuditEvent, Membership, Quota, Tenant
-from portal.selectors import tenant_usage
+from portal.models import QUOTA_RESOURCES, ApiToken, AuditEvent, LoginFailure, Membership, Quota, Tenant
+from portal.selectors import Lockout, login_address_key, login_lockouts, login_username_key, tenant_usage
+
+log = logging.getLogger(__name__)
 
 
 class ServiceError(Exception):
@@ -97,6 +100,63 @@ def record_audit(
         ip=ip or None,
         detail=dict(detail or {}),
     )
+
+
+# ---------------------------------------------------------------- sign-in throttling
+
+
+def record_login_failure(*, username: str, ip: str | None, via: str) -> Lockout | None:
+    """Count a failed sign-in as ``username`` from ``ip``; the lock it starts, if any (audited as ``auth.lockout``).
+
+    Call it only for a sign-in that was not locked already: attempts while locked are not
+    counted, so a lock ends one window after the failures that caused it, however long the
+    attacker keeps trying. Failures older than the window are purged here.
+    """
+    now = timezone.now()
+    address = login_address_key(ip)
+    LoginFailure.objects.filter(created_at__lte=now - timedelta(minutes=settings.LOGIN_FAILURE_WINDOW_MINUTES)).delete()
+    LoginFailure.objects.create(username=login_username_key(username), address=address, created_at=now)
+    limits = {"account": settings.LOGIN_FAILURES_PER_ACCOUNT, "address": settings.LOGIN_FAILURES_PER_ADDRESS}
+    locks = login_lockouts(username=username, address=address, now=now)
+    for lock in locks:
+        if lock.failures != limits[lock.scope]:
+            continue  # already locked before this failure (concurrent attempts): audited then
+        log.warning(
+            "sign-in locked: %s %r from %s after %d failures (%s)", lock.scope, username, ip, lock.failures, via
+        )
+        record_audit(
+            action="auth.lockout",
+            outcome=AuditEvent.Outcome.DENIED,
+            ip=ip,
+            detail={
+                "username": username,
+                "scope": lock.scope,
+                "failures": lock.failures,
+                "window_minutes": settings.LOGIN_FAILURE_WINDOW_MINUTES,
+                "until": lock.until.isoformat(),
+                "via": via,
+            },
+        )
+    return max(locks, key=lambda lock: lock.until) if locks else None
+
+
+def reset_login_failures(*, username: str) -> None:
+    """A successful sign-in: the account's failures no longer count (the address's still do)."""
+    LoginFailure.objects.filter(username=login_username_key(username)).delete()
+
+
+def unlock_logins(*, actor, failures: models.QuerySet[LoginFailure], ip: str | None) -> int:
+    """A cloud admin forgets failed sign-ins (admin site), which lifts the locks they caused; audited."""
+    usernames = sorted(set(failures.values_list("username", flat=True)))
+    addresses = sorted(set(failures.values_list("address", flat=True)) - {""})
+    deleted, _by_model = failures.delete()
+    record_audit(
+        user=actor,
+        action="auth.unlock",
+        ip=ip,
+        detail={"usernames": usernames, "addresses": addresses, "failures": deleted, "via": "admin"},
+    )
+    return deleted
 
 
 # ---------------------------------------------------------------- tenants

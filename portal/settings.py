@@ -239,6 +239,16 @@ CELERY_BEAT_SCHEDULE["recover-stale-operations"] = {
     "schedule": float(os.environ.get("OPERATION_RECOVERY_INTERVAL", "30")),
 }
 
+# Sign-in throttling (dashboard and admin site; docs/access-control.md): this many failed sign-ins
+# within LOGIN_FAILURE_WINDOW_MINUTES lock the account (from every address), or the client address
+# (for every account), until enough of them are older than the window. 0 turns that limit off.
+LOGIN_FAILURES_PER_ACCOUNT = int(os.environ.get("LOGIN_FAILURES_PER_ACCOUNT", "5"))
+LOGIN_FAILURES_PER_ADDRESS = int(os.environ.get("LOGIN_FAILURES_PER_ADDRESS", "20"))
+LOGIN_FAILURE_WINDOW_MINUTES = int(os.environ.get("LOGIN_FAILURE_WINDOW_MINUTES", "15"))
+# true behind nginx: `manage.py serve` runs daphne with --proxy-headers, so the client address (audit trail,
+# the per-address limit above) comes from X-Forwarded-For, which nginx must set to $remote_addr.
+LABCLOUD_PROXY_HEADERS = env_bool("LABCLOUD_PROXY_HEADERS", False)
+
 SESSION_COOKIE_HTTPONLY = True
 CSRF_COOKIE_HTTPONLY = False
 SECURE_CONTENT_TYPE_NOSNIFF = True
