@@ -31,7 +31,7 @@ import pytest
 import redis
 from django.conf import settings
 
-from portal.management.commands.serve import ProcessSpec, Supervisor
+from portal.management.commands.serve import ProcessSpec, Supervisor, process_specs
 from portal.testing import database_url_of_this_test, free_port
 
 REDIS_DB = 11  # this test's own Redis database (broker and channel layer of the serve under test)
@@ -213,6 +213,15 @@ def _proc_state(pid: int) -> str:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except (FileNotFoundError, IndexError):
         return "Z"
+
+
+def test_web_trusts_forwarded_addresses_only_when_told(settings):
+    """Behind nginx (LABCLOUD_PROXY_HEADERS=true) daphne takes the client address from X-Forwarded-For."""
+    web = next(spec for spec in process_specs("127.0.0.1", 8000) if spec.name == "web")
+    assert "--proxy-headers" not in web.argv
+    settings.LABCLOUD_PROXY_HEADERS = True
+    web = next(spec for spec in process_specs("127.0.0.1", 8000) if spec.name == "web")
+    assert "--proxy-headers" in web.argv
 
 
 # ---------------------------------------------------------------- manage.py serve for real

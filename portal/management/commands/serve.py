@@ -55,8 +55,10 @@ class ProcessSpec:
 def process_specs(host: str, port: int) -> list[ProcessSpec]:
     """The processes `serve` runs, in start order (they are stopped in reverse)."""
     py = sys.executable
+    # Behind nginx the client's address comes from X-Forwarded-For (LABCLOUD_PROXY_HEADERS).
+    proxy = ["--proxy-headers"] if settings.LABCLOUD_PROXY_HEADERS else []
     return [
-        ProcessSpec("web", [py, "-m", "daphne", "-b", host, "-p", str(port), "portal.asgi:application"]),
+        ProcessSpec("web", [py, "-m", "daphne", *proxy, "-b", host, "-p", str(port), "portal.asgi:application"]),
         # --beat: the periodic housekeeping of CELERY_BEAT_SCHEDULE runs inside the worker (one machine).
         ProcessSpec(
             "worker", [py, "-m", "celery", "-A", "portal", "worker", "--beat", "-l", "info", "--concurrency", "2"]
