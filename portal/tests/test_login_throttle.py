@@ -306,3 +306,33 @@ def test_daphne_with_proxy_headers_counts_each_forwarded_address(settings, make_
         # … not the proxy's own address: bob signs in through the same proxy from elsewhere.
         assert http_sign_in(base, "bob", PASSWORD, OWNER) == (302, reverse("overview"))
     assert [(e.detail["scope"], e.ip) for e in lockouts()] == [("account", ATTACKER), ("address", ATTACKER)]
+
+
+def test_cloud_admin_lifts_a_lock_in_the_admin_site(make_user):
+    from portal.models import LoginFailure
+
+    make_user("alice")
+    admin_user = make_user("root", staff=True)
+    for _ in range(ACCOUNT_LIMIT):
+        attempt("alice", WRONG, ATTACKER)
+    assert not attempt("alice", PASSWORD, OWNER).signed_in
+    client = Client()
+    client.force_login(admin_user)
+    changelist = reverse("admin:portal_loginfailure_changelist")
+    page = client.get(changelist)
+    assert page.status_code == 200 and "alice" in text(page) and ATTACKER in text(page)
+    ids = [str(pk) for pk in LoginFailure.objects.values_list("pk", flat=True)]
+    response = client.post(changelist, {"action": "delete_selected", "_selected_action": ids, "post": "yes"})
+    assert response.status_code == 302
+    assert not LoginFailure.objects.exists()
+    assert attempt("alice", PASSWORD, OWNER).signed_in
+    unlock = AuditEvent.objects.get(action="auth.unlock")
+    assert unlock.username == "root" and unlock.detail["usernames"] == ["alice"]
+    assert unlock.detail["addresses"] == [ATTACKER] and unlock.detail["failures"] == ACCOUNT_LIMIT
+
+
+def test_members_do_not_see_the_failures(actors):
+    client = Client()
+    client.force_login(actors.tenant_admin)
+    response = client.get(reverse("admin:portal_loginfailure_changelist"))
+    assert response.status_code == 302  # to the admin login: not staff
