@@ -28,6 +28,9 @@ from pathlib import Path
 
 import pytest
 
+from portal.backends.libvirt.driver import LibvirtDriver
+from vms.models import Host
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "scripts" / "second_host"
 STATE = Path(os.environ.get("LABCLOUD_SECOND_HOST_DIR") or ROOT / "var" / "second-host")  # as scripts/second_host
@@ -155,9 +158,6 @@ def second_host_row(second_host, db, settings):
     ``LABCLOUD_DOMAIN_PREFIX`` becomes the test's own ``lctest-…-`` prefix; afterwards every domain and
     volume of the second host with that prefix is removed, also when the test failed.
     """
-    from portal.backends.libvirt.driver import LibvirtDriver
-    from vms.models import Host
-
     prefix = f"lctest-{secrets.token_hex(3)}-"
     settings.LABCLOUD_DOMAIN_PREFIX = prefix
     capacity = LibvirtDriver(second_host.ssh_uri).capacity(second_host.pool)
