@@ -17,12 +17,13 @@ reports every mismatch at once.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -231,3 +232,43 @@ def child_process(args: list[str], *, env: dict, log: Path, port: int | None = N
             except subprocess.TimeoutExpired:
                 os.kill(process.pid, signal.SIGKILL)
                 process.wait(timeout=10)
+
+
+# ---------------------------------------------------------------- services shared by test sessions
+
+
+@contextlib.contextmanager
+def session_lock(path: Path) -> Iterator[None]:
+    """An exclusive lock on ``path`` (made with its folder) for the ``with`` block: one test session at a time
+    starts or stops a shared service (the devcloud, the second libvirt host)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def other_live_leases(folder: Path) -> list[Path]:
+    """The ``lease-<pid>`` files in ``folder`` of other test sessions still alive; those of dead ones are removed."""
+    leases = []
+    for lease in folder.glob("lease-*"):
+        pid = int(lease.name.removeprefix("lease-"))
+        if pid == os.getpid():
+            continue
+        if pid_alive(pid):
+            leases.append(lease)
+        else:
+            lease.unlink(missing_ok=True)  # a session that died without cleaning up
+    return leases

@@ -18,7 +18,6 @@ not depend on the database, ``libvirt_guests`` (the PostgreSQL pass of scripts/t
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import secrets
 import subprocess
@@ -29,6 +28,7 @@ from pathlib import Path
 import pytest
 
 from portal.backends.libvirt.driver import LibvirtDriver
+from portal.testing import other_live_leases, session_lock
 from vms.models import Host
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -99,38 +99,10 @@ def read_info(directory: Path = STATE) -> SecondHost:
     )
 
 
-@contextlib.contextmanager
-def _locked() -> Iterator[None]:
-    FIXTURE.mkdir(parents=True, exist_ok=True)
-    with open(FIXTURE / "lock", "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-def _other_live_leases() -> list[Path]:
-    leases = []
-    for lease in FIXTURE.glob("lease-*"):
-        pid = int(lease.name.removeprefix("lease-"))
-        if pid == os.getpid():
-            continue
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            lease.unlink(missing_ok=True)  # a session that died without cleaning up
-            continue
-        except PermissionError:
-            pass
-        leases.append(lease)
-    return leases
-
-
 @pytest.fixture(scope="session")
 def second_host() -> Iterator[SecondHost]:
     lease = FIXTURE / f"lease-{os.getpid()}"
-    with _locked():
+    with session_lock(FIXTURE / "lock"):
         was_down = status() != "up"
         if was_down:
             STARTED_MARK.unlink(missing_ok=True)
@@ -144,9 +116,9 @@ def second_host() -> Iterator[SecondHost]:
     try:
         yield read_info()
     finally:
-        with _locked():
+        with session_lock(FIXTURE / "lock"):
             lease.unlink(missing_ok=True)
-            if STARTED_MARK.exists() and not _other_live_leases():
+            if STARTED_MARK.exists() and not other_live_leases(FIXTURE):
                 STARTED_MARK.unlink()
                 run_script("down.sh")
 

@@ -17,8 +17,6 @@ again. Test modules that use the fixture are marked ``openstack`` (``pytestmark 
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import os
 import subprocess
 from collections.abc import Iterator
@@ -29,6 +27,8 @@ from typing import Any
 import openstack
 import pytest
 import yaml
+
+from portal.testing import other_live_leases, session_lock
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPTS = ROOT / "scripts" / "devcloud"
@@ -49,16 +49,6 @@ class DevCloud:
         return openstack.connect(load_yaml_config=False, region_name=self.region_name, **{**self.auth, **overrides})
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _started_by_harness(pid: int) -> bool:
     """The process runs inside var/devcloud, as everything up.sh starts does (so it is not a reused PID)."""
     try:
@@ -66,30 +56,6 @@ def _started_by_harness(pid: int) -> bool:
     except OSError:
         return False
     return cwd == STATE or STATE in cwd.parents
-
-
-@contextlib.contextmanager
-def _locked() -> Iterator[None]:
-    RUN.mkdir(parents=True, exist_ok=True)
-    with open(RUN / "fixture.lock", "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-def _other_live_leases() -> list[Path]:
-    leases = []
-    for lease in RUN.glob("lease-*"):
-        pid = int(lease.name.removeprefix("lease-"))
-        if pid == os.getpid():
-            continue
-        if _pid_alive(pid):
-            leases.append(lease)
-        else:
-            lease.unlink(missing_ok=True)  # a session that died without cleaning up
-    return leases
 
 
 def _run(script: str) -> None:
@@ -120,7 +86,7 @@ def devcloud_fixture() -> Iterator[DevCloud]:
             pytrace=False,
         )
     lease = RUN / f"lease-{os.getpid()}"
-    with _locked():
+    with session_lock(RUN / "fixture.lock"):
         if not _already_up():
             STARTED_MARK.unlink(missing_ok=True)
             try:
@@ -135,8 +101,8 @@ def devcloud_fixture() -> Iterator[DevCloud]:
     try:
         yield DevCloud(clouds_yaml=STATE / "clouds.yaml", auth=cloud["auth"], region_name=cloud["region_name"])
     finally:
-        with _locked():
+        with session_lock(RUN / "fixture.lock"):
             lease.unlink(missing_ok=True)
-            if STARTED_MARK.exists() and not _other_live_leases():
+            if STARTED_MARK.exists() and not other_live_leases(RUN):
                 STARTED_MARK.unlink()
                 _run("down.sh")
