@@ -4,9 +4,10 @@ The real path: a Celery worker process (``celery -A portal worker``) on Redis (i
 queue), the test's SQLite database file, the real ``qemu:///system`` and a private pool. The image
 is made large enough (400 MiB, preallocated) that its copy to the host takes a moment, and the
 worker is killed while the operation reports "Copying image". The restarted worker picks the
-operation up again once its heartbeat is stale (the recovery sweep that Celery beat runs every
-30 s is called here directly), the copy is redone, and the instance ends up running with exactly
-its own disk and seed on the host. Deleting it then leaves nothing and frees the quota.
+operation up again once its heartbeat is stale (re-queued by the worker's own start-up sweep or by
+the one Celery beat runs every 30 s, called here until one of them did; exactly once), the copy is
+redone, and the instance ends up running with exactly its own disk and seed on the host. Deleting it
+then leaves nothing and frees the quota.
 """
 
 from __future__ import annotations
@@ -153,10 +154,16 @@ def test_worker_killed_mid_launch_recovers_without_orphans(
         assert operation.state == Operation.State.RUNNING, "the launch finished before the worker was killed"
         killed_at_progress = operation.progress
 
+        # The restarted worker sweeps at start, and beat every 30 s (called here): whichever sweep sees the
+        # heartbeat stale first re-queues the launch, exactly once (the attempt is counted under the row lock).
         worker.start()
-        time.sleep(STALE + 0.5)
-        requeued = execution.recover_stale_operations(stale_after=timedelta(seconds=STALE))
-        assert operation.pk in requeued
+
+        def requeued():
+            execution.recover_stale_operations(stale_after=timedelta(seconds=STALE))
+            operation.refresh_from_db()
+            return operation.params.get("attempts") == 1
+
+        wait_for(requeued, 60, "the orphaned launch to be re-queued", interval=0.2)
 
         def finished():
             operation.refresh_from_db()
