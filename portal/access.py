@@ -57,8 +57,9 @@ def tenant_ids_for(user: AbstractBaseUser | AnonymousUser | None, roles: frozens
     return membership.objects.filter(user=user, role__in=roles, tenant__enabled=True).values("tenant_id")
 
 
-def access_by_id(queryset: models.QuerySet, *, user, pk, action: str = VIEW):
-    """The object with id ``pk`` among ``queryset`` (what ``user`` may see), if ``user`` may ``action`` it.
+def access_by_id(queryset: models.QuerySet, *, user, pk, action: str = VIEW, field: str = "pk"):
+    """The object whose ``field`` (its id, or a foreign key's such as a quota's ``tenant``) is ``pk`` among
+    ``queryset`` (what ``user`` may see), if ``user`` may ``action`` it.
 
     Http404 when it is not among them (or ``pk`` is no id), PermissionDenied (403) when the user may see
     it but not ``action`` it (``Model.objects.restrict``).
@@ -67,10 +68,10 @@ def access_by_id(queryset: models.QuerySet, *, user, pk, action: str = VIEW):
         pk = int(pk) if pk.isdigit() else 0
     if not isinstance(pk, int) or not 0 < pk <= MAX_ID:
         raise Http404
-    found = queryset.filter(pk=pk).first()
+    found = queryset.filter(**{field: pk}).first()
     if found is None:
         raise Http404
-    if action != VIEW and not queryset.model.objects.restrict(user, action).filter(pk=pk).exists():
+    if action != VIEW and not queryset.model.objects.restrict(user, action).filter(pk=found.pk).exists():
         raise PermissionDenied
     return found
 

@@ -87,7 +87,9 @@ class ApiViewSetMixin:
         (``portal.access.access_by_id``, the rule of every page and consumer too)."""
         pk = str(self.kwargs.get(self.lookup_url_kwarg or self.lookup_field, ""))
         try:
-            obj = access_by_id(self.get_queryset(), user=self.request.user, pk=pk, action=action)
+            obj = access_by_id(
+                self.get_queryset(), user=self.request.user, pk=pk, action=action, field=self.lookup_field
+            )
         except Http404:
             raise NotFound() from None
         except DjangoPermissionDenied:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from rest_framework.test import APIClient
 
 from portal.models import QUOTA_RESOURCES, AuditEvent, Membership, Quota, Tenant
 from portal.testing import assert_access_matrix, assert_constant_queries
@@ -159,3 +160,22 @@ def test_quotas_cannot_be_created_or_deleted(actors, method, on_detail):
         expected={"anonymous": 401, "outsider": 405, "member": 405, "tenant_admin": 405, "cloud_admin": 405},
     )
     assert Quota.objects.filter(tenant=actors.tenant).exists()
+
+
+def test_a_quota_is_found_by_its_tenant_even_when_the_ids_differ(actors):
+    """The URL names the tenant: the quota row whose own id equals that tenant's id belongs to another tenant here."""
+    a, b = actors.tenant, actors.other_tenant
+    limits_a, limits_b = Quota.objects.get(tenant=a).limits(), Quota.objects.get(tenant=b).limits()
+    Quota.objects.filter(tenant__in=[a, b]).delete()
+    Quota.objects.create(pk=a.pk, tenant=b, **{**limits_b, "instances": 3})  # B's quota has A's id
+    mine = Quota.objects.create(tenant=a, **{**limits_a, "instances": 5})
+    assert mine.pk != a.pk
+    member = APIClient()
+    member.force_authenticate(actors.member)
+    body = member.get(detail(a)).json()
+    assert (body["tenant"], body["limits"]["instances"]) == (a.pk, 5)
+    admin = APIClient()
+    admin.force_authenticate(actors.cloud_admin)
+    response = admin.patch(detail(a), {"limits": {"instances": 7}}, format="json")
+    assert response.status_code == 200, response.content
+    assert Quota.objects.get(tenant=a).instances == 7 and Quota.objects.get(tenant=b).instances == 3
