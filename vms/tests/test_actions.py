@@ -209,3 +209,22 @@ def test_a_member_of_another_tenant_gets_nothing(world, actors, client):
     Membership.objects.filter(user=actors.outsider).update(tenant=actors.other_tenant)
     client.force_login(actors.outsider)
     assert client.get(reverse("instance_detail", args=[cases[0].instance.pk])).status_code == 404
+
+
+def test_every_label_of_the_registry_is_translated():
+    """The labels are what members read on buttons, tasks, toasts and refusals: none stays English in zh-Hans."""
+    from django.utils import translation
+
+    missing = []
+    for action in actions.ACTIONS.values():
+        for field in ("verb", "progress", "noun", "button", "confirm"):
+            label = getattr(action, field)
+            if label is None:
+                continue
+            with translation.override("en"):
+                english = str(label)
+            with translation.override("zh-hans"):
+                chinese = str(label)
+            if chinese == english:
+                missing.append(f"{action.name}.{field}: {english}")
+    assert not missing, "untranslated:\n" + "\n".join(missing)
