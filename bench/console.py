@@ -5,7 +5,7 @@
 
 Starts a GRUB rescue ISO guest (``var/test-media/grub-rescue-cdrom.iso``, TCG, VNC on 127.0.0.1; a
 static ``grub>`` screen) and the real console proxy as a child process on 127.0.0.1, both using a
-throw-away database. Each connection gets its own ticket from ``vms.tokens.open_console`` (which
+throw-away database. Each connection gets its own ticket from ``vms.consoles.tokens.open_console`` (which
 also sets the one-time VNC password); a direct connection is a plain TCP socket to the guest's VNC
 port with that password, a proxied one a minimal RFC 6455 client (masked binary frames, the allowed
 Origin) to the proxy with the ticket's token. Both do the same RFB 3.8 session: VNC authentication,

@@ -84,11 +84,11 @@ class Bench:
     def setup_portal(self):
         from django.contrib.auth import get_user_model
 
-        from images.distribution import ensure_image_on_host
         from images.models import Image
         from portal.backends.libvirt.driver import LibvirtDriver
         from portal.celery import app as celery_app
         from portal.models import Membership, Quota, Tenant
+        from vms.compute.libvirt.images import ensure_image_on_host
         from vms.models import Flavor, Host
 
         celery_app.conf.task_always_eager = True

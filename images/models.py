@@ -151,3 +151,8 @@ class ImageReplica(models.Model):
 
     def __str__(self) -> str:
         return f"{self.image} on {self.host}"
+
+    @property
+    def location(self) -> str:
+        """Where the copy is: the Glance image id in a cloud, pool/volume on a libvirt host."""
+        return self.cloud_image_id or f"{self.pool}/{self.volume}"

@@ -28,7 +28,6 @@ from django.utils import timezone
 from django.utils.translation import gettext as _
 
 from images import qemu
-from images.distribution import ensure_image_on_host
 from images.inspection import ImageRejected, inspect_file
 from images.models import Image
 from images.selectors import gib
@@ -463,7 +462,7 @@ def distribute_image(*, operation_id: int) -> None:
     image = Image.objects.get(pk=operation.target_id)
     host = Host.objects.get(pk=operation.params["host_id"])
     try:
-        ensure_image_on_host(image=image, host=host, operation=operation)
+        compute_for(host).copy_image(host, image, operation=operation)
     except (BackendError, ServiceError) as exc:
         operations.fail(operation=operation, error=exc.message)
         return

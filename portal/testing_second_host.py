@@ -146,7 +146,7 @@ def second_host_row(second_host, db, settings):
         free_memory_mib=capacity.free_memory_mib,
         pool_capacity=capacity.pool_capacity,
         pool_available=capacity.pool_available,
-        libvirt_version=capacity.libvirt_version,
+        backend_version=capacity.libvirt_version,
     )
     host.full_clean()
     host.save()

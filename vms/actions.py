@@ -305,7 +305,7 @@ def refusal(instance: Instance, name: str) -> ConflictError | None:
     """Why the instance cannot do ``name`` now (a ConflictError to raise), or None when it can."""
     action = ACTIONS[name]
     if instance.state == S.DELETING and (name != "delete" or instance.task):
-        if instance.task == "delete":
+        if name == "delete" and instance.task == "delete":
             return ConflictError(_("Instance “%(name)s” is being deleted already.") % {"name": instance.name})
         return ConflictError(_("Instance “%(name)s” is being deleted.") % {"name": instance.name})
     if instance.task and not (action.busy_ok_in_error and instance.state == S.ERROR):

@@ -24,12 +24,11 @@ from portal.backends.base import BackendError
 from portal.services import ServiceError
 from vms import actions, operations, realtime
 from vms.compute import compute_for
+from vms.compute.state import REASON_MAX
 from vms.models import Instance, InstanceDisk, Operation, Snapshot
 from vms.tasks import run_instance_operation
 
 log = logging.getLogger(__name__)
-
-REASON_MAX = Instance._meta.get_field("state_reason").max_length
 
 
 def execute(*, operation_id: int) -> None:
@@ -76,6 +75,8 @@ def _run(operation: Operation, instance: Instance, action: str) -> str:
     """Carry out ``action`` on the host; the message the finished operation shows."""
     if action not in actions.ACTIONS:
         raise ServiceError(_("Unknown operation %(kind)s.") % {"kind": operation.kind})
+    if action == "delete":
+        return _delete(operation, instance)  # an instance never placed on a host can go too
     adapter = compute_for(instance.host)
     params = operation.params
     if action == "launch":
@@ -98,8 +99,6 @@ def _run(operation: Operation, instance: Instance, action: str) -> str:
             disk.delete()
     elif action.startswith("snapshot_"):
         _snapshot(operation, instance, action)
-    elif action == "delete":
-        return _delete(operation, instance)
     return ""
 
 

@@ -8,18 +8,9 @@ from django.utils.translation import gettext_lazy as _
 
 from images.models import Image
 from portal.forms import BootstrapForm
+from vms import actions, limits
 from vms.keypairs import KEY_MAX
 from vms.models import Flavor, Instance
-
-BULK_ACTIONS = {
-    "start": _("Start"),
-    "shutdown": _("Shut down"),
-    "stop": _("Power off"),
-    "reboot": _("Reboot"),
-    "delete": _("Delete"),
-}
-# Power actions of the detail page (finish_install included); delete has its own form.
-POWER_ACTIONS = ("start", "shutdown", "stop", "reboot", "reset", "pause", "resume", "finish_install")
 
 
 def _size(mib: int) -> str:
@@ -50,7 +41,7 @@ class LaunchForm(BootstrapForm):
 
     name = forms.CharField(
         label=_("Name"),
-        max_length=63,
+        max_length=limits.NAME_MAX,
         widget=forms.TextInput(attrs={"placeholder": _("e.g. web-{n}"), "autocomplete": "off"}),
         help_text=_("With a count above 1, “{n}” is replaced by 1, 2, 3…; without it, “-1”, “-2”… is appended."),
     )
@@ -112,7 +103,7 @@ class ResizeForm(BootstrapForm):
 
 class ResourcesForm(BootstrapForm):
     vcpus = forms.IntegerField(label=_("vCPUs"), min_value=1)
-    ram_mib = forms.IntegerField(label=_("RAM (MiB)"), min_value=64)
+    ram_mib = forms.IntegerField(label=_("RAM (MiB)"), min_value=limits.RAM_MIN_MIB)
 
     def __init__(self, *args, instance: Instance, **kwargs) -> None:
         kwargs.setdefault("initial", {"vcpus": instance.vcpus, "ram_mib": instance.ram_mib})
@@ -120,11 +111,16 @@ class ResourcesForm(BootstrapForm):
         self.fields["vcpus"].widget.attrs["max"] = instance.flavor.vcpus
         self.fields["ram_mib"].widget.attrs["max"] = instance.flavor.ram_mib
         self.fields["vcpus"].help_text = _("At most %(max)d (the flavor).") % {"max": instance.flavor.vcpus}
-        self.fields["ram_mib"].help_text = _("64 to %(max)d MiB.") % {"max": instance.flavor.ram_mib}
+        self.fields["ram_mib"].help_text = _("%(min)d to %(max)d MiB.") % {
+            "min": limits.RAM_MIN_MIB,
+            "max": instance.flavor.ram_mib,
+        }
 
 
 class AttachDiskForm(BootstrapForm):
-    size_gib = forms.IntegerField(label=_("Size (GiB)"), min_value=1, max_value=4096, initial=10)
+    size_gib = forms.IntegerField(
+        label=_("Size (GiB)"), min_value=limits.DISK_MIN_GIB, max_value=limits.DISK_MAX_GIB, initial=10
+    )
 
 
 class SnapshotForm(BootstrapForm):
@@ -132,7 +128,7 @@ class SnapshotForm(BootstrapForm):
 
     name = forms.CharField(
         label=_("Name"),
-        max_length=63,
+        max_length=limits.SNAPSHOT_NAME_MAX,
         widget=forms.TextInput(attrs={"placeholder": _("e.g. before-upgrade"), "autocomplete": "off"}),
     )
     description = forms.CharField(label=_("Description"), max_length=255, required=False)
@@ -143,18 +139,19 @@ class CaptureForm(BootstrapForm):
 
     name = forms.CharField(
         label=_("Image name"),
-        max_length=100,
+        max_length=limits.IMAGE_NAME_MAX,
         widget=forms.TextInput(attrs={"autocomplete": "off"}),
         help_text=_("The disk becomes a private image of the tenant (it counts against the image quota)."),
     )
 
 
 class BulkActionForm(forms.Form):
-    action = forms.ChoiceField(choices=list(BULK_ACTIONS.items()))
+    action = forms.ChoiceField(choices=())
     instances = forms.TypedMultipleChoiceField(coerce=int, choices=())
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
+        self.fields["action"].choices = [(name, actions.get(name).button) for name in actions.BULK_ACTIONS]
         # Any id is accepted here; the view fetches them through the access gate.
         self.fields["instances"].valid_value = lambda value: str(value).isdigit()
 

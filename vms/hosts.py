@@ -21,7 +21,6 @@ from portal.models import Tenant
 from portal.services import ConflictError, ServiceError, record_audit, require_cloud_admin, reserve_quota
 from vms import realtime
 from vms.compute import Capability, compute_for, host_can
-from vms.compute.openstack.login import CREDENTIAL_FIELDS
 from vms.compute.state import instance_state_of
 from vms.models import CloudProject, Flavor, Host, Instance, PlacementRule, UnmanagedDomain
 from vms.tasks import push_quota_to_task
@@ -123,20 +122,14 @@ def prepare_host(
     """``host`` (a new one when None) with ``values`` and the login applied and checked, not saved.
 
     Raises ServiceError (ConflictError for a taken name) when the input is refused. ``credentials``
-    (keys of ``CREDENTIAL_FIELDS``) are write-only: omitted or blank values keep what is stored, given
-    ones replace it; ``clear_credentials=True`` forgets the stored login first (the host's adapter
-    applies them: a libvirt host has none, a cloud needs a complete login).
+    (a cloud's login: ``vms.compute.openstack.login.CREDENTIAL_FIELDS``) are write-only: omitted or blank
+    values keep what is stored, given ones replace it; ``clear_credentials=True`` forgets the stored login
+    first. The host's adapter applies them: a libvirt host has none, a cloud needs a complete login.
     """
     created = host is None
     host = host if host is not None else Host()
     if not created and "kind" in values and values["kind"] != host.kind:
         raise ServiceError(_("The kind of a host cannot change; add a new host instead."), field="kind")
-    unknown = sorted(set(credentials or {}) - set(CREDENTIAL_FIELDS))
-    if unknown:
-        raise ServiceError(
-            _("Unknown credential fields: %(fields)s.") % {"fields": ", ".join(unknown)}, field="credentials"
-        )
-    given = {k: str(v).strip() for k, v in (credentials or {}).items() if v is not None and str(v).strip()}
     name = values.get("name", host.name)
     if Host.objects.filter(name=name).exclude(pk=host.pk).exists():
         raise ConflictError(_("A host named “%(name)s” already exists.") % {"name": name}, field="name")
@@ -148,7 +141,7 @@ def prepare_host(
         raise _validation_error(exc) from exc
     adapter = compute_for(host)
     adapter.validate_settings(host)
-    adapter.apply_login(host, given=given, clear=clear_credentials)
+    adapter.apply_login(host, credentials=dict(credentials or {}), clear=clear_credentials)
     return host
 
 

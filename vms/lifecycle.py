@@ -484,7 +484,7 @@ def delete_instance(*, actor, instance: Instance, ip: str | None = None) -> Oper
         if problem is not None and not (isinstance(problem, actions.Busy) and _abandon_stuck_launch(instance)):
             raise problem
         Instance.objects.filter(pk=instance.pk).update(
-            state=Instance.State.DELETING, desired_power_state=Instance.PowerState.STOPPED
+            state=Instance.State.DELETING, desired_power_state=actions.get("delete").power
         )
         instance.state = Instance.State.DELETING
         return _queue(actor=actor, instance=instance, action="delete", ip=ip)

@@ -22,7 +22,7 @@ from django.utils.translation import gettext as _
 
 from portal.models import Tenant
 from portal.services import ConflictError
-from vms.compute import Capability, host_can
+from vms.compute import Capability, host_can, kinds_with
 from vms.models import Flavor, Host, Instance, InstanceDisk, PlacementRule
 
 GIB = 1024**3
@@ -152,7 +152,8 @@ def place(*, count: int, vcpus: int, ram_mib: int, disk_gib: int, hosts: list[Ho
     Call inside the launch transaction: the candidate hosts are locked until it ends.
     """
     if hosts is None:
-        hosts = list(Host.objects.select_for_update().scheduled().order_by("name"))
+        # Without a placement rule: the hosts where the portal places (and counts) itself.
+        hosts = list(Host.objects.select_for_update().filter(kind__in=kinds_with(Capability.CAPACITY)).order_by("name"))
     else:
         hosts = list(Host.objects.select_for_update().filter(pk__in=[h.pk for h in hosts]).order_by("name"))
     loads = host_loads(hosts)

@@ -120,7 +120,7 @@ def operation_state_counts() -> list[dict[str, Any]]:
     return list(Operation.objects.values("kind", "state").annotate(n=Count("id")).order_by("kind", "state"))
 
 
-def tenant_cloud(*, tenant) -> str:
-    """The name of the OpenStack cloud a tenant-wide placement rule sends the tenant's instances to, or ""."""
-    rule = PlacementRule.objects.filter(tenant=tenant, flavor__isnull=True, host__in=Host.objects.clouds())
-    return rule.values_list("host__name", flat=True).first() or ""
+def tenant_placement(*, tenant) -> Host | None:
+    """The host or cloud a tenant-wide placement rule sends the tenant's new instances to, if any."""
+    rule = PlacementRule.objects.filter(tenant=tenant, flavor__isnull=True).select_related("host").first()
+    return rule.host if rule is not None else None

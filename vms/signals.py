@@ -15,7 +15,7 @@ from django.dispatch import receiver
 from images.models import Image, ImageReplica
 from portal.models import Quota, Tenant
 from vms.compute.openstack.mirror import forget_flavor_copies
-from vms.models import CloudFlavor, CloudProject, Flavor, Host
+from vms.models import CloudFlavor, CloudProject, Flavor
 
 
 @receiver(post_save, sender=Quota, dispatch_uid="vms.quota_to_clouds")
@@ -58,7 +58,8 @@ def _flavor_deleted(sender, instance: Flavor, **_kwargs) -> None:
 
 
 def _cloud_copies():
-    return ImageReplica.objects.filter(host__in=Host.objects.clouds(), state=ImageReplica.State.READY)
+    """Ready copies in a cloud's image service (their visibility is the cloud's to enforce)."""
+    return ImageReplica.objects.filter(state=ImageReplica.State.READY).exclude(cloud_image_id="")
 
 
 @receiver(post_save, sender=Image, dispatch_uid="vms.image_to_clouds")

@@ -12,7 +12,6 @@ import pytest
 from django.contrib.auth.models import AnonymousUser
 
 from images.capture import capture_image
-from images.distribution import ensure_image_on_host
 from images.imports import import_image
 from images.models import Image, ImageReplica
 from images.services import delete_image, share_image, unshare_image, update_image
@@ -21,6 +20,7 @@ from portal.access import CHANGE, VIEW
 from portal.backends.libvirt.storage import find_volume
 from portal.selectors import tenant_usage
 from portal.services import ConflictError, ServiceError, set_quota
+from vms.compute.libvirt.images import ensure_image_on_host
 from vms.models import Host, Instance, Operation
 from vms.services import create_flavor, reserve_instances
 

@@ -21,8 +21,9 @@ from portal.middleware import client_ip
 from portal.models import Tenant
 from portal.services import ServiceError
 from vms import hosts as host_services
+from vms import limits
 from vms.admin.common import ReadOnlyAdminMixin, adopt_saved, run_each
-from vms.compute import compute_for
+from vms.compute import Capability, compute_for, kinds_with
 from vms.compute.openstack.login import CREDENTIAL_FIELDS, SECRET_FIELDS, credentials_summary
 from vms.compute.openstack.mirror import push_quota
 from vms.models import (
@@ -124,7 +125,7 @@ class HostAdminForm(forms.ModelForm):
                     self.fields[name].initial = value
 
     def credentials(self) -> dict[str, str]:
-        """The login as entered (keys of vms.CREDENTIAL_FIELDS); blank values keep the stored ones."""
+        """The login as entered (keys of CREDENTIAL_FIELDS); blank values keep the stored ones."""
         data = self.cleaned_data
         return {
             key: data.get(CREDENTIAL_PREFIX + key) or ""
@@ -280,7 +281,7 @@ class AdoptForm(forms.Form):
         help_text=_("Its sizes are what the tenant's quota counts for the instance."),
     )
     name = forms.CharField(
-        max_length=63,
+        max_length=limits.NAME_MAX,
         required=False,
         label=_("name"),
         help_text=_("Only when adopting one domain; the domain's name when empty."),
@@ -361,7 +362,7 @@ class CloudProjectAdminForm(forms.ModelForm):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         if "host" in self.fields:
-            self.fields["host"].queryset = Host.objects.clouds()
+            self.fields["host"].queryset = Host.objects.filter(kind__in=kinds_with(Capability.TENANT_PROJECTS))
         if "project_id" in self.fields:
             self.fields["project_id"].help_text = _("Id of an existing project in the cloud (Keystone).")
 

@@ -13,7 +13,7 @@ from rest_framework.response import Response
 from portal.access import CHANGE, DELETE, VIEW
 from portal.api.base import ApiViewSetMixin
 from portal.api.serializers import MAX_INT32, VisibleTenantField
-from vms import hosts
+from vms import hosts, limits
 from vms.api.fields import VisibleFlavorField
 from vms.api.filtersets import HostFilter, UnmanagedDomainFilter
 from vms.api.instances import InstanceDetailSerializer
@@ -205,7 +205,7 @@ class AdoptSerializer(serializers.Serializer):
     tenant = VisibleTenantField(help_text=_("Id of the tenant that will own the instance."))
     flavor = VisibleFlavorField(help_text=_("Id of the flavor whose sizes the tenant's quota counts."))
     name = serializers.CharField(
-        max_length=63, required=False, help_text=_("Instance name; the domain's name when omitted.")
+        max_length=limits.NAME_MAX, required=False, help_text=_("Instance name; the domain's name when omitted.")
     )
 
 

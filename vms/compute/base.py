@@ -52,7 +52,6 @@ class Capability(enum.StrEnum):
     CAPACITY = "capacity"  # the portal knows the host's size: scheduler, overcommit bars, metrics limits
     IMAGE_COPIES = "image_copies"  # admins copy images to the host ahead of launches
     METRICS = "metrics"  # the watcher samples CPU, memory, disk and network of the guests
-    UNMANAGED_DOMAINS = "unmanaged_domains"  # domains made outside the portal are listed and adopted
     TENANT_PROJECTS = "tenant_projects"  # tenants live in projects of the backend (mapped by admins)
 
 
@@ -128,7 +127,7 @@ class ComputeAdapter(Protocol):
 
     def validate_settings(self, host: Host) -> None: ...
 
-    def apply_login(self, host: Host, *, given: dict[str, str], clear: bool) -> None: ...
+    def apply_login(self, host: Host, *, credentials: dict[str, str], clear: bool) -> None: ...
 
     def forget(self, host: Host) -> None: ...
 
@@ -137,6 +136,10 @@ class ComputeAdapter(Protocol):
     def remove_image_copy(self, replica: ImageReplica) -> None: ...
 
     def guest_stats(self, host: Host) -> list[DomainStats]: ...
+
+    def serial_console(self, host: Host, uuid: str, *, on_data, on_end): ...
+
+    def copy_image(self, host: Host, image, *, operation=None, progress=None) -> ImageReplica: ...
 
 
 @dataclass(frozen=True)
@@ -203,6 +206,12 @@ class AdapterBase:
     def guest_stats(self, host) -> list:
         raise self._missing(_("sample metrics"))
 
+    def serial_console(self, host, uuid, *, on_data, on_end):
+        raise self._missing(_("open the serial console"))
+
+    def copy_image(self, host, image, *, operation=None, progress=None):
+        raise self._missing(_("copy images ahead of launches"))
+
 
 @dataclass(frozen=True)
 class HostFact:
@@ -237,6 +246,11 @@ def compute_for(host: Host) -> ComputeAdapter:
 def kinds_with(capability: Capability) -> list[str]:
     """The host kinds whose adapter offers ``capability`` (for queryset filters: ``kind__in``)."""
     return sorted(kind for kind in _ADAPTERS if host_can(Host(kind=kind), capability))
+
+
+def given_credentials(credentials: dict) -> dict[str, str]:
+    """The login values an edit gives (blank ones keep what is stored)."""
+    return {k: str(v).strip() for k, v in credentials.items() if v is not None and str(v).strip()}
 
 
 def host_can(host: Host, capability: Capability) -> bool:

@@ -1,10 +1,10 @@
-"""Observed state: one map from backend power states to instance states, and one writer of what a backend said.
+"""Observed state: one map from backend power states to instance states, and the writers of what a backend said.
 
 The hypervisor or cloud holds fact, the row holds it as last seen. Two kinds of callers write it:
 
-* the task that owns the instance (``by_task=True``: a launch, a power action…) writes what the backend
-  answered at the end of its step, unconditionally, and publishes it: the task's end is news;
-* the watcher (``by_task=False``: domain events, reconciles, cloud polls) writes only a change, and only
+* ``record_task_result``: the task that owns the instance (a launch, a power action…) writes what the
+  backend answered at the end of its step, unconditionally, and publishes it: the task's end is news;
+* ``record_observed``: the watcher (domain events, reconciles, cloud polls) writes only a change, and only
   with a conditional UPDATE on the state and task it read, so it never overwrites what a task wrote
   meanwhile; rows being deleted, or being built while a launch task owns them, are left alone.
 
@@ -57,8 +57,9 @@ def owned_by_a_task() -> Q:
     return Q(state=Instance.State.DELETING) | (Q(state=Instance.State.BUILDING) & ~Q(task=""))
 
 
-def record(instance: Instance, observed: Observed, *, by_task: bool) -> bool:
-    """Store ``observed`` in the row and publish it; True when the row changed (always, ``by_task``)."""
+def _fields(instance: Instance, observed: Observed, *, by_task: bool) -> dict:
+    """The columns ``observed`` sets: the state (not while the backend is between states) with its reason (a
+    task keeps one only for an error), and the addresses when reported (the watcher's not while a task runs)."""
     fields: dict = {}
     target = BACKEND_STATES.get(observed.state)
     if target is not None and not observed.busy:
@@ -66,25 +67,39 @@ def record(instance: Instance, observed: Observed, *, by_task: bool) -> bool:
         fields.update(state=target, state_reason=(observed.reason if keep_reason else "")[:REASON_MAX])
     if observed.addresses is not None and (by_task or not instance.task):
         fields["addresses"] = list(observed.addresses)
-    if by_task:
-        now = timezone.now()
-        Instance.objects.filter(pk=instance.pk).update(**fields, updated_at=now)
-    else:
-        fields = {key: value for key, value in fields.items() if getattr(instance, key) != value}
-        if not fields or _owned(instance):
-            return False
-        now = timezone.now()
-        updated = (
-            Instance.objects.filter(pk=instance.pk, state=instance.state, task=instance.task)
-            .exclude(owned_by_a_task())
-            .update(**fields, updated_at=now)
-        )
-        if not updated:
-            return False
+    return fields
+
+
+def _publish(instance: Instance, fields: dict, now) -> None:
     for key, value in fields.items():
         setattr(instance, key, value)
     instance.updated_at = now
     realtime.instance_changed(instance)
+
+
+def record_task_result(instance: Instance, observed: Observed) -> None:
+    """The task that owns the instance stores what the backend answered, and publishes it."""
+    fields = _fields(instance, observed, by_task=True)
+    now = timezone.now()
+    Instance.objects.filter(pk=instance.pk).update(**fields, updated_at=now)
+    _publish(instance, fields, now)
+
+
+def record_observed(instance: Instance, observed: Observed) -> bool:
+    """The watcher stores a change it observed, unless a task changed the row meanwhile; True when written."""
+    fields = _fields(instance, observed, by_task=False)
+    fields = {key: value for key, value in fields.items() if getattr(instance, key) != value}
+    if not fields or _owned(instance):
+        return False
+    now = timezone.now()
+    updated = (
+        Instance.objects.filter(pk=instance.pk, state=instance.state, task=instance.task)
+        .exclude(owned_by_a_task())
+        .update(**fields, updated_at=now)
+    )
+    if not updated:
+        return False
+    _publish(instance, fields, now)
     return True
 
 

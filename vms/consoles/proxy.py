@@ -1,7 +1,7 @@
 """The console proxy: websockify with the portal's token plugin (run by ``manage.py consoleproxy``).
 
 websockify forks one child process per connection; the token is claimed there, from the database
-(``vms.tokens.claim_token``), together with the Origin header. While the session lives, a
+(``vms.consoles.tokens.claim_token``), together with the Origin header. While the session lives, a
 watchdog thread in the child re-checks ``session_still_allowed`` every CONSOLE_RECHECK_SECONDS and
 cuts the VNC side when access is gone or the maximum session length is reached; the proxy loop
 then closes the WebSocket. The session's end is recorded in the database and the audit log.

@@ -47,9 +47,9 @@ from portal.backends.libvirt import serial as backend
 from portal.models import AuditEvent
 from portal.services import record_audit
 from vms.access import access_instance_by_id
-from vms.compute import Capability, instance_capabilities
+from vms.compute import Capability, compute_for, instance_capabilities
 from vms.consoles.tokens import user_of_session_cookie
-from vms.models import Instance
+from vms.models import Host, Instance
 
 CLOSE_NORMAL = 1000
 CLOSE_UNAUTHENTICATED = 4401
@@ -76,7 +76,7 @@ END_CODES = {
 @dataclass(frozen=True)
 class SerialTarget:
     instance_id: int
-    uri: str
+    host: Host
     uuid: str
 
 
@@ -99,7 +99,7 @@ def serial_access(user_id: int, instance_id: int, session_key: str | None = None
         return CLOSE_NOT_RUNNING
     if Capability.SERIAL_CONSOLE not in instance_capabilities(instance):
         return CLOSE_UNSUPPORTED
-    return SerialTarget(instance_id=instance.pk, uri=instance.host.uri, uuid=str(instance.uuid))
+    return SerialTarget(instance_id=instance.pk, host=instance.host, uuid=str(instance.uuid))
 
 
 def audit_serial(
@@ -165,7 +165,7 @@ class SerialConsumer(AsyncWebsocketConsumer):
             with contextlib.suppress(RuntimeError):  # loop already closed
                 asyncio.run_coroutine_threadsafe(self.output.put(reason), loop)
 
-        console = backend.SerialConsole(target.uri, target.uuid, on_data=on_data, on_end=on_end)
+        console = compute_for(target.host).serial_console(target.host, target.uuid, on_data=on_data, on_end=on_end)
         try:
             await asyncio.to_thread(console.open)
         except BackendError as exc:

@@ -56,10 +56,6 @@ class HostQuerySet(InfrastructureQuerySet):
     def clouds(self) -> HostQuerySet:
         return self.filter(kind=Host.Kind.OPENSTACK)
 
-    def scheduled(self) -> HostQuerySet:
-        """The hosts the scheduler chooses among when no placement rule names one (the libvirt hosts)."""
-        return self.libvirt()
-
 
 class Host(models.Model):
     """A libvirt host (``uri``) or an OpenStack cloud region (``auth_url`` or ``cloud_name``, credentials)."""

@@ -218,7 +218,7 @@ class ConsoleSession(models.Model):
 
 
 class InstanceMetricSample(models.Model):
-    """One point of an instance's metrics history, written by the watcher (``vms.metrics``).
+    """One point of an instance's metrics history, written by the watcher (``vms.watcher.metrics``).
 
     Rates are per second over the interval since the previous sample of the same domain, computed
     by the watcher from the raw libvirt counters it keeps in memory. Only the newest

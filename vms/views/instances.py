@@ -29,7 +29,7 @@ from portal.views import current_tenant
 from vms import actions, lifecycle
 from vms.access import access_disk_by_id, access_instance_by_id, access_snapshot_by_id
 from vms.api.filtersets import InstanceFilter
-from vms.compute import compute_for
+from vms.compute import Capability, compute_for, instance_capabilities
 from vms.dashboard import LIVE_SOCKET_PATH, toast_config
 from vms.forms import AttachDiskForm, BulkActionForm, CaptureForm, ResizeForm, ResourcesForm, SnapshotForm
 from vms.models import Instance, InstanceDisk, Operation, Snapshot
@@ -183,6 +183,18 @@ def _power_buttons(instance: Instance, offered: list[str], allowed: list[str]) -
     return buttons
 
 
+def _limits(instance: Instance, offered: list[str]) -> dict:
+    """What the instance's host cannot do (the page lists it under the adapter's note); nothing without a host."""
+    if instance.host_id is None:
+        return {"not_offered": [], "limits_note": ""}
+    missing = [
+        str(action.verb)
+        for name, action in actions.ACTIONS.items()
+        if name in actions.REQUESTABLE and name not in offered and action.applies(instance)
+    ]
+    return {"not_offered": missing, "limits_note": compute_for(instance.host).limits_note(instance)}
+
+
 @login_required
 @require_GET
 def instance_detail(request, pk: int):
@@ -209,12 +221,7 @@ def instance_detail(request, pk: int):
             "offered": dict.fromkeys(offered, True),
             "allowed": allowed,
             "can": {name: name in allowed for name in actions.REQUESTABLE},
-            "not_offered": [
-                str(actions.get(name).verb)
-                for name in actions.REQUESTABLE
-                if name not in offered and actions.get(name).applies(instance)
-            ],
-            "limits_note": compute_for(instance.host).limits_note(instance) if instance.host_id else "",
+            **_limits(instance, offered),
             "resize_form": ResizeForm(flavors=flavors),
             "has_other_flavors": flavors.exists(),
             "resources_form": ResourcesForm(instance=instance),
@@ -226,6 +233,7 @@ def instance_detail(request, pk: int):
             "operations": operations,
             "live_config": live_config(tenant_id=instance.tenant_id, instance_id=instance.pk),
             "console_config": console_config(request, instance, auto_connect=False) if can_console else None,
+            "offered_metrics": Capability.METRICS in instance_capabilities(instance),
             "metrics_data": _metrics_data(user, instance),
         },
     )

@@ -10,6 +10,7 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.shortcuts import redirect, render
 from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy
 
 from images.models import Image
 from images.selectors import images_for, visible_to_tenant
@@ -19,10 +20,11 @@ from portal.selectors import quota_overview
 from portal.services import ServiceError
 from portal.views import current_tenant
 from vms import lifecycle
+from vms.compute import Capability, compute_for, host_can
 from vms.forms import LaunchForm, source_needs
 from vms.keypairs import keypairs_for
 from vms.networks import networks_for
-from vms.selectors import flavors_for, tenant_cloud
+from vms.selectors import flavors_for, tenant_placement
 
 QUOTA_RESOURCES_OF_LAUNCH = ("instances", "vcpus", "ram_mib", "disk_gib")
 
@@ -123,6 +125,22 @@ def _source_groups(images: list[Image], chosen: str) -> list[dict]:
     return groups
 
 
+# What a launch offers that a placement target may not take.
+LAUNCH_NEEDS = {
+    Capability.INSTALL_FROM_ISO: gettext_lazy("installer ISOs"),
+    Capability.PORTAL_NETWORKS: gettext_lazy("the portal's networks"),
+}
+
+
+def _placement_note(tenant) -> dict | None:
+    """Where a tenant-wide rule sends new instances, when that host cannot take all the form offers."""
+    host = tenant_placement(tenant=tenant)
+    if host is None:
+        return None
+    missing = [str(label) for capability, label in LAUNCH_NEEDS.items() if not host_can(host, capability)]
+    return {"where": compute_for(host).describe(host), "missing": ", ".join(missing)} if missing else None
+
+
 @login_required
 def instance_launch(request):
     tenant = current_tenant(request)
@@ -188,7 +206,7 @@ def instance_launch(request):
             "selected_flavor": selected,
             "has_sources": bool(images),
             "impact": _impact(quota, flavor, count),
-            "tenant_cloud": tenant_cloud(tenant=tenant),
+            "placement": _placement_note(tenant),
             "max_batch": settings.LABCLOUD_MAX_BATCH,
             "launch_data": {
                 "quota": quota,

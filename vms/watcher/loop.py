@@ -4,7 +4,7 @@ One process (``manage.py watch_hosts``) keeps one long-lived connection per enab
 (the cached connection of ``portal.backends.libvirt.connection``) with a lifecycle event callback
 registered on it. libvirt calls the callback in its event-loop thread; the callback only puts the
 event on a queue. The main thread takes events off the queue, asks the host for the domain's
-current state and records it (``vms.compute.state.record``), which publishes the change to
+current state and records it (``vms.compute.state.record_observed``), which publishes the change to
 the channel layer: a start or stop reaches the browser well within a second.
 
 Events can be missed (the watcher was down, the connection dropped), so every
@@ -13,7 +13,7 @@ which also picks up new, removed and disabled hosts; every ``WATCHER_CAPACITY_SE
 the adapter's ``check_host``. A host that does not answer is marked down and retried with exponential
 backoff; on reconnect its events are registered again and it is reconciled at once. Every
 ``METRICS_INTERVAL_SECONDS`` it samples the counters of every running domain of each connected
-host (``vms.metrics.sample_host``, one libvirt call per host), keeping the previous round's raw
+host (``vms.watcher.metrics.sample_host``, one libvirt call per host), keeping the previous round's raw
 counters in memory to turn them into rates.
 
 OpenStack clouds (hosts of kind ``openstack``) have no event stream the portal can subscribe to:
@@ -421,12 +421,12 @@ class HostWatcher:
             domain = libvirt_compute.domain_state(host=host, uuid=event.uuid)
         except BackendError:
             fallback = EVENT_STATES.get(event.event)
-            return fallback is not None and observed_state.record(
-                instance, observed_state.Observed(state=fallback), by_task=False
+            return fallback is not None and observed_state.record_observed(
+                instance, observed_state.Observed(state=fallback)
             )
         if domain is None:  # undefined, or a transient domain that stopped: gone
             return libvirt_compute.mark_vanished(instance=instance)
-        return observed_state.record(instance, libvirt_compute.observed(domain), by_task=False)
+        return observed_state.record_observed(instance, libvirt_compute.observed(domain))
 
     def drain(self, timeout: float) -> None:
         """Handle queued events, waiting up to ``timeout`` seconds for the first; duplicates are applied once."""

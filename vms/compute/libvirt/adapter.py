@@ -5,8 +5,7 @@ volumes are named after it (``root_volume``…). Every step is idempotent (a vol
 reused, a domain defined again with the same UUID is the same domain, a started domain stays
 started), so a task redelivered after a worker died finishes the job.
 
-The watcher's side is here too: ``reconcile`` (a full sync of one host, unmanaged domains included),
-``domain_state`` and ``addresses`` for its event handling, ``guest_stats`` for its metrics.
+The watcher's side is in ``watch`` (``reconcile`` delegates to it); ``guest_stats`` serves its metrics.
 """
 
 from __future__ import annotations
@@ -20,7 +19,7 @@ from django.template.defaultfilters import filesizeformat
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
-from images.distribution import ensure_image_on_host
+from images.distribution import wait_for_copy
 from images.models import Image, ImageReplica
 from portal.backends.base import (
     BackendError,
@@ -32,14 +31,17 @@ from portal.backends.base import (
 from portal.backends.cloudinit import build_nocloud_seed, hostname_from
 from portal.backends.libvirt import storage
 from portal.backends.libvirt.driver import LibvirtDriver, random_vnc_password
+from portal.backends.libvirt.serial import SerialConsole
 from portal.services import ConflictError, ServiceError
 from vms import operations
 from vms.compute import state
-from vms.compute.base import AdapterBase, Capability, ConsoleEndpoint, HostFact
+from vms.compute.base import AdapterBase, Capability, ConsoleEndpoint, HostFact, given_credentials
+from vms.compute.libvirt.images import ensure_image_on_host
 from vms.compute.libvirt.spec import (
     build_spec,
     disk_volume,
     driver_for,
+    libvirt_uri,
     observed,
     root_volume,
     seed_volume,
@@ -53,7 +55,6 @@ log = logging.getLogger(__name__)
 
 GIB = 1024**3
 DETACH_TIMEOUT = 30  # seconds a guest gets to release a hot-unplugged disk
-IMAGE_WAIT = 3600  # seconds a launch waits while another launch copies the same image to the host
 
 HOST_CAPABILITIES = frozenset(Capability) - {Capability.TENANT_PROJECTS}
 # An adopted domain's disks and devices are the host's, not the portal's: nothing that rebuilds them.
@@ -91,20 +92,7 @@ def _network_name(instance: Instance) -> str | None:
 
 
 def _record(instance: Instance, domain: InstanceState) -> None:
-    state.record(instance, observed(domain), by_task=True)
-
-
-def _ensure_replica(*, image: Image, host: Host, operation: Operation, report) -> ImageReplica:
-    """The image on the host; waits (with heartbeats) while another launch copies it."""
-    deadline = time.monotonic() + IMAGE_WAIT
-    while True:
-        try:
-            return ensure_image_on_host(image=image, host=host, operation=operation, progress=report)
-        except ConflictError:
-            if time.monotonic() > deadline:
-                raise
-            operations.heartbeat(operation=operation)
-            time.sleep(0.5)
+    state.record_task_result(instance, observed(domain))
 
 
 class LibvirtAdapter(AdapterBase):
@@ -152,7 +140,10 @@ class LibvirtAdapter(AdapterBase):
         def copy_progress(percent: int) -> None:
             operations.progress(operation=operation, percent=5 + percent * 55 // 100)
 
-        replica = _ensure_replica(image=image, host=host, operation=operation, report=copy_progress)
+        replica = wait_for_copy(
+            lambda: ensure_image_on_host(image=image, host=host, operation=operation, progress=copy_progress),
+            operation=operation,
+        )
         pool = host.storage_pool
         size = instance.disk_gib * GIB
         operations.progress(operation=operation, percent=65, message=_("Creating the disk and the seed"))
@@ -423,8 +414,8 @@ class LibvirtAdapter(AdapterBase):
         if host.cpu_mode == Host.CpuMode.CUSTOM and not host.cpu_model:
             raise ServiceError(_("CPU mode “custom” needs a CPU model."), field="cpu_model")
 
-    def apply_login(self, host: Host, *, given: dict[str, str], clear: bool) -> None:
-        if given:
+    def apply_login(self, host: Host, *, credentials: dict[str, str], clear: bool) -> None:
+        if given_credentials(credentials):
             raise ServiceError(_("A libvirt host has no cloud credentials."), field="credentials")
         if clear:
             host.credentials = ""
@@ -433,7 +424,7 @@ class LibvirtAdapter(AdapterBase):
         """Nothing to forget: connections are kept per URI and checked for life at each use."""
 
     def remove_image_copy(self, replica: ImageReplica) -> None:
-        storage.delete_volume(replica.host.uri, pool_name=replica.pool, name=replica.volume)
+        storage.delete_volume(libvirt_uri(replica.host), pool_name=replica.pool, name=replica.volume)
 
     # ------------------------------------------------------------ the watcher
 
@@ -443,3 +434,10 @@ class LibvirtAdapter(AdapterBase):
     def guest_stats(self, host: Host) -> list[DomainStats]:
         """The raw counters of every running domain of the host (one driver call), for the metrics."""
         return driver_for(host).domain_stats()
+
+    def serial_console(self, host: Host, uuid: str, *, on_data, on_end) -> SerialConsole:
+        """The domain's serial console as a byte pipe, on a connection of its own (not opened yet)."""
+        return SerialConsole(libvirt_uri(host), uuid, on_data=on_data, on_end=on_end)
+
+    def copy_image(self, host: Host, image: Image, *, operation=None, progress=None) -> ImageReplica:
+        return ensure_image_on_host(image=image, host=host, operation=operation, progress=progress)

@@ -10,6 +10,7 @@ from django.utils.translation import gettext as _
 
 from images.models import Image
 from portal.backends.base import (
+    BackendError,
     DiskSpec,
     InstanceSpec,
     InstanceState,
@@ -19,8 +20,15 @@ from vms.compute.state import Observed
 from vms.models import Host, Instance
 
 
+def libvirt_uri(host: Host) -> str:
+    """The host's libvirt URI; a host of another kind fails loudly (its empty URI would open the local default)."""
+    if host.kind != Host.Kind.LIBVIRT:
+        raise BackendError(_("%(host)s is not a libvirt host.") % {"host": host.name})
+    return host.uri
+
+
 def driver_for(host: Host) -> LibvirtDriver:
-    return LibvirtDriver(host.uri)
+    return LibvirtDriver(libvirt_uri(host))
 
 
 def root_volume(instance: Instance) -> str:

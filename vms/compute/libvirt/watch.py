@@ -49,9 +49,7 @@ def _sync_unmanaged(host: Host, by_uuid: dict[str, InstanceState]) -> tuple[int,
 
 def mark_vanished(*, instance: Instance) -> bool:
     """The instance's domain is gone from its host: the row goes to ERROR (unless a task owns it)."""
-    return state.record(
-        instance, Observed(state="error", reason=_("The domain vanished from the host.")), by_task=False
-    )
+    return state.record_observed(instance, Observed(state="error", reason=_("The domain vanished from the host.")))
 
 
 def domain_state(*, host: Host, uuid: str) -> InstanceState | None:
@@ -68,7 +66,7 @@ def refresh_addresses(*, instance: Instance, host: Host, running: bool) -> bool:
         addresses = driver_for(host).addresses(str(instance.uuid)) if running else []
     except BackendError:
         return False
-    return state.record(instance, Observed(state="", addresses=tuple(addresses)), by_task=False)
+    return state.record_observed(instance, Observed(state="", addresses=tuple(addresses)))
 
 
 def reconcile_host(host: Host) -> dict[str, int]:
@@ -91,12 +89,13 @@ def reconcile_host(host: Host) -> dict[str, int]:
         "unmanaged_removed": 0,
     }
     for instance in Instance.objects.filter(host=host).exclude(state.owned_by_a_task()):
+        instance.host = host  # its live update asks what the host can do: no query per row
         domain = by_uuid.get(str(instance.uuid))
         if domain is None:
             if instance.state != Instance.State.ERROR and mark_vanished(instance=instance):
                 counts["vanished"] += 1
             continue
-        if state.record(instance, observed(domain), by_task=False):
+        if state.record_observed(instance, observed(domain)):
             counts["changed"] += 1
         if instance.mac_address and refresh_addresses(instance=instance, host=host, running=domain.state == "running"):
             counts["addresses"] += 1

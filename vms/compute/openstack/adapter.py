@@ -9,13 +9,13 @@ Nova places and counts there: the portal knows no capacity of a cloud. The watch
 from __future__ import annotations
 
 import logging
-import time
 from datetime import datetime, timedelta
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 from django.conf import settings
 from django.utils.translation import gettext as _
 
+from images.distribution import wait_for_copy
 from images.models import Image, ImageReplica
 from portal.backends.base import BackendError, HostUnreachable
 from portal.backends.openstack.driver import AuthFailed, ConsoleUnavailable, QuotaExceeded, ServerState
@@ -32,7 +32,6 @@ from vms.models import CloudProject, Host, Instance, Operation, Snapshot
 
 log = logging.getLogger(__name__)
 
-IMAGE_WAIT = 3600  # seconds a launch waits while another launch uploads the same image to the cloud
 # Nova places, limits and keeps the disks there: what the portal offers on a cloud.
 CAPABILITIES = frozenset(
     {
@@ -68,7 +67,7 @@ def observed(server: ServerState) -> Observed:
 
 
 def _record(instance: Instance, server: ServerState) -> None:
-    state.record(instance, observed(server), by_task=True)
+    state.record_task_result(instance, observed(server))
 
 
 def websocket_url_of(novnc_url: str) -> str:
@@ -133,16 +132,10 @@ class OpenStackAdapter(AdapterBase):
                 message=_("Uploading the image to %(host)s") % {"host": host.name},
             )
 
-        deadline = time.monotonic() + IMAGE_WAIT
-        while True:
-            try:
-                image_id = cloud_image(host=host, image=image, project_id=project_id, report=upload_progress)
-                break
-            except ConflictError:  # another launch uploads it right now: wait for it (with heartbeats)
-                if time.monotonic() > deadline:
-                    raise
-                operations.heartbeat(operation=operation)
-                time.sleep(0.5)
+        image_id = wait_for_copy(
+            lambda: cloud_image(host=host, image=image, project_id=project_id, report=upload_progress),
+            operation=operation,
+        )
         server_id = instance.cloud_id
         if not server_id and operation.params.get("server_requested"):
             # this launch asked Nova before (a redelivered task, or a worker that died before storing the id)
@@ -315,8 +308,8 @@ class OpenStackAdapter(AdapterBase):
         if host.uri:
             raise ServiceError(_("An OpenStack cloud has no libvirt URI."), field="uri")
 
-    def apply_login(self, host: Host, *, given: dict[str, str], clear: bool) -> None:
-        login.apply_login(host, given=given, clear=clear)
+    def apply_login(self, host: Host, *, credentials: dict[str, str], clear: bool) -> None:
+        login.apply_login(host, credentials=credentials, clear=clear)
 
     def forget(self, host: Host) -> None:
         """A changed login, URL or region takes effect on the next call (the driver keeps a token)."""
@@ -346,10 +339,11 @@ class OpenStackAdapter(AdapterBase):
         if since is not None:
             rows = rows.filter(cloud_id__in=list(by_id))
         for instance in rows.select_related("tenant"):
+            instance.host = host  # its live update asks what the host can do: no query per row
             server = by_id.get(instance.cloud_id)
             if server is None:  # not listed in a full reconcile: the server is gone
                 gone = Observed(state="error", reason=_("The server vanished from the cloud."))
-                if instance.state != Instance.State.ERROR and state.record(instance, gone, by_task=False):
+                if instance.state != Instance.State.ERROR and state.record_observed(instance, gone):
                     counts["vanished"] += 1
                 continue
             if server.state == "deleted":
@@ -358,7 +352,7 @@ class OpenStackAdapter(AdapterBase):
                 fact = Observed(state="error", reason=_("The server was deleted in the cloud."))
             else:
                 fact = observed(server)
-            if state.record(instance, fact, by_task=False):
+            if state.record_observed(instance, fact):
                 counts["changed"] += 1
         mark_host_answered(host=host)
         return counts

@@ -22,6 +22,7 @@ from django.utils.translation import gettext as _
 from portal.backends.base import BackendError
 from portal.backends.openstack.driver import OpenStackAuth, OpenStackDriver
 from portal.services import ServiceError
+from vms.compute.base import given_credentials
 from vms.compute.state import mark_host_down
 from vms.models import Host
 
@@ -198,9 +199,16 @@ def check_login(*, host: Host, login: dict[str, str]) -> None:
         )
 
 
-def apply_login(host: Host, *, given: dict[str, str], clear: bool) -> None:
-    """Apply an edit of the write-only login to ``host`` (not saved): ``given`` values replace stored ones
-    (see ``merged_credentials``), ``clear`` forgets the stored login first. Refuses an incomplete login."""
+def apply_login(host: Host, *, credentials: dict[str, str], clear: bool) -> None:
+    """Apply an edit of the write-only login to ``host`` (not saved): the values ``credentials`` gives replace
+    stored ones (see ``merged_credentials``), ``clear`` forgets the stored login first. Refuses unknown fields
+    and an incomplete login."""
+    unknown = sorted(set(credentials) - set(CREDENTIAL_FIELDS))
+    if unknown:
+        raise ServiceError(
+            _("Unknown credential fields: %(fields)s.") % {"fields": ", ".join(unknown)}, field="credentials"
+        )
+    given = given_credentials(credentials)
     if clear or given:
         try:
             stored = {} if clear else decrypt_credentials(host)

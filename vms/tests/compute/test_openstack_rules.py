@@ -232,10 +232,10 @@ def test_pages_with_a_cloud_host_render(hosts, actors, client, settings):
 def test_launch_form_says_where_a_tenants_instances_go(hosts, actors, client):
     _, cloud_host = hosts
     client.force_login(actors.member)  # the member's only tenant is the active one
-    assert 'id="lc-launch-cloud"' not in client.get(reverse("instance_launch")).content.decode()
+    assert 'id="lc-launch-placement"' not in client.get(reverse("instance_launch")).content.decode()
     PlacementRule.objects.create(tenant=actors.tenant, host=cloud_host)
     page = client.get(reverse("instance_launch")).content.decode()
-    assert 'id="lc-launch-cloud"' in page and "OpenStack cloud cloud1" in page
+    assert 'id="lc-launch-placement"' in page and "OpenStack cloud cloud1" in page and "installer ISOs" in page
 
 
 def test_one_rule_per_tenant_per_flavor_and_per_pair_in_the_database(hosts, make_tenant):

@@ -27,7 +27,7 @@ from vms import hosts
 from vms.compute import compute_for
 from vms.compute import libvirt as libvirt_compute
 from vms.compute.openstack import login
-from vms.compute.state import Observed, record
+from vms.compute.state import Observed, record_observed
 from vms.models import Flavor, Host, Instance, UnmanagedDomain
 from vms.tests.conftest import PREFIX, TEST_URI, watcher_running
 from vms.watcher import HostWatcher
@@ -122,12 +122,12 @@ def test_refresh_with_a_missing_pool_marks_the_host_down(db, test_driver):
 def test_apply_observed_state(actors, flavor, host):
     instance = make_instance(actors.tenant, flavor, host, state=Instance.State.SHUTOFF)
     before = instance.updated_at
-    assert record(instance, Observed(state="running"), by_task=False) is True
+    assert record_observed(instance, Observed(state="running")) is True
     instance.refresh_from_db()
     assert instance.state == Instance.State.RUNNING and instance.updated_at > before
-    assert record(instance, Observed(state="running"), by_task=False) is False  # no change, no write
-    assert record(instance, Observed(state="unknown"), by_task=False) is False
-    assert record(instance, Observed(state="crashed", reason="panicked"), by_task=False) is True
+    assert record_observed(instance, Observed(state="running")) is False  # no change, no write
+    assert record_observed(instance, Observed(state="unknown")) is False
+    assert record_observed(instance, Observed(state="crashed", reason="panicked")) is True
     instance.refresh_from_db()
     assert (instance.state, instance.state_reason) == (Instance.State.CRASHED, "panicked")
 
@@ -138,7 +138,7 @@ def test_apply_observed_state(actors, flavor, host):
 )
 def test_rows_owned_by_a_task_are_left_alone(actors, flavor, host, state, task):
     instance = make_instance(actors.tenant, flavor, host, state=state, task=task)
-    assert record(instance, Observed(state="running"), by_task=False) is False
+    assert record_observed(instance, Observed(state="running")) is False
     assert libvirt_compute.mark_vanished(instance=instance) is False
     instance.refresh_from_db()
     assert instance.state == state
@@ -147,7 +147,7 @@ def test_rows_owned_by_a_task_are_left_alone(actors, flavor, host, state, task):
 def test_a_stale_row_does_not_overwrite_a_task_change(actors, flavor, host):
     instance = make_instance(actors.tenant, flavor, host, state=Instance.State.RUNNING)
     Instance.objects.filter(pk=instance.pk).update(state=Instance.State.DELETING, task="delete")  # a task, meanwhile
-    assert record(instance, Observed(state="shutoff"), by_task=False) is False
+    assert record_observed(instance, Observed(state="shutoff")) is False
     instance.refresh_from_db()
     assert instance.state == Instance.State.DELETING
 

@@ -1,0 +1,68 @@
+"""Portal images on a libvirt host: one storage volume per image in the host's pool, uploaded once through
+libvirt's storage-volume stream (the same for remote hosts) and shared by every instance there.
+
+One copy at a time per image and host, with the claim rules of ``images.distribution``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from django.utils import timezone
+from django.utils.translation import gettext as _
+
+from images.distribution import claim_copy, copy_failed, stale_copy
+from images.models import Image, ImageReplica
+from portal.backends.base import BackendError
+from portal.backends.libvirt import storage
+from portal.services import ConflictError, ServiceError
+from vms import operations
+from vms.compute.libvirt.spec import libvirt_uri
+from vms.models import Host, Operation
+
+
+def volume_name(image: Image) -> str:
+    return f"labcloud-image-{image.uuid}.{image.stored_format or 'img'}"
+
+
+def ensure_image_on_host(
+    *, image: Image, host: Host, operation: Operation | None = None, progress: Callable[[int], None] | None = None
+) -> ImageReplica:
+    """The image's volume in the host's pool, uploaded once and reused after; a ConflictError while another
+    worker copies it (``images.distribution.wait_for_copy`` waits for that)."""
+    if image.status != Image.Status.ACTIVE:
+        raise ServiceError(_("Image “%(name)s” is not active yet.") % {"name": image.name})
+    replica, created = ImageReplica.objects.get_or_create(
+        image=image,
+        host=host,
+        defaults={"pool": host.storage_pool, "volume": volume_name(image), "state": ImageReplica.State.COPYING},
+    )
+    if replica.state == ImageReplica.State.READY:
+        return replica
+    if not created and not claim_copy(replica, claimable=stale_copy()):
+        replica.refresh_from_db()
+        if replica.state == ImageReplica.State.READY:
+            return replica
+        raise ConflictError(
+            _("Image “%(name)s” is being copied to %(host)s already.") % {"name": image.name, "host": host.name}
+        )
+
+    def report(percent: int) -> None:
+        ImageReplica.objects.filter(pk=replica.pk).update(updated_at=timezone.now())  # the copy is alive
+        if progress is not None:
+            progress(percent)
+        elif operation is not None:
+            operations.progress(
+                operation=operation, percent=percent, message=_("Copying image to %(host)s") % {"host": host.name}
+            )
+
+    try:
+        storage.upload_file(
+            libvirt_uri(host), pool_name=replica.pool, name=replica.volume, source=image.path, progress=report
+        )
+    except BackendError as exc:
+        copy_failed(replica, exc.message)
+        raise
+    ImageReplica.objects.filter(pk=replica.pk).update(state=ImageReplica.State.READY)
+    replica.state = ImageReplica.State.READY
+    return replica
