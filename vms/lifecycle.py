@@ -342,9 +342,10 @@ def create_snapshot(*, actor, instance: Instance, name: str, description: str = 
     if not SNAPSHOT_NAME_RE.match(name):
         raise ServiceError(
             _(
-                "Snapshot names have 1 to 63 letters, digits, dots, dashes or underscores "
+                "Snapshot names have 1 to %(max)d letters, digits, dots, dashes or underscores "
                 "and start with a letter or digit."
-            ),
+            )
+            % {"max": limits.SNAPSHOT_NAME_MAX},
             field="name",
         )
     with transaction.atomic():

@@ -125,7 +125,7 @@ def operation_changed(operation) -> None:
 
 
 def metrics_sampled(*, tenant_id: int, instance_id: int, point: dict[str, Any]) -> None:
-    """A new metrics point of an instance (``vms.watcher.metrics``): the open pages of that instance extend their graphs."""
+    """A new metrics point of an instance (``vms.watcher.metrics``): that instance's open pages extend their graphs."""
     publish(
         tenant_id=tenant_id,
         kind="metrics",
