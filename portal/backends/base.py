@@ -96,6 +96,14 @@ class DiskSpec:
 
 
 @dataclass(frozen=True)
+class NicFilter:
+    """The network filter a NIC references (libvirt ``<filterref>``) and its parameters, in order."""
+
+    name: str
+    parameters: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
 class InstanceSpec:
     """Everything a driver needs to define an instance (a libvirt domain).
 
@@ -130,6 +138,7 @@ class InstanceSpec:
     disks: tuple[DiskSpec, ...] = ()
     network: str | None = None  # libvirt network name; None = no NIC at all
     mac_address: str | None = None
+    nic_filter: NicFilter | None = None  # anti-spoofing on the NIC (portal/backends/libvirt/nwfilter.py)
     vnc_listen: str = "127.0.0.1"
     vnc_password: str | None = None
     serial_log: str | None = None  # host path the serial console is also logged to

@@ -14,6 +14,8 @@ Layout of a built domain (``<domain type='kvm'|'qemu'>``):
 - ``<memory>`` is the maximum, ``<currentMemory>`` the balloon target; ``<vcpu current='n'>max``.
 - Boot order per device (``<boot order='N'/>`` in disks), never ``<os><boot dev=…>``: an ISO
   install boots the CD-ROM first, and ``finish_install_xml`` removes it and boots the disk.
+- The NIC (when ``network`` is set) references ``nic_filter`` (``<filterref>`` with its
+  ``<parameter>``s), the portal's anti-spoofing filter (``nwfilter.py``).
 - Serial port 0 is a pty (``virDomainOpenConsole``, the web serial console) that libvirt also logs
   to ``serial_log`` when given (``<log file=…>``, written by virtlogd); ``<console>`` points at it.
 - VNC on ``vnc_listen`` with an automatic port, a USB tablet (absolute pointer for noVNC), VGA.
@@ -26,10 +28,11 @@ from __future__ import annotations
 import dataclasses
 import re
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from portal.backends.base import DiskSpec, InstanceSpec, SnapshotInfo
+from portal.backends.base import DiskSpec, InstanceSpec, NicFilter, SnapshotInfo
 
 NS = "https://labcloud.invalid/xmlns/instance/1"
 ET.register_namespace("labcloud", NS)
@@ -236,6 +239,8 @@ def build_domain_element(spec: InstanceSpec) -> ET.Element:
             _sub(nic, "mac", address=spec.mac_address)
         _sub(nic, "source", network=_text(spec.network, "network"))
         _sub(nic, "model", type=spec.nic_model or default_nic_model(spec.os_type))
+        if spec.nic_filter is not None:
+            _filterref(nic, spec.nic_filter)
     serial = _sub(devices, "serial", type="pty")
     if spec.serial_log:
         _sub(serial, "log", file=_text(spec.serial_log, "serial log path"), append="off")
@@ -334,7 +339,7 @@ def parse_domain_xml(xml: str) -> DomainFacts:
         devices = ET.Element("devices")
     disks = tuple(d for d in (_parse_disk(el) for el in devices.findall("disk")) if d is not None)
 
-    network = mac = None
+    network = mac = nic_filter = None
     for nic in devices.findall("interface"):
         if nic.get("type") == "network" and nic.find("source") is not None:
             network = nic.find("source").get("network")
@@ -342,6 +347,7 @@ def parse_domain_xml(xml: str) -> DomainFacts:
             model = nic.find("model")
             if model is not None and nic_model is None:
                 nic_model = model.get("type")
+            nic_filter = nic_filter_of(nic)
             break
 
     serial_log = None
@@ -380,6 +386,7 @@ def parse_domain_xml(xml: str) -> DomainFacts:
         disks=disks,
         network=network,
         mac_address=mac,
+        nic_filter=nic_filter,
         vnc_listen=vnc_listen,
         vnc_password=vnc_password,
         serial_log=serial_log,
@@ -439,6 +446,45 @@ def finish_install_xml(xml: str, *, installer: str | None = None, keep_empty_dri
     # <boot> goes after <target> and friends; libvirt accepts it anywhere inside <disk>.
     first_disk.append(boot)
     return ET.tostring(dom, encoding="unicode")
+
+
+def _filterref(nic: ET.Element, nic_filter: NicFilter) -> None:
+    ref = _sub(nic, "filterref", filter=_text(nic_filter.name, "NIC filter"))
+    for name, value in nic_filter.parameters:
+        _sub(ref, "parameter", name=_text(name, "filter parameter"), value=_text(value, "filter parameter"))
+
+
+def nic_filter_of(nic: ET.Element) -> NicFilter | None:
+    """The ``<filterref>`` of an ``<interface>`` element, if it has one."""
+    ref = nic.find("filterref")
+    if ref is None or not ref.get("filter"):
+        return None
+    return NicFilter(
+        name=ref.get("filter"),
+        parameters=tuple((p.get("name", ""), p.get("value", "")) for p in ref.findall("parameter")),
+    )
+
+
+def nics_to_filter(xml: str, wanted: Callable[[str], NicFilter | None]) -> list[str]:
+    """Each NIC on a libvirt network whose filter is not ``wanted(network)``, as ``<interface>`` XML with it.
+
+    For ``virDomainUpdateDeviceFlags`` (matched by MAC). Empty when nothing changes: every such NIC
+    already has its filter, or ``wanted`` answers ``None`` (the host cannot filter; a filter already
+    there stays).
+    """
+    edited: list[str] = []
+    for nic in _parse(xml).findall("devices/interface[@type='network']"):
+        source = nic.find("source")
+        network = source.get("network") if source is not None else None
+        nic_filter = wanted(network) if network else None
+        if nic_filter is None or nic_filter_of(nic) == nic_filter:
+            continue
+        for old in nic.findall("filterref"):
+            nic.remove(old)
+        _filterref(nic, nic_filter)
+        nic.tail = None
+        edited.append(ET.tostring(nic, encoding="unicode"))
+    return edited
 
 
 def empty_cdrom_xml(disk_el: ET.Element) -> str:

@@ -44,6 +44,7 @@ from portal.backends.base import (
     HostUnreachable,
     InstanceSpec,
     InstanceState,
+    NicFilter,
     NotFound,
     ProgressCallback,
     SnapshotInfo,
@@ -58,6 +59,7 @@ from portal.backends.libvirt.domain import (
     find_disk,
     finish_install_xml,
     graphics_with_password,
+    nics_to_filter,
     parse_domain_xml,
     parse_snapshot_xml,
     resolve_disk,
@@ -67,6 +69,7 @@ from portal.backends.libvirt.domain import (
 from portal.backends.libvirt.domain import (
     disk_xml as build_disk_xml,
 )
+from portal.backends.libvirt.nwfilter import nic_filter_for
 
 log = logging.getLogger(__name__)
 
@@ -387,6 +390,37 @@ class LibvirtDriver:
             dom = self.conn.defineXMLFlags(xml, libvirt.VIR_DOMAIN_DEFINE_VALIDATE)
             return self._state_of(dom)
 
+    def nic_filter(self, network: str) -> NicFilter | None:
+        """The anti-spoofing filter of a NIC on libvirt network ``network`` (defined on the host first).
+
+        ``None`` only on a connection driver without network filters (``test:///``); see nwfilter.py.
+        """
+        with self._errors(f"network filter for {network!r}"):
+            return nic_filter_for(self.conn, network)
+
+    def filter_nics(self, uuid: str) -> bool:
+        """Give each NIC of the domain its anti-spoofing filter, live and in its config; True when one changed.
+
+        For domains whose NICs were defined unfiltered (before the portal filtered them, by hand, or
+        brought back by a snapshot revert): the portal runs it before it starts a domain and after a revert.
+        """
+        chosen: dict[str, NicFilter | None] = {}
+
+        def wanted(network: str) -> NicFilter | None:
+            if network not in chosen:
+                chosen[network] = self.nic_filter(network)
+            return chosen[network]
+
+        dom = self._dom(uuid)
+        changed = False
+        with self._errors(f"filter the NICs of instance {uuid}"):
+            for flag in self._affect(dom):
+                inactive = libvirt.VIR_DOMAIN_XML_INACTIVE if flag == libvirt.VIR_DOMAIN_AFFECT_CONFIG else 0
+                for nic in nics_to_filter(dom.XMLDesc(inactive), wanted):
+                    dom.updateDeviceFlags(nic, flag)
+                    changed = True
+        return changed
+
     def describe(self, uuid: str, *, inactive: bool = True) -> DomainFacts:
         """The instance's domain XML parsed back (persistent config by default, else the live one)."""
         return parse_domain_xml(self.domain_xml(uuid, inactive=inactive))
@@ -679,10 +713,20 @@ class LibvirtDriver:
         return sorted(infos, key=lambda s: (s.created, s.name))
 
     def snapshot_revert(self, uuid: str, name: str) -> InstanceState:
-        """Go back to a snapshot; the instance ends up in the state the snapshot captured."""
+        """Go back to a snapshot; the instance ends up in the state the snapshot captured.
+
+        A snapshot brings back the domain definition it was taken with: a guest that ran comes back
+        paused until its NICs have their filter again (``filter_nics``), then runs.
+        """
         dom = self._dom(uuid)
         with self._errors(f"revert instance {uuid} to snapshot {name!r}"):
-            dom.revertToSnapshot(dom.snapshotLookupByName(name, 0), 0)
+            snapshot = dom.snapshotLookupByName(name, 0)
+            captured = parse_snapshot_xml(snapshot.getXMLDesc(0)).state
+            dom.revertToSnapshot(snapshot, libvirt.VIR_DOMAIN_SNAPSHOT_REVERT_PAUSED)
+        self.filter_nics(uuid)
+        with self._errors(f"revert instance {uuid} to snapshot {name!r}"):
+            if captured == "running" and dom.state()[0] == libvirt.VIR_DOMAIN_PAUSED:
+                dom.resume()
             return self._state_of(dom)
 
     def snapshot_delete(self, uuid: str, name: str) -> bool:

@@ -26,6 +26,7 @@ from portal.backends.base import (
     DiskSpec,
     DomainStats,
     InstanceState,
+    NicFilter,
     NotFound,
 )
 from portal.backends.cloudinit import build_nocloud_seed, hostname_from
@@ -83,6 +84,17 @@ SETTINGS_FIELDS = (
 
 
 # ---------------------------------------------------------------- names and the driver
+
+
+def _nic_filter(driver: LibvirtDriver, network: str | None) -> NicFilter | None:
+    """Anti-spoofing for the instance's NIC (every NIC the portal defines gets it: networks are shared)."""
+    return driver.nic_filter(network) if network else None
+
+
+def _start(driver: LibvirtDriver, uuid: str) -> InstanceState:
+    """Start a domain, its NICs filtered first (a domain defined before they were keeps no unfiltered NIC)."""
+    driver.filter_nics(uuid)
+    return driver.start(uuid)
 
 
 def _network_name(instance: Instance) -> str | None:
@@ -173,8 +185,10 @@ class LibvirtAdapter(AdapterBase):
         try:
             facts = driver.describe(str(instance.uuid))
         except NotFound:
-            driver.define(build_spec(instance, network=network))
+            driver.define(build_spec(instance, network=network, nic_filter=_nic_filter(driver, network)))
             facts = driver.describe(str(instance.uuid))
+        else:  # defined by an earlier attempt
+            driver.filter_nics(str(instance.uuid))
         mac = facts.spec.mac_address or instance.mac_address  # libvirt picks the MAC when the domain is defined
         operations.progress(operation=operation, percent=90, message=_("Starting"))
         domain = driver.start(str(instance.uuid))
@@ -189,7 +203,7 @@ class LibvirtAdapter(AdapterBase):
         driver = driver_for(instance.host)
         uuid = str(instance.uuid)
         handlers = {
-            "start": lambda: driver.start(uuid),
+            "start": lambda: _start(driver, uuid),
             "stop": lambda: driver.power_off(uuid),
             "reboot": lambda: driver.reboot(uuid),
             "reset": lambda: driver.reset(uuid),
@@ -219,12 +233,12 @@ class LibvirtAdapter(AdapterBase):
         Instance.objects.filter(pk=instance.pk).update(installing=False)
         instance.installing = False
         self._redefine(driver, instance)  # the same domain without the installer, disk first
-        _record(instance, driver.start(uuid))
+        _record(instance, _start(driver, uuid))
 
     @staticmethod
     def _redefine(driver: LibvirtDriver, instance: Instance) -> None:
-        facts = driver.describe(str(instance.uuid))
-        driver.define(build_spec(instance, network=facts.spec.network))
+        network = driver.describe(str(instance.uuid)).spec.network
+        driver.define(build_spec(instance, network=network, nic_filter=_nic_filter(driver, network)))
 
     # ------------------------------------------------------------ sizes and disks
 

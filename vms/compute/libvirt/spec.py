@@ -14,6 +14,7 @@ from portal.backends.base import (
     DiskSpec,
     InstanceSpec,
     InstanceState,
+    NicFilter,
 )
 from portal.backends.libvirt.driver import LibvirtDriver
 from vms.compute.state import Observed
@@ -62,7 +63,7 @@ def observed(domain: InstanceState) -> Observed:
     return Observed(state=domain.state, reason=reason)
 
 
-def build_spec(instance: Instance, *, network: str | None) -> InstanceSpec:
+def build_spec(instance: Instance, *, network: str | None, nic_filter: NicFilter | None = None) -> InstanceSpec:
     """The domain the instance should be, from its row (root disk, seed or installer ISO, extra disks)."""
     host = instance.host
     pool = host.storage_pool
@@ -102,6 +103,7 @@ def build_spec(instance: Instance, *, network: str | None) -> InstanceSpec:
         disks=tuple(disks),
         network=network,
         mac_address=instance.mac_address or None,
+        nic_filter=nic_filter,
         vnc_listen=host.vnc_listen,
         serial_log=serial_log_path(instance),
         metadata={"tenant": str(instance.tenant_id), "instance": str(instance.pk)},
