@@ -106,6 +106,7 @@ PKGS=(
     ca-certificates gcc gettext pkg-config
     qemu-system-x86 qemu-utils
     libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libvirt-dev dnsmasq-base
+    libvirt-daemon-config-nwfilter
     iptables
     redis-server
 )
@@ -210,6 +211,20 @@ else
     wait_for 20 virsh_ok || die "libvirtd did not answer on qemu:///system within 20 s (see /var/log/libvirt/)"
     done_ "started"
 fi
+# libvirt's standard network filters (clean-traffic…; the portal's anti-spoofing builds on them):
+# the package puts them in /etc/libvirt/nwfilter, which libvirtd reads at its start; a daemon that
+# was already running when the package arrived gets them defined now (no restart of running guests).
+missing_filters=0
+for xml in /usr/share/libvirt/nwfilter/*.xml; do
+    [[ -e $xml ]] || continue
+    name=$(basename "$xml" .xml)
+    timeout 10 virsh -c qemu:///system nwfilter-dumpxml "$name" >/dev/null 2>&1 && continue
+    as_root virsh -c qemu:///system nwfilter-define "$xml" >/dev/null || die "cannot define network filter $name ($xml)"
+    missing_filters=$((missing_filters + 1))
+done
+timeout 10 virsh -c qemu:///system nwfilter-dumpxml clean-traffic >/dev/null 2>&1 ||
+    die "libvirt has no clean-traffic network filter (package libvirt-daemon-config-nwfilter?)"
+if ((missing_filters)); then done_ "defined $missing_filters standard network filters"; else done_ "network filters present"; fi
 # The local host's storage pool ("default", a folder): libvirt-daemon-system would define it; without
 # systemd nobody does, and the portal keeps images and instance disks there.
 if timeout 10 virsh -c qemu:///system pool-info default >/dev/null 2>&1; then

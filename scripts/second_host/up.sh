@@ -117,6 +117,13 @@ cat >"$H2/etc/virtlogd.conf" <<CONF
 # Written by scripts/second_host/up.sh (every start).
 log_outputs = "3:file:/var/log/libvirt/virtlogd.log"
 CONF
+# libvirt's standard network filters (clean-traffic and what it references), as Debian's
+# libvirt-daemon-config-nwfilter installs them for the system daemon: the portal's anti-spoofing
+# filter builds on them (portal/backends/libvirt/nwfilter.py). Read at the daemon's start.
+mkdir -p "$H2/etc/nwfilter"
+if compgen -G '/usr/share/libvirt/nwfilter/*.xml' >/dev/null; then
+    cp -u /usr/share/libvirt/nwfilter/*.xml "$H2/etc/nwfilter/"
+fi
 # QEMU's capabilities, probed by the system daemon already: start in a fraction of a second instead of
 # ~8 s of probing (libvirtd checks them against the binaries and probes again if they are stale).
 if compgen -G '/var/cache/libvirt/qemu/capabilities/*.xml' >/dev/null; then
