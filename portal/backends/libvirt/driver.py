@@ -73,6 +73,8 @@ from portal.backends.libvirt.nwfilter import nic_filter_for
 
 log = logging.getLogger(__name__)
 
+# Snapshot <state>s of a guest that ran (libvirt starts those again on revert; "paused" stays paused).
+_RUNNING_SNAPSHOT_STATES = ("running", "blocked", "shutdown")
 VNC_PASSWORD_MAX = 8  # bytes: the VNC authentication scheme uses only 8 (a DES key)
 
 _POWER = {
@@ -722,10 +724,12 @@ class LibvirtDriver:
         with self._errors(f"revert instance {uuid} to snapshot {name!r}"):
             snapshot = dom.snapshotLookupByName(name, 0)
             captured = parse_snapshot_xml(snapshot.getXMLDesc(0)).state
-            dom.revertToSnapshot(snapshot, libvirt.VIR_DOMAIN_SNAPSHOT_REVERT_PAUSED)
+            ran = captured in _RUNNING_SNAPSHOT_STATES
+            # (REVERT_PAUSED would also start a snapshot of a shut-off domain, paused.)
+            dom.revertToSnapshot(snapshot, libvirt.VIR_DOMAIN_SNAPSHOT_REVERT_PAUSED if ran else 0)
         self.filter_nics(uuid)
         with self._errors(f"revert instance {uuid} to snapshot {name!r}"):
-            if captured == "running" and dom.state()[0] == libvirt.VIR_DOMAIN_PAUSED:
+            if ran and dom.state()[0] == libvirt.VIR_DOMAIN_PAUSED:
                 dom.resume()
             return self._state_of(dom)
 

@@ -93,8 +93,8 @@ def ensure_guest_filter(conn: libvirt.virConnect) -> bool:
     try:
         if _lookup(conn, BASE_FILTER) is None:
             raise BackendError(
-                f"the host has no libvirt filter {BASE_FILTER!r}: install libvirt-daemon-config-nwfilter there "
-                "(scripts/bootstrap.sh does it on the portal's own machine)"
+                f"the host has no libvirt network filter {BASE_FILTER!r} (package libvirt-daemon-config-nwfilter): "
+                "its guests' NICs cannot be protected against spoofing"
             )
         existing = _lookup(conn, GUEST_FILTER)
         if existing is not None and _rules_of(existing.XMLDesc(0)) == _rules_of(guest_filter_xml()):

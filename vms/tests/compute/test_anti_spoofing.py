@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import libvirt
 import pytest
 
-from portal.backends.base import InstanceSpec, NicFilter
+from portal.backends.base import DiskSpec, InstanceSpec, NicFilter
 from portal.backends.libvirt.connection import connect
 from portal.backends.libvirt.domain import build_domain_xml, nics_to_filter, parse_domain_xml
 from portal.backends.libvirt.driver import LibvirtDriver
@@ -174,6 +174,35 @@ def test_filter_nics_fills_in_a_domain_defined_without_live_and_in_its_config(lc
     tap = ET.fromstring(driver.domain_xml(uuid, inactive=False)).find("devices/interface/target").get("dev")  # noqa: S314
     assert tap in bindings  # libvirt instantiated the filter on the guest's port
     assert driver.filter_nics(uuid) is False  # nothing left to do
+    assert driver.undefine(uuid) is True
+
+
+@pytest.mark.django_db
+def test_a_snapshot_revert_brings_no_unfiltered_nic_back(lctest_host, lctest_network):
+    """A running snapshot taken while the NIC was unfiltered: the reverted guest runs again, filtered."""
+    driver = lctest_host.driver
+    name = lctest_network.libvirt_name
+    ensure_network(QEMU_URI, NetworkSpec(name=name, mode="isolated", cidr=lctest_network.cidr))
+    gateway = str(next(ipaddress.ip_network(lctest_network.cidr).hosts()))
+    disk = driver.create_volume(lctest_host.pool, lctest_host.name("snap.qcow2"), 16 * 2**20)
+    uuid = lctest_host.track(str(uuidlib.uuid4()))
+    spec = InstanceSpec(
+        uuid=uuid,
+        name=lctest_host.name("snap"),
+        memory_mib=64,
+        virt_type="qemu",
+        network=name,
+        disks=(DiskSpec(pool=lctest_host.pool, volume=disk.name, boot_order=1),),
+    )
+    driver.define(spec)
+    assert driver.start(uuid).state == "running"  # firmware only: the disk is blank
+    assert driver.snapshot_create(uuid, "unfiltered").state == "running"
+    assert driver.filter_nics(uuid) is True
+
+    assert driver.snapshot_revert(uuid, "unfiltered").state == "running"
+    assert driver.describe(uuid, inactive=False).spec.nic_filter == learning_dhcp(gateway)
+    assert driver.describe(uuid).spec.nic_filter == learning_dhcp(gateway)
+    assert driver.snapshot_delete(uuid, "unfiltered") is True
     assert driver.undefine(uuid) is True
 
 
