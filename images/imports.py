@@ -6,12 +6,13 @@ quota, then hands the file to the inspection pipeline (``images.services.process
 
 from __future__ import annotations
 
+import http.client
 import ipaddress
 import logging
 import socket
-import urllib.error
+import ssl
 import urllib.parse
-import urllib.request
+from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
@@ -33,36 +34,110 @@ from vms.models import Operation
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class ImportSource:
+    """A URL the worker may fetch, and the addresses it was checked against: the only ones it connects to."""
+
+    scheme: str
+    host: str
+    port: int
+    target: str  # path and query, as sent in the request line
+    addresses: tuple[str, ...]
+    host_allowed: bool  # the allow-list names the host: its addresses are not checked
+
+
 def check_import_url(url: str) -> str:
     """Refuse URLs the worker must not fetch: other schemes, hosts outside the allow-list, and, unless the
     allow-list names the host, any host that resolves to a loopback, private, link-local or otherwise
     non-global address (cloud metadata services, the portal's own services, the lab's internal network)."""
+    _parse(url, resolve=False)
+    return url
+
+
+def resolve_import_url(url: str) -> ImportSource:
+    """``check_import_url`` plus the addresses the host resolves to now, checked: the download connects
+    to one of these and nothing else, so a name that resolves differently a moment later (DNS rebinding)
+    cannot send it to another address."""
+    return _parse(url, resolve=True)
+
+
+def _parse(url: str, *, resolve: bool) -> ImportSource:
     parsed = urllib.parse.urlparse(url)
     if parsed.scheme not in {"http", "https"} or not parsed.hostname:
         raise ServiceError(_("Import from an http:// or https:// URL."), field="url")
     host = parsed.hostname
+    try:
+        port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    except ValueError as exc:
+        raise ServiceError(_("The URL has an invalid port."), field="url") from exc
     allowed = settings.LABCLOUD_IMAGE_IMPORT_ALLOWED_HOSTS
     if allowed and host not in allowed:
         raise ServiceError(_("Imports from %(host)s are not allowed on this cloud.") % {"host": host}, field="url")
-    if host in allowed:
-        return url
+    host_allowed = host in allowed
+    target = urllib.parse.urlunparse(("", "", parsed.path or "/", parsed.params, parsed.query, ""))
+    if host_allowed and not resolve:
+        return ImportSource(parsed.scheme, host, port, target, (), host_allowed)
     try:
-        port = parsed.port or (443 if parsed.scheme == "https" else 80)
-        addresses = {info[4][0] for info in socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)}
-    except (OSError, ValueError) as exc:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
+    except (OSError, UnicodeError) as exc:
         raise ServiceError(_("The host %(host)s cannot be resolved.") % {"host": host}, field="url") from exc
-    if not all(ipaddress.ip_address(address.split("%")[0]).is_global for address in addresses):
+    addresses = tuple(dict.fromkeys(info[4][0] for info in infos))
+    if not host_allowed and not all(_is_public(address) for address in addresses):
         raise ServiceError(
             _("Imports from local or private addresses are not allowed (%(host)s).") % {"host": host}, field="url"
         )
-    return url
+    return ImportSource(parsed.scheme, host, port, target, addresses, host_allowed)
 
 
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    """Redirects are not followed: their target would escape the checks of check_import_url."""
+def _is_public(address: str) -> bool:
+    return ipaddress.ip_address(address.split("%")[0]).is_global
 
-    def redirect_request(self, req, fp, code, msg, headers, newurl):
-        raise ImageRejected(_("The server redirected the download; give the final URL."))
+
+def _connect(source: ImportSource, timeout: float) -> socket.socket:
+    """A TCP connection to one of the checked addresses of ``source`` (never a new lookup of its name)."""
+    error: OSError | None = None
+    for address in source.addresses:
+        try:
+            sock = socket.create_connection((address, source.port), timeout=timeout)
+        except OSError as exc:
+            error = exc
+            continue
+        peer = sock.getpeername()[0]
+        if peer not in source.addresses or not (source.host_allowed or _is_public(peer)):
+            sock.close()
+            raise ImageRejected(_("The download was refused: the connection reached an address it may not use."))
+        return sock
+    raise error or OSError(f"no address for {source.host}")
+
+
+class _PinnedHTTPConnection(http.client.HTTPConnection):
+    """HTTP to the checked addresses; the Host header names the URL's host."""
+
+    def __init__(self, source: ImportSource, *, timeout: float) -> None:
+        super().__init__(source.host, source.port, timeout=timeout)
+        self.source = source
+
+    def connect(self) -> None:
+        self.sock = _connect(self.source, self.timeout)
+
+
+class _PinnedHTTPSConnection(http.client.HTTPSConnection):
+    """HTTPS to the checked addresses; SNI and the certificate check use the URL's host name."""
+
+    def __init__(self, source: ImportSource, *, timeout: float) -> None:
+        self.tls = ssl.create_default_context()
+        super().__init__(source.host, source.port, timeout=timeout, context=self.tls)
+        self.source = source
+
+    def connect(self) -> None:
+        sock = _connect(self.source, self.timeout)
+        try:
+            self.sock = self.tls.wrap_socket(sock, server_hostname=self.source.host)
+        except ssl.SSLCertVerificationError as exc:
+            sock.close()
+            raise ImageRejected(
+                _("The server's certificate is not valid for %(host)s.") % {"host": self.source.host}
+            ) from exc
 
 
 def import_image(
@@ -101,17 +176,24 @@ def download_image(*, operation_id: int) -> None:
     image = Image.objects.get(pk=operation.target_id)
     try:
         ensure_store()
-        check_import_url(image.source_url)  # again: DNS may answer differently now
-        opener = urllib.request.build_opener(_NoRedirect)
-        request = urllib.request.Request(image.source_url, headers={"User-Agent": "labcloud-image-import"})  # noqa: S310
-        with opener.open(request, timeout=30) as response:
+        source = resolve_import_url(image.source_url)  # again: DNS may answer differently now
+        connection_class = _PinnedHTTPSConnection if source.scheme == "https" else _PinnedHTTPConnection
+        conn = connection_class(source, timeout=30)
+        try:
+            conn.request("GET", source.target, headers={"User-Agent": "labcloud-image-import"})
+            response = conn.getresponse()
+            if 300 <= response.status < 400:
+                # Not followed: the target would escape the checks above.
+                raise ImageRejected(_("The server redirected the download; give the final URL."))
+            if response.status >= 400:
+                raise ImageRejected(_("The server answered HTTP %(code)d.") % {"code": response.status})
             announced = int(response.headers.get("Content-Length") or 0)
             limit = _download_budget(image, announced)
             operations.progress(operation=operation, percent=1, message=_("Downloading"))
             received = 0
             last_percent = -1
             with open(image.partial_path, "wb") as fh:
-                while chunk := response.read(COPY_CHUNK):
+                while chunk := response.read1(COPY_CHUNK):
                     received += len(chunk)
                     if received > limit:
                         raise ImageRejected(
@@ -128,10 +210,9 @@ def download_image(*, operation_id: int) -> None:
                     _("The download ended after %(received)d of %(announced)d bytes.")
                     % {"received": received, "announced": announced}
                 )
+        finally:
+            conn.close()
         Image.objects.filter(pk=image.pk).update(size=received, received_bytes=received)
-    except urllib.error.HTTPError as exc:
-        _fail_download(image, operation, _("The server answered HTTP %(code)d.") % {"code": exc.code})
-        return
     except (ImageRejected, ServiceError) as exc:
         _fail_download(image, operation, exc.message)
         return
