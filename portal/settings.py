@@ -147,6 +147,13 @@ CHANNEL_LAYERS = {
 }
 CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", REDIS_URL)
 CELERY_TASK_DEFAULT_QUEUE = os.environ.get("CELERY_QUEUE", "celery")
+# Image work (imports, inspection and conversion, capture, copies to hosts) goes to the queue
+# "<CELERY_QUEUE>.images", read by a worker of its own: instance actions never wait behind it
+# (portal.celery.route_task; `manage.py serve` starts both workers).
+CELERY_TASK_ROUTES = ("portal.celery.route_task",)
+# Worker processes (prefork pool) of `manage.py serve`'s two workers.
+LABCLOUD_WORKER_CONCURRENCY = int(os.environ.get("WORKER_CONCURRENCY", "2"))
+LABCLOUD_IMAGE_WORKER_CONCURRENCY = int(os.environ.get("IMAGE_WORKER_CONCURRENCY", "2"))
 CELERY_RESULT_BACKEND = None
 CELERY_TASK_ACKS_LATE = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1

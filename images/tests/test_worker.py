@@ -16,6 +16,7 @@ from images.models import Image
 from images.services import create_image
 from images.tests.conftest import upload
 from portal.celery import app as celery_app
+from portal.celery import image_queue
 from portal.testing import switch_celery_broker
 from vms.models import Operation
 
@@ -38,7 +39,9 @@ def redis_worker():
 
     task_postrun.connect(close_db, weak=False)
     try:
-        with start_worker(celery_app, pool="solo", perform_ping_check=False, shutdown_timeout=30):
+        # Image tasks go to the image queue (portal.celery.route_task), named after this test's queue.
+        queues = [queue, image_queue()]
+        with start_worker(celery_app, pool="solo", perform_ping_check=False, shutdown_timeout=30, queues=queues):
             yield
     finally:
         task_postrun.disconnect(close_db)

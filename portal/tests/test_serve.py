@@ -285,6 +285,7 @@ def serve_env(transactional_db, tmp_path):
 # What each child prints once it serves again (the web is checked over HTTP instead).
 READY = {
     "worker": r"^worker +\| .*celery@\S+ ready\.",
+    "images": r"^images +\| .*\.images@\S+ ready\.",
     "watcher": r"^watcher +\| .*watcher running",
     "console": r"^console +\| console proxy listening on",
 }
@@ -315,7 +316,7 @@ def test_serve_restarts_each_killed_child_and_keeps_the_web_up(serve_env):
     pids: dict[str, int] = {}
     timings: dict[str, float] = {}
     try:
-        for name in ("web", "worker", "watcher", "console"):
+        for name in ("web", "worker", "images", "watcher", "console"):
             pids[name] = int(out.wait_for(rf"started {name} \(pid (\d+)\)", timeout=30)[0].group(1))
         out.wait_for(r"labcloud is up: http://127\.0\.0\.1:", timeout=START_TIMEOUT)
         for pattern in READY.values():
@@ -325,7 +326,7 @@ def test_serve_restarts_each_killed_child_and_keeps_the_web_up(serve_env):
 
         web_outage = (0.0, 0.0)
         kills: dict[str, float] = {}
-        for name in ("watcher", "console", "worker", "web"):
+        for name in ("watcher", "console", "worker", "images", "web"):
             mark = len(out.lines)
             killed_at = time.monotonic()
             kills[name] = killed_at

@@ -43,9 +43,15 @@ from portal.tests.test_serve import Lines
 UNITS_DIR = Path(settings.BASE_DIR) / "deploy" / "systemd"
 INSTALL_DIR = "/srv/labcloud"
 ENV_FILE = "/etc/labcloud/labcloud.env"
-SERVICES = ("web", "worker", "beat", "watcher", "consoleproxy")
+SERVICES = ("web", "worker", "image-worker", "beat", "watcher", "consoleproxy")
 # The ProcessSpec of `manage.py serve` that each unit replaces (serve runs beat inside its worker).
-SERVE_NAMES = {"web": "web", "worker": "worker", "watcher": "watcher", "console": "consoleproxy"}
+SERVE_NAMES = {
+    "web": "web",
+    "worker": "worker",
+    "images": "image-worker",
+    "watcher": "watcher",
+    "console": "consoleproxy",
+}
 # What systemd passes to every service before Environment= and EnvironmentFile= (systemd.exec(5)).
 SYSTEMD_BASE_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin", "LANG": "C.UTF-8"}
 KNOWN_KEYS = {
@@ -232,6 +238,7 @@ def _listens(port: int) -> bool:
 
 READY_LINE = {
     "worker": r"celery@\S+ ready\.",
+    "image-worker": r"celery@\S+ ready\.",
     "beat": r"beat: Starting\.\.\.",
     "watcher": r"watcher running",
     "consoleproxy": r"console proxy listening on 127\.0\.0\.1:\d+",
@@ -265,6 +272,8 @@ def test_exec_start_starts_the_process(name, settings_file):
                 time.sleep(0.1)
         else:
             out.wait_for(READY_LINE[name], timeout=30)
+            if name == "image-worker":  # it reads the image queue of the settings file's CELERY_QUEUE
+                out.wait_for(r"\.> lctest-units-\w+\.images ", timeout=1)
             if name == "consoleproxy":
                 # The command prints its line just before websockify binds: wait for the listening socket.
                 deadline = time.monotonic() + 30

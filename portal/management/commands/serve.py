@@ -1,8 +1,9 @@
 """`manage.py serve`: run every labcloud process in the foreground and keep them running.
 
-Starts the web server (daphne), the celery worker (with beat), the host watcher and the
-console proxy as child processes, prefixes their output with the process name and prints
-the URL once the web server accepts connections.
+Starts the web server (daphne), the Celery workers (one for instance operations, with beat,
+one for image work: docs/architecture.md), the host watcher and the console proxy as child
+processes, prefixes their output with the process name and prints the URL once the web server
+accepts connections.
 
 A child that exits on its own is logged with its name, pid and exit status and started
 again after a delay, while the other children keep serving: the first restart waits
@@ -37,6 +38,8 @@ from typing import TextIO
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
+from portal.celery import image_queue
+
 STOP_TIMEOUT = 10.0  # seconds between SIGTERM and SIGKILL
 POLL_INTERVAL = 0.2  # seconds between checks of the children (and of the web port until it is up)
 RESTART_DELAY_MIN = 1.0  # seconds before the first restart of a crashed child
@@ -55,17 +58,28 @@ class ProcessSpec:
 def process_specs(host: str, port: int) -> list[ProcessSpec]:
     """The processes `serve` runs, in start order (they are stopped in reverse)."""
     py = sys.executable
+    default_queue = settings.CELERY_TASK_DEFAULT_QUEUE
     # Behind nginx the client's address comes from X-Forwarded-For (LABCLOUD_PROXY_HEADERS).
     proxy = ["--proxy-headers"] if settings.LABCLOUD_PROXY_HEADERS else []
     return [
         ProcessSpec("web", [py, "-m", "daphne", *proxy, "-b", host, "-p", str(port), "portal.asgi:application"]),
-        # --beat: the periodic housekeeping of CELERY_BEAT_SCHEDULE runs inside the worker (one machine).
+        # Two workers: instance operations and housekeeping on the default queue (with --beat: the periodic
+        # housekeeping of CELERY_BEAT_SCHEDULE runs inside it), image work on the image queue, so a launch
+        # or a power action never waits behind an import or a conversion.
+        ProcessSpec("worker", celery_worker_argv(default_queue, settings.LABCLOUD_WORKER_CONCURRENCY, beat=True)),
         ProcessSpec(
-            "worker", [py, "-m", "celery", "-A", "portal", "worker", "--beat", "-l", "info", "--concurrency", "2"]
+            "images",
+            celery_worker_argv(image_queue(), settings.LABCLOUD_IMAGE_WORKER_CONCURRENCY, name=f"{image_queue()}@%h"),
         ),
         ProcessSpec("watcher", [py, "manage.py", "watch_hosts"]),
         ProcessSpec("console", [py, "manage.py", "consoleproxy"]),
     ]
+
+
+def celery_worker_argv(queue: str, concurrency: int, *, beat: bool = False, name: str = "") -> list[str]:
+    """A Celery worker (prefork pool: it enforces the tasks' time limits) reading one queue."""
+    argv = [sys.executable, "-m", "celery", "-A", "portal", "worker", "-Q", queue, *(["-n", name] if name else [])]
+    return [*argv, *(["--beat"] if beat else []), "-l", "info", "--concurrency", str(concurrency)]
 
 
 def exit_status(returncode: int) -> str:
