@@ -11,11 +11,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from celery.exceptions import SoftTimeLimitExceeded
+from django.conf import settings
 from django.db import transaction
 
 from images import qemu
 from images.models import Image
-from images.services import create_image, ensure_store, queue_processing, reject
+from images.services import create_image, ensure_store, queue_processing, reject, time_limit_exceeded
 from images.tasks import capture_image_task
 from portal.models import Tenant
 from vms import operations
@@ -95,6 +97,11 @@ def _flatten(operation: Operation, image: Image, source: Path) -> None:
     except (qemu.QemuImgError, OSError) as exc:
         reject(image, str(exc))
         operations.fail(operation=operation, error=str(exc))
+        return
+    except SoftTimeLimitExceeded:
+        reason = time_limit_exceeded(settings.LABCLOUD_IMAGE_TASK_TIME_LIMIT)
+        reject(image, reason)
+        operations.fail(operation=operation, error=reason)
         return
     operations.succeed(operation=operation)
     with transaction.atomic():

@@ -1,20 +1,26 @@
 """Images imported from a URL: the request (checked, quota reserved) and the worker's download.
 
 The worker streams the URL into the image store within the upload limit and the tenant's storage
-quota, then hands the file to the inspection pipeline (``images.services.process_image``).
+quota, then hands the file to the inspection pipeline (``images.services.process_image``). It
+connects only to addresses it checked (no second lookup: DNS rebinding), and a download must keep
+a minimum rate and finish within a deadline (``_Pace``), so a trickling server cannot hold a worker.
 """
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import ipaddress
 import logging
 import socket
 import ssl
+import threading
+import time
 import urllib.parse
 from dataclasses import dataclass
 from typing import Any
 
+from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import transaction
 from django.template.defaultfilters import filesizeformat
@@ -23,7 +29,16 @@ from django.utils.translation import gettext as _
 from images.inspection import ImageRejected
 from images.models import Image
 from images.selectors import GIB, gib
-from images.services import COPY_CHUNK, check_size, create_image, ensure_store, queue_processing, reject
+from images.services import (
+    COPY_CHUNK,
+    check_size,
+    create_image,
+    duration_text,
+    ensure_store,
+    queue_processing,
+    reject,
+    time_limit_exceeded,
+)
 from images.tasks import import_image_task
 from portal.models import Tenant
 from portal.selectors import tenant_usage
@@ -174,55 +189,150 @@ def download_image(*, operation_id: int) -> None:
     if operation is None:
         return
     image = Image.objects.get(pk=operation.target_id)
+    pace = _Pace()
     try:
-        ensure_store()
-        source = resolve_import_url(image.source_url)  # again: DNS may answer differently now
-        connection_class = _PinnedHTTPSConnection if source.scheme == "https" else _PinnedHTTPConnection
-        conn = connection_class(source, timeout=30)
         try:
-            conn.request("GET", source.target, headers={"User-Agent": "labcloud-image-import"})
-            response = conn.getresponse()
-            if 300 <= response.status < 400:
-                # Not followed: the target would escape the checks above.
-                raise ImageRejected(_("The server redirected the download; give the final URL."))
-            if response.status >= 400:
-                raise ImageRejected(_("The server answered HTTP %(code)d.") % {"code": response.status})
-            announced = int(response.headers.get("Content-Length") or 0)
-            limit = _download_budget(image, announced)
-            operations.progress(operation=operation, percent=1, message=_("Downloading"))
-            received = 0
-            last_percent = -1
-            with open(image.partial_path, "wb") as fh:
-                while chunk := response.read1(COPY_CHUNK):
-                    received += len(chunk)
-                    if received > limit:
-                        raise ImageRejected(
-                            _("The download exceeds %(limit)s (upload limit or image storage quota).")
-                            % {"limit": filesizeformat(limit)}
-                        )
-                    fh.write(chunk)
-                    percent = received * 60 // announced if announced else 0
-                    if percent != last_percent:
-                        last_percent = percent
-                        operations.progress(operation=operation, percent=percent)
-            if announced and received != announced:
-                raise ImageRejected(
-                    _("The download ended after %(received)d of %(announced)d bytes.")
-                    % {"received": received, "announced": announced}
-                )
+            received = _download(image, operation, pace)
         finally:
-            conn.close()
-        Image.objects.filter(pk=image.pk).update(size=received, received_bytes=received)
+            pace.stop()
+    except SoftTimeLimitExceeded:
+        _fail_download(image, operation, time_limit_exceeded(settings.LABCLOUD_IMAGE_IMPORT_TASK_TIME_LIMIT))
+        return
     except (ImageRejected, ServiceError) as exc:
-        _fail_download(image, operation, exc.message)
+        _fail_download(image, operation, pace.failure() or exc.message)
         return
     except Exception:  # anything else (network, disk, HTTP protocol): fail cleanly, never leave it running
-        log.exception("import of image %s failed", image.pk)
-        _fail_download(image, operation, _("The download failed."))
+        reason = pace.failure()
+        if not reason:
+            log.exception("import of image %s failed", image.pk)
+        _fail_download(image, operation, reason or _("The download failed."))
         return
+    Image.objects.filter(pk=image.pk).update(size=received, received_bytes=received)
     operations.succeed(operation=operation)
     with transaction.atomic():
         queue_processing(Image.objects.get(pk=image.pk), actor=operation.user)
+
+
+def _download(image: Image, operation: Operation, pace: _Pace) -> int:
+    """Stream the image's URL into its partial file; the bytes received."""
+    ensure_store()
+    source = resolve_import_url(image.source_url)  # again: DNS may answer differently now
+    connection_class = _PinnedHTTPSConnection if source.scheme == "https" else _PinnedHTTPConnection
+    conn = connection_class(source, timeout=min(30.0, max(1.0, pace.remaining())))
+    pace.start()
+    try:
+        conn.connect()
+        pace.watch(conn.sock)
+        conn.request("GET", source.target, headers={"User-Agent": "labcloud-image-import"})
+        response = conn.getresponse()
+        if 300 <= response.status < 400:
+            # Not followed: the target would escape the checks above.
+            raise ImageRejected(_("The server redirected the download; give the final URL."))
+        if response.status >= 400:
+            raise ImageRejected(_("The server answered HTTP %(code)d.") % {"code": response.status})
+        announced = int(response.headers.get("Content-Length") or 0)
+        limit = _download_budget(image, announced)
+        operations.progress(operation=operation, percent=1, message=_("Downloading"))
+        received = 0
+        last_percent = -1
+        with open(image.partial_path, "wb") as fh:
+            # read1: whatever has arrived (a plain read waits for a whole chunk, however slowly it trickles in).
+            while chunk := response.read1(COPY_CHUNK):
+                received += len(chunk)
+                pace.received = received
+                if received > limit:
+                    raise ImageRejected(
+                        _("The download exceeds %(limit)s (upload limit or image storage quota).")
+                        % {"limit": filesizeformat(limit)}
+                    )
+                fh.write(chunk)
+                percent = received * 60 // announced if announced else 0
+                if percent != last_percent:
+                    last_percent = percent
+                    operations.progress(operation=operation, percent=percent)
+        if pace.failure():
+            raise ImageRejected(pace.failure())
+        if announced and received != announced:
+            raise ImageRejected(
+                _("The download ended after %(received)d of %(announced)d bytes.")
+                % {"received": received, "announced": announced}
+            )
+    finally:
+        conn.close()
+    return received
+
+
+class _Pace:
+    """The deadline and the minimum rate of one download, watched from a thread.
+
+    Past ``LABCLOUD_IMAGE_IMPORT_TIMEOUT`` seconds, or when a window of ``LABCLOUD_IMAGE_IMPORT_RATE_WINDOW``
+    seconds brought fewer than ``LABCLOUD_IMAGE_IMPORT_MIN_RATE`` bytes per second (waiting for the answer
+    counts), the thread shuts the connection down: a read blocked on a trickling server returns at once,
+    and ``failure()`` says why.
+    """
+
+    def __init__(self) -> None:
+        self.deadline = settings.LABCLOUD_IMAGE_IMPORT_TIMEOUT
+        self.min_rate = settings.LABCLOUD_IMAGE_IMPORT_MIN_RATE
+        self.window = settings.LABCLOUD_IMAGE_IMPORT_RATE_WINDOW
+        self.received = 0  # written by the download, read by the watcher
+        self._started = time.monotonic()
+        self._verdict = ""  # "slow" or "late", set once by the watcher
+        self._sock: socket.socket | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="import-pace", daemon=True)
+
+    def start(self) -> None:
+        self._started = time.monotonic()
+        self._thread.start()
+
+    def watch(self, sock: socket.socket) -> None:
+        self._sock = sock
+        if self._verdict:
+            self._shut()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def remaining(self) -> float:
+        return self._started + self.deadline - time.monotonic()
+
+    def failure(self) -> str:
+        """Why the download was cut off ("" if it was not), in the caller's language."""
+        if self._verdict == "late":
+            return _("The download took too long: it did not finish within %(duration)s.") % {
+                "duration": duration_text(self.deadline)
+            }
+        if self._verdict == "slow":
+            return _("The download was too slow: less than %(rate)s per second over %(duration)s.") % {
+                "rate": filesizeformat(self.min_rate),
+                "duration": duration_text(self.window),
+            }
+        return ""
+
+    def _watch(self) -> None:
+        tick = max(0.05, min(1.0, self.window / 4, self.deadline / 20))
+        window_start, window_bytes = self._started, 0
+        while not self._stop.wait(tick):
+            now = time.monotonic()
+            if now - self._started >= self.deadline:
+                self._verdict = "late"
+            elif now - window_start >= self.window:
+                if self.received - window_bytes < self.min_rate * (now - window_start):
+                    self._verdict = "slow"
+                window_start, window_bytes = now, self.received
+            if self._verdict:
+                self._shut()
+                return
+
+    def _shut(self) -> None:
+        sock = self._sock
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                # The plain socket's shutdown, also under TLS: it unblocks the reader without touching TLS state.
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)
 
 
 def _fail_download(image: Image, operation: Operation, reason: str) -> None:

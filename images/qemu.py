@@ -98,17 +98,28 @@ def convert(
         [QEMU_IMG, "convert", "-p", "-f", source_fmt, "-O", target_fmt, str(source), str(target)], convert=True
     )
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # noqa: S603
-    buffer = b""
-    last = -1
-    while chunk := proc.stdout.read1(256):  # type: ignore[union-attr]
-        buffer = (buffer + chunk)[-256:]
-        found = _PROGRESS.findall(buffer)
-        if found and progress is not None:
-            percent = int(float(found[-1]))
-            if percent != last:
-                last = percent
-                progress(percent)
-    stderr = proc.stderr.read() if proc.stderr else b""
+    try:
+        buffer = b""
+        last = -1
+        while chunk := proc.stdout.read1(256):  # type: ignore[union-attr]
+            buffer = (buffer + chunk)[-256:]
+            found = _PROGRESS.findall(buffer)
+            if found and progress is not None:
+                percent = int(float(found[-1]))
+                if percent != last:
+                    last = percent
+                    progress(percent)
+        stderr = proc.stderr.read() if proc.stderr else b""
+    except BaseException:
+        # Interrupted (the task's time limit, a failing progress callback): qemu-img must not go on writing.
+        proc.kill()
+        proc.wait()
+        target.unlink(missing_ok=True)
+        raise
+    finally:
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
     if proc.wait() != 0:
         target.unlink(missing_ok=True)
         raise QemuImgError(stderr.decode(errors="replace").strip() or "qemu-img convert failed")

@@ -21,11 +21,13 @@ from datetime import timedelta
 from pathlib import Path
 from typing import IO, Any
 
+from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import transaction
 from django.template.defaultfilters import filesizeformat
 from django.utils import timezone
 from django.utils.translation import gettext as _
+from django.utils.translation import ngettext
 
 from images import qemu
 from images.inspection import ImageRejected, inspect_file
@@ -141,6 +143,21 @@ def create_image(
             detail={"disk_format": disk_format, "size": size, "source_url": source_url},
         )
     return image
+
+
+def duration_text(seconds: float) -> str:
+    """ "6 hours", "90 minutes", "30 seconds": a limit in the largest whole unit."""
+    seconds = int(seconds)
+    if seconds >= 3600 and seconds % 3600 == 0:
+        return ngettext("%(n)d hour", "%(n)d hours", seconds // 3600) % {"n": seconds // 3600}
+    if seconds >= 60 and seconds % 60 == 0:
+        return ngettext("%(n)d minute", "%(n)d minutes", seconds // 60) % {"n": seconds // 60}
+    return ngettext("%(n)d second", "%(n)d seconds", seconds) % {"n": seconds}
+
+
+def time_limit_exceeded(seconds: float) -> str:
+    """The failure of an image task stopped at its (soft) time limit."""
+    return _("The operation took longer than its time limit of %(duration)s.") % {"duration": duration_text(seconds)}
 
 
 def reject(image: Image, reason: str) -> None:
@@ -279,6 +296,8 @@ def process_image(*, operation_id: int) -> None:
     except Exception as exc:  # whatever went wrong, the image fails cleanly and holds nothing
         if isinstance(exc, ImageRejected):
             reason = exc.message
+        elif isinstance(exc, SoftTimeLimitExceeded):
+            reason = time_limit_exceeded(settings.LABCLOUD_IMAGE_TASK_TIME_LIMIT)
         elif isinstance(exc, qemu.QemuImgError):
             reason = _("qemu-img failed: %(error)s") % {"error": exc}
         else:
@@ -465,5 +484,8 @@ def distribute_image(*, operation_id: int) -> None:
         compute_for(host).copy_image(host, image, operation=operation)
     except (BackendError, ServiceError) as exc:
         operations.fail(operation=operation, error=exc.message)
+        return
+    except SoftTimeLimitExceeded:
+        operations.fail(operation=operation, error=time_limit_exceeded(settings.LABCLOUD_IMAGE_TASK_TIME_LIMIT))
         return
     operations.succeed(operation=operation)

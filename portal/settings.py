@@ -222,6 +222,12 @@ LABCLOUD_IMAGE_MAX_UPLOAD_BYTES = int(os.environ.get("IMAGE_MAX_UPLOAD_BYTES", s
 LABCLOUD_IMAGE_MAX_VIRTUAL_SIZE = int(os.environ.get("IMAGE_MAX_VIRTUAL_SIZE", str(2 * 1024**4)))
 # Hosts the worker may download images from (URL import); empty: any host. Comma-separated.
 LABCLOUD_IMAGE_IMPORT_ALLOWED_HOSTS = env_list("IMAGE_IMPORT_ALLOWED_HOSTS", "")
+# A URL import must finish within IMAGE_IMPORT_TIMEOUT_SECONDS and receive at least IMAGE_IMPORT_MIN_RATE_BYTES
+# per second, measured over each IMAGE_IMPORT_RATE_WINDOW_SECONDS (also while waiting for the server's
+# answer); otherwise it fails ("too slow", "took too long"), so a trickling server cannot hold a worker.
+LABCLOUD_IMAGE_IMPORT_TIMEOUT = float(os.environ.get("IMAGE_IMPORT_TIMEOUT_SECONDS", str(6 * 3600)))
+LABCLOUD_IMAGE_IMPORT_MIN_RATE = int(os.environ.get("IMAGE_IMPORT_MIN_RATE_BYTES", str(64 * 1024)))
+LABCLOUD_IMAGE_IMPORT_RATE_WINDOW = float(os.environ.get("IMAGE_IMPORT_RATE_WINDOW_SECONDS", "60"))
 # Limits of qemu-img runs (as Nova and Glance do for qemu-img info). Conversion gets more address space:
 # its I/O thread pool reserves 8 MiB of stack per thread and grows under load.
 LABCLOUD_QEMU_IMG_LIMITS = {
@@ -241,6 +247,20 @@ LABCLOUD_MAX_BATCH = int(os.environ.get("INSTANCE_MAX_BATCH", "50"))
 LABCLOUD_USER_DATA_MAX_BYTES = int(os.environ.get("INSTANCE_USER_DATA_MAX_BYTES", str(64 * 1024)))
 # A running operation without a heartbeat for this long is re-queued (its worker died).
 LABCLOUD_OPERATION_STALE_SECONDS = int(os.environ.get("OPERATION_STALE_SECONDS", "120"))
+# Celery time limits, seconds. At a task's soft limit it gets SoftTimeLimitExceeded and fails its operation
+# cleanly (an image is rejected: no file, no quota); TASK_TIME_LIMIT_GRACE_SECONDS later the worker kills it.
+# Instance operations: a launch may first copy its image to the host or to Glance, and wait for Nova.
+LABCLOUD_TASK_TIME_LIMIT_GRACE = int(os.environ.get("TASK_TIME_LIMIT_GRACE_SECONDS", "60"))
+LABCLOUD_INSTANCE_TASK_TIME_LIMIT = int(os.environ.get("INSTANCE_TASK_TIME_LIMIT_SECONDS", str(3 * 3600)))
+# Image work: inspection and conversion (qemu-img: CONVERT_CPU_SECONDS of CPU, plus I/O), capture, copies to hosts.
+LABCLOUD_IMAGE_TASK_TIME_LIMIT = int(os.environ.get("IMAGE_TASK_TIME_LIMIT_SECONDS", str(4 * 3600)))
+# A URL import: the download deadline and a little more.
+LABCLOUD_IMAGE_IMPORT_TASK_TIME_LIMIT = int(
+    os.environ.get("IMAGE_IMPORT_TASK_TIME_LIMIT_SECONDS", str(int(LABCLOUD_IMAGE_IMPORT_TIMEOUT) + 300))
+)
+# Every other task (housekeeping, quota and flavor pushes to clouds, Glance visibility).
+CELERY_TASK_SOFT_TIME_LIMIT = int(os.environ.get("TASK_TIME_LIMIT_SECONDS", "600"))
+CELERY_TASK_TIME_LIMIT = CELERY_TASK_SOFT_TIME_LIMIT + LABCLOUD_TASK_TIME_LIMIT_GRACE
 CELERY_BEAT_SCHEDULE["recover-stale-operations"] = {
     "task": "vms.tasks.recover_stale_operations_task",
     "schedule": float(os.environ.get("OPERATION_RECOVERY_INTERVAL", "30")),

@@ -1,12 +1,22 @@
-"""Celery tasks of the compute app: thin wrappers around its services (imported when a task runs)."""
+"""Celery tasks of the compute app: thin wrappers around its services (imported when a task runs).
+
+Instance operations have time limits of their own (``LABCLOUD_INSTANCE_TASK_TIME_LIMIT``: a launch may
+copy its image first); the other tasks have Celery's defaults from the settings (``CELERY_TASK_SOFT_TIME_LIMIT``).
+"""
 
 from __future__ import annotations
 
 from celery import shared_task
 from celery.signals import worker_ready
+from django.conf import settings
 
 
-@shared_task(acks_late=True, reject_on_worker_lost=True)
+@shared_task(
+    acks_late=True,
+    reject_on_worker_lost=True,
+    soft_time_limit=settings.LABCLOUD_INSTANCE_TASK_TIME_LIMIT,
+    time_limit=settings.LABCLOUD_INSTANCE_TASK_TIME_LIMIT + settings.LABCLOUD_TASK_TIME_LIMIT_GRACE,
+)
 def run_instance_operation(operation_id: int) -> None:
     from vms.execution import execute
 

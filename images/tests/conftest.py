@@ -13,6 +13,11 @@ import pytest
 from portal.celery import app as celery_app
 
 
+def pytest_configure(config):
+    # Also registered by vms/tests/conftest.py; here for runs of the image tests alone.
+    config.addinivalue_line("markers", "libvirt_guests: boots real guests on qemu:///system under TCG (slow)")
+
+
 @pytest.fixture(autouse=True)
 def image_store(tmp_path, settings) -> Path:
     store = tmp_path / "store"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from celery.exceptions import SoftTimeLimitExceeded
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
@@ -62,6 +63,9 @@ def ensure_image_on_host(
         )
     except BackendError as exc:
         copy_failed(replica, exc.message)
+        raise
+    except SoftTimeLimitExceeded:  # the task's time limit: the copy is redone by the next one who needs it
+        copy_failed(replica, _("The copy took longer than its task's time limit."))
         raise
     ImageReplica.objects.filter(pk=replica.pk).update(state=ImageReplica.State.READY)
     replica.state = ImageReplica.State.READY
