@@ -1,4 +1,4 @@
-"""Admin site of the image catalogue: images (deleted through images.services) and their copies on hosts."""
+"""Admin site of the image catalogue: images (deleted through images.services), their shares and copies on hosts."""
 
 from __future__ import annotations
 
@@ -11,13 +11,33 @@ from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
 from images import services
-from images.models import Image, ImageReplica
+from images.models import Image, ImageReplica, ImageShare
 from portal.access import VIEW
 from portal.admin import AuditedAdminMixin, RestrictedAdminMixin
 from portal.middleware import client_ip
 from portal.services import ServiceError
 
 _DELETED = "_lc_images_deleted"
+
+
+class ImageShareInline(admin.TabularInline):
+    """The image's shares, for looking only: owners share and withdraw, the receiving tenants' admins answer
+    (dashboard or API), so every change is audited and reaches the clouds' Glance members."""
+
+    model = ImageShare
+    fields = ["reference", "tenant", "status", "requested_by", "created_at", "decided_by", "decided_at"]
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).select_related("tenant", "requested_by", "decided_by")
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
 
 
 @admin.register(Image)
@@ -45,7 +65,7 @@ class ImageAdmin(AuditedAdminMixin, RestrictedAdminMixin, admin.ModelAdmin):
     search_fields = ["name", "description", "uuid", "sha256", "tenant__name", "tenant__slug"]
     list_select_related = ["tenant"]
     date_hierarchy = "created_at"
-    filter_horizontal = ["shared_with"]
+    inlines = [ImageShareInline]
     readonly_fields = [
         "uuid",
         "tenant",
@@ -64,7 +84,7 @@ class ImageAdmin(AuditedAdminMixin, RestrictedAdminMixin, admin.ModelAdmin):
         "updated_at",
     ]
     fieldsets = [
-        (None, {"fields": ["name", "description", "tenant", "owner", "visibility", "shared_with"]}),
+        (None, {"fields": ["name", "description", "tenant", "owner", "visibility"]}),
         (_("Use"), {"fields": ["os_type", "min_disk_gib", "min_ram_mib", "cloud_init", "protected"]}),
         (
             _("File"),

@@ -10,15 +10,16 @@ from django.core.validators import MinValueValidator
 from django.db import models
 from django.utils.translation import gettext_lazy as _
 
-from portal.access import CHANGE, DELETE, MEMBER_ROLES, VIEW, RestrictedQuerySet, tenant_ids_for
+from portal.access import ADMIN_ROLES, CHANGE, DELETE, MEMBER_ROLES, VIEW, RestrictedQuerySet, tenant_ids_for
 from portal.models import Tenant
 
 
 class ImageQuerySet(RestrictedQuerySet):
     def _restrict_for_member(self, user, action: str) -> ImageQuerySet:
-        """Who sees an image: everyone (public), its owner tenant, and the tenants it is shared with.
+        """Who sees an image: everyone (public), its owner tenant, and the tenants that accepted it when shared.
 
-        Changing and deleting are for the owner tenant's members (as in Horizon's projects);
+        A share still pending (or rejected) shows the image to nobody in the receiving tenant. Changing and
+        deleting are for the owner tenant's members (as in Horizon's projects);
         images provided by the cloud (no owner tenant) are changed by cloud admins only.
         """
         if action == VIEW:
@@ -26,7 +27,11 @@ class ImageQuerySet(RestrictedQuerySet):
             visible = (
                 models.Q(visibility=Image.Visibility.PUBLIC)
                 | models.Q(tenant__in=mine)
-                | models.Q(visibility=Image.Visibility.SHARED, shared_with__in=mine)
+                | models.Q(
+                    visibility=Image.Visibility.SHARED,
+                    shares__status=ImageShare.Status.ACCEPTED,
+                    shares__tenant__in=mine,
+                )
             )
             return self.filter(pk__in=Image.objects.filter(visible).values("pk"))
         return super()._restrict_for_member(user, action)
@@ -81,7 +86,12 @@ class Image(models.Model):
     )
     visibility = models.CharField(_("visibility"), max_length=8, choices=Visibility.choices, default=Visibility.PRIVATE)
     shared_with = models.ManyToManyField(
-        Tenant, blank=True, related_name="shared_images", verbose_name=_("shared with")
+        Tenant,
+        blank=True,
+        through="ImageShare",
+        related_name="shared_images",
+        verbose_name=_("shared with"),
+        help_text=_("Tenants the image is offered to, whatever their answer: see each share's status."),
     )
     kind = models.CharField(_("kind"), max_length=8, choices=Kind.choices, default=Kind.DISK)
     disk_format = models.CharField(_("disk format"), max_length=8, choices=DiskFormat.choices)
@@ -123,6 +133,76 @@ class Image(models.Model):
     def partial_path(self) -> Path:
         """Where an upload or download lands before inspection."""
         return Path(settings.LABCLOUD_IMAGE_STORE) / "incoming" / f"{self.uuid}.part"
+
+
+class ImageShareQuerySet(RestrictedQuerySet):
+    def _restrict_for_member(self, user, action: str) -> ImageShareQuerySet:
+        """Who sees a share: the receiving tenant's members and the owner tenant's members.
+
+        Accepting and rejecting (``CHANGE``) are for the receiving tenant's admins; withdrawing (``DELETE``)
+        is for the owner tenant's members (shares of cloud images: cloud admins only).
+        """
+        if action == VIEW:
+            mine = tenant_ids_for(user, MEMBER_ROLES)
+            return self.filter(models.Q(tenant__in=mine) | models.Q(image__tenant__in=mine))
+        if action == CHANGE:
+            return self.filter(tenant__in=tenant_ids_for(user, ADMIN_ROLES))
+        if action == DELETE:
+            return self.filter(image__tenant__in=tenant_ids_for(user, MEMBER_ROLES))
+        return self.none()
+
+
+class ImageShare(models.Model):
+    """An image offered to another tenant, as a Glance image member is: pending until an admin of that tenant
+    accepts it; only an accepted share lets the tenant see and launch the image.
+
+    ``reference`` is how the owner named the tenant (its id or slug). A reference that names no tenant (or one
+    the image is already offered to under another reference) is kept too, with no tenant, and stays pending:
+    the owner cannot tell it from a tenant that has not answered yet.
+    """
+
+    class Status(models.TextChoices):
+        PENDING = "pending", _("Pending")
+        ACCEPTED = "accepted", _("Accepted")
+        REJECTED = "rejected", _("Rejected")
+
+    image = models.ForeignKey(Image, on_delete=models.CASCADE, related_name="shares", verbose_name=_("image"))
+    tenant = models.ForeignKey(
+        Tenant,
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="image_shares",
+        verbose_name=_("receiving tenant"),
+    )
+    reference = models.CharField(
+        _("tenant as named"), max_length=100, help_text=_("The id or slug the owner named the tenant by.")
+    )
+    status = models.CharField(_("status"), max_length=8, choices=Status.choices, default=Status.PENDING)
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    decided_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(_("shared"), auto_now_add=True)
+    decided_at = models.DateTimeField(_("answered"), null=True, blank=True)
+
+    access_tenant_field = "tenant"
+    access_policy = {VIEW: MEMBER_ROLES, CHANGE: ADMIN_ROLES, DELETE: MEMBER_ROLES}
+    objects = ImageShareQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(fields=["image", "reference"], name="imageshare_unique_reference"),
+            models.UniqueConstraint(fields=["image", "tenant"], name="imageshare_unique_tenant"),
+        ]
+        verbose_name = _("image share")
+        verbose_name_plural = _("image shares")
+
+    def __str__(self) -> str:
+        return f"{self.image} → {self.reference}"
 
 
 class ImageReplica(models.Model):

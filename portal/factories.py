@@ -1,4 +1,4 @@
-"""Rows for tests, made one way: hosts, flavors and instances as the services would leave them.
+"""Rows for tests, made one way: hosts, flavors, instances and image shares as the services would leave them.
 
 Imported by every app's tests (``from portal.factories import make_instance``): one place that knows
 which fields a row needs, instead of a copy per test module.
@@ -9,6 +9,8 @@ from __future__ import annotations
 import secrets
 import uuid as uuidlib
 
+from images.models import Image, ImageShare
+from portal.models import Tenant
 from vms.models import Flavor, Host, Instance
 
 GIB = 1024**3
@@ -60,3 +62,15 @@ def make_instance(
         state=state,
         **values,
     )
+
+
+def share_image_with(image: Image, *tenants: Tenant, status: str = ImageShare.Status.ACCEPTED) -> list[ImageShare]:
+    """Shares of ``image`` with ``tenants`` as their admins' answer leaves them (accepted unless ``status`` says
+    otherwise), each named by the tenant's slug; the image becomes shared if it was private."""
+    if image.visibility == Image.Visibility.PRIVATE:
+        Image.objects.filter(pk=image.pk).update(visibility=Image.Visibility.SHARED)
+        image.visibility = Image.Visibility.SHARED
+    return [
+        ImageShare.objects.create(image=image, tenant=tenant, reference=tenant.slug, status=status)
+        for tenant in tenants
+    ]

@@ -91,6 +91,8 @@ def test_technical_fields_are_read_only(actors, client):
             "protected": "on",
             "status": "failed",
             "sha256": "c" * 64,
+            "shares-TOTAL_FORMS": "0",  # the shares inline (read-only)
+            "shares-INITIAL_FORMS": "0",
         },
     )
     assert response.status_code == 302
