@@ -6,8 +6,9 @@ import math
 
 from django.db.models import Count, Q, QuerySet, Sum
 
-from images.models import Image
-from portal.access import VIEW
+from images.models import Image, ImageShare
+from portal.access import MAX_ID, VIEW
+from portal.models import Tenant
 
 GIB = 1024**3
 
@@ -39,11 +40,50 @@ def images_for(*, user, kind: str | None = None, launchable: bool = False) -> Qu
 
 
 def visible_to_tenant(*, tenant_id: int) -> Q:
+    """The images a tenant may launch: public ones, its own, and those shared with it that its admins accepted."""
     return (
         Q(visibility=Image.Visibility.PUBLIC)
         | Q(tenant_id=tenant_id)
-        | Q(visibility=Image.Visibility.SHARED, shared_with=tenant_id)
+        | Q(visibility=Image.Visibility.SHARED, shares__tenant_id=tenant_id, shares__status=ImageShare.Status.ACCEPTED)
     )
+
+
+# ---------------------------------------------------------------- shares
+
+
+def tenant_id_named(*, reference: str) -> int | None:
+    """The tenant a share reference names (an id if it is all digits, else a slug), enabled or not, or None.
+
+    One query of one shape whatever the reference, so how long it takes tells nothing about which tenants exist.
+    """
+    number = int(reference) if reference.isdigit() and int(reference) <= MAX_ID else 0
+    found = list(Tenant.objects.filter(Q(pk=number) | Q(slug=reference)).values_list("pk", "slug")[:2])
+    by_id = [pk for pk, _slug in found if pk == number]
+    return (by_id or [pk for pk, _slug in found] or [None])[0]
+
+
+def accepting_tenant_ids(*, images: QuerySet[Image]) -> QuerySet[ImageShare]:
+    """Ids of the tenants that accepted one of ``images`` (a subquery): the ones a cloud copy may have as members."""
+    return ImageShare.objects.filter(image__in=images, status=ImageShare.Status.ACCEPTED).values("tenant_id")
+
+
+def shares_for(*, user) -> QuerySet[ImageShare]:
+    """Shares ``user`` may see: offered to their tenants, or of their tenants' images (cloud admins: all)."""
+    return ImageShare.objects.restrict(user, VIEW).select_related(
+        "image", "image__tenant", "tenant", "requested_by", "decided_by"
+    )
+
+
+def incoming_shares(*, user, tenant: Tenant, status: str = ImageShare.Status.PENDING) -> QuerySet[ImageShare]:
+    """Shares offered to ``tenant`` with this status, newest first (what its images page asks its admins about)."""
+    return shares_for(user=user).filter(tenant=tenant, status=status).order_by("-created_at", "-id")
+
+
+def accepted_share(*, user, image: Image, tenant: Tenant | None) -> ImageShare | None:
+    """The accepted share that puts ``image`` in ``tenant``'s catalogue, if that is how the tenant has it."""
+    if tenant is None or image.tenant_id == tenant.pk:
+        return None
+    return shares_for(user=user).filter(image=image, tenant=tenant, status=ImageShare.Status.ACCEPTED).first()
 
 
 def image_counts() -> list[dict]:

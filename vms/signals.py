@@ -1,5 +1,5 @@
 """Changes that must reach the clouds: a tenant's quota or deletion, a flavor (its sizes, access or deletion),
-an image's visibility and sharing.
+an image's visibility and its shares (a share that stops being accepted).
 
 Signals rather than service calls, because cloud admins change quotas and flavors through the
 admin site, the API and the services alike. Only objects that already have a copy in a cloud
@@ -9,10 +9,10 @@ queue work, after the transaction commits.
 from __future__ import annotations
 
 from django.db import transaction
-from django.db.models.signals import m2m_changed, post_save, pre_delete
+from django.db.models.signals import m2m_changed, post_delete, post_save, pre_delete
 from django.dispatch import receiver
 
-from images.models import Image, ImageReplica
+from images.models import Image, ImageReplica, ImageShare
 from portal.models import Quota, Tenant
 from vms.compute.openstack.mirror import forget_flavor_copies
 from vms.models import CloudFlavor, CloudProject, Flavor
@@ -83,32 +83,32 @@ def _sync_image_copies_later(image_ids) -> None:
             transaction.on_commit(lambda image_id=image_id: sync_image_copies_task.delay(image_id))
 
 
-_CLEARED = "_labcloud_shared_before_clear"
+def _sync_shared_image_later(share: ImageShare) -> None:
+    """The tenant of ``share`` may no longer use the image: after commit, its projects leave the Glance members
+    of the image's cloud copies (only a shared image with a copy; a visibility change aligns them by itself)."""
+    if share.tenant_id is None:
+        return  # a share that names no tenant never made anyone a member
+    if Image.objects.filter(pk=share.image_id, visibility=Image.Visibility.SHARED).exists():
+        _sync_image_copies_later([share.image_id])
 
 
-@receiver(m2m_changed, sender=Image.shared_with.through, dispatch_uid="vms.image_sharing_to_clouds")
-def _image_sharing_changed(sender, instance, action: str, reverse: bool, pk_set, **_kwargs) -> None:
-    """Tenants taken off a shared image's list lose their Glance membership at once.
+@receiver(post_save, sender=ImageShare, dispatch_uid="vms.image_share_to_clouds")
+def _image_share_saved(sender, instance: ImageShare, created: bool, **_kwargs) -> None:
+    """A share rejected (or removed by its tenant) takes the tenant's projects off the Glance members at once.
 
-    An added tenant's project becomes a member at its first launch. ``post_clear`` has no ``pk_set``:
-    ``pre_clear`` notes what the clear removes.
+    A pending share makes no project a member; an accepted one's project becomes a member at its first launch
+    there, as the owner's does.
     """
-    if action == "pre_clear":
-        related = instance.shared_images if reverse else instance.shared_with
-        setattr(instance, _CLEARED, list(related.values_list("pk", flat=True)))
-        return
-    if action == "post_clear":
-        removed = instance.__dict__.pop(_CLEARED, [])
-    elif action == "post_remove":
-        removed = list(pk_set or ())
-    else:
-        return
-    if not removed:
-        return
-    if reverse:
-        _sync_image_copies_later(removed)
-    elif instance.visibility == Image.Visibility.SHARED:  # otherwise its post_save aligns the copies
-        _sync_image_copies_later([instance.pk])
+    if not created and instance.status != ImageShare.Status.ACCEPTED:
+        _sync_shared_image_later(instance)
+
+
+@receiver(post_delete, sender=ImageShare, dispatch_uid="vms.image_share_withdrawn_in_clouds")
+def _image_share_deleted(sender, instance: ImageShare, **_kwargs) -> None:
+    """An accepted share withdrawn (also through ``shared_with.remove``/``clear``, or with its tenant, which
+    deletes its shares) takes the tenant's projects off the Glance members at once."""
+    if instance.status == ImageShare.Status.ACCEPTED:
+        _sync_shared_image_later(instance)
 
 
 @receiver(pre_delete, sender=Tenant, dispatch_uid="vms.tenant_projects_in_clouds")
@@ -124,5 +124,4 @@ def _tenant_deleted(sender, instance: Tenant, **_kwargs) -> None:
         from vms.tasks import delete_cloud_projects_task
 
         transaction.on_commit(lambda: delete_cloud_projects_task.delay(projects))
-    # the images shared with it lose its projects' membership (the deletion sends no m2m_changed)
-    _sync_image_copies_later(instance.shared_images.values_list("pk", flat=True))
+    # the images it accepted lose its projects' membership: the deletion of its shares does that (post_delete)

@@ -14,7 +14,7 @@ from django.contrib.auth.models import AnonymousUser
 from images.capture import capture_image
 from images.imports import import_image
 from images.models import Image, ImageReplica
-from images.services import delete_image, share_image, unshare_image, update_image
+from images.services import accept_share, delete_image, share_image, unshare_image, update_image
 from images.tests.conftest import upload
 from portal.access import CHANGE, VIEW
 from portal.backends.libvirt.storage import find_volume
@@ -190,14 +190,16 @@ def test_access_gate_private_shared_public(actors, active_image):
     assert seen_by(actors, active_image) == {"member", "tenant_admin", "cloud_admin"}
     assert seen_by(actors, active_image, CHANGE) == {"member", "tenant_admin", "cloud_admin"}
 
-    share_image(actor=actors.member, image=active_image, tenant=actors.other_tenant)
+    share = share_image(actor=actors.member, image=active_image, reference=actors.other_tenant.slug)
     active_image.refresh_from_db()
     assert active_image.visibility == Image.Visibility.SHARED
+    assert seen_by(actors, active_image) == {"member", "tenant_admin", "cloud_admin"}  # pending: B sees nothing
+    accept_share(actor=actors.outsider, share=share)
     assert seen_by(actors, active_image) == {"outsider", "member", "tenant_admin", "cloud_admin"}
     # Sharing lets the other tenant use the image, not change it.
     assert seen_by(actors, active_image, CHANGE) == {"member", "tenant_admin", "cloud_admin"}
 
-    unshare_image(actor=actors.member, image=active_image, tenant=actors.other_tenant)
+    unshare_image(actor=actors.member, image=active_image, reference=actors.other_tenant.slug)
     assert seen_by(actors, active_image) == {"member", "tenant_admin", "cloud_admin"}
 
     with pytest.raises(ServiceError, match="Only cloud admins"):

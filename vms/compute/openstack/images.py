@@ -19,9 +19,9 @@ from django.utils.translation import gettext as _
 
 from images.distribution import claim_copy, copy_failed, stale_copy
 from images.models import Image, ImageReplica
+from images.selectors import accepting_tenant_ids
 from portal.backends.base import BackendError, NotFound
 from portal.backends.openstack.driver import OpenStackDriver
-from portal.models import Tenant
 from portal.services import ConflictError, ServiceError
 from vms.compute.openstack.login import cloud_driver
 from vms.models import CloudProject, Host
@@ -37,12 +37,11 @@ def glance_visibility(image: Image) -> str:
 
 def projects_allowed(*, host: Host, image_id: str) -> set[str]:
     """The cloud projects that may use a Glance image: the owners of the portal images it backs (an identical
-    image is reused by checksum, so one Glance image may back several) and the tenants those are shared with.
+    image is reused by checksum, so one Glance image may back several) and the tenants that accepted one of
+    them when shared (a pending or rejected share makes no member).
     """
     images = Image.objects.filter(replicas__host=host, replicas__cloud_image_id=image_id)
-    tenants = Q(tenant_id__in=images.values("tenant_id")) | Q(
-        tenant__in=Tenant.objects.filter(shared_images__in=images).values("pk")
-    )
+    tenants = Q(tenant_id__in=images.values("tenant_id")) | Q(tenant_id__in=accepting_tenant_ids(images=images))
     return set(CloudProject.objects.filter(tenants, host=host).values_list("project_id", flat=True))
 
 

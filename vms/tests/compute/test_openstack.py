@@ -25,7 +25,7 @@ from django.urls import reverse
 from images.models import Image, ImageReplica
 from portal.backends.openstack import OpenStackAuth, OpenStackDriver
 from portal.backends.openstack_testing import ROOT, DevCloud, devcloud_fixture  # noqa: F401
-from portal.services import ConflictError, set_quota
+from portal.services import ConflictError, ServiceError, set_quota
 from portal.testing import free_port
 from vms import lifecycle
 from vms.compute import compute_for
@@ -482,7 +482,12 @@ def test_a_shared_image_leaves_the_projects_of_tenants_taken_off_its_list(
     other.memberships.create(user=other_user, role="member")
     PlacementRule.objects.create(tenant=other, host=os_cloud)
     owner = make_user("os-img-owner", staff=True)
-    image = image_services.share_image(actor=owner, image=image, tenant=other)
+    share = image_services.share_image(actor=owner, image=image, reference=other.slug)
+    # pending: the other tenant may not launch it, and its project is no member of any copy
+    with pytest.raises(ServiceError, match="not available to this tenant"):
+        launch(run_tasks, tenant=other, user=other_user, flavor=small, image=share.image, name="too-early")
+    image_services.accept_share(actor=owner, share=share)
+    image = share.image
     for who, where in ((user, tenant), (other_user, other)):
         ok(launch(run_tasks, tenant=where, user=who, flavor=small, image=image, name=f"on-{where.slug}")[1])
     copy_id = ImageReplica.objects.get(image=image, host=os_cloud).cloud_image_id
@@ -490,8 +495,12 @@ def test_a_shared_image_leaves_the_projects_of_tenants_taken_off_its_list(
     assert admin_driver.image(image_id=copy_id).visibility == "shared"
     assert admin_driver.image_members(image_id=copy_id) == sorted(projects.values())
 
-    # taken off the list: its project stops being a member at once; the owner's stays
-    run_tasks(lambda: image_services.unshare_image(actor=owner, image=image, tenant=other))
+    # removed by its tenant (rejected after accepting): its project stops being a member at once; the owner's stays
+    run_tasks(lambda: image_services.reject_share(actor=owner, share=share))
+    assert admin_driver.image_members(image_id=copy_id) == [projects[tenant.slug]]
+    # accepted again, then withdrawn by the owner: a member only from a launch on, none after the withdrawal
+    run_tasks(lambda: image_services.accept_share(actor=owner, share=share))
+    run_tasks(lambda: image_services.unshare_image(actor=owner, image=image, reference=other.slug))
     assert admin_driver.image_members(image_id=copy_id) == [projects[tenant.slug]]
     # an identical image of its own (same file) reuses that Glance copy: its launch makes it a member again,
     # and a later sync of the first image keeps it, since the copy now backs its image too

@@ -252,9 +252,12 @@ def test_one_rule_per_tenant_per_flavor_and_per_pair_in_the_database(hosts, make
 
 
 def test_sharing_changes_queue_a_sync_of_the_cloud_copies(hosts, make_tenant, django_capture_on_commit_callbacks):
-    """Removing or clearing tenants of a shared image (either side), or deleting such a tenant, queues one sync
-    of the image's Glance copies after commit; adding a tenant, or an image without a copy, queues nothing."""
-    from images.models import Image, ImageReplica
+    """A share that stops being accepted (rejected, withdrawn, removed with ``shared_with``, or with its tenant)
+    queues one sync of the image's Glance copies after commit; a new share, a pending one answered or withdrawn,
+    an acceptance (the project joins at its first launch), or an image without a copy queue nothing."""
+    from images.models import Image, ImageReplica, ImageShare
+    from images.services import accept_share, reject_share, share_image, withdraw_share
+    from portal.factories import share_image_with
     from portal.models import Tenant
 
     _, cloud_host = hosts
@@ -268,16 +271,24 @@ def test_sharing_changes_queue_a_sync_of_the_cloud_copies(hosts, make_tenant, dj
             change()
         return len(callbacks)
 
-    assert queued(lambda: image.shared_with.add(b, c, d)) == 0
-    assert queued(lambda: elsewhere.shared_with.add(b, c)) == 0
+    pending = share_image(actor=None, image=image, reference="tb")
+    assert queued(lambda: accept_share(actor=None, share=pending)) == 0  # its project joins at its first launch
+    assert queued(lambda: reject_share(actor=None, share=pending)) == 1  # removed by its tenant: leaves at once
+    assert queued(lambda: withdraw_share(actor=None, share=pending)) == 0  # rejected already: no member
+    offered = share_image(actor=None, image=image, reference="nowhere")
+    assert queued(lambda: withdraw_share(actor=None, share=offered)) == 0  # never named a tenant
+    assert queued(lambda: share_image_with(image, b, c, d)) == 0
+    assert queued(lambda: share_image_with(elsewhere, b, c)) == 0
     assert queued(lambda: image.shared_with.remove(b)) == 1
     assert queued(lambda: elsewhere.shared_with.remove(b)) == 0  # no copy in a cloud
     assert queued(lambda: c.shared_images.clear()) == 1  # reverse: the images c was on
     assert queued(lambda: image.shared_with.clear()) == 1  # d
     assert queued(lambda: image.shared_with.clear()) == 0  # nothing left to remove
-    image.shared_with.add(d)
-    assert queued(lambda: Tenant.objects.get(pk=d.pk).delete()) == 1  # no m2m_changed for a deletion
+    share_image_with(image, d)
+    assert queued(lambda: Tenant.objects.get(pk=d.pk).delete()) == 1  # its shares go with it
+    share_image_with(image, b, status=ImageShare.Status.PENDING)
+    assert queued(lambda: image.shared_with.remove(b)) == 0  # pending: never a member
+    share_image_with(image, b)
     Image.objects.filter(pk=image.pk).update(visibility=Image.Visibility.PRIVATE)
     image.refresh_from_db()
-    image.shared_with.add(b)
     assert queued(lambda: image.shared_with.remove(b)) == 0  # not shared: its save aligns the copies
