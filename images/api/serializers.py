@@ -8,10 +8,9 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from images.models import Image
-from portal.access import MAX_ID, MEMBER_ROLES, is_cloud_admin, tenant_ids_for
+from images.models import Image, ImageShare
+from portal.access import MEMBER_ROLES, is_cloud_admin, tenant_ids_for
 from portal.api.serializers import MAX_INT32, VisibleTenantField
-from portal.models import Tenant
 from vms.compute import Capability, kinds_with
 from vms.models import Host
 
@@ -27,8 +26,8 @@ class ImageSerializer(serializers.ModelSerializer):
     )
     shared_with = serializers.SerializerMethodField(
         help_text=_(
-            "Ids of the tenants the image is shared with; null unless you are a member of the owner tenant "
-            "(or a cloud admin)."
+            "Ids of the tenants that accepted the image when shared (pending shares are in /image-shares/); "
+            "null unless you are a member of the owner tenant (or a cloud admin)."
         )
     )
     stored_format = serializers.CharField(
@@ -96,7 +95,7 @@ class ImageSerializer(serializers.ModelSerializer):
     def get_shared_with(self, image: Image) -> list[int] | None:
         if not self._sees_sharing(image):
             return None
-        return sorted(tenant.pk for tenant in image.shared_with.all())  # prefetched by the view
+        return sorted(share.tenant_id for share in image.accepted_shares)  # prefetched by the view
 
     @extend_schema_field(serializers.CharField(allow_null=True))
     def get_source_url(self, image: Image) -> str | None:
@@ -166,18 +165,100 @@ class TenantReferenceField(serializers.CharField):
     """A tenant named by its id or its slug (JSON number or string)."""
 
 
-class ImageShareSerializer(serializers.Serializer):
-    tenant = TenantReferenceField(max_length=100, help_text=_("Id or slug of any enabled tenant."))
+class ImageShareRequestSerializer(serializers.Serializer):
+    tenant = TenantReferenceField(
+        max_length=100,
+        help_text=_(
+            "Id or slug of the tenant. Whether it exists or not, the answer is the same pending share: it shows "
+            "the image to that tenant once one of its admins accepts it."
+        ),
+    )
 
-    def validate_tenant(self, value: str) -> Tenant:
-        tenants = Tenant.objects.filter(enabled=True)
-        if value.isdigit():
-            tenant = tenants.filter(pk=int(value)).first() if int(value) <= MAX_ID else None
-        else:
-            tenant = tenants.filter(slug=value).first()
-        if tenant is None:
-            raise serializers.ValidationError(_("There is no enabled tenant “%(tenant)s”.") % {"tenant": value})
-        return tenant
+
+class ImageShareSerializer(serializers.ModelSerializer):
+    """An image offered to a tenant: pending until an admin of the receiving tenant accepts (or rejects) it."""
+
+    image_name = serializers.CharField(source="image.name", read_only=True)
+    image_kind = serializers.CharField(source="image.kind", read_only=True)
+    owner_tenant = serializers.IntegerField(
+        source="image.tenant_id", read_only=True, allow_null=True, help_text=_("Id of the tenant offering the image.")
+    )
+    owner_tenant_name = serializers.SerializerMethodField(help_text=_("Name of the tenant offering the image."))
+    tenant = serializers.SerializerMethodField(
+        help_text=_(
+            "Id of the receiving tenant: shown to its members, and to the owner once the share is accepted "
+            "(until then the owner sees only the reference it gave)."
+        )
+    )
+    tenant_name = serializers.SerializerMethodField(help_text=_("Name of the receiving tenant (as for `tenant`)."))
+    requested_by = serializers.CharField(
+        source="requested_by.username", read_only=True, allow_null=True, help_text=_("Who shared the image.")
+    )
+    decided_by = serializers.SerializerMethodField(help_text=_("Who accepted or rejected it (as for `tenant`)."))
+
+    class Meta:
+        model = ImageShare
+        fields = [
+            "id",
+            "image",
+            "image_name",
+            "image_kind",
+            "owner_tenant",
+            "owner_tenant_name",
+            "reference",
+            "tenant",
+            "tenant_name",
+            "status",
+            "requested_by",
+            "created_at",
+            "decided_by",
+            "decided_at",
+        ]
+        read_only_fields = fields
+        extra_kwargs = {"reference": {"help_text": _("The id or slug the owner named the tenant by.")}}
+
+    def _member_tenant_ids(self) -> set[int]:
+        key = "_share_member_tenant_ids"
+        if key not in self.context:
+            request = self.context.get("request")
+            user = getattr(request, "user", None)
+            ids: set[int] = set()
+            if user is not None and user.is_authenticated:
+                ids = set(tenant_ids_for(user, MEMBER_ROLES).values_list("tenant_id", flat=True))
+            self.context[key] = ids
+        return self.context[key]
+
+    def _sees_receiver(self, share: ImageShare) -> bool:
+        """The receiving tenant is no secret to its members, to cloud admins, nor to the owner once it accepted.
+
+        The requester's tenants are looked up whatever the share, so a pending share's answer takes the same
+        queries whether its reference names a tenant or not.
+        """
+        mine = self._member_tenant_ids()
+        if share.tenant_id is None:
+            return False
+        request = self.context.get("request")
+        if is_cloud_admin(getattr(request, "user", None)) or share.status == ImageShare.Status.ACCEPTED:
+            return True
+        return share.tenant_id in mine
+
+    @extend_schema_field(serializers.CharField(allow_null=True))
+    def get_owner_tenant_name(self, share: ImageShare) -> str | None:
+        return share.image.tenant.name if share.image.tenant_id else None
+
+    @extend_schema_field(serializers.IntegerField(allow_null=True))
+    def get_tenant(self, share: ImageShare) -> int | None:
+        return share.tenant_id if self._sees_receiver(share) else None
+
+    @extend_schema_field(serializers.CharField(allow_null=True))
+    def get_tenant_name(self, share: ImageShare) -> str | None:
+        return share.tenant.name if self._sees_receiver(share) else None
+
+    @extend_schema_field(serializers.CharField(allow_null=True))
+    def get_decided_by(self, share: ImageShare) -> str | None:
+        if share.decided_by_id is None or not self._sees_receiver(share):
+            return None
+        return share.decided_by.username
 
 
 class CopyHostField(serializers.PrimaryKeyRelatedField):

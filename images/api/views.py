@@ -27,22 +27,22 @@ from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 
 from images import imports, selectors, services
-from images.api.filtersets import ImageFilter
+from images.api.filtersets import ImageFilter, ImageShareFilter
 from images.api.serializers import (
     ImageCreateSerializer,
     ImageDistributeSerializer,
     ImageImportSerializer,
     ImageSerializer,
+    ImageShareRequestSerializer,
     ImageShareSerializer,
     ImageUpdateSerializer,
     UploadProgressSerializer,
 )
-from images.models import Image
+from images.models import Image, ImageShare
 from portal.access import CHANGE, DELETE
 from portal.api.base import ApiViewSetMixin
 from portal.api.exceptions import PROBLEM_CONTENT_TYPE, problem
 from portal.api.serializers import ProblemSerializer
-from portal.models import Tenant
 from portal.services import ConflictError
 from vms.api.serializers import OperationSerializer
 
@@ -104,7 +104,13 @@ class ImageViewSet(ApiViewSetMixin, mixins.ListModelMixin, mixins.RetrieveModelM
         return (
             selectors.images_for(user=self.request.user)
             .select_related("owner")
-            .prefetch_related(Prefetch("shared_with", queryset=Tenant.objects.only("pk")))
+            .prefetch_related(
+                Prefetch(
+                    "shares",
+                    queryset=ImageShare.objects.filter(status=ImageShare.Status.ACCEPTED).only("image_id", "tenant_id"),
+                    to_attr="accepted_shares",
+                )
+            )
         )
 
     def perform_content_negotiation(self, request, force=False):
@@ -270,31 +276,45 @@ class ImageViewSet(ApiViewSetMixin, mixins.ListModelMixin, mixins.RetrieveModelM
         return self._respond(image, status.HTTP_202_ACCEPTED)
 
     @extend_schema(
-        summary=_("Share an image with another tenant (members of the owner tenant, cloud admins)"),
-        request=ImageShareSerializer,
-        responses={200: ImageSerializer},
+        summary=_("Offer an image to another tenant; it is pending until an admin of that tenant accepts it"),
+        description=_(
+            "Members of the owner tenant and cloud admins. Name the tenant by id or slug: every tenant but the "
+            "owner gets the same answer, a pending share, whether it exists or not (a reference that names no "
+            "tenant stays pending). The tenant sees and launches the image only once one of its admins accepts "
+            "it (`POST /image-shares/{id}/accept/`). Sharing again under the same reference answers that share."
+        ),
+        request=ImageShareRequestSerializer,
+        responses={202: ImageShareSerializer},
     )
     @action(detail=True, methods=["post"])
     def share(self, request, *args, **kwargs):
         image = self.get_object_for(CHANGE)
-        serializer = ImageShareSerializer(data=request.data, context=self.get_serializer_context())
+        serializer = ImageShareRequestSerializer(data=request.data, context=self.get_serializer_context())
         serializer.is_valid(raise_exception=True)
-        tenant = serializer.validated_data["tenant"]
-        image = services.share_image(actor=request.user, image=image, tenant=tenant, ip=self.client_ip)
-        return self._respond(image)
+        share = services.share_image(
+            actor=request.user, image=image, reference=serializer.validated_data["tenant"], ip=self.client_ip
+        )
+        share = selectors.shares_for(user=request.user).get(pk=share.pk)
+        context = self.get_serializer_context()
+        return Response(ImageShareSerializer(share, context=context).data, status=status.HTTP_202_ACCEPTED)
 
     @extend_schema(
-        summary=_("Stop sharing an image with a tenant (members of the owner tenant, cloud admins)"),
-        request=ImageShareSerializer,
+        summary=_("Withdraw a share, pending or answered (members of the owner tenant, cloud admins)"),
+        description=_(
+            "Takes back the share under this reference, and the accepted share of the tenant it names. The answer "
+            "is the image, whether there was a share to withdraw or not."
+        ),
+        request=ImageShareRequestSerializer,
         responses={200: ImageSerializer},
     )
     @action(detail=True, methods=["post"])
     def unshare(self, request, *args, **kwargs):
         image = self.get_object_for(CHANGE)
-        serializer = ImageShareSerializer(data=request.data, context=self.get_serializer_context())
+        serializer = ImageShareRequestSerializer(data=request.data, context=self.get_serializer_context())
         serializer.is_valid(raise_exception=True)
-        tenant = serializer.validated_data["tenant"]
-        image = services.unshare_image(actor=request.user, image=image, tenant=tenant, ip=self.client_ip)
+        image = services.unshare_image(
+            actor=request.user, image=image, reference=serializer.validated_data["tenant"], ip=self.client_ip
+        )
         return self._respond(image)
 
     @extend_schema(
@@ -312,3 +332,53 @@ class ImageViewSet(ApiViewSetMixin, mixins.ListModelMixin, mixins.RetrieveModelM
             actor=request.user, image=image, host=serializer.validated_data["host"], ip=self.client_ip
         )
         return Response(OperationSerializer(operation).data, status=status.HTTP_202_ACCEPTED)
+
+
+@extend_schema_view(
+    list=extend_schema(
+        summary=_("Shares of images: offered to your tenants (incoming) and of your tenants' images (outgoing)")
+    ),
+    retrieve=extend_schema(summary=_("One share")),
+    destroy=extend_schema(summary=_("Withdraw a share (members of the image's owner tenant, cloud admins)")),
+)
+class ImageShareViewSet(ApiViewSetMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    """Images offered from one tenant to another, as Glance image members: pending until an admin of the
+    receiving tenant accepts or rejects them. The receiving tenant's members see what is offered to it; its
+    admins answer; the owner tenant's members see the status of their shares and withdraw them."""
+
+    model = ImageShare
+    serializer_class = ImageShareSerializer
+    filterset_class = ImageShareFilter
+    ordering_fields = ["created_at", "decided_at", "status"]
+    ordering = ["-created_at", "-id"]
+
+    def get_queryset(self):
+        return selectors.shares_for(user=self.request.user)
+
+    def _respond(self, share: ImageShare) -> Response:
+        return Response(self.get_serializer(self.get_queryset().get(pk=share.pk)).data)
+
+    def destroy(self, request, *args, **kwargs):
+        share = self.get_object_for(DELETE)
+        services.withdraw_share(actor=request.user, share=share, ip=self.client_ip)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+    @extend_schema(
+        summary=_("Accept a share: the image joins the tenant's catalogue (the tenant's admins, cloud admins)"),
+        request=None,
+        responses={200: ImageShareSerializer},
+    )
+    @action(detail=True, methods=["post"])
+    def accept(self, request, *args, **kwargs):
+        share = self.get_object_for(CHANGE)
+        return self._respond(services.accept_share(actor=request.user, share=share, ip=self.client_ip))
+
+    @extend_schema(
+        summary=_("Reject a share, or remove an accepted image from the tenant's catalogue (the tenant's admins)"),
+        request=None,
+        responses={200: ImageShareSerializer},
+    )
+    @action(detail=True, methods=["post"])
+    def reject(self, request, *args, **kwargs):
+        share = self.get_object_for(CHANGE)
+        return self._respond(services.reject_share(actor=request.user, share=share, ip=self.client_ip))

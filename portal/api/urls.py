@@ -25,6 +25,7 @@ router.register("placement-rules", clouds.PlacementRuleViewSet, basename="placem
 router.register("keypairs", keypairs.KeypairViewSet, basename="keypair")
 router.register("networks", networks.NetworkViewSet, basename="network")
 router.register("images", images_views.ImageViewSet, basename="image")
+router.register("image-shares", images_views.ImageShareViewSet, basename="imageshare")
 
 urlpatterns = [
     path("schema/", SpectacularAPIView.as_view(), name="api-schema"),
