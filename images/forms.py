@@ -175,10 +175,13 @@ class ImageEditForm(BootstrapForm):
 
 
 class ShareForm(BootstrapForm):
-    tenant = forms.SlugField(
+    """The tenant is named as the owner knows it; images.services checks the reference (one answer for all)."""
+
+    tenant = forms.CharField(
         label=_("Tenant"),
-        max_length=50,
+        max_length=100,
         widget=forms.TextInput(attrs={"placeholder": _("e.g. physics-lab"), "autocomplete": "off"}),
+        help_text=_("Its short name (slug) or id. It sees the image once one of its admins accepts the share."),
     )
 
 

@@ -15,21 +15,20 @@ from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.http import Http404, HttpResponse
-from django.shortcuts import get_object_or_404, redirect, render
+from django.shortcuts import redirect, render
 from django.urls import NoReverseMatch, reverse
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy, pgettext
 from django.views.decorators.http import require_GET, require_POST
 
 from images import imports, services
-from images.access import access_image_by_id
+from images.access import access_image_by_id, access_share_by_id
 from images.api.filtersets import ImageFilter
 from images.forms import DistributeForm, ImageEditForm, ImageImportForm, ImageUploadForm, ShareForm
-from images.models import Image
-from images.selectors import images_for, visible_to_tenant
-from portal.access import CHANGE, DELETE, is_cloud_admin
+from images.models import Image, ImageShare
+from images.selectors import accepted_share, images_for, incoming_shares, visible_to_tenant
+from portal.access import ADMIN_ROLES, CHANGE, DELETE, is_cloud_admin, tenant_ids_for
 from portal.middleware import client_ip
-from portal.models import Tenant
 from portal.services import ServiceError
 from portal.views import current_tenant
 from vms.compute import Capability, kinds_with
@@ -47,6 +46,7 @@ UPLOAD_CHUNK_BYTES = 8 * 1024 * 1024
 FALLBACK_UPLOAD_LIMIT = 2 * 1024**3
 PAGE_SIZE = 50
 OPERATIONS_SHOWN = 10
+INCOMING_SHOWN = 50
 
 
 def _api_url(name: str, fallback: str, *args) -> str:
@@ -59,6 +59,13 @@ def _api_url(name: str, fallback: str, *args) -> str:
 
 def _is_htmx(request) -> bool:
     return request.headers.get("HX-Request") == "true"
+
+
+def _answers_shares(user, tenant) -> bool:
+    """Whether ``user`` may accept or reject what is offered to ``tenant``: its admins and cloud admins."""
+    if tenant is None:
+        return False
+    return is_cloud_admin(user) or tenant_ids_for(user, ADMIN_ROLES).filter(tenant_id=tenant.pk).exists()
 
 
 # ---------------------------------------------------------------- list
@@ -109,6 +116,10 @@ def image_list(request):
     }
     if _is_htmx(request):
         return render(request, "images/_image_rows.html", context)
+    if tenant is not None:
+        # What other tenants offer the active one, waiting for one of its admins to answer.
+        context["incoming"] = list(incoming_shares(user=request.user, tenant=tenant)[:INCOMING_SHOWN])
+        context["answers_shares"] = bool(context["incoming"]) and _answers_shares(request.user, tenant)
     return render(request, "images/list.html", context)
 
 
@@ -266,11 +277,19 @@ def _render_detail(request, image: Image, *, status: int = 200, **forms) -> Http
         # Downloads are for the owner tenant's members and cloud admins (as in the API): the CHANGE audience.
         "can_download": can_change and image.status == Image.Status.ACTIVE,
         "download_url": _api_url("image-file", f"/api/v1/images/{image.pk}/file/", image.pk),
-        "shared_with": list(image.shared_with.order_by("name")),
     }
     if can_change:
         context["edit_form"] = forms.get("edit_form") or ImageEditForm(image=image, staff=staff)
         context["share_form"] = forms.get("share_form") or ShareForm()
+        context["shares"] = list(image.shares.select_related("tenant").order_by("created_at", "id"))
+        accepted = [share.tenant.name for share in context["shares"] if share.status == ImageShare.Status.ACCEPTED]
+        context["accepted_names"] = accepted
+    else:
+        # Shared with the active tenant: its admins may take it out of their catalogue again.
+        tenant = current_tenant(request)
+        share = accepted_share(user=user, image=image, tenant=tenant)
+        context["accepted_share"] = share
+        context["answers_shares"] = share is not None and _answers_shares(user, tenant)
     if staff:
         hosts = distribution_hosts(user)
         context["distribute_form"] = forms.get("distribute_form") or DistributeForm(hosts=hosts)
@@ -338,19 +357,17 @@ def image_share(request, pk: int):
     image = access_image_by_id(user=request.user, image_id=pk, action=CHANGE)
     form = ShareForm(request.POST)
     if form.is_valid():
-        slug = form.cleaned_data["tenant"]
-        # Sharing addresses tenants the user cannot see, by their slug (like a project id elsewhere).
-        tenant = Tenant.objects.filter(slug=slug, enabled=True).first()
+        reference = form.cleaned_data["tenant"]
         try:
-            if tenant is None:
-                raise ServiceError(_("There is no tenant “%(slug)s”.") % {"slug": slug}, field="tenant")
-            services.share_image(actor=request.user, image=image, tenant=tenant, ip=client_ip(request))
+            # One answer for every tenant named, existing or not: nobody learns here which tenants exist.
+            services.share_image(actor=request.user, image=image, reference=reference, ip=client_ip(request))
         except ServiceError as exc:
             form.add_service_error(exc)
         else:
             messages.success(
                 request,
-                _("Image “%(name)s” is now shared with %(tenant)s.") % {"name": image.name, "tenant": tenant.name},
+                _("Image “%(name)s” offered to “%(tenant)s”: it is shared once an admin of that tenant accepts it.")
+                % {"name": image.name, "tenant": reference},
             )
             return redirect("image_detail", pk=image.pk)
     return _render_detail(request, image, share_form=form)
@@ -358,15 +375,52 @@ def image_share(request, pk: int):
 
 @login_required
 @require_POST
-def image_unshare(request, pk: int, tenant_pk: int):
+def image_share_withdraw(request, pk: int, share_pk: int):
     image = access_image_by_id(user=request.user, image_id=pk, action=CHANGE)
-    tenant = get_object_or_404(image.shared_with.all(), pk=tenant_pk)
-    services.unshare_image(actor=request.user, image=image, tenant=tenant, ip=client_ip(request))
+    share = access_share_by_id(user=request.user, share_id=share_pk, action=DELETE)
+    if share.image_id != image.pk:
+        raise Http404
+    services.withdraw_share(actor=request.user, share=share, ip=client_ip(request))
     messages.success(
         request,
-        _("Image “%(name)s” is no longer shared with %(tenant)s.") % {"name": image.name, "tenant": tenant.name},
+        _("Image “%(name)s” is no longer offered to “%(tenant)s”.") % {"name": image.name, "tenant": share.reference},
     )
     return redirect("image_detail", pk=image.pk)
+
+
+@login_required
+@require_POST
+def image_share_accept(request, share_pk: int):
+    share = access_share_by_id(user=request.user, share_id=share_pk, action=CHANGE)
+    try:
+        share = services.accept_share(actor=request.user, share=share, ip=client_ip(request))
+    except ServiceError as exc:
+        messages.error(request, exc.message)
+        return redirect("images")
+    messages.success(
+        request,
+        _("Image “%(name)s” is now in the catalogue of %(tenant)s.")
+        % {"name": share.image.name, "tenant": share.tenant.name},
+    )
+    return redirect("image_detail", pk=share.image_id)
+
+
+@login_required
+@require_POST
+def image_share_reject(request, share_pk: int):
+    share = access_share_by_id(user=request.user, share_id=share_pk, action=CHANGE)
+    was_accepted = share.status == ImageShare.Status.ACCEPTED
+    try:
+        share = services.reject_share(actor=request.user, share=share, ip=client_ip(request))
+    except ServiceError as exc:
+        messages.error(request, exc.message)
+        return redirect("images")
+    if was_accepted:
+        message = _("Image “%(name)s” was removed from the catalogue of %(tenant)s.")
+    else:
+        message = _("Image “%(name)s” was declined: it stays out of the catalogue of %(tenant)s.")
+    messages.success(request, message % {"name": share.image.name, "tenant": share.tenant.name})
+    return redirect("images")
 
 
 @login_required

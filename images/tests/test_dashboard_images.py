@@ -14,9 +14,10 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client
 from django.urls import reverse
 
-from images.models import Image, ImageReplica
+from images.models import Image, ImageReplica, ImageShare
 from images.services import create_image, share_image
 from images.tests.conftest import upload
+from portal.factories import share_image_with
 from portal.models import AuditEvent, Membership
 from portal.testing import assert_access_matrix, assert_constant_queries
 from vms.models import Host, Operation
@@ -181,8 +182,8 @@ def test_share_and_unshare(actors, private_image, make_tenant):
     )
 
     def url():
-        share_image(actor=actors.cloud_admin, image=private_image, tenant=third)
-        return reverse("image_unshare", args=[private_image.pk, third.pk])
+        share = share_image(actor=actors.cloud_admin, image=private_image, reference=third.slug)
+        return reverse("image_share_withdraw", args=[private_image.pk, share.pk])
 
     assert_access_matrix(
         actors,
@@ -276,10 +277,23 @@ def test_import(actors):
 
 
 @pytest.mark.parametrize(
-    "name", ["image_edit", "image_share", "image_delete", "image_distribute", "image_unshare", "image_live"]
+    "name",
+    [
+        "image_edit",
+        "image_share",
+        "image_delete",
+        "image_distribute",
+        "image_share_withdraw",
+        "image_share_accept",
+        "image_share_reject",
+        "image_live",
+    ],
 )
 def test_actions_answer_only_their_method(actors, private_image, name):
-    args = [private_image.pk, actors.other_tenant.pk] if name == "image_unshare" else [private_image.pk]
+    share = share_image(actor=actors.member, image=private_image, reference=actors.other_tenant.slug)
+    args = {"image_share_withdraw": [private_image.pk, share.pk], "image_share_accept": [share.pk]}.get(
+        name, [share.pk] if name == "image_share_reject" else [private_image.pk]
+    )
     method, wrong = ("post", 405) if name == "image_live" else ("get", 405)
     assert_access_matrix(
         actors,
@@ -311,7 +325,7 @@ def test_list_shows_what_the_active_tenant_may_use(actors):
     make_image(actors.other_tenant, name="b-private")
     make_image(None, name="cloud-public", visibility=Image.Visibility.PUBLIC, disk_format="iso", stored_format="iso")
     shared = make_image(actors.other_tenant, name="b-shared-with-a", visibility=Image.Visibility.SHARED)
-    shared.shared_with.add(actors.tenant)
+    share_image_with(shared, actors.tenant)
 
     html = login(actors.member).get(reverse("images")).content.decode()
     assert names(html) == ["a-private", "b-shared-with-a", "cloud-public"]
@@ -413,7 +427,7 @@ def test_detail_shows_the_metadata(actors):
         visibility=Image.Visibility.SHARED,
         owner=actors.member,
     )
-    image.shared_with.add(actors.other_tenant)
+    share_image_with(image, actors.other_tenant)
     html = login(actors.member).get(reverse("image_detail", args=[image.pk])).content.decode()
     page = text(html)
     for fact in (
@@ -550,29 +564,37 @@ def test_sharing_panel(actors, private_image):
     assert outsider.get(reverse("image_detail", args=[private_image.pk])).status_code == 404
 
     response = client.post(reverse("image_share", args=[private_image.pk]), {"tenant": "tenant-b"}, follow=True)
-    assert "Image “team-disk” is now shared with Tenant B." in response.content.decode()
+    assert "Image “team-disk” offered to “tenant-b”: it is shared once an admin of that tenant accepts it." in (
+        response.content.decode()
+    )
     private_image.refresh_from_db()
-    assert private_image.visibility == "shared" and list(private_image.shared_with.all()) == [actors.other_tenant]
+    share = private_image.shares.get()
+    assert private_image.visibility == "shared" and share.status == "pending" and share.tenant == actors.other_tenant
     panel = response.content.decode()
     panel = panel[panel.index('id="lc-image-sharing"') :]
-    assert 'data-shared="tenant-b"' in panel
-    # Tenant B now sees and can use it, but not change or download it.
+    assert 'data-shared="tenant-b" data-share-status="pending"' in panel and "Tenant B" not in panel
+    # Pending: tenant B does not see it yet; accepted by its admin, it sees and can use it, not change or download it.
+    assert outsider.get(reverse("image_detail", args=[private_image.pk])).status_code == 404
+    outsider.post(reverse("image_share_accept", args=[share.pk]))
     html = outsider.get(reverse("image_detail", args=[private_image.pk])).content.decode()
     assert "Members of the tenant that owns it manage it." in html and 'id="lc-image-download"' not in html
     assert "team-disk" in names(outsider.get(reverse("images")).content.decode())
+    panel = client.get(reverse("image_detail", args=[private_image.pk])).content.decode()
+    assert 'data-share-status="accepted"' in panel and "Tenant B" in panel
 
-    # Unknown tenants and the owner itself are refused on the form.
-    response = client.post(reverse("image_share", args=[private_image.pk]), {"tenant": "nowhere"})
-    assert response.status_code == 200 and "There is no tenant “nowhere”." in response.content.decode()
+    # The owner itself is refused on the form; any other name is offered, known or not.
     response = client.post(reverse("image_share", args=[private_image.pk]), {"tenant": "tenant-a"})
     assert "The image already belongs to Tenant A." in response.content.decode()
+    response = client.post(reverse("image_share", args=[private_image.pk]), {"tenant": "a b"})
+    assert "Name the tenant by its id or its short name (slug)." in response.content.decode()
 
-    response = client.post(reverse("image_unshare", args=[private_image.pk, actors.other_tenant.pk]), follow=True)
-    assert "no longer shared with Tenant B" in response.content.decode()
+    response = client.post(reverse("image_share_withdraw", args=[private_image.pk, share.pk]), follow=True)
+    assert "Image “team-disk” is no longer offered to “tenant-b”." in response.content.decode()
     assert outsider.get(reverse("image_detail", args=[private_image.pk])).status_code == 404
-    assert list(AuditEvent.objects.filter(action__in=["image.share", "image.unshare"]).values_list("action", flat=True))
-    # Removing a tenant it is not shared with: 404.
-    assert client.post(reverse("image_unshare", args=[private_image.pk, actors.other_tenant.pk])).status_code == 404
+    actions = set(AuditEvent.objects.values_list("action", flat=True))
+    assert {"image.share", "image.share_accept", "image.unshare"} <= actions
+    # Withdrawing it again: it is gone, 404.
+    assert client.post(reverse("image_share_withdraw", args=[private_image.pk, share.pk])).status_code == 404
 
 
 def test_deleting_a_protected_image_shows_the_error_and_keeps_it(actors, private_image):
@@ -733,13 +755,15 @@ def test_list_page_queries(actors, role):
             make_image(actors.tenant)
             make_image(None, visibility=Image.Visibility.PUBLIC, status=Image.Status.CONVERTING)
             shared = make_image(actors.other_tenant, visibility=Image.Visibility.SHARED)
-            shared.shared_with.add(actors.tenant, actors.other_tenant)
+            share_image_with(shared, actors.tenant)
+            offered = make_image(actors.other_tenant, visibility=Image.Visibility.SHARED)
+            share_image_with(offered, actors.tenant, status=ImageShare.Status.PENDING)
 
     def request():
         response = client.get(reverse("images"))
         assert response.status_code == 200
 
-    assert_constant_queries(make_rows, request, budget=7)
+    assert_constant_queries(make_rows, request, budget=9)
 
 
 @pytest.mark.parametrize("role", ["member", "cloud_admin"])
@@ -751,7 +775,8 @@ def test_detail_page_queries(actors, role, private_image, make_tenant):
     def make_rows(n: int) -> None:
         for _ in range(n):
             i = next(_serial)
-            private_image.shared_with.add(make_tenant(f"Shared {i}"))
+            share_image_with(private_image, make_tenant(f"Shared {i}"))
+            share_image(actor=actors.member, image=private_image, reference=f"unknown-{i}")
             host = Host.objects.create(name=f"node{i}", uri=f"qemu+ssh://node{i}/system")
             ImageReplica.objects.create(image=private_image, host=host, pool="default", volume=f"v{i}")
             create_operation(kind="image.distribute", target=private_image, tenant=actors.tenant)
@@ -789,5 +814,5 @@ def test_pages_in_chinese(actors, private_image, settings):
     script = re.search(r'<script id="lc-upload-text" type="application/json">(.*?)</script>', html).group(1)
     uploader = json.loads(script)  # the uploader's messages come translated
     assert uploader["uploading"] == "正在上传…" and uploader["units"][0] == "字节"
-    response = client.post(reverse("image_share", args=[private_image.pk]), {"tenant": "nowhere"})
-    assert "不存在租户“nowhere”。" in response.content.decode()
+    response = client.post(reverse("image_share", args=[private_image.pk]), {"tenant": "a b"})
+    assert "请用 ID 或短名称（slug）指明租户。" in response.content.decode()
