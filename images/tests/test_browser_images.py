@@ -258,3 +258,48 @@ def test_cancel_deletes_the_half_uploaded_image(live_server, lab, media, image_s
     assert not list(image_store.glob("incoming/*.part"))
     errors = without_live_socket_errors(errors)
     assert all("ERR_" in e or "Failed to load resource" in e for e in errors), errors
+
+
+def test_a_tenant_admin_accepts_a_shared_image_in_the_dashboard(live_server, lab, make_user, make_tenant, browser_page):
+    """Chemistry offers an image to Physics: pending, it is not in Physics' catalogue; alice (Physics' admin)
+    accepts it on the images page and can use it from then on."""
+    page, errors = browser_page
+    from playwright.sync_api import expect
+
+    from images.models import ImageShare
+    from images.services import share_image
+
+    _alice, physics = lab
+    chemistry = make_tenant("Chemistry Lab")
+    bob = make_user("bob", password=PASSWORD)
+    Membership.objects.create(user=bob, tenant=chemistry, role=Membership.Role.MEMBER)
+    image = Image.objects.create(
+        name="Chemistry workstation",
+        tenant=chemistry,
+        disk_format="qcow2",
+        stored_format="qcow2",
+        status=Image.Status.ACTIVE,
+        size=64 * 1024 * 1024,
+    )
+    share = share_image(actor=bob, image=image, reference=physics.slug)
+    base = live_server.url
+    sign_in(page, base, "alice", PASSWORD)
+
+    page.goto(base + reverse("images"))
+    offer = page.locator(f'#lc-incoming-shares [data-share="{share.pk}"]')
+    expect(offer).to_contain_text("Chemistry workstation")
+    expect(offer).to_contain_text("from Chemistry Lab")
+    expect(page.locator(f'#lc-images tr[data-image="{image.pk}"]')).to_have_count(0)
+    page.screenshot(path=str(SHOTS / "labcloud-image-share-pending.png"), full_page=True)
+
+    offer.get_by_role("button", name="Accept").click()
+    page.wait_for_url(base + reverse("image_detail", args=[image.pk]))
+    expect(page.locator(".lc-messages")).to_contain_text("is now in the catalogue of Physics Lab")
+    expect(page.locator("#lc-share-remove")).to_be_visible()
+    assert ImageShare.objects.get(pk=share.pk).status == ImageShare.Status.ACCEPTED
+
+    page.goto(base + reverse("images"))
+    expect(page.locator(f'#lc-images tr[data-image="{image.pk}"]')).to_have_count(1)
+    expect(page.locator("#lc-incoming-shares")).to_have_count(0)
+    errors = without_live_socket_errors(errors)
+    assert not errors, errors
