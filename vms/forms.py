@@ -111,7 +111,7 @@ class ResourcesForm(BootstrapForm):
         self.fields["vcpus"].widget.attrs["max"] = instance.flavor.vcpus
         self.fields["ram_mib"].widget.attrs["max"] = instance.flavor.ram_mib
         self.fields["vcpus"].help_text = _("At most %(max)d (the flavor).") % {"max": instance.flavor.vcpus}
-        self.fields["ram_mib"].help_text = _("%(min)d to %(max)d MiB.") % {
+        self.fields["ram_mib"].help_text = _("%(min)d to %(max)d MiB; changed while shut off.") % {
             "min": limits.RAM_MIN_MIB,
             "max": instance.flavor.ram_mib,
         }

@@ -43,7 +43,9 @@ def adopt_domain(
     """Turn an unmanaged domain into an instance of ``tenant`` (cloud admins only), reserving its quota.
 
     All or nothing: quota reserved, the instance row created and the unmanaged row removed in one
-    transaction. The instance's sizes come from ``flavor`` (they are what its quota counts).
+    transaction. The instance's sizes (what its quota and its host count) are the flavor's, or the
+    domain's own where it has more (its ``<memory>`` and vCPUs, as the watcher last saw them): a
+    domain's memory cannot be made smaller by choosing a small flavor.
     """
     require_cloud_admin(actor, _("Only cloud admins may adopt domains."))
     name = (name if name is not None else unmanaged.name).strip()
@@ -62,9 +64,10 @@ def adopt_domain(
                 raise ConflictError(_("This domain was adopted or has vanished meanwhile."))
             if Instance.objects.filter(uuid=row.uuid).exists():
                 raise ConflictError(_("An instance already owns this domain."))
+            vcpus, ram_mib = max(flavor.vcpus, row.vcpus), max(flavor.ram_mib, row.memory_mib)
             reserve_quota(
                 tenant=tenant,
-                request={"instances": 1, "vcpus": flavor.vcpus, "ram_mib": flavor.ram_mib, "disk_gib": flavor.disk_gib},
+                request={"instances": 1, "vcpus": vcpus, "ram_mib": ram_mib, "disk_gib": flavor.disk_gib},
             )
             if Instance.objects.filter(tenant=tenant, name=name).exists():
                 raise ConflictError(
@@ -78,8 +81,8 @@ def adopt_domain(
                 owner=actor,
                 name=name,
                 flavor=flavor,
-                vcpus=flavor.vcpus,
-                ram_mib=flavor.ram_mib,
+                vcpus=vcpus,
+                ram_mib=ram_mib,
                 disk_gib=flavor.disk_gib,
                 host=row.host,
                 domain_name=row.name,

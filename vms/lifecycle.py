@@ -264,10 +264,12 @@ def resize_instance(*, actor, instance: Instance, flavor: Flavor, ip: str | None
 def set_resources(
     *, actor, instance: Instance, vcpus: int | None = None, ram_mib: int | None = None, ip: str | None = None
 ) -> Operation:
-    """Change vCPUs and/or RAM up to the flavor's size; live (hot-add, balloon) when running.
+    """Change vCPUs and/or RAM up to the flavor's size; vCPUs are hot-added when running.
 
     Quota counts what the instance has now, so growing reserves the difference. A running
-    instance can gain vCPUs but not lose them (hot-unplug is unreliable in guests).
+    instance can gain vCPUs but not lose them (hot-unplug is unreliable in guests). RAM changes only
+    while shut off: the domain's ``<memory>`` itself is set, which is what quota and placement count.
+    A balloon cannot be enforced (a guest may ignore it and keep all of ``<memory>``).
     """
     with transaction.atomic():
         instance = _lock(instance)
@@ -289,6 +291,8 @@ def set_resources(
             )
         if instance.state == Instance.State.RUNNING and new_vcpus < instance.vcpus:
             raise ConflictError(_("vCPUs can only be removed while the instance is shut off."), field="vcpus")
+        if instance.state == Instance.State.RUNNING and new_ram != instance.ram_mib:
+            raise ConflictError(_("RAM can only be changed while the instance is shut off."), field="ram_mib")
         if new_vcpus == instance.vcpus and new_ram == instance.ram_mib:
             raise ServiceError(_("Nothing to change."))
         delta = {"vcpus": max(0, new_vcpus - instance.vcpus), "ram_mib": max(0, new_ram - instance.ram_mib)}

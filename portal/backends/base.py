@@ -192,7 +192,8 @@ class InstanceState:
     state: str  # one of POWER_STATES
     reason: str = ""
     vcpus: int = 0
-    memory_mib: int = 0
+    memory_mib: int = 0  # what the guest has now (the balloon's target or actual)
+    max_memory_mib: int = 0  # ``<memory>``: what the guest can use, whatever the balloon says
     vnc_host: str | None = None
     vnc_port: int | None = None
 

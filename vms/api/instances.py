@@ -174,7 +174,7 @@ class ResourcesSerializer(serializers.Serializer):
         min_value=limits.RAM_MIN_MIB,
         max_value=MAX_INT32,
         required=False,
-        help_text=_("New RAM in MiB, up to the flavor's."),
+        help_text=_("New RAM in MiB, up to the flavor's; only while the instance is shut off."),
     )
 
     def validate(self, attrs):

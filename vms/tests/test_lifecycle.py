@@ -159,6 +159,17 @@ def test_capture_keeps_the_instance_busy_until_the_disk_was_read(actors, instanc
     assert not Image.objects.exists()
 
 
+def test_ram_changes_only_while_shut_off(actors, instance):
+    """A balloon cannot be enforced: RAM is the domain's <memory>, set while shut off."""
+    Instance.objects.filter(pk=instance.pk).update(state=Instance.State.RUNNING)
+    instance.refresh_from_db()
+    with pytest.raises(lifecycle.ConflictError, match="shut off"):
+        lifecycle.set_resources(actor=actors.member, instance=instance, ram_mib=512)
+    instance.refresh_from_db()
+    assert (instance.ram_mib, instance.task) == (1024, "")
+    assert not Operation.objects.filter(kind="instance.set_resources").exists()
+
+
 def test_growth_must_fit_the_host(actors, instance, host):
     huge = Flavor.objects.create(name="lr.huge", vcpus=8, ram_mib=1024, disk_gib=5)
     with pytest.raises(NoValidHost, match="not enough vCPUs"):

@@ -534,6 +534,12 @@ def snapshot_xml(name: str, description: str = "") -> str:
     return ET.tostring(snap, encoding="unicode")
 
 
+def parse_snapshot_domain(xml: str) -> DomainFacts | None:
+    """The domain a snapshot brings back on revert (the ``<domain>`` inside its XML); None when it has none."""
+    domain = _parse(xml).find("domain")
+    return parse_domain_xml(ET.tostring(domain, encoding="unicode")) if domain is not None else None
+
+
 def parse_snapshot_xml(xml: str, *, current: bool = False) -> SnapshotInfo:
     snap = _parse(xml)
     created = snap.findtext("creationTime")

@@ -61,6 +61,7 @@ from portal.backends.libvirt.domain import (
     graphics_with_password,
     nics_to_filter,
     parse_domain_xml,
+    parse_snapshot_domain,
     parse_snapshot_xml,
     resolve_disk,
     snapshot_xml,
@@ -226,7 +227,7 @@ class LibvirtDriver:
 
     def _state_of(self, dom: libvirt.virDomain) -> InstanceState:
         state, reason = dom.state()
-        _state, _max_kib, mem_kib, vcpus, _cpu_time = dom.info()
+        _state, max_kib, mem_kib, vcpus, _cpu_time = dom.info()
         facts = parse_domain_xml(dom.XMLDesc(0))
         return InstanceState(
             uuid=dom.UUIDString(),
@@ -235,6 +236,7 @@ class LibvirtDriver:
             reason=_REASONS.get(state, {}).get(reason, ""),
             vcpus=vcpus,
             memory_mib=mem_kib // 1024,
+            max_memory_mib=max_kib // 1024,
             vnc_host=self._vnc_host(facts.spec.vnc_listen) if facts.vnc_port else None,
             vnc_port=facts.vnc_port,
         )
@@ -713,6 +715,13 @@ class LibvirtDriver:
                 parse_snapshot_xml(s.getXMLDesc(0), current=s.getName() == current) for s in dom.listAllSnapshots(0)
             ]
         return sorted(infos, key=lambda s: (s.created, s.name))
+
+    def snapshot_spec(self, uuid: str, name: str) -> InstanceSpec | None:
+        """The domain a revert to snapshot ``name`` brings back (its sizes, devices); None if libvirt kept none."""
+        dom = self._dom(uuid)
+        with self._errors(f"snapshot {name!r} of instance {uuid}"):
+            facts = parse_snapshot_domain(dom.snapshotLookupByName(name, 0).getXMLDesc(0))
+        return facts.spec if facts is not None else None
 
     def snapshot_revert(self, uuid: str, name: str) -> InstanceState:
         """Go back to a snapshot; the instance ends up in the state the snapshot captured.

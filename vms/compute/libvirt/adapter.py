@@ -251,11 +251,12 @@ class LibvirtAdapter(AdapterBase):
         _record(instance, driver.state(str(instance.uuid)))
 
     def set_resources(self, operation: Operation, instance: Instance) -> None:
+        """Running: vCPUs hot-added (RAM changes are refused while running, see ``lifecycle.set_resources``).
+        Shut off: the domain is redefined, ``<memory>`` itself becomes the new RAM."""
         driver = driver_for(instance.host)
         uuid = str(instance.uuid)
         if instance.state == Instance.State.RUNNING:
-            driver.set_vcpus(uuid, instance.vcpus)
-            domain = driver.set_memory(uuid, instance.ram_mib)
+            domain = driver.set_vcpus(uuid, instance.vcpus)
         else:
             self._redefine(driver, instance)
             domain = driver.state(uuid)
@@ -315,7 +316,25 @@ class LibvirtAdapter(AdapterBase):
             driver.snapshot_create(uuid, snapshot.name, snapshot.description)
 
     def revert_snapshot(self, operation: Operation, instance: Instance, snapshot: Snapshot) -> None:
-        _record(instance, driver_for(instance.host).snapshot_revert(str(instance.uuid), snapshot.name))
+        driver = driver_for(instance.host)
+        uuid = str(instance.uuid)
+        # The request compared the snapshot's row with the instance; the host's own record decides.
+        then = driver.snapshot_spec(uuid, snapshot.name)
+        if then is not None and (then.effective_max_memory_mib > instance.ram_mib or then.vcpus > instance.vcpus):
+            raise ConflictError(
+                _(
+                    "Snapshot “%(name)s” would bring back %(ram)d MiB of RAM and %(vcpus)d vCPUs, more than the "
+                    "instance counts (%(counted_ram)d MiB, %(counted_vcpus)d vCPUs); resize it first."
+                )
+                % {
+                    "name": snapshot.name,
+                    "ram": then.effective_max_memory_mib,
+                    "vcpus": then.vcpus,
+                    "counted_ram": instance.ram_mib,
+                    "counted_vcpus": instance.vcpus,
+                }
+            )
+        _record(instance, driver.snapshot_revert(uuid, snapshot.name))
 
     def delete_snapshot(self, operation: Operation, instance: Instance, snapshot: Snapshot) -> None:
         driver_for(instance.host).snapshot_delete(str(instance.uuid), snapshot.name)

@@ -64,7 +64,14 @@ def observed(domain: InstanceState) -> Observed:
 
 
 def build_spec(instance: Instance, *, network: str | None, nic_filter: NicFilter | None = None) -> InstanceSpec:
-    """The domain the instance should be, from its row (root disk, seed or installer ISO, extra disks)."""
+    """The domain the instance should be, from its row (root disk, seed or installer ISO, extra disks).
+
+    Memory: ``<memory>`` and ``<currentMemory>`` are both the row's ``ram_mib``, which is what the quota
+    and the scheduler count. A higher ``<memory>`` with a lower balloon target would let a guest that
+    ignores the balloon use more than is counted. vCPUs: ``current`` is the row's ``vcpus``; the
+    flavor's count is the maximum, as hot-plug slots the guest cannot fill by itself (QEMU starts only
+    ``current`` vCPUs; more appear only when the portal hot-adds them, counted).
+    """
     host = instance.host
     pool = host.storage_pool
     disks: list[DiskSpec] = []
@@ -95,7 +102,7 @@ def build_spec(instance: Instance, *, network: str | None, nic_filter: NicFilter
         vcpus=instance.vcpus,
         max_vcpus=max(instance.flavor.vcpus, instance.vcpus),
         memory_mib=instance.ram_mib,
-        max_memory_mib=max(instance.flavor.ram_mib, instance.ram_mib),
+        max_memory_mib=instance.ram_mib,
         virt_type=host.virt_type,
         cpu_mode=host.cpu_mode,
         cpu_model=host.cpu_model or None,

@@ -31,7 +31,9 @@ def _sync_unmanaged(host: Host, by_uuid: dict[str, InstanceState]) -> tuple[int,
     now = timezone.now()
     new, changed = [], []
     for uuid, domain in unowned.items():
-        values = {"name": domain.name, "state": domain.state, "vcpus": domain.vcpus, "memory_mib": domain.memory_mib}
+        # The memory it can use (``<memory>``), not what a balloon asks for: adoption counts it.
+        memory = domain.max_memory_mib or domain.memory_mib
+        values = {"name": domain.name, "state": domain.state, "vcpus": domain.vcpus, "memory_mib": memory}
         row = existing.get(uuid)
         if row is None:
             new.append(UnmanagedDomain(host=host, uuid=uuid, **values))

@@ -447,6 +447,9 @@ def test_resources_validation(actors, make_instance):
     assert_problem(client.post(f"{detail(instance)}resources/", {}, format="json"), 400)
     body = assert_problem(client.post(f"{detail(instance)}resources/", {"vcpus": 64}, format="json"), 400)
     assert "vcpus" in body["errors"]
+    body = assert_problem(client.post(f"{detail(instance)}resources/", {"ram_mib": 1024}, format="json"), 409)
+    assert "shut off" in body["detail"]
+    Instance.objects.filter(pk=instance.pk).update(state=Instance.State.SHUTOFF)
     response = client.post(f"{detail(instance)}resources/", {"ram_mib": 1024}, format="json")
     assert response.status_code == 202
     instance.refresh_from_db()

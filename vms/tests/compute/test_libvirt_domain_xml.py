@@ -20,6 +20,7 @@ from portal.backends.libvirt.domain import (
     finish_install_xml,
     graphics_with_password,
     parse_domain_xml,
+    parse_snapshot_domain,
     parse_snapshot_xml,
     resolve,
     snapshot_xml,
@@ -418,6 +419,15 @@ def test_snapshot_xml_round_trip():
     )
     info = parse_snapshot_xml(libvirt_style, current=True)
     assert (info.state, info.created, info.parent, info.current) == ("running", 1700000000, "p", True)
+
+
+def test_the_domain_a_snapshot_brings_back():
+    """A revert restores the domain inside the snapshot: its <memory> and vCPUs are read from there."""
+    spec = InstanceSpec(uuid=str(uuid.uuid4()), name="vm", vcpus=1, max_vcpus=2, memory_mib=128, max_memory_mib=256)
+    snapshot = f"<domainsnapshot><name>s</name><state>shutoff</state>{build_domain_xml(spec)}</domainsnapshot>"
+    then = parse_snapshot_domain(snapshot).spec
+    assert (then.effective_max_memory_mib, then.memory_mib, then.vcpus) == (256, 128, 1)
+    assert parse_snapshot_domain("<domainsnapshot><name>s</name></domainsnapshot>") is None
 
 
 # ------------------------------------------------------------------ NoCloud seed

@@ -230,10 +230,11 @@ def test_adopt_domain(actors, flavor, unmanaged):
     instance = hosts.adopt_domain(actor=actors.cloud_admin, unmanaged=unmanaged, tenant=actors.tenant, flavor=flavor)
     assert instance.uuid == unmanaged.uuid and instance.host_id == unmanaged.host_id
     assert instance.name == unmanaged.name and instance.domain_name == unmanaged.name
-    assert instance.state == Instance.State.RUNNING and (instance.vcpus, instance.ram_mib) == (1, 128)
+    # The domain has 512 MiB, more than the flavor's 128: its quota counts what the guest can use.
+    assert instance.state == Instance.State.RUNNING and (instance.vcpus, instance.ram_mib) == (1, 512)
     assert not UnmanagedDomain.objects.filter(pk=unmanaged.pk).exists()
     usage = tenant_usage(tenant_ids=[actors.tenant.pk])[actors.tenant.pk]
-    assert (usage["instances"], usage["vcpus"], usage["ram_mib"], usage["disk_gib"]) == (1, 1, 128, 1)
+    assert (usage["instances"], usage["vcpus"], usage["ram_mib"], usage["disk_gib"]) == (1, 1, 512, 1)
     event = AuditEvent.objects.get(action="instance.adopt")
     assert event.tenant == actors.tenant and event.detail["domain"] == unmanaged.name
     # The next reconcile treats it as an instance, not as unmanaged.

@@ -1,0 +1,211 @@
+"""Quota and placement count what a guest can really use (issue #17, item 3).
+
+Written as the attacker acts, on the real ``qemu:///system`` (guests under TCG), with the Celery tasks
+run in-process when the request's transaction commits:
+
+- ONE tiny guest is launched. Its member is root in it: they unload the balloon driver and ask for
+  less RAM while it runs; then, shut off, they lower and raise the RAM, revert to a snapshot and
+  resize. After every step the tenant's quota usage and the scheduler's host load are compared with
+  the domain XML libvirt holds (``<memory>``: what the guest can use; ``<vcpu current>``).
+- A domain made outside the portal, with more memory than the flavor it is adopted with (defined,
+  never booted).
+
+Every domain and volume is named ``lctest-…`` and removed after the test.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import threading
+import time
+import uuid as uuidlib
+
+import pytest
+
+from portal.backends.base import InstanceSpec
+from portal.backends.libvirt.connection import connect
+from portal.backends.libvirt.serial import SerialConsole
+from portal.selectors import tenant_usage
+from portal.services import ConflictError, ServiceError
+from vms import hosts, lifecycle
+from vms.compute import compute_for
+from vms.models import Flavor, Host, Instance, Operation, Snapshot, UnmanagedDomain
+from vms.scheduler import host_loads
+from vms.tests.compute.test_libvirt_guests import BOOTED, wait_for_marker
+from vms.tests.conftest import QEMU_URI, active_image, leftovers
+
+pytestmark = pytest.mark.django_db
+MIB = 1024**2
+GIB = 1024**3
+
+
+def ok(operation: Operation) -> Operation:
+    assert operation.state == Operation.State.SUCCEEDED, f"{operation.kind}: {operation.error}"
+    return operation
+
+
+def attempt(run_tasks, call):
+    """The member's request: the finished operation, or the refusal the service raised."""
+    try:
+        return run_tasks(call)
+    except ServiceError as exc:
+        return exc
+
+
+class GuestShell:
+    """The root shell the tiny guest runs on its serial console, driven as its member would."""
+
+    def __init__(self, uri: str, uuid: str) -> None:
+        self.output = ""
+        self.changed = threading.Condition()
+        self.console = SerialConsole(uri, uuid, on_data=self._data, on_end=lambda reason: None)
+        self.console.open()
+
+    def _data(self, data: bytes) -> None:
+        with self.changed:
+            self.output += data.decode(errors="replace")
+            self.changed.notify_all()
+
+    def _wait(self, pattern: re.Pattern, timeout: float) -> re.Match | None:
+        deadline = time.monotonic() + timeout
+        with self.changed:
+            while (found := pattern.search(self.output)) is None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                self.changed.wait(remaining)
+            return found
+
+    def run(self, command: str, *, timeout: float = 180) -> None:
+        """Run ``command``; fails unless it exits with 0. The shell prints the status as 100+$? after a
+        random tag, so the echo of the typed line itself (``$((100+$?))``) never matches."""
+        tag = f"LCT{secrets.token_hex(4)}"
+        pattern = re.compile(rf"{tag}=(\d+)\r?\n")  # the whole number: output comes in chunks
+        line = f"{command}; echo {tag}=$((100+$?))\n".encode()
+        # The shell may still be starting (getty flushes what was typed before it): type again until it answers.
+        for _attempt in range(6):
+            self.console.write(line)
+            found = self._wait(pattern, timeout if _attempt else 10)
+            if found is not None:
+                assert found.group(1) == "100", f"{command!r} failed: …{self.output[-400:]!r}"
+                return
+        pytest.fail(f"no answer to {command!r}; console ends: {self.output[-400:]!r}")
+
+    def close(self) -> None:
+        self.console.close()
+
+
+def usable(driver, uuid: str) -> tuple[int, int]:
+    """(MiB, vCPUs) the guest can use: ``<memory>`` and ``<vcpu current>`` of its config (the next boot)
+    and, when it runs, of the live domain; the larger of the two."""
+    config = driver.describe(uuid).spec
+    memory, vcpus = config.effective_max_memory_mib, config.vcpus
+    live = driver.describe(uuid, inactive=False)
+    if live.active:
+        memory, vcpus = max(memory, live.spec.effective_max_memory_mib), max(vcpus, live.spec.vcpus)
+    return memory, vcpus
+
+
+def assert_counted(*, tenant, host: Host, driver, step: str) -> tuple[int, int]:
+    """Quota usage and host load of RAM and vCPUs are exactly what the tenant's domains on ``host`` can use."""
+    memory = vcpus = 0
+    for instance in Instance.objects.filter(tenant=tenant, host=host):
+        m, v = usable(driver, str(instance.uuid))
+        memory, vcpus = memory + m, vcpus + v
+    usage = tenant_usage(tenant_ids=[tenant.pk])[tenant.pk]
+    load = host_loads([host])[host.pk]
+    assert (usage["ram_mib"], load.ram_mib) == (memory, memory), f"{step}: RAM counted vs <memory> of the domains"
+    assert (usage["vcpus"], load.vcpus) == (vcpus, vcpus), f"{step}: vCPUs counted vs <vcpu current>"
+    return memory, vcpus
+
+
+def guest_holds_mib(uuid: str) -> int:
+    """Memory the running guest really holds now (the balloon's ``actual``, as QEMU reports it)."""
+    return connect(QEMU_URI).lookupByUUIDString(uuid).memoryStats()["actual"] // 1024
+
+
+@pytest.mark.libvirt_guests
+def test_a_member_cannot_use_more_ram_than_counted(portal_host, guest_media, make_tenant, make_user, run_tasks):
+    tenant = make_tenant("honest")
+    user = make_user("member-honest")
+    tenant.memberships.create(user=user, role="member")
+    image = active_image(tenant=tenant, source=guest_media["tiny.qcow2"], name="tiny", virtual_size=20 * MIB)
+    flavor = Flavor.objects.create(name="lctest.honest", vcpus=2, ram_mib=192, disk_gib=1)
+    bigger = Flavor.objects.create(name="lctest.honest-big", vcpus=2, ram_mib=256, disk_gib=2)
+    driver = portal_host.lctest.driver
+
+    def counted(step: str) -> tuple[int, int]:
+        return assert_counted(tenant=tenant, host=portal_host, driver=driver, step=step)
+
+    t0 = time.monotonic()
+    launch = run_tasks(
+        lambda: lifecycle.launch_instances(actor=user, tenant=tenant, name="vm", flavor=flavor, image=image)
+    )
+    ok(Operation.objects.get(pk=launch.operations[0].pk))
+    instance = Instance.objects.get(pk=launch.instances[0].pk)
+    uuid = str(instance.uuid)
+    wait_for_marker(portal_host.lctest.work / f"{instance.domain_name}.serial.log", BOOTED)
+    print(f"\nlaunch → booted: {time.monotonic() - t0:.1f} s")
+    assert counted("launch") == (192, 2)
+
+    shell = GuestShell(QEMU_URI, uuid)
+    try:
+        # ---- item 3: the balloon. The guest's root unloads the balloon driver, then asks for less RAM.
+        shell.run("rmmod virtio_balloon")
+        outcome = attempt(run_tasks, lambda: lifecycle.set_resources(actor=user, instance=instance, ram_mib=128))
+        instance.refresh_from_db()
+        counted("RAM lowered while running")
+        assert guest_holds_mib(uuid) <= instance.ram_mib, "the guest holds more memory than its quota counts"
+        assert isinstance(outcome, ConflictError), outcome
+        assert "shut off" in outcome.message and instance.task == ""
+
+    finally:
+        shell.close()
+
+    # ---- item 3 offline: shut off, RAM lowered and raised for real, a revert, a resize.
+    ok(run_tasks(lambda: lifecycle.request_action(actor=user, instance=instance, action="stop")))
+    counted("shut off")
+    ok(run_tasks(lambda: lifecycle.set_resources(actor=user, instance=instance, ram_mib=128)))
+    assert counted("RAM lowered while shut off") == (128, 2)
+    ok(run_tasks(lambda: lifecycle.create_snapshot(actor=user, instance=instance, name="small")))
+    small = Snapshot.objects.get(instance=instance, name="small")
+    ok(run_tasks(lambda: lifecycle.set_resources(actor=user, instance=instance, ram_mib=160)))
+    assert counted("RAM raised while shut off") == (160, 2)
+    with pytest.raises(ConflictError, match="resized"):
+        lifecycle.revert_snapshot(actor=user, snapshot=small)
+    ok(run_tasks(lambda: lifecycle.set_resources(actor=user, instance=instance, ram_mib=128)))
+    ok(run_tasks(lambda: lifecycle.revert_snapshot(actor=user, snapshot=small)))
+    assert counted("reverted to a snapshot") == (128, 2)
+    ok(run_tasks(lambda: lifecycle.resize_instance(actor=user, instance=instance, flavor=bigger)))
+    assert counted("resized") == (256, 2)
+
+    ok(run_tasks(lambda: lifecycle.delete_instance(actor=user, instance=instance)))
+    usage = tenant_usage(tenant_ids=[tenant.pk])[tenant.pk]
+    assert (usage["ram_mib"], usage["vcpus"]) == (0, 0)
+    assert [name for name in leftovers(connect(QEMU_URI), portal_host.lctest.prefix) if "image" not in name] == []
+
+
+def test_an_adopted_domain_counts_the_memory_it_can_use(portal_host, make_tenant, make_user):
+    """A domain made outside the portal with 256 MiB (ballooned to 128) adopted with a 128 MiB flavor."""
+    admin = make_user("admin-adopt", staff=True)
+    tenant = make_tenant("adopting")
+    flavor = Flavor.objects.create(name="lctest.adopt", vcpus=1, ram_mib=128, disk_gib=1)
+    driver = portal_host.lctest.driver
+    uuid = portal_host.lctest.track(str(uuidlib.uuid4()))
+    driver.define(
+        InstanceSpec(
+            uuid=uuid,
+            name=portal_host.lctest.name("outside"),
+            virt_type="qemu",
+            vcpus=1,
+            max_vcpus=2,
+            memory_mib=128,
+            max_memory_mib=256,
+        )
+    )
+    compute_for(portal_host).reconcile(portal_host)
+    unmanaged = UnmanagedDomain.objects.get(host=portal_host, uuid=uuid)
+    instance = hosts.adopt_domain(actor=admin, unmanaged=unmanaged, tenant=tenant, flavor=flavor)
+    assert instance.adopted
+    assert assert_counted(tenant=tenant, host=portal_host, driver=driver, step="adopted") == (256, 1)
