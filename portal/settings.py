@@ -245,6 +245,9 @@ LABCLOUD_SERIAL_LOG_DIR = os.environ.get("LABCLOUD_SERIAL_LOG_DIR", "/var/log/li
 LABCLOUD_SHUTDOWN_TIMEOUT = int(os.environ.get("INSTANCE_SHUTDOWN_TIMEOUT", "60"))
 LABCLOUD_MAX_BATCH = int(os.environ.get("INSTANCE_MAX_BATCH", "50"))
 LABCLOUD_USER_DATA_MAX_BYTES = int(os.environ.get("INSTANCE_USER_DATA_MAX_BYTES", str(64 * 1024)))
+# A libvirt host whose storage pool has less than this share (percent of its capacity) free takes
+# no new instances, extra disks, disk growth or snapshots, whatever the nominal sizes say.
+LABCLOUD_POOL_MIN_FREE_PERCENT = float(os.environ.get("POOL_MIN_FREE_PERCENT", "10"))
 # A running operation without a heartbeat for this long is re-queued (its worker died).
 LABCLOUD_OPERATION_STALE_SECONDS = int(os.environ.get("OPERATION_STALE_SECONDS", "120"))
 # Celery time limits, seconds. At a task's soft limit it gets SoftTimeLimitExceeded and fails its operation

@@ -27,7 +27,7 @@ from portal.services import ConflictError, ServiceError, record_audit, reserve_q
 from vms import actions, limits, operations, realtime
 from vms.compute import Capability, compute_for, host_can
 from vms.models import Flavor, Instance, InstanceDisk, Keypair, Network, Operation, Snapshot
-from vms.scheduler import check_growth, place, placement_target
+from vms.scheduler import check_growth, check_storage, place, placement_target
 from vms.services import reserve_instances
 from vms.tasks import run_instance_operation
 
@@ -362,6 +362,7 @@ def create_snapshot(*, actor, instance: Instance, name: str, description: str = 
                 field="name",
             )
         reserve_quota(tenant=instance.tenant, request={"snapshots": 1})
+        check_storage(host=instance.host)
         snapshot = Snapshot.objects.create(
             tenant=instance.tenant,
             instance=instance,

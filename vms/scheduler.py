@@ -2,7 +2,11 @@
 
 Filters (a host must pass all): enabled and up, with known capacity; enough vCPUs within
 ``cpus × cpu_allocation_ratio``; enough RAM within ``(memory − reserved) × ram_allocation_ratio``;
-enough pool space within ``pool capacity × disk_allocation_ratio`` (and some free space left).
+enough pool space within ``pool capacity × disk_allocation_ratio``; and a pool that is not nearly
+full in fact: new disks (and snapshots, ``check_storage``) need at least
+``LABCLOUD_POOL_MIN_FREE_PERCENT`` of the pool free, as libvirt last reported it (the capacity
+refresh), whatever the nominal sizes say (thin disks fill up, snapshots keep old blocks, other
+files share the pool's file system).
 Weigher: the most RAM left unallocated wins; ties go to the host with the lower name, so
 placement is deterministic. A batch is placed one instance at a time, each taking its share
 from the host it lands on.
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from django.conf import settings
 from django.db import models
 from django.db.models import Count, Sum
 from django.utils.translation import gettext as _
@@ -30,6 +35,13 @@ GIB = 1024**3
 
 class NoValidHost(ConflictError):
     """No host can take the instance(s) now (409): the request is fine, the cloud is full."""
+
+
+def pool_nearly_full(host: Host) -> bool:
+    """Less than ``LABCLOUD_POOL_MIN_FREE_PERCENT`` of the host's storage pool is free (libvirt's last report)."""
+    if not host.pool_capacity or host.pool_available is None:
+        return False
+    return host.pool_available < host.pool_capacity * settings.LABCLOUD_POOL_MIN_FREE_PERCENT / 100
 
 
 @dataclass
@@ -56,8 +68,12 @@ class HostLoad:
     def free_ram(self) -> float:
         return self.ram_limit - self.ram_mib
 
-    def refusal(self, *, vcpus: int, ram_mib: int, disk_gib: int) -> str | None:
-        """Why this host cannot take the instance, or None when it can."""
+    def refusal(self, *, vcpus: int, ram_mib: int, disk_gib: int, new_disk: bool | None = None) -> str | None:
+        """Why this host cannot take the instance, or None when it can.
+
+        ``new_disk`` (a new instance, more disk): the pool must not be nearly full; by default
+        when ``disk_gib`` is more than 0.
+        """
         host = self.host
         if not host.enabled:
             return _("disabled")
@@ -74,6 +90,8 @@ class HostLoad:
             return _("not enough RAM")
         if self.disk_gib + disk_gib > self.disk_limit or not host.pool_available:
             return _("not enough disk space")
+        if (disk_gib > 0 if new_disk is None else new_disk) and pool_nearly_full(host):
+            return _("storage pool nearly full")
         return None
 
     def take(self, *, vcpus: int, ram_mib: int, disk_gib: int) -> None:
@@ -127,6 +145,19 @@ def check_growth(*, host: Host, vcpus: int = 0, ram_mib: int = 0, disk_gib: int 
         )
 
 
+def check_storage(*, host: Host) -> None:
+    """Refuse (NoValidHost) what adds to the pool of a host that is nearly full (a snapshot).
+
+    Snapshots keep old blocks in the pool (and a running instance's memory): on a nearly full pool
+    they would fill it, and QEMU pauses every guest whose disk cannot grow.
+    """
+    if host_can(host, Capability.CAPACITY) and pool_nearly_full(host):
+        raise NoValidHost(
+            _("Host %(host)s cannot take that much more (%(reason)s).")
+            % {"host": host.name, "reason": _("storage pool nearly full")}
+        )
+
+
 def placement_target(*, tenant: Tenant, flavor: Flavor) -> Host | None:
     """The host or cloud an admin placement rule sends this tenant's instances of this flavor to, if any.
 
@@ -162,7 +193,7 @@ def place(*, count: int, vcpus: int, ram_mib: int, disk_gib: int, hosts: list[Ho
         refusals: dict[str, str] = {}
         candidates = []
         for load in loads.values():
-            reason = load.refusal(vcpus=vcpus, ram_mib=ram_mib, disk_gib=disk_gib)
+            reason = load.refusal(vcpus=vcpus, ram_mib=ram_mib, disk_gib=disk_gib, new_disk=True)
             if reason is None:
                 candidates.append(load)
             else:

@@ -1,4 +1,4 @@
-"""Quota and placement count what a guest can really use (issue #17, item 3).
+"""Quota and placement count what a guest can really use and what a pool really holds (issue #17, 3 and 5).
 
 Written as the attacker acts, on the real ``qemu:///system`` (guests under TCG), with the Celery tasks
 run in-process when the request's transaction commits:
@@ -9,18 +9,24 @@ run in-process when the request's transaction commits:
   the domain XML libvirt holds (``<memory>``: what the guest can use; ``<vcpu current>``).
 - A domain made outside the portal, with more memory than the flavor it is adopted with (defined,
   never booted).
+- A host whose storage pool (a 64 MiB tmpfs mounted for the test) is nearly full refuses a launch
+  that its nominal disk space would still take, and a snapshot (issue #17, item 5).
 
-Every domain and volume is named ``lctest-…`` and removed after the test.
+Every domain, volume, pool and mount is named ``lctest-…`` and removed after the test.
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
 import secrets
+import subprocess
 import threading
 import time
 import uuid as uuidlib
+import xml.etree.ElementTree as ET
 
+import libvirt
 import pytest
 
 from portal.backends.base import InstanceSpec
@@ -31,7 +37,7 @@ from portal.services import ConflictError, ServiceError
 from vms import hosts, lifecycle
 from vms.compute import compute_for
 from vms.models import Flavor, Host, Instance, Operation, Snapshot, UnmanagedDomain
-from vms.scheduler import host_loads
+from vms.scheduler import NoValidHost, host_loads
 from vms.tests.compute.test_libvirt_guests import BOOTED, wait_for_marker
 from vms.tests.conftest import QEMU_URI, active_image, leftovers
 
@@ -209,3 +215,79 @@ def test_an_adopted_domain_counts_the_memory_it_can_use(portal_host, make_tenant
     instance = hosts.adopt_domain(actor=admin, unmanaged=unmanaged, tenant=tenant, flavor=flavor)
     assert instance.adopted
     assert assert_counted(tenant=tenant, host=portal_host, driver=driver, step="adopted") == (256, 1)
+
+
+# ---------------------------------------------------------------- a nearly full storage pool
+
+
+@pytest.fixture
+def tiny_pool(lctest_host):
+    """A 64 MiB tmpfs mounted for this test, as a transient dir pool ``lctest-…``; unmounted and removed after."""
+    conn = connect(QEMU_URI)
+    mount = lctest_host.work / "tmpfs"
+    mount.mkdir(mode=0o755)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m,mode=0755", "lctest-tmpfs", str(mount)], check=True)
+    name = lctest_host.name("tinypool")
+    pool_el = ET.Element("pool", type="dir")
+    ET.SubElement(pool_el, "name").text = name
+    ET.SubElement(ET.SubElement(pool_el, "target"), "path").text = str(mount)
+    pool = None
+    try:
+        pool = conn.storagePoolCreateXML(ET.tostring(pool_el, encoding="unicode"), 0)  # transient
+        yield pool
+    finally:
+        if pool is not None:
+            with contextlib.suppress(libvirt.libvirtError):
+                for vol in pool.listAllVolumes(0):
+                    with contextlib.suppress(libvirt.libvirtError):
+                        vol.delete(0)
+            with contextlib.suppress(libvirt.libvirtError):
+                pool.destroy()
+        subprocess.run(["umount", str(mount)], check=True)
+        mount.rmdir()
+
+
+def test_a_host_whose_pool_is_nearly_full_refuses_a_launch(
+    tiny_pool, guest_media, make_tenant, make_user, settings, tmp_path
+):
+    settings.LABCLOUD_IMAGE_STORE = tmp_path / "images"
+    tenant = make_tenant("pool-full")
+    user = make_user("member-pool")
+    tenant.memberships.create(user=user, role="member")
+    image = active_image(tenant=tenant, source=guest_media["tiny.qcow2"], name="tiny", virtual_size=20 * MIB)
+    flavor = Flavor.objects.create(name="lctest.pool", vcpus=1, ram_mib=128, disk_gib=1)
+    # Thin provisioning: nominally the 64 MiB pool takes 6.4 GiB of disks.
+    host = Host.objects.create(
+        name="lctest-tiny-pool", uri=QEMU_URI, storage_pool=tiny_pool.name(), virt_type=Host.VirtType.QEMU,
+        disk_allocation_ratio=100.0,
+    )  # fmt: skip
+    compute_for(host).check_host(host)  # the capacity refresh
+    host.refresh_from_db()
+    assert host.state == Host.State.UP and host.pool_capacity == 64 * MIB
+
+    def launch(name: str):
+        return lifecycle.launch_instances(actor=user, tenant=tenant, name=name, flavor=flavor, image=image)
+
+    assert launch("first").instances[0].host == host  # placed (its task is not run)
+
+    # Something fills the pool (another tenant's snapshots, images, logs: here a 60 MiB volume).
+    filler = ET.Element("volume")
+    ET.SubElement(filler, "name").text = "lctest-filler.raw"
+    ET.SubElement(filler, "capacity", unit="bytes").text = str(60 * MIB)
+    ET.SubElement(filler, "allocation", unit="bytes").text = str(60 * MIB)
+    ET.SubElement(ET.SubElement(filler, "target"), "format", type="raw")
+    tiny_pool.createXML(ET.tostring(filler, encoding="unicode"), 0)
+    compute_for(host).check_host(host)
+    host.refresh_from_db()
+    print(f"\npool: {host.pool_available / MIB:.1f} MiB free of {host.pool_capacity / MIB:.0f} MiB")
+    assert host_loads([host])[host.pk].disk_gib + flavor.disk_gib <= 64 * 100 / 1024  # nominally it still fits
+    with pytest.raises(NoValidHost, match="nearly full"):
+        launch("second")
+    assert list(Instance.objects.filter(tenant=tenant).values_list("name", flat=True)) == ["first"]
+    # Nor does a snapshot, which would keep old blocks (and memory) in that pool.
+    first = Instance.objects.get(tenant=tenant, name="first")
+    Instance.objects.filter(pk=first.pk).update(state=Instance.State.SHUTOFF, task="")
+    first.refresh_from_db()
+    with pytest.raises(NoValidHost, match="nearly full"):
+        lifecycle.create_snapshot(actor=user, instance=first, name="s")
+    assert not Snapshot.objects.filter(instance=first).exists()

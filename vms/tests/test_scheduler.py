@@ -8,7 +8,7 @@ import pytest
 
 from portal import factories
 from vms.models import Flavor, Host, Instance
-from vms.scheduler import NoValidHost, host_loads, place
+from vms.scheduler import NoValidHost, check_growth, check_storage, host_loads, place
 
 GIB = 1024**3
 pytestmark = pytest.mark.django_db
@@ -110,3 +110,21 @@ def test_host_loads_sums_instances(make_tenant):
     occupy(host, tenant, vcpus=2, ram_mib=512, disk_gib=3, n=3)
     load = host_loads([host])[host.pk]
     assert (load.instances, load.vcpus, load.ram_mib, load.disk_gib) == (3, 6, 1536, 9)
+
+
+def test_a_nearly_full_pool_takes_no_new_disks_whatever_the_nominal_sizes(make_tenant, settings):
+    """Thin disks fill up and snapshots keep old blocks: libvirt's free space decides, not the nominal sizes."""
+    settings.LABCLOUD_POOL_MIN_FREE_PERCENT = 10
+    full = make_host("full", pool_capacity=100 * GIB, pool_available=9 * GIB, disk_allocation_ratio=10.0)
+    roomy = make_host("roomy", pool_capacity=100 * GIB, pool_available=11 * GIB, memory_mib=4096)
+    assert place(count=1, vcpus=1, ram_mib=512, disk_gib=1) == [roomy]  # full has more free RAM
+    with pytest.raises(NoValidHost, match="full: storage pool nearly full"):
+        place(count=1, vcpus=1, ram_mib=512, disk_gib=1, hosts=[full])
+    tenant = make_tenant("pool")
+    occupy(full, tenant)
+    with pytest.raises(NoValidHost, match="storage pool nearly full"):
+        check_growth(host=full, disk_gib=1)
+    with pytest.raises(NoValidHost, match="storage pool nearly full"):
+        check_storage(host=full)
+    check_growth(host=full, vcpus=1, ram_mib=512)  # more vCPUs and RAM need no pool space
+    check_storage(host=roomy)
