@@ -72,6 +72,21 @@ def measure(path: Path, *, fmt: str, target_fmt: str = "qcow2") -> int:
     return int(json.loads(proc.stdout)["required"])
 
 
+def measure_alone(path: Path) -> int:
+    """Bytes the current contents of a qcow2 volume need alone: its own clusters as a new qcow2 would hold them,
+    without its internal snapshots and without its backing chain (``qemu-img measure``).
+
+    What the file holds beyond that is what its snapshots keep: blocks the guest has rewritten since
+    and saved memory. Read shared (``-U``): a running QEMU holds the volume; it flushes after a
+    snapshot, in between the figure may lag by the guest's unflushed writes.
+    """
+    image = json.dumps({"driver": "qcow2", "file": {"driver": "file", "filename": str(path)}, "backing": None})
+    proc = _run(_limited([QEMU_IMG, "measure", "-U", "--output=json", "-O", "qcow2", f"json:{image}"]))
+    if proc.returncode != 0:
+        raise QemuImgError(proc.stderr.decode(errors="replace").strip() or "qemu-img measure failed")
+    return int(json.loads(proc.stdout)["required"])
+
+
 def check(path: Path, *, fmt: str) -> None:
     """Consistency check (qcow2, vdi, vhdx…): refuses truncated or corrupt images."""
     proc = _run(_limited([QEMU_IMG, "check", "-f", fmt, "--output=json", str(path)]), timeout=300)

@@ -73,6 +73,7 @@ class InstanceAdmin(AuditedAdminMixin, RestrictedAdminMixin, admin.ModelAdmin):
         "vcpus",
         "ram_mib",
         "disk_gib",
+        "snapshot_bytes",
         "host",
         "domain_name",
         "keypair",

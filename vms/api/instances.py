@@ -76,6 +76,7 @@ class InstanceSerializer(serializers.ModelSerializer):
             "vcpus",
             "ram_mib",
             "disk_gib",
+            "snapshot_bytes",
             "keypair",
             "network",
             "addresses",

@@ -92,6 +92,13 @@ class Instance(models.Model):
     task = models.CharField(_("task"), max_length=32, blank=True, help_text=_("The operation in progress, if any."))
     mac_address = models.CharField(_("MAC address"), max_length=17, blank=True)
     addresses = models.JSONField(_("addresses"), default=list, blank=True)
+    snapshot_bytes = models.PositiveBigIntegerField(
+        _("snapshot storage (bytes)"),
+        default=0,
+        help_text=_(
+            "What the instance's snapshots hold on its host (old disk blocks, saved memory), as last measured there."
+        ),
+    )
     created_at = models.DateTimeField(_("created"), auto_now_add=True)
     updated_at = models.DateTimeField(_("updated"), auto_now=True)
 
