@@ -137,7 +137,7 @@ class QuotaInline(admin.StackedInline):
     fields = [tuple(QUOTA_RESOURCES)]
 
 
-TENANT_USAGE_COLUMNS = ("instances", "vcpus", "ram_mib", "disk_gib", "snapshots", "images")
+TENANT_USAGE_COLUMNS = ("instances", "vcpus", "ram_mib", "disk_gib", "snapshots", "snapshot_mib", "images")
 
 
 @admin.register(Tenant)

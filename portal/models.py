@@ -75,6 +75,7 @@ QUOTA_RESOURCES: dict[str, str] = {
     "ram_mib": _("RAM (MiB)"),
     "disk_gib": _("disk (GiB)"),
     "snapshots": _("snapshots"),
+    "snapshot_mib": _("snapshot storage (MiB)"),
     "images": _("images"),
     "image_storage_gib": _("image storage (GiB)"),
 }
@@ -93,6 +94,7 @@ class Quota(models.Model):
     ram_mib = _quota_field(_("RAM (MiB)"))
     disk_gib = _quota_field(_("disk (GiB)"))
     snapshots = _quota_field(_("snapshots"))
+    snapshot_mib = _quota_field(_("snapshot storage (MiB)"))
     images = _quota_field(_("images"))
     image_storage_gib = _quota_field(_("image storage (GiB)"))
     updated_at = models.DateTimeField(_("updated"), auto_now=True)

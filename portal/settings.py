@@ -207,6 +207,8 @@ LABCLOUD_DEFAULT_QUOTA = {
     "ram_mib": int(os.environ.get("QUOTA_RAM_MIB", "51200")),
     "disk_gib": int(os.environ.get("QUOTA_DISK_GIB", "500")),
     "snapshots": int(os.environ.get("QUOTA_SNAPSHOTS", "20")),
+    # What snapshots hold on the hosts, measured there (old disk blocks, saved memory): docs/quotas.md.
+    "snapshot_mib": int(os.environ.get("QUOTA_SNAPSHOT_MIB", "102400")),
     "images": int(os.environ.get("QUOTA_IMAGES", "10")),
     "image_storage_gib": int(os.environ.get("QUOTA_IMAGE_STORAGE_GIB", "100")),
 }

@@ -78,6 +78,7 @@ RESOURCE_ICONS = {
     "ram_mib": "memory",
     "disk_gib": "hdd-stack",
     "snapshots": "camera",
+    "snapshot_mib": "layers",
     "images": "disc",
     "image_storage_gib": "database",
 }

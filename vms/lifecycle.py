@@ -28,6 +28,7 @@ from vms import actions, limits, operations, realtime
 from vms.compute import Capability, compute_for, host_can
 from vms.models import Flavor, Instance, InstanceDisk, Keypair, Network, Operation, Snapshot
 from vms.scheduler import check_growth, check_storage, place, placement_target
+from vms.selectors import snapshot_reservation_mib
 from vms.services import reserve_instances
 from vms.tasks import run_instance_operation
 
@@ -342,6 +343,8 @@ def detach_disk(*, actor, disk: InstanceDisk, ip: str | None = None) -> Operatio
 
 
 def create_snapshot(*, actor, instance: Instance, name: str, description: str = "", ip: str | None = None) -> Operation:
+    """Take a snapshot: counted in the snapshot quota and in snapshot storage (reserved now, measured on the host
+    once taken); refused on a host whose storage pool is nearly full."""
     name = name.strip()
     if not SNAPSHOT_NAME_RE.match(name):
         raise ServiceError(
@@ -361,7 +364,9 @@ def create_snapshot(*, actor, instance: Instance, name: str, description: str = 
                 % {"instance": instance.name, "name": name},
                 field="name",
             )
-        reserve_quota(tenant=instance.tenant, request={"snapshots": 1})
+        # Its size is known once the host has taken it: until then it holds what it may need at first.
+        reserve = snapshot_reservation_mib(state=instance.state, ram_mib=instance.ram_mib)
+        reserve_quota(tenant=instance.tenant, request={"snapshots": 1, "snapshot_mib": reserve})
         check_storage(host=instance.host)
         snapshot = Snapshot.objects.create(
             tenant=instance.tenant,

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
-from django.db.models import Count, QuerySet, Sum
+from django.db.models import Case, Count, F, Q, QuerySet, Sum, Value, When
 
 from portal.access import VIEW
 from portal.models import Tenant
@@ -20,13 +21,40 @@ from vms.models import (
 )
 from vms.scheduler import host_loads
 
+MIB = 1024**2
+# A snapshot of a running (or paused) instance saves its memory: up to its RAM.
+MEMORY_STATES = (Instance.State.RUNNING, Instance.State.PAUSED)
+SNAPSHOT_RESERVE_MIB = 1  # a snapshot of a shut-off instance: its tables (measured: well under 1 MiB)
+
+
+def snapshot_reservation_mib(*, state: str, ram_mib: int) -> int:
+    """Snapshot storage a new snapshot holds until the host has measured it: the instance's RAM when it runs
+    (its memory is saved), else 1 MiB. Its disk blocks cost nothing at first; they are measured later."""
+    return ram_mib if state in MEMORY_STATES else SNAPSHOT_RESERVE_MIB
+
+
+def _reserved_by_snapshots_being_taken() -> Sum:
+    """``snapshot_reservation_mib`` in SQL, summed over the snapshots still being taken."""
+    mib = Case(When(vm_state__in=MEMORY_STATES, then=F("ram_mib")), default=Value(SNAPSHOT_RESERVE_MIB))
+    return Sum(mib, filter=Q(state=Snapshot.State.CREATING))
+
 
 def instance_usage(tenant_ids: list[int]) -> dict[int, dict[str, int]]:
-    """Quota usage derived from instance, extra-disk and snapshot rows: three queries for any number of tenants."""
+    """Quota usage derived from instance, extra-disk and snapshot rows: three queries for any number of tenants.
+
+    Snapshot storage: what the host measured (``Instance.snapshot_bytes``, rounded up to MiB per
+    tenant) plus the reservation of each snapshot still being taken.
+    """
     rows = (
         Instance.objects.filter(tenant_id__in=tenant_ids)
         .values("tenant_id")
-        .annotate(instances=Count("id"), vcpus=Sum("vcpus"), ram_mib=Sum("ram_mib"), disk_gib=Sum("disk_gib"))
+        .annotate(
+            instances=Count("id"),
+            vcpus=Sum("vcpus"),
+            ram_mib=Sum("ram_mib"),
+            disk_gib=Sum("disk_gib"),
+            snapshot_bytes=Sum("snapshot_bytes"),
+        )
         .order_by()
     )
     usage = {
@@ -35,6 +63,7 @@ def instance_usage(tenant_ids: list[int]) -> dict[int, dict[str, int]]:
             "vcpus": row["vcpus"] or 0,
             "ram_mib": row["ram_mib"] or 0,
             "disk_gib": row["disk_gib"] or 0,
+            "snapshot_mib": math.ceil((row["snapshot_bytes"] or 0) / MIB),
         }
         for row in rows
     }
@@ -42,9 +71,15 @@ def instance_usage(tenant_ids: list[int]) -> dict[int, dict[str, int]]:
     for row in disks.order_by():
         entry = usage.setdefault(row["tenant_id"], {})
         entry["disk_gib"] = entry.get("disk_gib", 0) + (row["gib"] or 0)
-    snapshots = Snapshot.objects.filter(tenant_id__in=tenant_ids).values("tenant_id").annotate(n=Count("id"))
+    snapshots = (
+        Snapshot.objects.filter(tenant_id__in=tenant_ids)
+        .values("tenant_id")
+        .annotate(n=Count("id"), reserved=_reserved_by_snapshots_being_taken())
+    )
     for row in snapshots.order_by():
-        usage.setdefault(row["tenant_id"], {})["snapshots"] = row["n"]
+        entry = usage.setdefault(row["tenant_id"], {})
+        entry["snapshots"] = row["n"]
+        entry["snapshot_mib"] = entry.get("snapshot_mib", 0) + (row["reserved"] or 0)
     return usage
 
 

@@ -68,6 +68,7 @@ def test_limits_and_usage(actors):
         "ram_mib": 6144,
         "disk_gib": 60,
         "snapshots": 0,
+        "snapshot_mib": 0,
         "images": 0,
         "image_storage_gib": 0,
     }

@@ -1,15 +1,24 @@
 """Concurrent reservations on PostgreSQL: the locked quota row admits exactly the limit."""
 
+import os
 import threading
+import uuid
 
 import pytest
+import redis
 from django.db import connection
 
+from portal.celery import app as celery_app
+from portal.factories import make_flavor, make_host, make_instance
+from portal.selectors import tenant_usage
 from portal.services import QuotaExceeded, set_quota
-from vms.models import Instance
+from portal.testing import switch_celery_broker
+from vms.lifecycle import create_snapshot
+from vms.models import Instance, Snapshot
 from vms.services import create_flavor, reserve_instances
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
+BROKER = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0").rsplit("/", 1)[0] + "/14"
 
 
 def test_twenty_threads_against_a_quota_of_five(make_user, make_tenant):
@@ -47,3 +56,60 @@ def test_twenty_threads_against_a_quota_of_five(make_user, make_tenant):
     assert outcomes.count("ok") == 5, outcomes
     assert outcomes.count("quota") == 15, outcomes
     assert Instance.objects.filter(tenant=tenant).count() == 5
+
+
+@pytest.fixture
+def private_queue():
+    """Tasks queued on commit go to a queue of this test on its own Redis database: no worker runs them."""
+    queue = f"lctest-{uuid.uuid4().hex[:12]}"
+    previous_url, previous_queue = celery_app.conf.broker_url, celery_app.conf.task_default_queue
+    previous_eager = celery_app.conf.task_always_eager
+    switch_celery_broker(BROKER, queue)
+    celery_app.conf.task_always_eager = False
+    try:
+        yield queue
+    finally:
+        client = redis.Redis.from_url(BROKER)
+        keys = client.keys(f"*{queue}*")
+        if keys:
+            client.delete(*keys)
+        celery_app.conf.task_always_eager = previous_eager
+        switch_celery_broker(previous_url, previous_queue)
+
+
+def test_twenty_snapshots_race_for_snapshot_storage_of_five(make_user, make_tenant, private_queue):
+    """Running instances' snapshots each reserve their RAM (128 MiB) of snapshot storage until measured."""
+    admin = make_user("snap-admin", staff=True)
+    tenant = make_tenant("Snap race")
+    set_quota(actor=admin, tenant=tenant, limits={"snapshots": -1, "snapshot_mib": 5 * 128})
+    host = make_host("snap-node")
+    flavor = make_flavor("race.snap", ram_mib=128)
+    instances = [make_instance(tenant, flavor, host, name=f"snap-{i}") for i in range(20)]
+
+    barrier = threading.Barrier(len(instances))
+    outcomes: list[str] = []
+    lock = threading.Lock()
+
+    def worker(instance) -> None:
+        try:
+            barrier.wait(timeout=30)
+            create_snapshot(actor=admin, instance=instance, name="s")
+            result = "ok"
+        except QuotaExceeded as exc:
+            result = "quota" if exc.resource == "snapshot_mib" else f"quota {exc.resource}"
+        except Exception as exc:  # reported in the assertion below
+            result = f"error: {exc!r}"
+        finally:
+            connection.close()
+        with lock:
+            outcomes.append(result)
+
+    threads = [threading.Thread(target=worker, args=(instance,)) for instance in instances]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+
+    assert sorted(outcomes) == ["ok"] * 5 + ["quota"] * 15, outcomes
+    assert Snapshot.objects.filter(tenant=tenant).count() == 5
+    assert tenant_usage(tenant_ids=[tenant.pk])[tenant.pk]["snapshot_mib"] == 5 * 128

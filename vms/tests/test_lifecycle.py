@@ -11,11 +11,14 @@ import pytest
 from django.utils import timezone
 
 from images.models import Image
+from portal.selectors import tenant_usage
+from portal.services import QuotaExceeded, set_quota
 from vms import execution, lifecycle, operations
 from vms.models import Flavor, Host, Instance, Operation, Snapshot
 from vms.scheduler import NoValidHost
 
 GIB = 1024**3
+MIB = 1024**2
 STALE = timedelta(seconds=120)
 
 
@@ -52,6 +55,10 @@ def instance(actors, host, flavor):
         host=host,
         state=Instance.State.SHUTOFF,
     )
+
+
+def usage(tenant) -> dict[str, int]:
+    return tenant_usage(tenant_ids=[tenant.pk])[tenant.pk]
 
 
 def operation_for(instance: Instance, *, state: str, age: timedelta, heartbeat_age: timedelta | None = None):
@@ -168,6 +175,28 @@ def test_ram_changes_only_while_shut_off(actors, instance):
     instance.refresh_from_db()
     assert (instance.ram_mib, instance.task) == (1024, "")
     assert not Operation.objects.filter(kind="instance.set_resources").exists()
+
+
+def test_snapshot_storage_is_reserved_until_measured(actors, instance):
+    """A running instance's snapshot may save all its memory; a shut-off one reserves 1 MiB; then the measured size."""
+    set_quota(actor=actors.cloud_admin, tenant=actors.tenant, limits={"snapshot_mib": 1000})
+    Instance.objects.filter(pk=instance.pk).update(state=Instance.State.RUNNING)
+    instance.refresh_from_db()
+    with pytest.raises(QuotaExceeded) as refused:
+        lifecycle.create_snapshot(actor=actors.member, instance=instance, name="with-memory")
+    assert (refused.value.resource, refused.value.requested, refused.value.in_use) == ("snapshot_mib", 1024, 0)
+    assert not Snapshot.objects.exists()
+
+    Instance.objects.filter(pk=instance.pk).update(state=Instance.State.SHUTOFF)
+    instance.refresh_from_db()
+    lifecycle.create_snapshot(actor=actors.member, instance=instance, name="off")
+    assert usage(actors.tenant)["snapshot_mib"] == 1  # held while it is being taken
+    # The worker measured it (and the watcher later, as the guest rewrites blocks): the measure replaces the hold.
+    Instance.objects.filter(pk=instance.pk).update(snapshot_bytes=999 * MIB + 1, task="")
+    Snapshot.objects.filter(instance=instance).update(state=Snapshot.State.AVAILABLE)
+    assert usage(actors.tenant)["snapshot_mib"] == 1000
+    with pytest.raises(QuotaExceeded, match="snapshot storage"):
+        lifecycle.create_snapshot(actor=actors.member, instance=instance, name="one-more")
 
 
 def test_growth_must_fit_the_host(actors, instance, host):

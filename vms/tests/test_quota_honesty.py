@@ -1,12 +1,14 @@
-"""Quota and placement count what a guest can really use and what a pool really holds (issue #17, 3 and 5).
+"""Quota and placement count what a guest can really use and what snapshots and pools really hold (#17, 3, 5).
 
 Written as the attacker acts, on the real ``qemu:///system`` (guests under TCG), with the Celery tasks
 run in-process when the request's transaction commits:
 
-- ONE tiny guest is launched. Its member is root in it: they unload the balloon driver and ask for
-  less RAM while it runs; then, shut off, they lower and raise the RAM, revert to a snapshot and
-  resize. After every step the tenant's quota usage and the scheduler's host load are compared with
-  the domain XML libvirt holds (``<memory>``: what the guest can use; ``<vcpu current>``).
+- ONE tiny guest is launched. Its member is root in it: they unload the balloon driver, ask for less
+  RAM while it runs, write to its disk and take snapshots (with memory) until the snapshot storage
+  quota refuses one; then, shut off, they lower and raise the RAM, revert to a snapshot and resize.
+  After every step the tenant's quota usage and the scheduler's host load are compared with the
+  domain XML libvirt holds (``<memory>``: what the guest can use; ``<vcpu current>``), and the
+  snapshot storage in the quota with the root volume's real growth on the host.
 - A domain made outside the portal, with more memory than the flavor it is adopted with (defined,
   never booted).
 - A host whose storage pool (a 64 MiB tmpfs mounted for the test) is nearly full refuses a launch
@@ -18,6 +20,7 @@ Every domain, volume, pool and mount is named ``lctest-…`` and removed after t
 from __future__ import annotations
 
 import contextlib
+import math
 import re
 import secrets
 import subprocess
@@ -28,14 +31,16 @@ import xml.etree.ElementTree as ET
 
 import libvirt
 import pytest
+from django.db.models import Sum
 
 from portal.backends.base import InstanceSpec
 from portal.backends.libvirt.connection import connect
 from portal.backends.libvirt.serial import SerialConsole
 from portal.selectors import tenant_usage
-from portal.services import ConflictError, ServiceError
+from portal.services import ConflictError, QuotaExceeded, ServiceError, set_quota
 from vms import hosts, lifecycle
 from vms.compute import compute_for
+from vms.compute import libvirt as libvirt_compute
 from vms.models import Flavor, Host, Instance, Operation, Snapshot, UnmanagedDomain
 from vms.scheduler import NoValidHost, host_loads
 from vms.tests.compute.test_libvirt_guests import BOOTED, wait_for_marker
@@ -132,14 +137,18 @@ def guest_holds_mib(uuid: str) -> int:
 
 
 @pytest.mark.libvirt_guests
-def test_a_member_cannot_use_more_ram_than_counted(portal_host, guest_media, make_tenant, make_user, run_tasks):
+def test_a_member_cannot_use_more_ram_or_snapshot_storage_than_counted(
+    portal_host, guest_media, make_tenant, make_user, run_tasks
+):
     tenant = make_tenant("honest")
     user = make_user("member-honest")
+    admin = make_user("admin-honest", staff=True)
     tenant.memberships.create(user=user, role="member")
     image = active_image(tenant=tenant, source=guest_media["tiny.qcow2"], name="tiny", virtual_size=20 * MIB)
     flavor = Flavor.objects.create(name="lctest.honest", vcpus=2, ram_mib=192, disk_gib=1)
     bigger = Flavor.objects.create(name="lctest.honest-big", vcpus=2, ram_mib=256, disk_gib=2)
     driver = portal_host.lctest.driver
+    pool = portal_host.storage_pool
 
     def counted(step: str) -> tuple[int, int]:
         return assert_counted(tenant=tenant, host=portal_host, driver=driver, step=step)
@@ -162,10 +171,58 @@ def test_a_member_cannot_use_more_ram_than_counted(portal_host, guest_media, mak
         outcome = attempt(run_tasks, lambda: lifecycle.set_resources(actor=user, instance=instance, ram_mib=128))
         instance.refresh_from_db()
         counted("RAM lowered while running")
-        assert guest_holds_mib(uuid) <= instance.ram_mib, "the guest holds more memory than its quota counts"
+        holds = guest_holds_mib(uuid)
+        print(f"balloon driver unloaded, less RAM asked for: the guest holds {holds} MiB, {instance.ram_mib} counted")
+        assert holds <= instance.ram_mib, "the guest holds more memory than its quota counts"
         assert isinstance(outcome, ConflictError), outcome
         assert "shut off" in outcome.message and instance.task == ""
 
+        # ---- item 5: snapshots of the running guest while it rewrites the same 32 MiB of its disk.
+        limit = 512  # MiB; a running instance's snapshot reserves its RAM (192 MiB) until it is measured
+        set_quota(actor=admin, tenant=tenant, limits={"snapshot_mib": limit, "snapshots": -1})
+        write = "dd if=/dev/urandom of=/dev/vda bs=1M seek=256 count=32 conv=fsync 2>/dev/null"
+        shell.run(write)
+
+        def allocation() -> int:
+            return driver.find_volume(pool, libvirt_compute.root_volume(instance)).allocation
+
+        base = allocation()  # the disk with its data and no snapshot
+        refused, rounds = None, []
+        for n in range(1, 13):  # each round adds at least the 32 MiB rewritten: refused by round 11 at the latest
+            in_use = tenant_usage(tenant_ids=[tenant.pk])[tenant.pk]["snapshot_mib"]
+            t1 = time.monotonic()
+            outcome = attempt(
+                run_tasks, lambda n=n: lifecycle.create_snapshot(actor=user, instance=instance, name=f"round-{n}")
+            )
+            if isinstance(outcome, QuotaExceeded):
+                refused = outcome
+                break
+            ok(outcome)
+            took = time.monotonic() - t1
+            assert in_use + instance.ram_mib <= limit, f"snapshot {n} was taken over the limit"
+            taken = measured_vs_real(tenant, instance, allocation() - base, f"snapshot {n} taken")
+            shell.run(write)  # the snapshot alone keeps the old 32 MiB now
+            compute_for(portal_host).check_host(portal_host)  # the capacity refresh measures again
+            rewritten = measured_vs_real(tenant, instance, allocation() - base, f"after rewrite {n}")
+            rounds.append((n, took, taken, rewritten))
+        for n, took, taken, rewritten in rounds:
+            held = f"{taken / MIB:.1f} MiB, after the rewrite {rewritten / MIB:.1f} MiB"
+            print(f"snapshot {n}: {took:.1f} s; its instance's snapshots hold {held}")
+        assert refused is not None, f"{len(rounds)} snapshots taken, none refused"
+        assert refused.resource == "snapshot_mib" and refused.requested == instance.ram_mib
+        assert refused.in_use + refused.requested > limit
+        assert allocation() - base <= limit * MIB, "the snapshots hold more than the quota allows"
+        assert not Snapshot.objects.filter(instance=instance, name=f"round-{len(rounds) + 1}").exists()
+        print(f"refused: {refused.message}")
+
+        t2 = time.monotonic()
+        for snapshot in Snapshot.objects.filter(instance=instance):
+            ok(run_tasks(lambda snapshot=snapshot: lifecycle.delete_snapshot(actor=user, snapshot=snapshot)))
+        print(f"deleting {len(rounds)} snapshots: {time.monotonic() - t2:.1f} s")
+        instance.refresh_from_db()
+        assert instance.snapshot_bytes == 0
+        assert tenant_usage(tenant_ids=[tenant.pk])[tenant.pk]["snapshot_mib"] == 0
+        assert allocation() - base < 4 * MIB, "deleted snapshots give their blocks back to the pool"
     finally:
         shell.close()
 
@@ -188,8 +245,19 @@ def test_a_member_cannot_use_more_ram_than_counted(portal_host, guest_media, mak
 
     ok(run_tasks(lambda: lifecycle.delete_instance(actor=user, instance=instance)))
     usage = tenant_usage(tenant_ids=[tenant.pk])[tenant.pk]
-    assert (usage["ram_mib"], usage["vcpus"]) == (0, 0)
+    assert (usage["ram_mib"], usage["vcpus"], usage["snapshot_mib"]) == (0, 0, 0)
     assert [name for name in leftovers(connect(QEMU_URI), portal_host.lctest.prefix) if "image" not in name] == []
+
+
+def measured_vs_real(tenant, instance: Instance, real: int, step: str) -> int:
+    """The snapshot storage the portal measured (the instance's row, the tenant's usage) against the real growth
+    of the root volume on the host since it had no snapshot; returns the measured bytes."""
+    instance.refresh_from_db()
+    measured = instance.snapshot_bytes
+    assert abs(measured - real) <= 4 * MIB, f"{step}: measured {measured / MIB:.1f} MiB, real {real / MIB:.1f} MiB"
+    total = Instance.objects.filter(tenant=tenant).aggregate(n=Sum("snapshot_bytes"))["n"] or 0
+    assert tenant_usage(tenant_ids=[tenant.pk])[tenant.pk]["snapshot_mib"] == math.ceil(total / MIB), step
+    return measured
 
 
 def test_an_adopted_domain_counts_the_memory_it_can_use(portal_host, make_tenant, make_user):

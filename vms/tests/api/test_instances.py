@@ -271,7 +271,7 @@ def test_launch_three_reserves_quota_at_once(actors, host, flavors, image):
     assert "user_data" not in body["instances"][0]
     assert [op["kind"] for op in body["operations"]] == ["instance.launch"] * 3
     assert {op["target_id"] for op in body["operations"]} == {str(row["id"]) for row in body["instances"]}
-    assert usage(actors.tenant) == {"instances": 3, "vcpus": 6, "ram_mib": 3072, "disk_gib": 15}
+    assert usage(actors.tenant) == {"instances": 3, "vcpus": 6, "ram_mib": 3072, "disk_gib": 15, "snapshot_mib": 0}
     assert Instance.objects.filter(task="launch", host=host).count() == 3
 
 
