@@ -18,6 +18,7 @@ never overfill a host.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from django.conf import settings
@@ -102,12 +103,22 @@ class HostLoad:
 
 
 def host_loads(hosts: list[Host]) -> dict[int, HostLoad]:
-    """Resources allocated on each host, from the instance rows placed there (one query)."""
+    """Resources allocated on each host, from the instance rows placed there (two queries).
+
+    Disk: the disks' sizes, plus what the instances' snapshots hold there as last measured (whole GiB,
+    rounded up): a disk can fill up to its size while its snapshots keep the old blocks.
+    """
     loads = {host.pk: HostLoad(host=host) for host in hosts}
     rows = (
         Instance.objects.filter(host_id__in=list(loads))
         .values("host_id")
-        .annotate(n=Count("id"), vcpus=Sum("vcpus"), ram=Sum("ram_mib"), disk=Sum("disk_gib"))
+        .annotate(
+            n=Count("id"),
+            vcpus=Sum("vcpus"),
+            ram=Sum("ram_mib"),
+            disk=Sum("disk_gib"),
+            snapshots=Sum("snapshot_bytes"),
+        )
         .order_by()
     )
     for row in rows:
@@ -116,7 +127,7 @@ def host_loads(hosts: list[Host]) -> dict[int, HostLoad]:
             row["n"],
             row["vcpus"] or 0,
             row["ram"] or 0,
-            row["disk"] or 0,
+            (row["disk"] or 0) + math.ceil((row["snapshots"] or 0) / GIB),
         )
     extra = (
         InstanceDisk.objects.filter(instance__host_id__in=list(loads))

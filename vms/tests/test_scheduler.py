@@ -128,3 +128,14 @@ def test_a_nearly_full_pool_takes_no_new_disks_whatever_the_nominal_sizes(make_t
         check_storage(host=full)
     check_growth(host=full, vcpus=1, ram_mib=512)  # more vCPUs and RAM need no pool space
     check_storage(host=roomy)
+
+
+def test_snapshot_storage_counts_in_a_hosts_disk_load(make_tenant):
+    """A disk can fill up to its size while its snapshots keep the old blocks: both are committed on the host."""
+    tenant = make_tenant("snaps")
+    host = make_host("snaps", pool_capacity=10 * GIB, pool_available=10 * GIB)
+    occupy(host, tenant, disk_gib=8)
+    Instance.objects.filter(host=host).update(snapshot_bytes=GIB + 1)  # as the host measured it
+    assert host_loads([host])[host.pk].disk_gib == 8 + 2
+    with pytest.raises(NoValidHost, match="not enough disk space"):
+        place(count=1, vcpus=1, ram_mib=512, disk_gib=1, hosts=[host])
