@@ -6,7 +6,7 @@ not exist), PermissionDenied (403) when they may see it but not ``action`` it (`
 
 from __future__ import annotations
 
-from portal.access import VIEW, access_by_id
+from portal.access import ADMIN_ROLES, VIEW, access_by_id, is_cloud_admin, tenant_ids_for
 from vms.models import Host, Instance, InstanceDisk, Keypair, Snapshot
 from vms.selectors import hosts_for, instances_for
 
@@ -37,3 +37,16 @@ def access_keypair_by_id(*, user, keypair_id, action: str = VIEW) -> Keypair:
 
 def access_host_by_id(*, user, host_id, action: str = VIEW) -> Host:
     return access_by_id(hosts_for(user=user), user=user, pk=host_id, action=action)
+
+
+def may_read_user_data(*, user, instance: Instance) -> bool:
+    """Whether ``user`` may read the user-data ``instance`` was launched with (it often carries secrets).
+
+    Its owner (who launched it), the admins of its tenant and cloud admins; not the tenant's other
+    members, who may otherwise see and operate the instance (as Nova keeps user-data from plain members).
+    """
+    if user is None or not user.is_authenticated or not user.is_active:
+        return False
+    if is_cloud_admin(user) or (instance.owner_id is not None and instance.owner_id == user.pk):
+        return True
+    return tenant_ids_for(user, ADMIN_ROLES).filter(tenant_id=instance.tenant_id).exists()

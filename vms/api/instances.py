@@ -27,7 +27,7 @@ from portal.access import CHANGE, DELETE, VIEW, is_cloud_admin
 from portal.api.base import ApiViewSetMixin
 from portal.api.serializers import MAX_INT32, VisibleTenantField
 from vms import actions, lifecycle, limits
-from vms.access import access_disk_by_id, access_snapshot_by_id
+from vms.access import access_disk_by_id, access_snapshot_by_id, may_read_user_data
 from vms.api.fields import VisibleFlavorField, VisibleImageField, VisibleKeypairField, VisibleNetworkField
 from vms.api.filtersets import InstanceFilter
 from vms.api.serializers import OperationSerializer
@@ -104,11 +104,19 @@ class InstanceSerializer(serializers.ModelSerializer):
 
 
 class InstanceDetailSerializer(InstanceSerializer):
-    """One instance, with the user-data it was launched with (members of its tenant only see it)."""
+    """One instance, with the user-data it was launched with: for its owner, the tenant's admins and cloud
+    admins (``vms.access.may_read_user_data``); null for the tenant's other members."""
 
     class Meta(InstanceSerializer.Meta):
         fields = [*InstanceSerializer.Meta.fields, "user_data"]
         read_only_fields = fields
+
+    def to_representation(self, instance):
+        data = super().to_representation(instance)
+        request = self.context.get("request")
+        if request is None or not may_read_user_data(user=request.user, instance=instance):
+            data["user_data"] = None
+        return data
 
 
 class InstanceDetailSchema(OpenApiSerializerExtension):
@@ -120,7 +128,18 @@ class InstanceDetailSchema(OpenApiSerializerExtension):
         base = auto_schema.resolve_serializer(InstanceSerializer, direction)
         extra = {
             "type": "object",
-            "properties": {"user_data": {"type": "string", "description": str(_("cloud-init user-data."))}},
+            "properties": {
+                "user_data": {
+                    "type": "string",
+                    "nullable": True,
+                    "description": str(
+                        _(
+                            "cloud-init user-data: for the instance's owner, the tenant's admins and cloud admins "
+                            "(null for the tenant's other members)."
+                        )
+                    ),
+                }
+            },
             "required": ["user_data"],
         }
         return {"allOf": [base.ref, extra]}
