@@ -12,12 +12,21 @@ tenants the user no longer belongs to, and drops instance events of tenants not 
 allowed. A user who lost all access (deactivated, removed from the filtered tenant or from every
 tenant) is disconnected.
 
-Close codes: 4401 not signed in (or deactivated), 4403 the tenant asked for is not yours,
-4400 a malformed query.
+The socket belongs to the portal session it was opened with (as the serial console's does): before
+every event the consumer checks that this session is still signed in as the same user, so signing
+out (in another tab, or the session expiring or being deleted) stops the stream at the next event;
+a timer (``idle_recheck_seconds``) re-checks everything when no event comes, and closes an idle socket
+of a signed-out session too.
+
+Close codes: 4401 not signed in (signed out, session expired, or deactivated), 4403 the tenant asked
+for is not yours, 4400 a malformed query.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import time
 from typing import Any
 from urllib.parse import parse_qs
@@ -30,7 +39,10 @@ from django.http import Http404
 
 from portal.access import MEMBER_ROLES, is_cloud_admin, tenant_ids_for
 from vms.access import access_instance_by_id
+from vms.consoles.tokens import user_of_session_cookie
 from vms.realtime import STAFF_GROUP, instance_group, tenant_group
+
+log = logging.getLogger(__name__)
 
 CLOSE_BAD_REQUEST = 4400
 CLOSE_UNAUTHENTICATED = 4401
@@ -45,8 +57,20 @@ def _sees(user, instance_id: int) -> bool:
     return True
 
 
-def _access(user_id: int, instance_id: int | None = None) -> tuple[bool, bool, frozenset[int], bool]:
-    """(active, cloud admin, tenant ids, may view ``instance_id``) of the user as the database says now."""
+def _signed_in(user_id: int, session_key: str | None) -> bool:
+    """Whether the portal session the socket was opened with is still signed in as this user."""
+    return session_key is None or user_of_session_cookie(session_key) == user_id
+
+
+def _access(
+    user_id: int, instance_id: int | None = None, session_key: str | None = None
+) -> tuple[bool, bool, frozenset[int], bool]:
+    """(active, cloud admin, tenant ids, may view ``instance_id``) of the user as the database says now.
+
+    Not active either when ``session_key`` (the socket's portal session) is no longer signed in as the user.
+    """
+    if not _signed_in(user_id, session_key):
+        return False, False, frozenset(), False
     user = get_user_model().objects.filter(pk=user_id).first()
     if user is None or not user.is_active:
         return False, False, frozenset(), False
@@ -56,13 +80,16 @@ def _access(user_id: int, instance_id: int | None = None) -> tuple[bool, bool, f
 
 
 class LiveConsumer(AsyncJsonWebsocketConsumer):
-    recheck_seconds = 3.0
+    recheck_seconds = 3.0  # memberships are reloaded before an event when the last check is older than this
+    idle_recheck_seconds = 15.0  # without events, everything is re-checked this often
 
     async def connect(self) -> None:
         self.groups_joined: set[str] = set()
         self.tenant_filter: int | None = None
         self.instance_filter: int | None = None
         self.checked_at = 0.0
+        self.watchdog: asyncio.Task | None = None
+        self.session_key = getattr(self.scope.get("session"), "session_key", None)
         user = self.scope.get("user")
         # Refusals accept first and then close, so the browser sees the close code (not a failed handshake).
         if user is None or not user.is_authenticated:
@@ -82,6 +109,23 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
         await self.accept()
         if refused:
             await self.close(code=refused)
+            return
+        self.watchdog = asyncio.create_task(self._watch())
+
+    async def _watch(self) -> None:
+        """Re-check access and the session while no event comes; close the socket when they are gone."""
+        while True:
+            await asyncio.sleep(self.idle_recheck_seconds)
+            if time.monotonic() - self.checked_at < self.idle_recheck_seconds:
+                continue  # an event re-checked meanwhile
+            try:
+                refused = await self.recheck()
+            except Exception:  # the database hiccuped: try again at the next tick
+                log.warning("live updates: re-check failed", exc_info=True)
+                continue
+            if refused:
+                await self.close(code=refused)
+                return
 
     async def _refuse(self, code: int) -> None:
         await self.accept()
@@ -90,7 +134,7 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
     async def recheck(self) -> int | None:
         """Reload the user's access and join or leave groups to match; a close code when nothing is left."""
         active, admin, tenant_ids, sees_instance = await database_sync_to_async(_access)(
-            self.user_id, self.instance_filter
+            self.user_id, self.instance_filter, self.session_key
         )
         self.checked_at = time.monotonic()
         self.is_admin, self.tenant_ids = admin, tenant_ids
@@ -120,6 +164,11 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
         self.groups_joined = set()
 
     async def disconnect(self, code: int) -> None:
+        watchdog = getattr(self, "watchdog", None)
+        if watchdog is not None and watchdog is not asyncio.current_task():
+            watchdog.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watchdog
         await self._leave_all()
 
     async def receive_json(self, content: Any, **kwargs) -> None:
@@ -139,9 +188,14 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
             return
         if time.monotonic() - self.checked_at >= self.recheck_seconds:
             refused = await self.recheck()
-            if refused:
-                await self.close(code=refused)
-                return
+        elif not await database_sync_to_async(_signed_in)(self.user_id, self.session_key):
+            await self._leave_all()
+            refused = CLOSE_UNAUTHENTICATED
+        else:
+            refused = None
+        if refused:
+            await self.close(code=refused)
+            return
         event = message.get("event") or {}
         if self._allowed(event):
             await self.send_json(event)

@@ -12,6 +12,7 @@ import pytest
 from asgiref.sync import async_to_sync, sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.test import Client
+from django.urls import reverse
 
 from portal.models import Membership
 from vms import realtime
@@ -196,6 +197,75 @@ def test_deactivated_user_is_disconnected(actors, instances, monkeypatch):
     async def scenario():
         communicator = await connect(actors.member)
         await sync_to_async(type(actors.member).objects.filter(pk=actors.member.pk).update)(is_active=False)
+        await publish(mine)
+        assert await closed_with(communicator) == 4401
+
+    async_to_sync(scenario)()
+
+
+# ---------------------------------------------------------------- signing out (issue #17, item 7b)
+
+
+def signed_in_browser(user) -> tuple[Client, bytes]:
+    """A browser signed in as ``user`` through the real session machinery, and its Cookie header."""
+    browser = Client()
+    browser.force_login(user)
+    return browser, f"sessionid={browser.cookies['sessionid'].value}".encode()
+
+
+async def connect_with_cookie(cookie: bytes, query: str = "") -> WebsocketCommunicator:
+    from portal.asgi import application
+
+    headers = [(b"origin", b"http://127.0.0.1"), (b"cookie", cookie)]
+    communicator = WebsocketCommunicator(application, f"/ws/live/{query}", headers=headers)
+    connected, _ = await communicator.connect(timeout=5)
+    assert connected
+    return communicator
+
+
+def test_signing_out_in_another_tab_closes_the_live_socket(actors, instances):
+    """The socket was opened with the browser's session; signing out (another request) ends it at once:
+    the next event is not relayed, the socket is closed with 4401."""
+    mine, _theirs = instances
+    browser, cookie = signed_in_browser(actors.member)
+
+    async def scenario():
+        communicator = await connect_with_cookie(cookie)
+        await publish(mine)
+        assert (await next_event(communicator))["data"]["id"] == mine.pk
+
+        response = await sync_to_async(browser.post)(reverse("logout"))
+        assert response.status_code == 302
+        await publish(mine)
+        assert await closed_with(communicator) == 4401  # closed, and the event did not come first
+
+    async_to_sync(scenario)()
+
+
+def test_signing_out_closes_an_idle_live_socket(actors, instances, monkeypatch):
+    """No event at all after signing out: the consumer's own timer notices and closes the socket."""
+    monkeypatch.setattr(LiveConsumer, "idle_recheck_seconds", 0.2, raising=False)
+    browser, cookie = signed_in_browser(actors.member)
+
+    async def scenario():
+        communicator = await connect_with_cookie(cookie)
+        assert await communicator.receive_nothing(timeout=0.5)  # signed in: the socket stays open
+        await sync_to_async(browser.post)(reverse("logout"))
+        assert await closed_with(communicator) == 4401
+
+    async_to_sync(scenario)()
+
+
+def test_signing_in_again_as_someone_else_closes_the_live_socket(actors, instances):
+    """The browser's session now belongs to another user (sign-out, then sign-in in the same browser):
+    the socket opened for the first user must not go on relaying that user's tenants."""
+    mine, _theirs = instances
+    browser, cookie = signed_in_browser(actors.member)
+
+    async def scenario():
+        communicator = await connect_with_cookie(cookie)
+        await sync_to_async(browser.post)(reverse("logout"))
+        await sync_to_async(browser.force_login)(actors.outsider)
         await publish(mine)
         assert await closed_with(communicator) == 4401
 
