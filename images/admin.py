@@ -85,7 +85,7 @@ class ImageAdmin(AuditedAdminMixin, RestrictedAdminMixin, admin.ModelAdmin):
     ]
     fieldsets = [
         (None, {"fields": ["name", "description", "tenant", "owner", "visibility"]}),
-        (_("Use"), {"fields": ["os_type", "min_disk_gib", "min_ram_mib", "cloud_init", "protected"]}),
+        (_("Use"), {"fields": ["os_type", "min_disk_gib", "min_ram_mib", "cloud_init", "protected", "downloadable"]}),
         (
             _("File"),
             {

@@ -17,6 +17,7 @@ from django.db import transaction
 
 from images import qemu
 from images.models import Image
+from images.selectors import tenant_may_download
 from images.services import create_image, ensure_store, queue_processing, reject, time_limit_exceeded
 from images.tasks import capture_image_task
 from portal.models import Tenant
@@ -40,6 +41,7 @@ def capture_image(
     name: str,
     source: Path,
     source_format: str = "qcow2",
+    source_image: Image | None = None,
     params: dict | None = None,
     ip: str | None = None,
 ) -> Image:
@@ -49,6 +51,10 @@ def capture_image(
     ``params`` (e.g. the instance's id) go to the ``register_capture_finished`` callbacks once the disk
     has been read or the capture failed. Quota is reserved for the disk's virtual size, the most the
     flattened file can take.
+
+    ``source_image`` is the image the instance was launched from: when the tenant may not download it
+    (shared with the tenant, public, or itself not downloadable), neither may it download the capture,
+    which holds the same content.
     """
     facts = qemu.info(source, fmt=source_format)
     with transaction.atomic():
@@ -61,6 +67,9 @@ def capture_image(
             status=Image.Status.CONVERTING,
             ip=ip,
         )
+        if source_image is not None and not tenant_may_download(tenant_id=tenant.pk, image=source_image):
+            Image.objects.filter(pk=image.pk).update(downloadable=False)
+            image.downloadable = False
         operations.create_operation(
             kind="image.capture",
             target=image,

@@ -104,6 +104,14 @@ class Image(models.Model):
     os_type = models.CharField(_("OS type"), max_length=8, choices=OsType.choices, default=OsType.LINUX)
     cloud_init = models.BooleanField(_("cloud-init capable"), default=False)
     protected = models.BooleanField(_("protected"), default=False, help_text=_("Protected images cannot be deleted."))
+    downloadable = models.BooleanField(
+        _("downloadable"),
+        default=True,
+        help_text=_(
+            "Members of the owner tenant may download the file. Off for images captured from an instance of an "
+            "image they could not download (shared with them, or public)."
+        ),
+    )
     status = models.CharField(_("status"), max_length=12, choices=Status.choices, default=Status.QUEUED)
     failure_reason = models.TextField(_("failure reason"), blank=True)
     source_url = models.URLField(_("source URL"), max_length=1000, blank=True)

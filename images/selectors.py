@@ -7,7 +7,7 @@ import math
 from django.db.models import Count, Q, QuerySet, Sum
 
 from images.models import Image, ImageShare
-from portal.access import MAX_ID, VIEW
+from portal.access import CHANGE, MAX_ID, VIEW, is_cloud_admin
 from portal.models import Tenant
 
 GIB = 1024**3
@@ -37,6 +37,22 @@ def images_for(*, user, kind: str | None = None, launchable: bool = False) -> Qu
     if launchable:
         images = images.filter(status=Image.Status.ACTIVE)
     return images
+
+
+def may_download(*, user, image: Image) -> bool:
+    """Whether ``user`` may download the image's file: cloud admins, and the owner tenant's members (the
+    CHANGE audience) unless the image is not ``downloadable`` (a capture of an image they could not download).
+
+    Tenants an image is shared with, and everyone for public images, may launch it but not download it.
+    """
+    if is_cloud_admin(user):
+        return True
+    return image.downloadable and Image.objects.restrict(user, CHANGE).filter(pk=image.pk).exists()
+
+
+def tenant_may_download(*, tenant_id: int, image: Image) -> bool:
+    """Whether the members of ``tenant_id`` may download ``image`` (what an image derived from it inherits)."""
+    return image.downloadable and image.tenant_id == tenant_id
 
 
 def visible_to_tenant(*, tenant_id: int) -> Q:

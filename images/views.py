@@ -26,7 +26,7 @@ from images.access import access_image_by_id, access_share_by_id
 from images.api.filtersets import ImageFilter
 from images.forms import DistributeForm, ImageEditForm, ImageImportForm, ImageUploadForm, ShareForm
 from images.models import Image, ImageShare
-from images.selectors import accepted_share, images_for, incoming_shares, visible_to_tenant
+from images.selectors import accepted_share, images_for, incoming_shares, may_download, visible_to_tenant
 from portal.access import ADMIN_ROLES, CHANGE, DELETE, is_cloud_admin, tenant_ids_for
 from portal.middleware import client_ip
 from portal.services import ServiceError
@@ -274,8 +274,8 @@ def _render_detail(request, image: Image, *, status: int = 200, **forms) -> Http
         "staff": staff,
         "can_change": can_change,
         "can_delete": can_delete,
-        # Downloads are for the owner tenant's members and cloud admins (as in the API): the CHANGE audience.
-        "can_download": can_change and image.status == Image.Status.ACTIVE,
+        # Downloads are for the owner tenant's members and cloud admins, as in the API (images.selectors).
+        "can_download": may_download(user=user, image=image) and image.status == Image.Status.ACTIVE,
         "download_url": _api_url("image-file", f"/api/v1/images/{image.pk}/file/", image.pk),
     }
     if can_change:

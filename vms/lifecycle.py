@@ -446,6 +446,7 @@ def capture_instance(*, actor, instance: Instance, name: str, ip: str | None = N
                 tenant=instance.tenant,
                 name=name,
                 source=source,
+                source_image=instance.image,
                 params={"instance_id": instance.pk},
                 ip=ip,
             )

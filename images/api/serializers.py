@@ -62,6 +62,7 @@ class ImageSerializer(serializers.ModelSerializer):
             "os_type",
             "cloud_init",
             "protected",
+            "downloadable",
             "status",
             "failure_reason",
             "received_bytes",

@@ -161,8 +161,8 @@ class ImageViewSet(ApiViewSetMixin, mixins.ListModelMixin, mixins.RetrieveModelM
     @action(detail=True, methods=["get"], url_path="file", url_name="file", parser_classes=[RawUploadParser])
     def download(self, request, *args, **kwargs):
         image = self.get_object()
-        # Only those who may change an image may download it: its tenant's members and cloud admins.
-        if not self.restricted(CHANGE).filter(pk=image.pk).exists():
+        # Its tenant's members (unless captured from an image they could not download) and cloud admins.
+        if not selectors.may_download(user=request.user, image=image):
             self.permission_denied(request, message=_("Only members of the owner tenant can download this image."))
         if image.status != Image.Status.ACTIVE:
             raise ConflictError(
