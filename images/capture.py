@@ -8,12 +8,14 @@ never writes instance rows.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import transaction
+from django.utils.translation import gettext as _
 
 from images import qemu
 from images.models import Image
@@ -23,6 +25,8 @@ from images.tasks import capture_image_task
 from portal.models import Tenant
 from vms import operations
 from vms.models import Operation
+
+log = logging.getLogger(__name__)
 
 CaptureFinished = Callable[[dict], None]  # called with the capture operation's params
 _capture_finished: list[CaptureFinished] = []
@@ -104,8 +108,13 @@ def _flatten(operation: Operation, image: Image, source: Path) -> None:
             progress=lambda p: operations.progress(operation=operation, percent=p * 90 // 100),
         )
     except (qemu.QemuImgError, OSError) as exc:
-        reject(image, str(exc))
-        operations.fail(operation=operation, error=str(exc))
+        if isinstance(exc, qemu.QemuImgError):
+            reason = str(exc)  # qemu-img's words, without server paths (images.qemu)
+        else:  # an OSError names the files: for the log, not for the member
+            log.warning("capture of image %s failed: %s", image.pk, exc)
+            reason = _("The disk of the instance could not be read.")
+        reject(image, reason)
+        operations.fail(operation=operation, error=reason)
         return
     except SoftTimeLimitExceeded:
         reason = time_limit_exceeded(settings.LABCLOUD_IMAGE_TASK_TIME_LIMIT)

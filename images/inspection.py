@@ -6,7 +6,11 @@
 2. The detected format must be the declared one (a raw disk with a GPT counts as raw).
 3. The virtual size must be within the configured limit.
 4. Only then does ``qemu-img info`` (explicit format, resource-limited) confirm the same
-   facts, and ``qemu-img check`` refuses truncated or corrupt qcow2/VDI images.
+   facts and refuses encrypted images (a LUKS-encrypted qcow2: no guest could boot it), and
+   ``qemu-img check`` refuses truncated or corrupt qcow2/VDI images.
+
+Every ``ImageRejected`` message is shown to the uploader: qemu-img's words are kept, server paths
+never (``images.qemu`` strips them).
 """
 
 from __future__ import annotations
@@ -111,6 +115,10 @@ def inspect_file(path: Path, *, declared_format: str) -> Inspection:
         facts = qemu.info(path, fmt=qemu_format)
     except qemu.QemuImgError as exc:
         raise ImageRejected(_("qemu-img cannot read the image: %(error)s") % {"error": exc}) from exc
+    if facts.encrypted:
+        raise ImageRejected(
+            _("The image is encrypted; the portal cannot boot encrypted disk images. Upload an unencrypted image.")
+        )
     if facts.backing_file or facts.data_file:
         raise ImageRejected(_("The image refers to other files (backing or data file)."))
     if facts.virtual_size > limit:

@@ -2,6 +2,9 @@
 
 Never hand a file to qemu-img before ``images.inspection.inspect_file`` vouched for it:
 qemu-img follows backing files and external data files when it is allowed to probe.
+
+The text of a ``QemuImgError`` is shown to users (an image's failure reason): it never names a file of
+the server, neither the paths qemu-img was given nor any other absolute path it mentions.
 """
 
 from __future__ import annotations
@@ -18,10 +21,23 @@ from django.conf import settings
 QEMU_IMG = "qemu-img"
 PRLIMIT = "prlimit"
 _PROGRESS = re.compile(rb"\((\d+(?:\.\d+)?)/100%\)")
+_PROGRAM = re.compile(r"^qemu-img: ", re.MULTILINE)
+_COULD_NOT_OPEN = re.compile(r"Could not open '[^']*': ")
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.:/])/[^\s'\",;:]+")
 
 
 class QemuImgError(Exception):
     pass
+
+
+def _error(text: bytes | str, *paths: Path, fallback: str) -> QemuImgError:
+    """qemu-img's complaint without the program name and without server paths ("Could not open '/x/y': …")."""
+    message = text.decode(errors="replace") if isinstance(text, bytes) else text
+    message = _COULD_NOT_OPEN.sub("", _PROGRAM.sub("", message))
+    for path in paths:
+        message = message.replace(str(path), "…")
+    message = _ABSOLUTE_PATH.sub("…", message).strip()
+    return QemuImgError(message or fallback)
 
 
 def _limited(argv: list[str], *, convert: bool = False) -> list[str]:
@@ -46,12 +62,13 @@ class ImageInfo:
     backing_file: str | None
     data_file: str | None
     raw: dict
+    encrypted: bool = False
 
 
 def info(path: Path, *, fmt: str) -> ImageInfo:
     proc = _run(_limited([QEMU_IMG, "info", "-f", fmt, "--output=json", str(path)]))
     if proc.returncode != 0:
-        raise QemuImgError(proc.stderr.decode(errors="replace").strip() or "qemu-img info failed")
+        raise _error(proc.stderr, path, fallback="qemu-img info failed")
     data = json.loads(proc.stdout)
     specific = (data.get("format-specific") or {}).get("data") or {}
     return ImageInfo(
@@ -61,6 +78,7 @@ def info(path: Path, *, fmt: str) -> ImageInfo:
         backing_file=data.get("backing-filename") or data.get("full-backing-filename"),
         data_file=specific.get("data-file"),
         raw=data,
+        encrypted=bool(data.get("encrypted")) or bool(specific.get("encrypt")),
     )
 
 
@@ -68,7 +86,7 @@ def measure(path: Path, *, fmt: str, target_fmt: str = "qcow2") -> int:
     """Bytes a conversion of ``path`` to ``target_fmt`` needs at most (``qemu-img measure``)."""
     proc = _run(_limited([QEMU_IMG, "measure", "-f", fmt, "-O", target_fmt, "--output=json", str(path)]))
     if proc.returncode != 0:
-        raise QemuImgError(proc.stderr.decode(errors="replace").strip() or "qemu-img measure failed")
+        raise _error(proc.stderr, path, fallback="qemu-img measure failed")
     return int(json.loads(proc.stdout)["required"])
 
 
@@ -97,7 +115,7 @@ def check(path: Path, *, fmt: str) -> None:
         detail = f"{data.get('corruptions', 0)} corruption(s), {data.get('check-errors', 0)} check error(s)"
     except ValueError:
         detail = proc.stderr.decode(errors="replace").strip()[:300]
-    raise QemuImgError(detail or "qemu-img check failed")
+    raise _error(detail, path, fallback="qemu-img check failed")
 
 
 def convert(
@@ -137,4 +155,4 @@ def convert(
                 stream.close()
     if proc.wait() != 0:
         target.unlink(missing_ok=True)
-        raise QemuImgError(stderr.decode(errors="replace").strip() or "qemu-img convert failed")
+        raise _error(stderr, source, target, fallback="qemu-img convert failed")
