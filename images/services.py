@@ -40,7 +40,7 @@ from portal.backends.base import BackendError
 from portal.models import Tenant
 from portal.services import ConflictError, ServiceError, record_audit, reserve_quota
 from vms import operations
-from vms.compute import Capability, compute_for, host_can
+from vms.compute import Capability, compute_for, host_can, host_free
 from vms.models import Host, Instance, Operation
 
 log = logging.getLogger(__name__)
@@ -529,9 +529,8 @@ def delete_image(*, actor, image: Image, ip: str | None = None) -> None:
             compute_for(replica.host).remove_image_copy(replica)
         except BackendError as exc:
             Image.objects.filter(pk=image.pk).update(status=previous_status)
-            raise ConflictError(
-                _("The copy on host %(host)s could not be removed; try again later.") % {"host": replica.host.name}
-            ) from exc
+            log.warning("image %s: the copy on host %s could not be removed: %s", image.pk, replica.host.name, exc)
+            raise ConflictError(_("A copy of the image on a host could not be removed; try again later.")) from exc
         replica.delete()
     image.partial_path.unlink(missing_ok=True)
     image.path.unlink(missing_ok=True)
@@ -586,7 +585,8 @@ def distribute_image(*, operation_id: int) -> None:
     try:
         compute_for(host).copy_image(host, image, operation=operation)
     except (BackendError, ServiceError) as exc:
-        operations.fail(operation=operation, error=exc.message)
+        log.warning("copy of image %s to host %s failed: %s", image.pk, host.name, exc.message)
+        operations.fail(operation=operation, error=host_free(exc.message, host))  # the tenant sees it
         return
     except SoftTimeLimitExceeded:
         operations.fail(operation=operation, error=time_limit_exceeded(settings.LABCLOUD_IMAGE_TASK_TIME_LIMIT))

@@ -23,7 +23,7 @@ from django.utils.translation import gettext as _
 from portal.backends.base import BackendError
 from portal.services import ServiceError
 from vms import actions, operations, realtime
-from vms.compute import compute_for
+from vms.compute import compute_for, host_free
 from vms.compute.state import REASON_MAX
 from vms.models import Instance, InstanceDisk, Operation, Snapshot
 from vms.tasks import run_instance_operation
@@ -57,7 +57,7 @@ def _dispatch(operation: Operation, instance: Instance, action: str) -> None:
         message = _run(operation, instance, action)
     except (BackendError, ServiceError) as exc:
         log.warning("operation %s (%s) failed: %s", operation.pk, operation.kind, exc.message)
-        _fail(operation, instance, exc.message)
+        _fail(operation, instance, host_free(exc.message, instance.host))  # members read it: no host, no path
         return
     except Exception:
         # The details (paths, SQL…) go to the log for the operator, not to the tenant.

@@ -1,7 +1,9 @@
 """Live updates: services and the watcher publish changes to channel groups; the browser listens.
 
 Groups: ``tenant-<id>`` (every member of the tenant) and ``staff`` (cloud admins, who see
-everything). Messages are sent after the surrounding transaction commits, so a client never
+everything). What members get names no host: instance events to the tenant group carry no
+``host_id`` (the staff group's do), and operation messages and errors are written host-free
+(``vms.compute.host_free``). Messages are sent after the surrounding transaction commits, so a client never
 sees a state the database does not hold. ``vms.consumers.LiveConsumer`` relays them to the
 browser as JSON ``{"type": "instance"|"operation"|"instance.deleted"|"metrics", "data": {...}}``.
 """
@@ -98,7 +100,17 @@ def publish(*, tenant_id: int | None, kind: str, data: dict[str, Any], groups: l
 
 
 def instance_changed(instance) -> None:
-    publish(tenant_id=instance.tenant_id, kind="instance", data=instance_payload(instance))
+    """The instance's new state: to its tenant's members without the host (infrastructure is for cloud
+    admins), to the ``staff`` group with ``host_id``."""
+    publish(
+        tenant_id=instance.tenant_id, kind="instance", data=instance_payload(instance, staff=True), groups=[STAFF_GROUP]
+    )
+    publish(
+        tenant_id=instance.tenant_id,
+        kind="instance",
+        data=instance_payload(instance),
+        groups=[tenant_group(instance.tenant_id)],
+    )
 
 
 def instance_deleted(*, tenant_id: int, instance_id: int) -> None:
@@ -134,9 +146,9 @@ def metrics_sampled(*, tenant_id: int, instance_id: int, point: dict[str, Any]) 
     )
 
 
-def instance_payload(instance) -> dict[str, Any]:
-    """What live updates carry about an instance (no secrets: no user-data)."""
-    return {
+def instance_payload(instance, *, staff: bool = False) -> dict[str, Any]:
+    """What live updates carry about an instance (no secrets: no user-data); ``host_id`` only for ``staff``."""
+    payload = {
         "id": instance.pk,
         "uuid": str(instance.uuid),
         "name": instance.name,
@@ -150,8 +162,10 @@ def instance_payload(instance) -> dict[str, Any]:
         "vcpus": instance.vcpus,
         "ram_mib": instance.ram_mib,
         "disk_gib": instance.disk_gib,
-        "host_id": instance.host_id,
         "addresses": instance.addresses,
         "allowed_actions": allowed_actions(instance),
         "updated_at": instance.updated_at.isoformat() if instance.updated_at else None,
     }
+    if staff:
+        payload["host_id"] = instance.host_id
+    return payload

@@ -151,9 +151,7 @@ def check_growth(*, host: Host, vcpus: int = 0, ram_mib: int = 0, disk_gib: int 
     load = host_loads([locked])[locked.pk]
     reason = load.refusal(vcpus=max(0, vcpus), ram_mib=max(0, ram_mib), disk_gib=max(0, disk_gib))
     if reason is not None:
-        raise NoValidHost(
-            _("Host %(host)s cannot take that much more (%(reason)s).") % {"host": locked.name, "reason": reason}
-        )
+        raise NoValidHost(_("The instance's host cannot take that much more (%(reason)s).") % {"reason": reason})
 
 
 def check_storage(*, host: Host) -> None:
@@ -212,7 +210,8 @@ def place(*, count: int, vcpus: int, ram_mib: int, disk_gib: int, hosts: list[Ho
         if not candidates:
             if not loads:
                 raise NoValidHost(_("No host is configured to run instances."))
-            detail = "; ".join(f"{name}: {why}" for name, why in sorted(refusals.items()))
+            # The reasons, not the hosts' names: members are told why, cloud admins see the hosts' pages.
+            detail = "; ".join(sorted(set(refusals.values())))
             raise NoValidHost(
                 _("No host can run %(count)d more instance(s) of this size (%(detail)s).")
                 % {"count": count - len(chosen), "detail": detail}

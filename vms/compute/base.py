@@ -18,10 +18,12 @@ Adding a backend kind: see docs/architecture.md ("Adding a third backend kind").
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from urllib.parse import urlsplit
 
 from django.utils.translation import gettext as _
 
@@ -168,7 +170,8 @@ class AdapterBase:
         }
 
     def describe(self, host) -> str:
-        return host.name
+        """What members are told the host is: its kind, never its name (hosts are for cloud admins)."""
+        return _("a host")
 
     def limits_note(self, instance) -> str:
         """Why some actions are not offered for the instance (its page lists them under this note)."""
@@ -262,3 +265,18 @@ def instance_capabilities(instance: Instance) -> frozenset[Capability]:
     if instance.host_id is None:
         return frozenset()
     return compute_for(instance.host).capabilities(instance)
+
+
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.:/])/[^\s'\",;:]+")
+
+
+def host_free(text: str, host: Host | None) -> str:
+    """``text`` (a backend's error, shown to the tenant's members) without the host's name, URI or address,
+    and without server paths. The full text belongs in the log, for the operator."""
+    if host is not None:
+        secrets = {host.name, host.uri}
+        parts = urlsplit(host.uri or "")
+        secrets |= {parts.netloc, parts.hostname or ""}
+        for secret in sorted(secrets - {""}, key=len, reverse=True):
+            text = text.replace(secret, "…")
+    return _ABSOLUTE_PATH.sub("…", text)

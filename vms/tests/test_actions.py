@@ -194,14 +194,15 @@ def test_the_api_and_the_live_updates_carry_allowed_actions(world, actors):
         assert instance_payload(instance)["allowed_actions"] == expected
 
 
-def test_adopted_instances_refuse_with_the_reason_and_clouds_name_the_cloud(world, actors):
+def test_adopted_instances_refuse_with_the_reason_and_clouds_say_it_is_a_cloud(world, actors):
     cases, bigger = world
     adopted = next(c for c in cases if c.kind == "libvirt" and c.variant == "adopted" and c.state == "shutoff")
     cloud = next(c for c in cases if c.kind == "openstack" and c.variant == "managed" and c.state == "shutoff")
     with pytest.raises(ServiceError, match="adopted"):
         lifecycle.resize_instance(actor=actors.member, instance=adopted.instance, flavor=bigger)
-    with pytest.raises(ServiceError, match="OpenStack cloud lctest-cloud"):
+    with pytest.raises(ServiceError, match="runs on an OpenStack cloud") as refused:
         lifecycle.attach_disk(actor=actors.member, instance=cloud.instance, size_gib=1)
+    assert "lctest-cloud" not in str(refused.value)  # the cloud's name is for cloud admins (issue #17, 7d)
 
 
 def test_a_member_of_another_tenant_gets_nothing(world, actors, client):

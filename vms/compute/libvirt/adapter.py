@@ -122,7 +122,7 @@ class LibvirtAdapter(AdapterBase):
         return HOST_CAPABILITIES - ADOPTED_MISSING if instance.adopted else HOST_CAPABILITIES
 
     def describe(self, host: Host) -> str:
-        return _("libvirt host %(host)s") % {"host": host.name}
+        return _("a libvirt host")
 
     def limits_note(self, instance: Instance) -> str:
         if instance.adopted:
@@ -148,9 +148,7 @@ class LibvirtAdapter(AdapterBase):
         if image is None or image.status != Image.Status.ACTIVE:
             raise ServiceError(_("The image of this instance is gone or no longer active."))
         if not image.replicas.filter(host=host, state=ImageReplica.State.READY).exists():
-            operations.progress(
-                operation=operation, percent=5, message=_("Copying image to %(host)s") % {"host": host.name}
-            )
+            operations.progress(operation=operation, percent=5, message=_("Copying the image to the host"))
 
         def copy_progress(percent: int) -> None:
             operations.progress(operation=operation, percent=5 + percent * 55 // 100)

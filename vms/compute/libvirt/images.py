@@ -44,18 +44,14 @@ def ensure_image_on_host(
         replica.refresh_from_db()
         if replica.state == ImageReplica.State.READY:
             return replica
-        raise ConflictError(
-            _("Image “%(name)s” is being copied to %(host)s already.") % {"name": image.name, "host": host.name}
-        )
+        raise ConflictError(_("Image “%(name)s” is being copied to this host already.") % {"name": image.name})
 
     def report(percent: int) -> None:
         ImageReplica.objects.filter(pk=replica.pk).update(updated_at=timezone.now())  # the copy is alive
         if progress is not None:
             progress(percent)
         elif operation is not None:
-            operations.progress(
-                operation=operation, percent=percent, message=_("Copying image to %(host)s") % {"host": host.name}
-            )
+            operations.progress(operation=operation, percent=percent, message=_("Copying the image to the host"))
 
     try:
         storage.upload_file(

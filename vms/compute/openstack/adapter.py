@@ -109,7 +109,7 @@ class OpenStackAdapter(AdapterBase):
         return CAPABILITIES
 
     def describe(self, host: Host) -> str:
-        return _("OpenStack cloud %(host)s") % {"host": host.name}
+        return _("an OpenStack cloud")
 
     # ------------------------------------------------------------ launch
 
@@ -119,9 +119,7 @@ class OpenStackAdapter(AdapterBase):
         if image is None or image.status != Image.Status.ACTIVE:
             raise ServiceError(_("The image of this instance is gone or no longer active."))
         driver = cloud_driver(host)
-        operations.progress(
-            operation=operation, percent=5, message=_("Preparing the project on %(host)s") % {"host": host.name}
-        )
+        operations.progress(operation=operation, percent=5, message=_("Preparing the project in the cloud"))
         project_id = project_for(host=host, tenant=instance.tenant)
         flavor_id = cloud_flavor(host=host, flavor=instance.flavor)
 
@@ -129,7 +127,7 @@ class OpenStackAdapter(AdapterBase):
             operations.progress(
                 operation=operation,
                 percent=10 + percent * 40 // 100,
-                message=_("Uploading the image to %(host)s") % {"host": host.name},
+                message=_("Uploading the image to the cloud"),
             )
 
         image_id = wait_for_copy(

@@ -115,9 +115,7 @@ def cloud_image(
                 return replica.cloud_image_id
             claimable = Q(state=ImageReplica.State.READY)  # gone from Glance: upload it again
         if not claim_copy(replica, claimable=claimable, cloud_image_id=""):
-            raise ConflictError(
-                _("Image “%(name)s” is being uploaded to %(host)s already.") % {"name": image.name, "host": host.name}
-            )
+            raise ConflictError(_("Image “%(name)s” is being uploaded to this cloud already.") % {"name": image.name})
     disk_format = image.stored_format or image.disk_format
     try:
         if disk_format not in GLANCE_FORMATS:
