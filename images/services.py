@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import re
 import shutil
 from datetime import timedelta
@@ -37,6 +38,7 @@ from images.selectors import gib, tenant_id_named
 from images.tasks import distribute_image_task, process_image_task
 from portal.access import is_cloud_admin
 from portal.backends.base import BackendError
+from portal.files import private_path
 from portal.models import Tenant
 from portal.services import ConflictError, ServiceError, record_audit, reserve_quota
 from vms import operations
@@ -50,8 +52,11 @@ EDITABLE_FIELDS = {"name", "description", "min_disk_gib", "min_ram_mib", "os_typ
 
 
 def ensure_store() -> Path:
+    """The image store and its ``incoming`` folder, the portal user's alone (0700; files 0600)."""
     path = Path(settings.LABCLOUD_IMAGE_STORE)
-    (path / "incoming").mkdir(parents=True, exist_ok=True)
+    (path / "incoming").mkdir(mode=0o700, parents=True, exist_ok=True)
+    for folder in (path, path / "incoming"):
+        private_path(folder, 0o700)
     return path
 
 
@@ -214,9 +219,8 @@ def receive_chunk(*, actor, image: Image, stream: IO[bytes], offset: int, length
 
 def _append(path: Path, stream: IO[bytes], *, offset: int, length: int) -> int:
     """Write up to ``length`` bytes at ``offset``; on a short read the file is cut back to ``offset``."""
-    mode = "r+b" if path.exists() else "wb"
     received = 0
-    with open(path, mode) as fh:
+    with os.fdopen(os.open(path, os.O_RDWR | os.O_CREAT, 0o600), "r+b") as fh:
         fh.seek(offset)
         fh.truncate()
         while received < length:
@@ -270,6 +274,7 @@ def process_image(*, operation_id: int) -> None:
                 progress=lambda p: operations.progress(operation=operation, percent=10 + p * 80 // 100),
             )
             source.unlink(missing_ok=True)
+        final.chmod(0o600)  # whatever made it (an upload, an import, qemu-img), the file is the portal's alone
         operations.progress(operation=operation, percent=92, message=_("Computing checksum"))
         image.sha256 = sha256_of(final)
         image.size = final.stat().st_size

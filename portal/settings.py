@@ -7,9 +7,16 @@ from pathlib import Path
 import dj_database_url
 from django.utils.translation import gettext_lazy as _
 
+from portal.files import private_path
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(os.environ.get("LABCLOUD_VAR_DIR", BASE_DIR / "var"))
-VAR_DIR.mkdir(parents=True, exist_ok=True)
+
+
+# var/ is the portal user's alone (0700): its database holds the sessions, its files the secret key and the
+# images. Folders made before are tightened at the next start.
+VAR_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
+private_path(VAR_DIR, 0o700)
 
 
 def env_bool(name: str, default: bool = False) -> bool:
@@ -112,6 +119,13 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # the live server's threads would share the test's single connection, and concurrent requests
     # (a browser cancelling an upload while a chunk is in flight) would interleave in one transaction.
     DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / f"test-{os.getpid()}.sqlite3")}
+    # The database file is made 0600 before SQLite opens it (SQLite gives its -wal and -shm files the same
+    # mode); one made before is tightened.
+    _database = Path(DATABASES["default"]["NAME"])
+    if _database.parent.is_dir() and not _database.exists():
+        os.close(os.open(_database, os.O_WRONLY | os.O_CREAT, 0o600))  # an empty file is an empty database
+    for _suffix in ("", "-wal", "-shm"):
+        private_path(Path(f"{_database}{_suffix}"), 0o600)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [
@@ -134,7 +148,8 @@ USE_TZ = True
 
 STATIC_URL = "/static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
-STATIC_ROOT = VAR_DIR / "static"
+# Collected static files; outside var/ (0700) when nginx, as another user, serves them from disk.
+STATIC_ROOT = Path(os.environ.get("LABCLOUD_STATIC_ROOT", VAR_DIR / "static"))
 WHITENOISE_USE_FINDERS = True
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")

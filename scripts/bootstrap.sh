@@ -41,6 +41,13 @@ REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379/0}
 # Test database; scripts/test.sh uses the same URL.
 PG_ROLE=labcloud PG_PASSWORD=labcloud PG_DB=labcloud PG_PORT=5432
 mkdir -p "$VAR_DIR" "$LOG_DIR" "$VAR_DIR/redis"
+# var/ holds the database (sessions), the secret key, the images and the logs: the portal's user's alone.
+# (portal/settings.py keeps it so for what the portal creates later.)
+chmod 700 "$VAR_DIR" "$LOG_DIR" "$VAR_DIR/redis"
+for f in "$VAR_DIR"/secret_key "$VAR_DIR"/labcloud.sqlite3 "$VAR_DIR"/labcloud.sqlite3-wal "$VAR_DIR"/labcloud.sqlite3-shm; do
+    [[ -e $f ]] && chmod 600 "$f"
+done
+[[ -d $VAR_DIR/images ]] && chmod -R go-rwx "$VAR_DIR/images"
 
 T0=$SECONDS
 step() { say "$*"; }
