@@ -113,6 +113,8 @@ class ComputeAdapter(Protocol):
 
     def console(self, instance: Instance, *, ttl: int) -> ConsoleEndpoint: ...
 
+    def console_target(self, instance: Instance) -> ConsoleEndpoint: ...
+
     def capture_source(self, instance: Instance) -> Path: ...
 
     # ------------------------------------------------------------ hosts
@@ -205,6 +207,10 @@ class AdapterBase:
 
     def capture_source(self, instance) -> Path:
         raise self._missing(_("capture to image"))
+
+    def console_target(self, instance) -> ConsoleEndpoint:
+        """Where the portal's console proxy would connect now (``vnc_host``/``vnc_port``, no password)."""
+        raise self._missing(_("open the console"))
 
     def guest_stats(self, host) -> list:
         raise self._missing(_("sample metrics"))

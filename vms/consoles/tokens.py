@@ -4,8 +4,10 @@
 access gate with CHANGE), sets a one-time VNC password on the running domain and stores only the
 SHA-256 of a random token. ``claim_token`` runs in the proxy: it marks the token used with one
 conditional UPDATE (so a token opens at most one connection, within its TTL), then re-checks the
-Origin header, the user's access and the instance's host and state. ``session_still_allowed`` is
-polled by the proxy during a live session; ``end_session`` records its end.
+Origin header, the user's access and the instance's host and state, and asks the instance's host
+where its VNC server listens now: a token issued for another address or port (the instance was
+restarted with another port, or moved) is refused, since that address may now be another guest's.
+``session_still_allowed`` is polled by the proxy during a live session; ``end_session`` records its end.
 
 Refusals are logged at WARNING without the token, and audited as ``console.refused``.
 """
@@ -27,6 +29,7 @@ from django.utils import timezone
 from django.utils.translation import gettext as _
 
 from portal.access import CHANGE
+from portal.backends.base import BackendError
 from portal.models import AuditEvent
 from portal.services import ConflictError, record_audit
 from vms.compute import Capability, compute_for, instance_capabilities
@@ -130,14 +133,28 @@ def _refuse(reason: str, *, session: ConsoleSession | None = None, ip: str | Non
     )
 
 
-def _still_on_target(session: ConsoleSession) -> bool:
-    instance = (
+def _running_instance(session: ConsoleSession) -> Instance | None:
+    """The session's instance if its user may still change it and it runs on a host."""
+    return (
         Instance.objects.restrict(session.user, CHANGE)
         .filter(pk=session.instance_id, state=Instance.State.RUNNING, host__isnull=False)
         .select_related("host")
         .first()
     )
-    return instance is not None
+
+
+def _still_on_target(session: ConsoleSession) -> bool:
+    return _running_instance(session) is not None
+
+
+def _console_unmoved(session: ConsoleSession, instance: Instance) -> bool:
+    """Whether the instance's VNC server still listens at the address and port the token was issued for."""
+    try:
+        now = compute_for(instance.host).console_target(instance)
+    except (BackendError, ConflictError) as exc:
+        logger.warning("console session %s: where the console listens is unknown: %s", session.pk, exc)
+        return False
+    return (now.vnc_host, now.vnc_port) == (session.target_host, session.target_port)
 
 
 def user_of_session_cookie(session_key: str | None) -> int | None:
@@ -185,9 +202,14 @@ def claim_token(
         _end(session, "refused: origin")
         _refuse(f"origin not allowed: {origin!r}", session=session, ip=ip)
         return None
-    if not session.user.is_active or not _still_on_target(session):
+    instance = _running_instance(session) if session.user.is_active else None
+    if instance is None:
         _end(session, "refused: access")
         _refuse("no access or instance not running", session=session, ip=ip)
+        return None
+    if not _console_unmoved(session, instance):
+        _end(session, "refused: target")
+        _refuse("the instance's console is no longer where the token was issued for", session=session, ip=ip)
         return None
     record_audit(
         user=session.user,

@@ -426,6 +426,12 @@ class LibvirtAdapter(AdapterBase):
             raise ConflictError(_("The console of this instance is not available right now.")) from exc
         return ConsoleEndpoint(vnc_host=target.host, vnc_port=target.port, password=password)
 
+    def console_target(self, instance: Instance) -> ConsoleEndpoint:
+        """Where the running instance's VNC server listens now (BackendError when it does not run or answer):
+        the console proxy checks a token's address against it."""
+        target = driver_for(instance.host).console_target(str(instance.uuid))
+        return ConsoleEndpoint(vnc_host=target.host, vnc_port=target.port)
+
     def capture_source(self, instance: Instance) -> Path:
         """The root disk's file, when the host is this machine (the image pipeline reads it from there)."""
         try:

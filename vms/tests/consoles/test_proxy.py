@@ -177,3 +177,40 @@ def test_live_session_closed_when_membership_removed(actors, console_instance, p
     session = ConsoleSession.objects.get(pk=ticket.session_id)
     assert session.end_reason == "access ended"
     assert AuditEvent.objects.filter(action="console.end", detail__reason="access ended").exists()
+
+
+def test_a_token_for_another_vnc_port_is_refused(actors, portal_host, console_instance, proxy):
+    """Issue #17 (7f): a token issued, then the instance restarted with another VNC port (its old port now
+    someone else's: here a listening socket standing in for another guest's VNC server). The proxy must
+    refuse the token instead of connecting to whatever listens at the old address now."""
+    driver, uuid = portal_host.lctest.driver, str(console_instance.uuid)
+    ticket = tokens.open_console(user=actors.member, instance=console_instance)
+    session = ConsoleSession.objects.get(pk=ticket.session_id)
+    old_port = session.target_port
+    driver.power_off(uuid)
+    squatter = socket.socket()
+    squatter.bind(("127.0.0.1", old_port))  # free now: the instance's QEMU is gone
+    squatter.listen(1)
+    squatter.settimeout(0.5)
+    try:
+        driver.start(uuid)
+        assert driver.console_target(uuid).port != old_port  # restarted elsewhere
+
+        status, conn = ws_connect(proxy.port, ticket.token)
+        conn.close()
+        with pytest.raises(TimeoutError):
+            squatter.accept()  # the proxy never connected to the old address
+        assert status == 403
+    finally:
+        squatter.close()
+    session.refresh_from_db()
+    assert session.end_reason == "refused: target"
+    refused = AuditEvent.objects.get(action="console.refused")
+    assert refused.detail["reason"] == "the instance's console is no longer where the token was issued for"
+    assert ticket.token not in proxy.log.read_text()
+
+    # A token issued now, for the new port, works.
+    fresh = tokens.open_console(user=actors.member, instance=console_instance)
+    status, conn = ws_connect(proxy.port, fresh.token)
+    assert status == 101 and read_banner(conn).startswith(b"RFB 003.008")
+    conn.close()

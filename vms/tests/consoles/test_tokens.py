@@ -6,10 +6,12 @@ TCG) on ``qemu:///system`` and are marked ``libvirt_guests``; the rest work on r
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 from datetime import timedelta
 
+import libvirt
 import pytest
 from django.conf import settings
 from django.test import Client
@@ -17,6 +19,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from portal.backends.base import DiskSpec, InstanceSpec
+from portal.backends.libvirt.connection import connect
 from portal.factories import make_instance
 from portal.models import AuditEvent, Membership
 from portal.services import ConflictError
@@ -59,8 +62,27 @@ def console_instance(actors, portal_host, guest_media):
     return instance
 
 
+def vnc_domain_on_test_driver(instance: Instance, *, port: int = 5900) -> None:
+    """A running domain of ``instance`` on libvirt's ``test:///default`` whose VNC server is at 127.0.0.1:``port``
+    (the proxy asks the host where the console listens before it connects); replaced when it exists."""
+    conn = connect("test:///default")
+    with contextlib.suppress(libvirt.libvirtError):
+        old = conn.lookupByUUIDString(str(instance.uuid))
+        if old.isActive():
+            old.destroy()
+        old.undefine()
+    xml = (
+        f"<domain type='test'><name>lctest-console-{instance.pk}-{str(instance.uuid)[:8]}</name>"
+        f"<uuid>{instance.uuid}</uuid><memory unit='MiB'>64</memory><os><type>hvm</type></os>"
+        f"<devices><graphics type='vnc' port='{port}' autoport='no' listen='127.0.0.1'/></devices></domain>"
+    )
+    conn.defineXML(xml).create()
+
+
 def issued(instance: Instance, user, *, expires_in: int = 60, **fields) -> tuple[str, ConsoleSession]:
-    """A console session row with a known token, without touching a hypervisor."""
+    """A console session row with a known token, for a domain on ``test:///default`` listening at its target."""
+    if instance.host is not None and instance.host.uri == "test:///default":
+        vnc_domain_on_test_driver(instance)
     token = f"tok-{instance.pk}-{ConsoleSession.objects.count()}-{'x' * 30}"
     session = ConsoleSession.objects.create(
         tenant=instance.tenant,
@@ -76,7 +98,8 @@ def issued(instance: Instance, user, *, expires_in: int = 60, **fields) -> tuple
 
 
 @pytest.fixture
-def fake_host(db):
+def fake_host(db, test_driver):
+    """A host on libvirt's ``test:///default`` (``test_driver`` removes the ``lctest-`` domains made there)."""
     return Host.objects.create(name="node1", uri="test:///default", state=Host.State.UP)
 
 
@@ -175,6 +198,26 @@ def test_dashboard_console_needs_a_running_instance_of_ones_own(actors, fake_hos
     detail = member.get(reverse("instance_detail", args=[stopped.pk]))
     assert b'id="lc-console"' in detail.content
     assert not ConsoleSession.objects.exists()
+
+
+def test_claim_refuses_a_token_whose_console_moved(actors, fake_host):
+    """Issue #17 (7f): the token names the VNC address and port the instance had when it was issued; the
+    instance restarted on another port (or moved to another host) since: refused, not connected."""
+    instance = make_instance(actors.tenant, host=fake_host, name="vm1")
+    token, session = issued(instance, actors.member)
+    vnc_domain_on_test_driver(instance, port=5901)  # restarted: another port
+    assert tokens.claim_token(token=token, origin=ORIGIN) is None
+    session.refresh_from_db()
+    assert session.end_reason == "refused: target"
+    event = AuditEvent.objects.get(action="console.refused")
+    assert event.detail["reason"] == "the instance's console is no longer where the token was issued for"
+
+    token, session = issued(instance, actors.member)
+    elsewhere = Host.objects.create(name="node2", uri="qemu+tcp://127.0.0.1:1/system", state=Host.State.UP)
+    Instance.objects.filter(pk=instance.pk).update(host=elsewhere)  # moved to a host that does not answer
+    assert tokens.claim_token(token=token, origin=ORIGIN) is None
+    session.refresh_from_db()
+    assert session.end_reason == "refused: target"
 
 
 def test_claim_rechecks_access_and_state(actors, fake_host):
