@@ -45,9 +45,9 @@ mkdir -p "$VAR_DIR" "$LOG_DIR" "$VAR_DIR/redis"
 # (portal/settings.py keeps it so for what the portal creates later.)
 chmod 700 "$VAR_DIR" "$LOG_DIR" "$VAR_DIR/redis"
 for f in "$VAR_DIR"/secret_key "$VAR_DIR"/labcloud.sqlite3 "$VAR_DIR"/labcloud.sqlite3-wal "$VAR_DIR"/labcloud.sqlite3-shm; do
-    [[ -e $f ]] && chmod 600 "$f"
+    if [[ -e $f ]]; then chmod 600 "$f"; fi
 done
-[[ -d $VAR_DIR/images ]] && chmod -R go-rwx "$VAR_DIR/images"
+if [[ -d $VAR_DIR/images ]]; then chmod -R go-rwx "$VAR_DIR/images"; fi
 
 T0=$SECONDS
 step() { say "$*"; }
