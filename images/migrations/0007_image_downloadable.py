@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('images', '0003_replica_cloud_image_id'),
+        ('images', '0006_imageshare_constraints'),
     ]
 
     operations = [
