@@ -12,7 +12,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from portal.middleware import SESSION_KEY
-from portal.models import ApiToken, AuditEvent, Membership
+from portal.models import QUOTA_RESOURCES, ApiToken, AuditEvent, Membership
 from portal.services import create_api_token
 from vms.models import Flavor
 from vms.services import create_flavor, reserve_instances
@@ -65,7 +65,8 @@ def test_overview_shows_the_tenants_quota_usage(actors, make_tenant):
     # The chart gets the limited resources only, with their percentages.
     chart = response.context["chart"]
     assert chart["labels"][0] == "vCPUs" and chart["values"][0] == 75
-    assert len(chart["values"]) == 6
+    # Every resource but the unlimited instances: vCPUs, RAM, disk, snapshots, snapshot storage, images, image storage.
+    assert len(chart["values"]) == len(QUOTA_RESOURCES) - 1 == 7
     assert 'id="lc-quota-chart-data"' in html
     assert "vendor/chartjs/chart.umd.min.js" in html
 
