@@ -96,7 +96,10 @@ class ImageSerializer(serializers.ModelSerializer):
     def get_shared_with(self, image: Image) -> list[int] | None:
         if not self._sees_sharing(image):
             return None
-        return sorted(share.tenant_id for share in image.accepted_shares)  # prefetched by the view
+        shares = getattr(image, "accepted_shares", None)  # prefetched by the image views
+        if shares is None:  # an image serialized elsewhere (a capture's answer)
+            shares = image.shares.filter(status=ImageShare.Status.ACCEPTED).only("tenant_id")
+        return sorted(share.tenant_id for share in shares)
 
     @extend_schema_field(serializers.CharField(allow_null=True))
     def get_source_url(self, image: Image) -> str | None:
