@@ -16,7 +16,7 @@ from django.utils import timezone
 
 from portal.backends.base import DomainStats
 from portal.backends.libvirt.driver import _domain_stats
-from portal.factories import make_instance
+from portal.factories import make_host, make_instance
 from portal.testing import assert_access_matrix, assert_constant_queries, count_queries
 from vms import realtime
 from vms.models import Flavor, Host, Instance, InstanceMetricSample
@@ -231,7 +231,7 @@ def test_metrics_api_query_count_is_constant(actors, flavor):
 
 
 def test_instance_page_has_the_metrics_card(actors, flavor):
-    instance = make_instance(actors.tenant, flavor)
+    instance = make_instance(actors.tenant, flavor, make_host())  # metrics are what a libvirt host offers
     add_samples(instance, 2)
     client = actors.client("member", api=False)
     html = client.get(f"/instances/{instance.pk}/").content.decode()
