@@ -228,12 +228,15 @@ def test_web_trusts_forwarded_addresses_only_when_told(settings):
 
 
 class WebProbe(threading.Thread):
-    """Asks the web server for the login page every 50 ms and records (time, ok) for every answer."""
+    """Asks the web server for the login page every 50 ms and records (sent, done, ok) for every request.
+
+    A request sent just before the web is killed fails after the kill: which window a failure belongs
+    to is decided by both times, never by which of the two (the probe or the kill) came first."""
 
     def __init__(self, url: str) -> None:
         super().__init__(daemon=True)
         self.url = url
-        self.results: list[tuple[float, bool]] = []
+        self.results: list[tuple[float, float, bool]] = []
         self.errors: list[tuple[float, str]] = []
         self.stopping = threading.Event()
 
@@ -246,14 +249,15 @@ class WebProbe(threading.Thread):
             except OSError as exc:
                 ok = False
                 self.errors.append((at, repr(exc)))
-            self.results.append((at, ok))
+            self.results.append((at, time.monotonic(), ok))
             self.stopping.wait(0.05)
 
     def failures_between(self, start: float, end: float) -> int:
-        return sum(1 for at, ok in self.results if start <= at <= end and not ok)
+        """Failed requests sent at ``start`` or later and over by ``end``."""
+        return sum(1 for sent, done, ok in self.results if start <= sent and done <= end and not ok)
 
     def answered_since(self, since: float) -> bool:
-        return any(ok for at, ok in self.results[-5:] if at >= since)
+        return any(ok for sent, _done, ok in self.results[-5:] if sent >= since)
 
 
 @pytest.fixture
@@ -350,10 +354,10 @@ def test_serve_restarts_each_killed_child_and_keeps_the_web_up(serve_env):
         probe.stopping.set()
         probe.join(5)
         # No request failed while the other children were down; the web's own gap is bounded (above).
-        first_answer = next(at for at, ok in probe.results if ok)
+        first_answer = next(sent for sent, _done, ok in probe.results if ok)
         assert probe.failures_between(first_answer, web_outage[0]) == 0, (probe.errors, kills)
         assert probe.failures_between(web_outage[1], float("inf")) == 0
-        gap = [at for at, ok in probe.results if not ok]
+        gap = [sent for sent, _done, ok in probe.results if not ok]
         print(
             "restart latency (kill → serving again): "
             + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in timings.items())
