@@ -20,7 +20,7 @@ from django.utils.translation import gettext_lazy
 
 from portal.services import ConflictError
 from vms.compute import Capability, compute_for, instance_capabilities
-from vms.models import Instance
+from vms.models import Host, Instance
 
 S = Instance.State
 P = Instance.PowerState
@@ -28,6 +28,13 @@ P = Instance.PowerState
 
 class Busy(ConflictError):
     """Refused because a task runs on the instance (the only refusal a stuck launch may override)."""
+
+
+class HostUnavailable(ConflictError):
+    """Refused because the instance's host is down (the watcher says so): nothing is queued until it is back."""
+
+    code = "host_unavailable"
+    title = gettext_lazy("Host unavailable")
 
 
 @dataclass(frozen=True)
@@ -319,13 +326,25 @@ def refusal(instance: Instance, name: str) -> ConflictError | None:
             % {"action": action.verb, "name": instance.name, "state": instance.get_state_display().lower()}
         )
     if action.capability is None:
-        return None
+        return host_refusal(instance)
     if instance.host_id is None:
         return ConflictError(_("Instance “%(name)s” has no host.") % {"name": instance.name})
     if action.capability not in instance_capabilities(instance):
         return ConflictError(compute_for(instance.host).missing_reason(instance, str(action.verb)))
     if not action.applies(instance):
         return ConflictError(_("Instance “%(name)s” is not installing from an ISO.") % {"name": instance.name})
+    return host_refusal(instance)
+
+
+def host_refusal(instance: Instance) -> HostUnavailable | None:
+    """The instance's host is down: every action that talks to it waits until the watcher sees it answer again.
+
+    Said to members without the host's name or address (the hosts page tells cloud admins why it is down).
+    """
+    if instance.host_id is not None and instance.host.state == Host.State.DOWN:
+        return HostUnavailable(
+            _("The host of instance “%(name)s” is unavailable; try again when it is back.") % {"name": instance.name}
+        )
     return None
 
 

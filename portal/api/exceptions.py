@@ -49,7 +49,7 @@ def problem_exception_handler(exc, context):
     if isinstance(exc, ServiceError):
         extra = {"errors": {exc.field: [exc.message]}} if exc.field else {}
         titles = {status.HTTP_409_CONFLICT: _("Conflict"), status.HTTP_403_FORBIDDEN: _("Not allowed")}
-        title = titles.get(exc.status, _("Invalid request"))
+        title = str(getattr(exc, "title", "") or titles.get(exc.status, _("Invalid request")))
         return problem(status_code=exc.status, code=exc.code, title=title, detail=exc.message, **extra)
     if isinstance(exc, Http404):
         exc = exceptions.NotFound()

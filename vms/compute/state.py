@@ -111,9 +111,12 @@ def _owned(instance: Instance) -> bool:
 
 def mark_host_down(*, host: Host, reason: str) -> Host:
     """Record that the host or cloud did not answer: DOWN, with the error as the reason."""
+    went_down = Host.objects.filter(pk=host.pk).exclude(state=Host.State.DOWN).exists()
     host.state = Host.State.DOWN
     host.state_reason = reason[: Host._meta.get_field("state_reason").max_length]
     host.save(update_fields=["state", "state_reason"])
+    if went_down:
+        host_state_changed(host_id=host.pk)
     return host
 
 
@@ -121,8 +124,20 @@ def mark_host_answered(*, host: Host) -> None:
     """The host or cloud answered: UP again (an enabled one that was not), seen now."""
     now = timezone.now()
     if host.state != Host.State.UP and host.enabled:
+        was_down = host.state == Host.State.DOWN
         Host.objects.filter(pk=host.pk).update(state=Host.State.UP, state_reason="", last_seen=now)
         host.state, host.state_reason = Host.State.UP, ""
+        if was_down:
+            host_state_changed(host_id=host.pk)
     else:
         Host.objects.filter(pk=host.pk).update(last_seen=now)
     host.last_seen = now
+
+
+def host_state_changed(*, host_id: int) -> None:
+    """The host went down or came back: what its instances accept changed (``vms.actions.host_refusal``).
+
+    Publishes each of them again, so open pages redraw their buttons from the new ``allowed_actions``.
+    """
+    for instance in Instance.objects.filter(host_id=host_id).select_related("host"):
+        realtime.instance_changed(instance)

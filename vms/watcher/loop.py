@@ -360,7 +360,15 @@ class HostWatcher:
         watch.failures += 1
         delay = min(BACKOFF_MAX, BACKOFF_MIN * 2 ** (watch.failures - 1))
         watch.retry_at = time.monotonic() + delay
-        Host.objects.filter(pk=watch.host_id, enabled=True).update(state=Host.State.DOWN, state_reason=reason[:255])
+        went_down = (
+            Host.objects.filter(pk=watch.host_id, enabled=True)
+            .exclude(state=Host.State.DOWN)
+            .update(state=Host.State.DOWN, state_reason=reason[:255])
+        )
+        if went_down:
+            observed_state.host_state_changed(host_id=watch.host_id)
+        else:
+            Host.objects.filter(pk=watch.host_id, enabled=True).update(state_reason=reason[:255])
         log.warning("host %s is down (%s); retrying in %.0f s", watch.name, reason, delay)
 
     def connect_watches(self) -> set[int]:

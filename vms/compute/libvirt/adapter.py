@@ -51,7 +51,7 @@ from vms.compute.libvirt.spec import (
     seed_volume,
 )
 from vms.compute.libvirt.watch import reconcile_host
-from vms.compute.state import mark_host_down
+from vms.compute.state import host_state_changed, mark_host_down
 from vms.models import Host, Instance, InstanceDisk, Operation, Snapshot
 from vms.networks import ensure_on_host
 
@@ -463,10 +463,13 @@ class LibvirtAdapter(AdapterBase):
         host.pool_capacity = capacity.pool_capacity
         host.pool_available = capacity.pool_available
         host.backend_version = capacity.libvirt_version
+        was_down = Host.objects.filter(pk=host.pk, state=Host.State.DOWN).exists()
         host.state = Host.State.UP if host.enabled else Host.State.DISABLED
         host.state_reason = ""
         host.last_seen = timezone.now()
         host.save(update_fields=list(Host.REPORTED_FIELDS))
+        if was_down:
+            host_state_changed(host_id=host.pk)
         self._measure_snapshots_on(host)
         return host
 

@@ -23,7 +23,7 @@ from portal.backends.base import BackendError
 from portal.backends.openstack.driver import OpenStackAuth, OpenStackDriver
 from portal.services import ServiceError
 from vms.compute.base import given_credentials
-from vms.compute.state import mark_host_down
+from vms.compute.state import host_state_changed, mark_host_down
 from vms.models import Host
 
 log = logging.getLogger(__name__)
@@ -151,11 +151,14 @@ def verify_cloud(*, host: Host) -> Host:
     except BackendError as exc:
         log.info("cloud %s is down: %s", host.name, exc.message)
         return mark_host_down(host=host, reason=exc.message)
+    was_down = Host.objects.filter(pk=host.pk, state=Host.State.DOWN).exists()
     host.state = Host.State.UP if host.enabled else Host.State.DISABLED
     host.state_reason = ""
     host.backend_version = f"Nova {info.compute_max_microversion}"[:32]
     host.last_seen = timezone.now()
     host.save(update_fields=["state", "state_reason", "backend_version", "last_seen"])
+    if was_down:
+        host_state_changed(host_id=host.pk)
     return host
 
 
