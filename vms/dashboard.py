@@ -19,7 +19,7 @@ from portal.models import Tenant
 from vms.compute import Capability, compute_for, host_can
 from vms.compute.base import HostFact
 from vms.models import Host, Instance, Operation
-from vms.operations import operation_labels
+from vms.operations import operation_labels, stored_texts
 from vms.scheduler import HostLoad, host_loads
 from vms.selectors import hosts_for
 
@@ -216,6 +216,8 @@ def toast_config() -> dict:
             "open": _("Open"),
         },
         "targetUrls": target_url_templates(),
+        # Operation steps and errors the portal stores untranslated → in this page's language.
+        "storedTexts": stored_texts(),
     }
 
 

@@ -2,11 +2,12 @@
 
 ``execute(operation_id=…)`` is the body of the Celery task ``vms.tasks.run_instance_operation``. It
 talks to the host only through ``compute_for(instance.host)``; each adapter step is idempotent, so a
-task redelivered after a worker died finishes the job. A failure fails the operation with the
-backend's message (an unexpected error with a generic one; the details go to the worker's log),
-and ``_fail`` undoes what the request reserved (quota, a disk row, a snapshot row) so nothing is
-left half-created. ``recover_stale_operations`` re-queues operations whose worker stopped sending
-heartbeats.
+task redelivered after a worker died finishes the job. A failure fails the operation with a message
+members may read (a service's refusal as it is; a backend's failure as one of the portal's generic
+messages, its own words — host names, URIs — kept in ``error_detail`` for cloud admins; an unexpected
+error generic too, the traceback in the worker's log), and ``_fail`` undoes what the request reserved
+(quota, a disk row, a snapshot row) so nothing is left half-created. ``recover_stale_operations``
+re-queues operations whose worker stopped sending heartbeats.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from django.db.models import Q
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
-from portal.backends.base import BackendError
+from portal.backends.base import BackendError, HostUnreachable
 from portal.services import ServiceError
 from vms import actions, operations, realtime
 from vms.compute import compute_for, host_free
@@ -55,14 +56,20 @@ def execute(*, operation_id: int) -> None:
 def _dispatch(operation: Operation, instance: Instance, action: str) -> None:
     try:
         message = _run(operation, instance, action)
-    except (BackendError, ServiceError) as exc:
-        log.warning("operation %s (%s) failed: %s", operation.pk, operation.kind, exc.message)
+    except ServiceError as exc:
+        log.warning("operation %s (%s) refused: %s", operation.pk, operation.kind, exc.message)
         _fail(operation, instance, host_free(exc.message, instance.host))  # members read it: no host, no path
         return
-    except Exception:
+    except BackendError as exc:
+        # The backend's words name hosts and URIs: for cloud admins (error_detail), not for the tenant.
+        log.warning("operation %s (%s) failed: %s", operation.pk, operation.kind, exc.message)
+        generic = operations.HOST_DID_NOT_ANSWER if isinstance(exc, HostUnreachable) else operations.HOST_FAILED
+        _fail(operation, instance, generic, detail=exc.message)
+        return
+    except Exception as exc:
         # The details (paths, SQL…) go to the log for the operator, not to the tenant.
         log.exception("operation %s (%s) crashed", operation.pk, operation.kind)
-        _fail(operation, instance, _("Internal error; the administrators can find the details in the worker's log."))
+        _fail(operation, instance, operations.INTERNAL_ERROR, detail=f"{type(exc).__name__}: {exc}")
         return
     if action != "delete":
         Instance.objects.filter(pk=instance.pk).update(task="", updated_at=timezone.now())
@@ -130,9 +137,12 @@ def _delete(operation: Operation, instance: Instance) -> str:
     return _("Instance deleted.")
 
 
-def _fail(operation: Operation, instance: Instance | None, message: str) -> None:
-    """Fail the operation and undo what its request reserved; a failed launch leaves nothing on the host."""
-    operations.fail(operation=operation, error=message)
+def _fail(operation: Operation, instance: Instance | None, message: str, *, detail: str = "") -> None:
+    """Fail the operation and undo what its request reserved; a failed launch leaves nothing on the host.
+
+    ``message`` is what members see (also as a failed launch's state reason); ``detail`` is for cloud admins.
+    """
+    operations.fail(operation=operation, error=message, detail=detail)
     if instance is None:
         return
     action = operation.kind.removeprefix("instance.")

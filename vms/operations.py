@@ -15,10 +15,25 @@ from datetime import timedelta
 from django.conf import settings
 from django.db import connection, models, transaction
 from django.utils import timezone
+from django.utils.translation import gettext, gettext_noop
 
 from portal.models import Tenant
 from vms import actions, realtime
 from vms.models import Operation
+
+# The portal's own messages that operations store untranslated (gettext_noop) and that every reader
+# translates when it shows them (``Operation.error_text``/``message_text``, live.js's ``storedTexts``):
+# a failure is recorded once, by the worker, but read by members in their own languages.
+HOST_DID_NOT_ANSWER = gettext_noop("The host did not answer; the action was not carried out. Try again later.")
+HOST_FAILED = gettext_noop("The host could not carry out the action; the cloud administrators can see why.")
+INTERNAL_ERROR = gettext_noop("Internal error; the administrators can find the details in the worker's log.")
+STORED_TEXTS = (HOST_DID_NOT_ANSWER, HOST_FAILED, INTERNAL_ERROR)
+
+
+def stored_texts() -> dict[str, str]:
+    """The stored messages → their text in the active language (for the pages' scripts)."""
+    return {text: gettext(text) for text in STORED_TEXTS}
+
 
 # What operations of other kinds than instance actions are called (the image pipeline registers its own).
 _labels: dict[str, Callable[[], str]] = {}
@@ -55,9 +70,9 @@ def create_operation(
         target_repr=str(target)[:200],
         params=params or {},
     )
+    realtime.operation_changed(operation)  # first: "queued" is news before anything the task says
     if task is not None:
         transaction.on_commit(lambda: task.delay(operation.pk))
-    realtime.operation_changed(operation)
     return operation
 
 
@@ -142,8 +157,9 @@ def succeed(*, operation: Operation, message: str = "") -> None:
     _finish(operation, Operation.State.SUCCEEDED, progress=100, message=message)
 
 
-def fail(*, operation: Operation, error: str) -> None:
-    _finish(operation, Operation.State.FAILED, error=error)
+def fail(*, operation: Operation, error: str, detail: str = "") -> None:
+    """``error`` is what members see (translated, or one of STORED_TEXTS); ``detail`` is for cloud admins."""
+    _finish(operation, Operation.State.FAILED, error=error, error_detail=detail)
 
 
 def _finish(operation: Operation, state: str, **fields) -> None:

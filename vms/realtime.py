@@ -118,22 +118,27 @@ def instance_deleted(*, tenant_id: int, instance_id: int) -> None:
 
 
 def operation_changed(operation) -> None:
-    publish(
-        tenant_id=operation.tenant_id,
-        kind="operation",
-        data={
-            "id": operation.pk,
-            "tenant_id": operation.tenant_id,
-            "kind": operation.kind,
-            "target_type": operation.target_type,
-            "target_id": operation.target_id,
-            "target": operation.target_repr,
-            "state": operation.state,
-            "progress": operation.progress,
-            "message": operation.message,
-            "error": operation.error,
-        },
-    )
+    """The operation's state to its tenant and to staff; only staff get ``error_detail`` (the backend's words).
+
+    ``message`` and ``error`` go as stored: the portal's own messages are untranslated there, and each
+    page translates them in its reader's language (live.js, ``storedTexts``).
+    """
+    data = {
+        "id": operation.pk,
+        "tenant_id": operation.tenant_id,
+        "kind": operation.kind,
+        "target_type": operation.target_type,
+        "target_id": operation.target_id,
+        "target": operation.target_repr,
+        "state": operation.state,
+        "progress": operation.progress,
+        "message": operation.message,
+        "error": operation.error,
+    }
+    if operation.tenant_id is not None:
+        publish(tenant_id=None, kind="operation", data=data, groups=[tenant_group(operation.tenant_id)])
+    staff_data = {**data, "error_detail": operation.error_detail}
+    publish(tenant_id=None, kind="operation", data=staff_data, groups=[STAFF_GROUP])
 
 
 def metrics_sampled(*, tenant_id: int, instance_id: int, point: dict[str, Any]) -> None:

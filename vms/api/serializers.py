@@ -61,6 +61,13 @@ class OperationSerializer(serializers.ModelSerializer):
     user = serializers.CharField(
         source="user.username", read_only=True, allow_null=True, help_text=_("Username of who started it.")
     )
+    message = serializers.CharField(source="message_text", read_only=True, help_text=_("The current step."))
+    error = serializers.CharField(
+        source="error_text", read_only=True, help_text=_("Why it failed, in words for members (no backend details).")
+    )
+    error_detail = serializers.CharField(
+        read_only=True, help_text=_("What the backend said when it failed; only for cloud admins (absent otherwise).")
+    )
 
     class Meta:
         model = Operation
@@ -77,8 +84,16 @@ class OperationSerializer(serializers.ModelSerializer):
             "progress",
             "message",
             "error",
+            "error_detail",
             "created_at",
             "started_at",
             "finished_at",
         ]
         read_only_fields = fields
+
+    def to_representation(self, operation: Operation) -> dict:
+        data = super().to_representation(operation)
+        request = self.context.get("request")
+        if not is_cloud_admin(getattr(request, "user", None)):
+            data.pop("error_detail", None)  # hosts, URIs, backend messages: for cloud admins only
+        return data

@@ -6,6 +6,7 @@ import uuid
 
 from django.conf import settings
 from django.db import models
+from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
 from portal.access import MEMBER_ROLES, VIEW, RestrictedQuerySet
@@ -36,7 +37,13 @@ class Operation(models.Model):
     progress = models.PositiveSmallIntegerField(_("progress (%)"), default=0)
     message = models.CharField(_("step"), max_length=200, blank=True)
     params = models.JSONField(_("parameters"), default=dict, blank=True)
+    # What members see (a service's translated refusal, or one of the portal's own messages stored
+    # untranslated and translated when shown: ``error_text``); the backend's own words, with host
+    # names and URIs, go to ``error_detail``, which only cloud admins see.
     error = models.TextField(_("error"), blank=True)
+    error_detail = models.TextField(
+        _("error detail"), blank=True, help_text=_("What the backend said; shown to cloud admins only.")
+    )
     created_at = models.DateTimeField(_("created"), auto_now_add=True)
     started_at = models.DateTimeField(_("started"), null=True, blank=True)
     finished_at = models.DateTimeField(_("finished"), null=True, blank=True)
@@ -56,6 +63,16 @@ class Operation(models.Model):
 
     def __str__(self) -> str:
         return f"{self.kind} {self.target_repr} ({self.get_state_display()})"
+
+    @property
+    def error_text(self) -> str:
+        """The error in the active language (the portal's own messages are stored untranslated)."""
+        return gettext(self.error) if self.error else ""
+
+    @property
+    def message_text(self) -> str:
+        """The current step in the active language (the portal's own messages are stored untranslated)."""
+        return gettext(self.message) if self.message else ""
 
     @property
     def finished(self) -> bool:

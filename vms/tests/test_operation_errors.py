@@ -1,0 +1,100 @@
+"""A failed operation shows members a translated, generic reason; cloud admins see what the backend said.
+
+The real failure: an instance on a host that has not been noticed down yet (its row still says *up*),
+whose libvirt does not answer — a TCP port on 127.0.0.1 where nothing listens. The member's stop is
+accepted, the worker's task (run eagerly here, after the request's commit) fails with libvirt's
+"cannot connect to qemu+tcp://127.0.0.1:…" and the operation fails. Before, that text went as it is
+to the member's API, page, live updates and toasts. Now members get "The host did not answer…"
+in their language and cloud admins ``error_detail``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from asgiref.sync import async_to_sync
+from django.core.cache import cache
+
+from portal import factories
+from portal.celery import app as celery_app
+from portal.testing import free_port
+from vms import realtime
+from vms.models import Flavor, Host, Instance, Operation
+from vms.tests.watcher.test_loop import channel_layer, listen  # noqa: F401 - fixture
+
+URL = "/api/v1/instances/"
+
+
+@pytest.fixture(autouse=True)
+def _fresh_throttles():
+    cache.clear()
+
+
+@pytest.fixture
+def eager_tasks():
+    previous = celery_app.conf.task_always_eager
+    celery_app.conf.task_always_eager = True
+    yield
+    celery_app.conf.task_always_eager = previous
+
+
+def test_members_see_a_generic_reason_and_admins_the_detail(
+    transactional_db,
+    actors,
+    eager_tasks,
+    channel_layer,  # noqa: F811
+):
+    port = free_port()  # nothing listens there: libvirt's connect is refused
+    uri = f"qemu+tcp://127.0.0.1:{port}/system"
+    host = Host.objects.create(name="silent", uri=uri, state=Host.State.UP)
+    flavor = Flavor.objects.create(name="lctest.err", vcpus=1, ram_mib=256, disk_gib=1)
+    instance = factories.make_instance(actors.tenant, flavor, host, name="web-1", state=Instance.State.RUNNING)
+    tenant_channel = listen(channel_layer, realtime.tenant_group(actors.tenant.pk))
+    staff_channel = listen(channel_layer, realtime.STAFF_GROUP)
+
+    member = actors.client("member")
+    response = member.post(f"{URL}{instance.pk}/stop/")
+    assert response.status_code == 202, response.content
+    operation = Operation.objects.get(pk=response.json()["id"])
+    assert operation.state == Operation.State.FAILED
+    assert uri in operation.error_detail  # kept for the admins
+    instance.refresh_from_db()
+    assert instance.task == "" and instance.state == Instance.State.RUNNING
+
+    seen = member.get(f"/api/v1/operations/{operation.pk}/").json()
+    assert seen["error"] == "The host did not answer; the action was not carried out. Try again later."
+    assert "error_detail" not in seen
+    chinese = member.get(f"/api/v1/operations/{operation.pk}/", HTTP_ACCEPT_LANGUAGE="zh-hans").json()
+    assert chinese["error"] == "主机没有应答，操作未执行。请稍后再试。"
+    admin = actors.client("cloud_admin").get(f"/api/v1/operations/{operation.pk}/").json()
+    assert uri in admin["error_detail"] and "127.0.0.1" not in admin["error"]
+
+    page = actors.client("member", api=False).get(f"/instances/{instance.pk}/")
+    assert page.status_code == 200
+    assert "The host did not answer" in page.content.decode() and str(port) not in page.content.decode()
+    admin_page = actors.client("cloud_admin", api=False).get(f"/instances/{instance.pk}/").content.decode()
+    assert uri in admin_page
+
+    realtime.flush()
+    member_events = _operation_events(channel_layer, tenant_channel)
+    assert member_events and all("127.0.0.1" not in str(event) for event in member_events)
+    assert member_events[-1]["data"]["state"] == "failed"
+    staff_events = _operation_events(channel_layer, staff_channel)
+    assert uri in staff_events[-1]["data"]["error_detail"]
+
+
+def _operation_events(layer, channel) -> list[dict]:
+    """Every operation event waiting on ``channel``, read in one event loop (channels_redis binds a channel to one)."""
+
+    async def drain() -> list[dict]:
+        events = []
+        while True:
+            try:
+                message = await asyncio.wait_for(layer.receive(channel), 0.5)
+            except TimeoutError:
+                return events
+            if message["event"]["type"] == "operation":
+                events.append(message["event"])
+
+    return async_to_sync(drain)()
