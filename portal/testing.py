@@ -272,3 +272,76 @@ def other_live_leases(folder: Path) -> list[Path]:
         else:
             lease.unlink(missing_ok=True)  # a session that died without cleaning up
     return leases
+
+
+# ---------------------------------------------------------------- services of a test's own
+
+
+REDIS_SERVER = "/usr/bin/redis-server"  # Debian's redis-server (scripts/bootstrap.sh installs it)
+
+
+class OwnRedis:
+    """A redis-server of the test's own on 127.0.0.1:``port`` (no persistence), stopped and started by its PID.
+
+    For fault tests: the shared Redis of the machine (127.0.0.1:6379) is never stopped. ``stop()`` is a
+    real outage (SIGTERM, the port refuses connections until ``start()`` listens on it again).
+    """
+
+    def __init__(self, log: Path, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.log = log
+        self.process: subprocess.Popen | None = None
+
+    def url(self, db: int = 0) -> str:
+        return f"redis://127.0.0.1:{self.port}/{db}"
+
+    def start(self, timeout: float = 20) -> None:
+        with self.log.open("ab") as out:
+            self.process = subprocess.Popen(  # noqa: S603 - fixed arguments
+                [
+                    REDIS_SERVER,
+                    "--port",
+                    str(self.port),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--daemonize",
+                    "no",
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.process.poll() is not None:
+                pytest.fail(f"redis-server exited with {self.process.returncode}:\n{self.log.read_text()[-2000:]}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                return
+            except OSError:
+                if time.monotonic() > deadline:
+                    pytest.fail(f"redis-server did not listen on {self.port} within {timeout} s")
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.kill(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=10)
+        self.process = None
+
+
+@contextlib.contextmanager
+def own_redis(log: Path) -> Iterator[OwnRedis]:
+    server = OwnRedis(log)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

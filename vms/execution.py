@@ -7,7 +7,8 @@ members may read (a service's refusal as it is; a backend's failure as one of th
 messages, its own words — host names, URIs — kept in ``error_detail`` for cloud admins; an unexpected
 error generic too, the traceback in the worker's log), and ``_fail`` undoes what the request reserved
 (quota, a disk row, a snapshot row) so nothing is left half-created. ``recover_stale_operations``
-re-queues operations whose worker stopped sending heartbeats.
+re-queues operations whose worker stopped sending heartbeats and sends those the broker did
+not take.
 """
 
 from __future__ import annotations
@@ -181,24 +182,28 @@ def _fail(operation: Operation, instance: Instance | None, message: str, *, deta
 
 
 def recover_stale_operations(*, stale_after: timedelta | None = None, max_attempts: int = 3) -> list[int]:
-    """Re-queue instance operations whose worker died; fail those that died ``max_attempts`` times.
+    """Send what the broker did not take; re-queue instance operations whose worker died; fail those that
+    died ``max_attempts`` times. Returns the ids sent or re-queued.
 
-    Runs from Celery beat and at worker start. A *running* operation whose heartbeat (sent every
-    quarter of ``stale_after`` while its task runs) stopped for ``stale_after`` lost its worker: it
-    is queued again and the attempt counted. A *queued* operation is only waiting for a free
-    worker; if it has waited ten times as long, its message may be lost, so it is sent once more
-    (not counted: waiting is not failing). Host clean-up of a failed launch happens after the
+    Runs from Celery beat and at worker start. Operations whose message never reached the broker
+    (``unsent_task``) are sent at once, whatever their age (``operations.send_unsent``). A *running*
+    operation whose heartbeat (sent every quarter of ``stale_after`` while its task runs) stopped for
+    ``stale_after`` lost its worker: it is queued again and the attempt counted. A *queued* operation
+    is only waiting for a free worker; if it has waited ten times as long, its message may be lost,
+    so it is sent once more (not counted: waiting is not failing). Host clean-up of a failed launch happens after the
     sweep's transaction, never while rows are locked.
     """
     stale_after = stale_after or timedelta(seconds=settings.LABCLOUD_OPERATION_STALE_SECONDS)
+    sent = operations.send_unsent()
     now = timezone.now()
     running_cutoff, queued_cutoff = now - stale_after, now - 10 * stale_after
     requeued, to_fail = [], []
+    waiting = Q(state=Operation.State.QUEUED, unsent_task="")  # unsent ones wait for the broker, not a worker
     candidates = Operation.objects.filter(kind__startswith="instance.").filter(
         Q(state=Operation.State.RUNNING, heartbeat_at__lt=running_cutoff)
         | Q(state=Operation.State.RUNNING, heartbeat_at__isnull=True, started_at__lt=running_cutoff)
-        | Q(state=Operation.State.QUEUED, heartbeat_at__lt=queued_cutoff)
-        | Q(state=Operation.State.QUEUED, heartbeat_at__isnull=True, created_at__lt=queued_cutoff)
+        | (waiting & Q(heartbeat_at__lt=queued_cutoff))
+        | (waiting & Q(heartbeat_at__isnull=True, created_at__lt=queued_cutoff))
     )
     for pk in candidates.values_list("pk", flat=True):
         with transaction.atomic():
@@ -219,11 +224,11 @@ def recover_stale_operations(*, stale_after: timedelta | None = None, max_attemp
             fresh.state = Operation.State.QUEUED
             fresh.heartbeat_at = now  # the next re-send waits a full period again
             fresh.save(update_fields=["params", "state", "heartbeat_at"])
-            transaction.on_commit(lambda pk=fresh.pk: run_instance_operation.delay(pk))
+            transaction.on_commit(lambda op=fresh: operations.send(operation=op, task=run_instance_operation))
         requeued.append(pk)
     for operation in to_fail:
         instance = Instance.objects.select_related("host", "tenant").filter(pk=operation.target_id).first()
         _fail(operation, instance, _("The worker running this operation stopped %(n)d times.") % {"n": max_attempts})
     if requeued:
         log.info("re-queued stale instance operations: %s", requeued)
-    return requeued
+    return sent + requeued

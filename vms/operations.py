@@ -3,31 +3,44 @@
 A task receives the operation id, calls ``begin`` (idempotent: a redelivered task of a
 finished operation does nothing), reports ``progress`` as it goes and ends with
 ``succeed`` or ``fail``.
+
+When the broker does not take the task's message (Redis down), the request still succeeds: the
+operation stays *queued*, remembers its task (``unsent_task``) and says it waits for the task
+queue; ``send_unsent`` sends it as soon as the broker answers (a worker runs it each time it
+connects to the broker, and the recovery sweep every ``OPERATION_RECOVERY_INTERVAL`` seconds).
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 
+import kombu.exceptions
 from django.conf import settings
 from django.db import connection, models, transaction
 from django.utils import timezone
 from django.utils.translation import gettext, gettext_noop
 
+from portal.celery import app as celery_app
 from portal.models import Tenant
 from vms import actions, realtime
 from vms.models import Operation
 
+log = logging.getLogger(__name__)
+
 # The portal's own messages that operations store untranslated (gettext_noop) and that every reader
 # translates when it shows them (``Operation.error_text``/``message_text``, live.js's ``storedTexts``):
 # a failure is recorded once, by the worker, but read by members in their own languages.
+WAITING_FOR_BROKER = gettext_noop("Waiting for the task queue; sent as soon as it answers.")
 HOST_DID_NOT_ANSWER = gettext_noop("The host did not answer; the action was not carried out. Try again later.")
 HOST_FAILED = gettext_noop("The host could not carry out the action; the cloud administrators can see why.")
 INTERNAL_ERROR = gettext_noop("Internal error; the administrators can find the details in the worker's log.")
-STORED_TEXTS = (HOST_DID_NOT_ANSWER, HOST_FAILED, INTERNAL_ERROR)
+STORED_TEXTS = (WAITING_FOR_BROKER, HOST_DID_NOT_ANSWER, HOST_FAILED, INTERNAL_ERROR)
+# What a producer raises when the broker cannot be reached (kombu wraps the transport's errors).
+BROKER_ERRORS = (kombu.exceptions.OperationalError, ConnectionError, OSError)
 
 
 def stored_texts() -> dict[str, str]:
@@ -72,8 +85,62 @@ def create_operation(
     )
     realtime.operation_changed(operation)  # first: "queued" is news before anything the task says
     if task is not None:
-        transaction.on_commit(lambda: task.delay(operation.pk))
+        transaction.on_commit(lambda: send(operation=operation, task=task))
     return operation
+
+
+def send(*, operation: Operation, task) -> bool:
+    """Hand ``task(operation.pk)`` to the broker; when it cannot be reached, keep the operation to send later.
+
+    Runs after the request's commit: the operation and what it reserved are in the database either
+    way, so a broker outage must not turn the accepted request into an error. Returns whether it went.
+    """
+    try:
+        task.delay(operation.pk)
+    except BROKER_ERRORS as exc:
+        log.warning("operation %s: the broker did not take its task (%s); sent when it answers", operation.pk, exc)
+        marked = Operation.objects.filter(pk=operation.pk, state=Operation.State.QUEUED).update(
+            unsent_task=task.name, message=WAITING_FOR_BROKER
+        )
+        if marked:
+            operation.unsent_task, operation.message = task.name, WAITING_FOR_BROKER
+            realtime.operation_changed(operation)
+        return False
+    return True
+
+
+def send_unsent() -> list[int]:
+    """Send the tasks of queued operations that the broker did not take; the ids sent (none while it is down).
+
+    Each operation is claimed with a conditional UPDATE before its message goes, so two callers (a
+    worker reconnecting, the sweep) never send it twice; a send that fails again puts the claim back.
+    """
+    sent: list[int] = []
+    pending = Operation.objects.filter(state=Operation.State.QUEUED).exclude(unsent_task="").order_by("pk")
+    for operation in pending:
+        task = celery_app.tasks.get(operation.unsent_task)
+        if task is None:
+            log.error("operation %s: unknown task %s", operation.pk, operation.unsent_task)
+            continue
+        claimed = Operation.objects.filter(pk=operation.pk, unsent_task=operation.unsent_task).update(
+            unsent_task="", message=""
+        )
+        if not claimed:
+            continue
+        try:
+            task.delay(operation.pk)
+        except BROKER_ERRORS as exc:
+            Operation.objects.filter(pk=operation.pk, unsent_task="", state=Operation.State.QUEUED).update(
+                unsent_task=operation.unsent_task, message=WAITING_FOR_BROKER
+            )
+            log.warning("the broker still does not take tasks (%s); %d operations wait", exc, pending.count())
+            break
+        operation.unsent_task, operation.message = "", ""
+        realtime.operation_changed(operation)
+        sent.append(operation.pk)
+    if sent:
+        log.info("sent the tasks of operations the broker had not taken: %s", sent)
+    return sent
 
 
 def _stale_before():
@@ -100,7 +167,10 @@ def begin(*, operation_id: int) -> Operation | None:
         operation.state = Operation.State.RUNNING
         operation.started_at = operation.started_at or now
         operation.heartbeat_at = now
-        operation.save(update_fields=["state", "started_at", "heartbeat_at"])
+        operation.unsent_task = ""  # its message did arrive (one that failed to send may still have gone)
+        if operation.message == WAITING_FOR_BROKER:
+            operation.message = ""
+        operation.save(update_fields=["state", "started_at", "heartbeat_at", "unsent_task", "message"])
     realtime.operation_changed(operation)
     return operation
 

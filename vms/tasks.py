@@ -6,9 +6,15 @@ copy its image first); the other tasks have Celery's defaults from the settings 
 
 from __future__ import annotations
 
-from celery import shared_task
+import logging
+
+from celery import bootsteps, shared_task
 from celery.signals import worker_ready
 from django.conf import settings
+
+from portal.celery import app
+
+log = logging.getLogger(__name__)
 
 
 @shared_task(
@@ -36,6 +42,27 @@ def _recover_at_start(**_kwargs) -> None:
     from vms.execution import recover_stale_operations
 
     recover_stale_operations()
+
+
+class SendUnsentOnConnect(bootsteps.StartStopStep):
+    """Each time the worker (re)connects to the broker, send the operations the broker did not take meanwhile.
+
+    A consumer bootstep starts again after every reconnection (``worker_ready`` fires only once), so an
+    action asked while Redis was down goes as soon as the worker sees Redis again, not at the next sweep.
+    """
+
+    requires = {"celery.worker.consumer.tasks:Tasks"}
+
+    def start(self, c) -> None:
+        from vms.operations import send_unsent
+
+        try:
+            send_unsent()
+        except Exception:  # the database may be away too: the sweep (beat) tries again
+            log.exception("could not send the unsent operations")
+
+
+app.steps["consumer"].add(SendUnsentOnConnect)
 
 
 @shared_task

@@ -44,6 +44,8 @@ class Operation(models.Model):
     error_detail = models.TextField(
         _("error detail"), blank=True, help_text=_("What the backend said; shown to cloud admins only.")
     )
+    # The Celery task to send again once the broker answers (empty: its message was handed to the broker).
+    unsent_task = models.CharField(_("unsent task"), max_length=200, blank=True, db_index=True)
     created_at = models.DateTimeField(_("created"), auto_now_add=True)
     started_at = models.DateTimeField(_("started"), null=True, blank=True)
     finished_at = models.DateTimeField(_("finished"), null=True, blank=True)
@@ -73,6 +75,11 @@ class Operation(models.Model):
     def message_text(self) -> str:
         """The current step in the active language (the portal's own messages are stored untranslated)."""
         return gettext(self.message) if self.message else ""
+
+    @property
+    def unsent(self) -> bool:
+        """Queued, but its message never reached the broker: sent again as soon as the broker answers."""
+        return bool(self.unsent_task)
 
     @property
     def finished(self) -> bool:
