@@ -3,6 +3,8 @@ from django.urls import include, path
 
 from portal.prometheus import metrics_view
 
+handler500 = "portal.views.server_error"  # problem+json under /api/, 503 while the database or broker is away
+
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("i18n/", include("django.conf.urls.i18n")),

@@ -6,13 +6,17 @@ writes through the services. A ``ServiceError`` is shown to the user and changes
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
+import kombu.exceptions
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
-from django.http import Http404
+from django.db import InterfaceError, OperationalError
+from django.http import Http404, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render, resolve_url
+from django.template import loader
 from django.utils import timezone
 from django.utils.functional import SimpleLazyObject
 from django.utils.http import url_has_allowed_host_and_scheme
@@ -22,6 +26,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_POST
 
 from portal.access import CHANGE, DELETE, VIEW, access_by_id, is_cloud_admin
+from portal.api.exceptions import problem_response
 from portal.forms import AddMemberForm, ApiTokenForm, RoleForm, SwitchTenantForm
 from portal.middleware import SESSION_KEY, client_ip
 from portal.models import ApiToken, Membership, Quota, Tenant
@@ -307,3 +312,43 @@ def member_remove(request, pk: int):
             request, _("%(user)s has been removed from %(tenant)s.") % {"user": username, "tenant": tenant_name}
         )
     return redirect("members")
+
+
+# ---------------------------------------------------------------- errors
+
+# What a part of the portal that is away raises (the database restarting, the broker stopped): a 503, try again.
+UNAVAILABLE = (OperationalError, InterfaceError, kombu.exceptions.OperationalError)
+RETRY_AFTER_SECONDS = 5
+
+
+def server_error(request):
+    """``handler500``: an error no view handled. problem+json under /api/, the error page elsewhere.
+
+    A part that is away (the database or the broker: ``UNAVAILABLE``) answers 503 with Retry-After,
+    anything else 500; the details never leave the server (Django logs the traceback). Nothing here
+    touches the database, which may be what failed.
+    """
+    error = sys.exc_info()[1]
+    unavailable = isinstance(error, UNAVAILABLE)
+    status = 503 if unavailable else 500
+    if request.path.startswith("/api/"):
+        if unavailable:
+            response = problem_response(
+                status_code=status,
+                code="service_unavailable",
+                title=_("Service unavailable"),
+                detail=_("A part of the portal is restarting; try again in a few seconds."),
+            )
+        else:
+            response = problem_response(
+                status_code=status,
+                code="server_error",
+                title=_("Server error"),
+                detail=_("Something went wrong on our side; the administrators can find the details in the log."),
+            )
+    else:
+        page = loader.get_template("503.html" if unavailable else "500.html")
+        response = HttpResponse(page.render({}), status=status)
+    if unavailable:
+        response["Retry-After"] = str(RETRY_AFTER_SECONDS)
+    return response

@@ -8,7 +8,7 @@
 from __future__ import annotations
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
-from django.http import Http404
+from django.http import Http404, JsonResponse
 from django.utils.translation import gettext as _
 from rest_framework import exceptions, status
 from rest_framework.response import Response
@@ -23,6 +23,14 @@ TYPE_BASE = "https://labcloud.invalid/problems/"
 def problem(*, status_code: int, code: str, title: str, detail: str, **extra) -> Response:
     body = {"type": TYPE_BASE + code, "title": title, "status": status_code, "detail": detail, "code": code, **extra}
     return Response(body, status=status_code, content_type=PROBLEM_CONTENT_TYPE)
+
+
+def problem_response(*, status_code: int, code: str, title: str, detail: str, **extra) -> JsonResponse:
+    """The same document outside DRF's views (Django's error handlers: ``portal.views.server_error``)."""
+    body = {"type": TYPE_BASE + code, "title": title, "status": status_code, "detail": detail, "code": code, **extra}
+    return JsonResponse(
+        body, status=status_code, content_type=PROBLEM_CONTENT_TYPE, json_dumps_params={"ensure_ascii": False}
+    )
 
 
 def _first_message(data) -> str:

@@ -75,3 +75,34 @@ def test_missing_trailing_slash_redirects(actors):
     response = actors.client("member").get("/api/v1/tenants")
     assert response.status_code == 301
     assert response["Location"] == "/api/v1/tenants/"
+
+
+def test_500_under_the_api_is_a_problem_without_the_details(actors, settings):
+    """An unexpected error (a bug, or a part that is down) answers problem+json under /api/, HTML elsewhere."""
+    settings.ROOT_URLCONF = "portal.tests.crash_urls"
+    client = actors.client("member")
+    client.raise_request_exception = False
+    body = assert_problem(client.get("/api/v1/crash/"), 500, "server_error")
+    assert "secret" not in str(body) and "qemu" not in str(body)
+    chinese = client.get("/api/v1/crash/", HTTP_ACCEPT_LANGUAGE="zh-hans").json()
+    assert chinese["title"] == "服务器错误"
+    page = actors.client("member", api=False)
+    page.raise_request_exception = False
+    response = page.get("/crash/")
+    assert response.status_code == 500 and response["Content-Type"].startswith("text/html")
+    assert "secret" not in response.content.decode()
+
+
+def test_a_database_away_answers_503_with_retry_after(actors, settings):
+    """What PostgreSQL restarting looks like to a client (the real restart: vms/tests/test_fault_postgres.py)."""
+    settings.ROOT_URLCONF = "portal.tests.crash_urls"
+    client = actors.client("member")
+    client.raise_request_exception = False
+    response = client.get("/api/v1/away/")
+    body = assert_problem(response, 503, "service_unavailable")
+    assert response["Retry-After"] == "5" and "5432" not in str(body)
+    page = actors.client("member", api=False)
+    page.raise_request_exception = False
+    response = page.get("/away/", HTTP_ACCEPT_LANGUAGE="zh-hans")
+    assert response.status_code == 503 and response["Retry-After"] == "5"
+    assert "门户正在重启" in response.content.decode() and "5432" not in response.content.decode()
