@@ -19,9 +19,11 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -345,3 +347,98 @@ def own_redis(log: Path) -> Iterator[OwnRedis]:
         yield server
     finally:
         server.stop()
+
+
+PG_BIN = Path("/usr/lib/postgresql/15/bin")  # Debian 12's PostgreSQL (scripts/bootstrap.sh --test installs it)
+
+
+class OwnPostgres:
+    """A PostgreSQL cluster of the test's own: initdb in a folder of its own under /var/tmp (the ``postgres``
+    user must reach it), a free 127.0.0.1 port, trust for local connections; started with ``pg_ctl`` and
+    stopped by its postmaster's PID (SIGINT: PostgreSQL's fast shutdown). The machine's shared server
+    (127.0.0.1:5432) is never touched. ``remove()`` stops it and deletes the folder.
+    """
+
+    def __init__(self) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="lctest-pg-", dir="/var/tmp"))
+        self.dir.chmod(0o755)
+        self.data = self.dir / "data"
+        self.log = self.dir / "postgres.log"
+        self.port = free_port()
+        shutil.chown(self.dir, "postgres", "postgres")
+
+    def _as_postgres(self, *args: str, timeout: float = 120) -> str:
+        proc = subprocess.run(  # noqa: S603 - fixed arguments
+            ["/usr/sbin/runuser", "-u", "postgres", "--", *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        if proc.returncode:
+            raise RuntimeError(f"{args[0]} failed ({proc.returncode}): {proc.stdout}{proc.stderr}")
+        return proc.stdout
+
+    def init(self) -> None:
+        self._as_postgres(str(PG_BIN / "initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres", "-E", "UTF8")
+
+    def start(self, timeout: int = 60) -> None:
+        options = f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.dir} -c fsync=off"
+        self._as_postgres(
+            str(PG_BIN / "pg_ctl"),
+            "-D",
+            str(self.data),
+            "-l",
+            str(self.log),
+            "-w",
+            "-t",
+            str(timeout),
+            "-o",
+            options,
+            "start",
+            timeout=timeout + 10,
+        )
+
+    @property
+    def pid(self) -> int | None:
+        try:
+            return int((self.data / "postmaster.pid").read_text().split("\n", 1)[0])
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def stop(self, timeout: float = 60) -> None:
+        pid = self.pid
+        if pid is None or not pid_alive(pid):
+            return
+        os.kill(pid, signal.SIGINT)
+        deadline = time.monotonic() + timeout
+        while pid_alive(pid) and Path(f"/proc/{pid}").exists():
+            if time.monotonic() > deadline:
+                os.kill(pid, signal.SIGKILL)
+                break
+            time.sleep(0.05)
+
+    def url(self, database: str) -> str:
+        return f"postgres://postgres@127.0.0.1:{self.port}/{database}"
+
+    def create_database(self, name: str) -> None:
+        subprocess.run(  # noqa: S603 - fixed arguments
+            [
+                "/usr/bin/psql",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "-U",
+                "postgres",
+                "-c",
+                f'CREATE DATABASE "{name}"',
+            ],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+
+    def remove(self) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)

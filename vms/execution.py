@@ -6,18 +6,20 @@ task redelivered after a worker died finishes the job. A failure fails the opera
 members may read (a service's refusal as it is; a backend's failure as one of the portal's generic
 messages, its own words — host names, URIs — kept in ``error_detail`` for cloud admins; an unexpected
 error generic too, the traceback in the worker's log), and ``_fail`` undoes what the request reserved
-(quota, a disk row, a snapshot row) so nothing is left half-created. ``recover_stale_operations``
-re-queues operations whose worker stopped sending heartbeats and sends those the broker did
-not take.
+(quota, a disk row, a snapshot row) so nothing is left half-created. A database that goes away under
+a running operation does not fail it: once the database answers again the operation is handed back
+to the queue and run again. ``recover_stale_operations`` re-queues operations whose worker stopped
+sending heartbeats and sends those the broker did not take.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import transaction
+from django.db import DatabaseError, connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 from django.utils.translation import gettext as _
@@ -32,12 +34,33 @@ from vms.tasks import run_instance_operation
 
 log = logging.getLogger(__name__)
 
+DATABASE_WAIT_SECONDS = 60  # how long a running operation waits for its database to come back
+
 
 def execute(*, operation_id: int) -> None:
-    """Run one instance operation (the Celery task's body); safe to run again after a crash."""
-    operation = operations.begin(operation_id=operation_id)
+    """Run one instance operation (the Celery task's body); safe to run again after a crash.
+
+    A database that goes away (a restart) is waited for: before the operation began, it begins once the
+    database answers; after, the operation is handed back to the queue (``_hand_back``).
+    """
+    try:
+        operation = operations.begin(operation_id=operation_id)
+    except DatabaseError as exc:
+        if connection.in_atomic_block:  # run inside a caller's transaction (tests running tasks eagerly)
+            raise
+        _wait_for_database(operation_id, exc)
+        operation = operations.begin(operation_id=operation_id)
     if operation is None:
         return
+    try:
+        _execute(operation)
+    except DatabaseError as exc:
+        if connection.in_atomic_block:
+            raise
+        _hand_back(operation.pk, exc)
+
+
+def _execute(operation: Operation) -> None:
     instance = (
         Instance.objects.select_related("tenant", "flavor", "image", "host", "keypair", "network")
         .filter(pk=operation.target_id)
@@ -67,6 +90,8 @@ def _dispatch(operation: Operation, instance: Instance, action: str) -> None:
         generic = operations.HOST_DID_NOT_ANSWER if isinstance(exc, HostUnreachable) else operations.HOST_FAILED
         _fail(operation, instance, generic, detail=exc.message)
         return
+    except DatabaseError:
+        raise  # not the operation's failure: execute() hands it back once the database answers
     except Exception as exc:
         # The details (paths, SQL…) go to the log for the operator, not to the tenant.
         log.exception("operation %s (%s) crashed", operation.pk, operation.kind)
@@ -136,6 +161,48 @@ def _delete(operation: Operation, instance: Instance) -> str:
         Instance.objects.filter(pk=pk).delete()
         realtime.instance_deleted(tenant_id=tenant_id, instance_id=pk)
     return _("Instance deleted.")
+
+
+def _hand_back(operation_id: int, exc: DatabaseError) -> None:
+    """The database went away under a running operation (a restart, a failover): wait until it answers,
+    then queue the operation again (its steps are idempotent, the re-run finishes the job).
+
+    Counted as an attempt, as a dead worker's is. If the database stays away longer than
+    DATABASE_WAIT_SECONDS the error is raised: the recovery sweep picks the operation up later.
+    """
+    _wait_for_database(operation_id, exc)
+    requeued = _requeue(operation_id)
+    log.warning("operation %s: database back, %s", operation_id, "queued again" if requeued else "already done")
+
+
+def _wait_for_database(operation_id: int, exc: DatabaseError) -> None:
+    """Until the database answers on a new connection (raises ``exc`` after DATABASE_WAIT_SECONDS)."""
+    log.warning("operation %s lost its database (%s); waiting for it", operation_id, exc)
+    deadline = time.monotonic() + DATABASE_WAIT_SECONDS
+    delay = 0.25
+    while True:
+        connection.close()
+        try:
+            connection.ensure_connection()
+            return
+        except DatabaseError:
+            if time.monotonic() > deadline:
+                raise exc from None
+            time.sleep(delay)
+            delay = min(2.0, delay * 2)
+
+
+def _requeue(operation_id: int) -> bool:
+    with transaction.atomic():
+        fresh = Operation.objects.select_for_update().filter(pk=operation_id).first()
+        if fresh is None or fresh.finished:
+            return False
+        fresh.params = {**fresh.params, "attempts": int(fresh.params.get("attempts", 0)) + 1}
+        fresh.state = Operation.State.QUEUED
+        fresh.heartbeat_at = timezone.now()
+        fresh.save(update_fields=["params", "state", "heartbeat_at"])
+        transaction.on_commit(lambda: operations.send(operation=fresh, task=run_instance_operation))
+    return True
 
 
 def _fail(operation: Operation, instance: Instance | None, message: str, *, detail: str = "") -> None:

@@ -20,7 +20,7 @@ from datetime import timedelta
 
 import kombu.exceptions
 from django.conf import settings
-from django.db import connection, models, transaction
+from django.db import DatabaseError, connection, models, transaction
 from django.utils import timezone
 from django.utils.translation import gettext, gettext_noop
 
@@ -193,7 +193,10 @@ def heartbeats(*, operation: Operation) -> Iterator[None]:
     def beat() -> None:
         try:
             while not stop.wait(interval):
-                Operation.objects.filter(pk=operation.pk, finished_at__isnull=True).update(heartbeat_at=timezone.now())
+                # a database restarting costs a beat or two, not the thread: the next one reconnects
+                informative_update(
+                    Operation.objects.filter(pk=operation.pk, finished_at__isnull=True), heartbeat_at=timezone.now()
+                )
         finally:
             connection.close()
 
@@ -209,7 +212,7 @@ def heartbeats(*, operation: Operation) -> Iterator[None]:
 def heartbeat(*, operation: Operation) -> None:
     """Tell the recovery sweep this operation's worker is alive (progress() does this too)."""
     operation.heartbeat_at = timezone.now()
-    Operation.objects.filter(pk=operation.pk).update(heartbeat_at=operation.heartbeat_at)
+    informative_update(Operation.objects.filter(pk=operation.pk), heartbeat_at=operation.heartbeat_at)
 
 
 def progress(*, operation: Operation, percent: int, message: str | None = None) -> None:
@@ -217,10 +220,28 @@ def progress(*, operation: Operation, percent: int, message: str | None = None) 
     fields = {"progress": percent, "heartbeat_at": timezone.now()}
     if message is not None:
         fields["message"] = message[:200]
-    Operation.objects.filter(pk=operation.pk).update(**fields)
+    informative_update(Operation.objects.filter(pk=operation.pk), **fields)
     for key, value in fields.items():
         setattr(operation, key, value)
     realtime.operation_changed(operation)
+
+
+def informative_update(queryset: models.QuerySet, **fields) -> bool:
+    """An UPDATE that only tells how a long step goes (progress, a heartbeat, a copy's sign of life).
+
+    A database restarting in the middle of a long step must not abort the step: the error is logged,
+    the broken connection dropped (the next write opens a new one) and False returned. Inside a
+    transaction the error is raised as usual.
+    """
+    try:
+        queryset.update(**fields)
+    except DatabaseError as exc:
+        if connection.in_atomic_block:
+            raise
+        log.warning("%s not updated (%s)", queryset.model._meta.label, exc)
+        connection.close()
+        return False
+    return True
 
 
 def succeed(*, operation: Operation, message: str = "") -> None:

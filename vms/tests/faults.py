@@ -155,6 +155,7 @@ class Reply:
     content_type: str
     body: Any
     at: float
+    headers: dict[str, str] = field(default_factory=dict)
 
     @property
     def problem(self) -> bool:
@@ -186,7 +187,7 @@ class Api:
         payload: Any = raw.decode("utf-8", "replace")
         if content_type.endswith("json") and raw:
             payload = json.loads(raw)
-        reply = Reply(method, path, status, content_type, payload, time.monotonic())
+        reply = Reply(method, path, status, content_type, payload, time.monotonic(), dict(headers.items()))
         self.replies.append(reply)
         return reply
 

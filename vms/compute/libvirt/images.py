@@ -47,7 +47,8 @@ def ensure_image_on_host(
         raise ConflictError(_("Image “%(name)s” is being copied to this host already.") % {"name": image.name})
 
     def report(percent: int) -> None:
-        ImageReplica.objects.filter(pk=replica.pk).update(updated_at=timezone.now())  # the copy is alive
+        # the copy is alive (best effort: a database restart must not abort the copy)
+        operations.informative_update(ImageReplica.objects.filter(pk=replica.pk), updated_at=timezone.now())
         if progress is not None:
             progress(percent)
         elif operation is not None:
