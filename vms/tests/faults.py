@@ -65,6 +65,7 @@ class Portal:
         self.tag = f"lctest-{uuid.uuid4().hex[:10]}"
         self.log = tmp_path / "serve.log"
         self.out = Lines()
+        self.arrivals: list[tuple[float, str]] = []  # (time.monotonic(), line) as serve printed them
         self.proc: subprocess.Popen | None = None
         self.env = {
             **os.environ,
@@ -106,6 +107,7 @@ class Portal:
     def _pump(self) -> None:
         with self.log.open("a") as copy:
             for line in self.proc.stdout:
+                self.arrivals.append((time.monotonic(), line))
                 self.out.write(line)
                 copy.write(line)
                 copy.flush()
@@ -115,6 +117,11 @@ class Portal:
         """The current pid of serve's child ``name`` (its last start or restart line)."""
         found = re.findall(rf"(?:started|restarted) {name} \(pid (\d+)\)", "\n".join(self.out.lines))
         return int(found[-1])
+
+    def printed_at(self, pattern: str, *, after: float = 0.0) -> float:
+        """When serve printed the first line matching ``pattern`` after ``after`` (time.monotonic())."""
+        regex = re.compile(pattern)
+        return next(at for at, line in self.arrivals if at >= after and regex.search(line))
 
     def count(self, pattern: str) -> int:
         return self.out.count(pattern)
