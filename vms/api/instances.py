@@ -12,6 +12,7 @@ from __future__ import annotations
 from django.conf import settings
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.http import Http404
+from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 from drf_spectacular.extensions import OpenApiSerializerExtension
 from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_field, extend_schema_view
@@ -100,6 +101,8 @@ class InstanceSerializer(serializers.ModelSerializer):
         request = self.context.get("request")
         if request is None or not is_cloud_admin(request.user):
             data["host"] = None  # hosts are infrastructure: only cloud admins see where instances run
+        # The portal's own reasons (a failed launch's) are stored untranslated: in the reader's language here.
+        data["state_reason"] = gettext(data["state_reason"]) if data["state_reason"] else ""
         return data
 
 

@@ -102,3 +102,11 @@ def test_a_host_going_down_and_back_republishes_its_instances(transactional_db, 
     message = receive(channel_layer, channel)
     assert message["event"]["data"]["id"] == instance.pk
     assert "reboot" in message["event"]["data"]["allowed_actions"]
+
+
+def test_the_instance_page_says_its_host_is_unavailable(actors, host, instance):
+    page = actors.client("member", api=False)
+    assert "lc-host-unavailable" not in page.get(f"/instances/{instance.pk}/").content.decode()
+    _down(host)
+    body = page.get(f"/instances/{instance.pk}/").content.decode()
+    assert "lc-host-unavailable" in body and "does not answer" in body and "node-down" not in body

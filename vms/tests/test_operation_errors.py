@@ -21,6 +21,7 @@ from portal.celery import app as celery_app
 from portal.testing import free_port
 from vms import realtime
 from vms.models import Flavor, Host, Instance, Operation
+from vms.operations import HOST_DID_NOT_ANSWER
 from vms.tests.watcher.test_loop import channel_layer, listen  # noqa: F401 - fixture
 
 URL = "/api/v1/instances/"
@@ -98,3 +99,17 @@ def _operation_events(layer, channel) -> list[dict]:
                 events.append(message["event"])
 
     return async_to_sync(drain)()
+
+
+def test_a_failed_launchs_reason_is_in_the_readers_language(actors):
+    host = Host.objects.create(name="silent-2", uri="qemu:///system", state=Host.State.UP)
+    flavor = Flavor.objects.create(name="lctest.err2", vcpus=1, ram_mib=256, disk_gib=1)
+    instance = factories.make_instance(
+        actors.tenant, flavor, host, name="web-2", state=Instance.State.ERROR, state_reason=HOST_DID_NOT_ANSWER
+    )
+    member = actors.client("member")
+    assert member.get(f"{URL}{instance.pk}/").json()["state_reason"] == HOST_DID_NOT_ANSWER
+    chinese = member.get(f"{URL}{instance.pk}/", HTTP_ACCEPT_LANGUAGE="zh-hans").json()
+    assert chinese["state_reason"] == "主机没有应答，操作未执行。请稍后再试。"
+    page = actors.client("member", api=False).get(f"/instances/{instance.pk}/", HTTP_ACCEPT_LANGUAGE="zh-hans")
+    assert "主机没有应答" in page.content.decode()
