@@ -20,7 +20,9 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import signal
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -154,6 +156,82 @@ def second_host_row(second_host, db, settings):
         yield host
     finally:
         remove_named(second_host.tcp_uri, prefix)
+
+
+# ---------------------------------------------------------------- its libvirtd crashing (fault tests)
+
+DAEMON_ENV = ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C.UTF-8", "HOME=/root"]
+
+
+def _ours(host: SecondHost, pid: int, name: str) -> bool:
+    """``pid`` is alive, is ``name`` and runs in the second host's namespace (as lib.sh's ``ours``): never the
+    system's daemon, whatever a PID file says."""
+    try:
+        namespace = (host.directory / "run" / "mntns").read_text().strip()
+        comm = Path(f"/proc/{pid}/comm").read_text().strip()
+        return comm == name and bool(namespace) and os.readlink(f"/proc/{pid}/ns/mnt") == namespace
+    except OSError:
+        return False
+
+
+def kill_libvirtd(host: SecondHost, timeout: float = 15) -> int:
+    """SIGKILL the second host's libvirtd (its recorded PID), as a crash does; its guests (QEMU) keep running.
+
+    Returns the PID it killed, once that process is gone."""
+    pid = host.pid
+    if not _ours(host, pid, "libvirtd"):
+        raise RuntimeError(f"pid {pid} is not the second host's libvirtd")
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + timeout
+    while _ours(host, pid, "libvirtd"):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"libvirtd {pid} did not die within {timeout} s")
+        time.sleep(0.02)
+    return pid
+
+
+def start_libvirtd(host: SecondHost, timeout: float = 60) -> int:
+    """Start the second host's libvirtd again (after ``kill_libvirtd``), inside its namespace, which its virtlogd
+    and sshd keep alive; it finds its running guests again. Returns its PID once it answers over tcp."""
+    import libvirt
+
+    anchor = int((host.directory / "run" / "virtlogd.pid").read_text().strip())
+    if not _ours(host, anchor, "virtlogd"):
+        raise RuntimeError("the second host's namespace is gone (no virtlogd): run scripts/second_host/up.sh")
+    subprocess.run(  # noqa: S603 - fixed arguments, our own daemon
+        [
+            "/usr/bin/nsenter",
+            f"--target={anchor}",
+            "--mount",
+            "--uts",
+            "--",
+            "/usr/bin/env",
+            "-i",
+            *DAEMON_ENV,
+            "libvirtd",
+            "--daemon",
+            "--listen",
+            "-f",
+            "/etc/libvirt/libvirtd.conf",
+            "-p",
+            "/run/libvirtd.pid",
+        ],
+        check=True,
+        timeout=timeout,
+        capture_output=True,
+    )
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            libvirt.open(host.tcp_uri).close()
+            pid = host.pid
+            if _ours(host, pid, "libvirtd"):
+                return pid
+        except (libvirt.libvirtError, OSError, ValueError):
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the second host's libvirtd did not answer within {timeout} s")
+        time.sleep(0.05)
 
 
 def remove_named(uri: str, prefix: str) -> None:
