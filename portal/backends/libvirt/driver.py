@@ -70,7 +70,7 @@ from portal.backends.libvirt.domain import (
 from portal.backends.libvirt.domain import (
     disk_xml as build_disk_xml,
 )
-from portal.backends.libvirt.nwfilter import nic_filter_for
+from portal.backends.libvirt.nwfilter import GUEST_FILTER, nic_filter_for
 
 log = logging.getLogger(__name__)
 
@@ -185,8 +185,9 @@ class _ConsoleReader(threading.Thread):
 class LibvirtDriver:
     """Compute driver for one libvirt host. Cheap to create: the connection is cached per URI (connection.py)."""
 
-    def __init__(self, uri: str) -> None:
+    def __init__(self, uri: str, *, nic_filter: str = GUEST_FILTER) -> None:
         self.uri = uri
+        self.nic_filter_name = nic_filter  # the portal's anti-spoofing filter on this host (nwfilter.py)
 
     def __repr__(self) -> str:
         return f"LibvirtDriver({self.uri!r})"
@@ -400,7 +401,7 @@ class LibvirtDriver:
         ``None`` only on a connection driver without network filters (``test:///``); see nwfilter.py.
         """
         with self._errors(f"network filter for {network!r}"):
-            return nic_filter_for(self.conn, network)
+            return nic_filter_for(self.conn, network, self.nic_filter_name)
 
     def filter_nics(self, uuid: str) -> bool:
         """Give each NIC of the domain its anti-spoofing filter, live and in its config; True when one changed.

@@ -1,12 +1,15 @@
 """Anti-spoofing on guest NICs: the portal's network filter, built on libvirt's ``clean-traffic``.
 
-Every NIC the portal defines references ``labcloud-clean-traffic`` (``<filterref>`` in the domain
-XML, see ``domain.py``). The filter is libvirt's ``clean-traffic`` (no MAC, IP or ARP spoofing, no
-other L2 protocol than IPv4 and ARP, which also means no IPv6: portal networks are IPv4 only)
-plus one rule ``clean-traffic`` lacks: **no DHCP server in a guest**. ``clean-traffic`` lets a guest
-send anything from its own address, so a guest running a DHCP server (UDP source port 67) could
-answer its neighbours' DISCOVERs before the network's dnsmasq and hand them a gateway of its
-choosing; the rule drops those packets at the guest's port, before the bridge.
+Every NIC the portal defines references the portal's filter (``<filterref>`` in the domain XML, see
+``domain.py``), named ``<domain prefix>clean-traffic``: ``labcloud-clean-traffic`` by default, and one
+of their own for the tests, which remove it with the rest of what carries their prefix.
+
+The filter is libvirt's ``clean-traffic`` (no MAC, IP or ARP spoofing, no other L2 protocol than
+IPv4 and ARP, which also means no IPv6: portal networks are IPv4 only) plus one rule
+``clean-traffic`` lacks: **no DHCP server in a guest**. ``clean-traffic`` lets a guest send anything
+from its own address, so a guest running a DHCP server (UDP source port 67) could answer its
+neighbours' DISCOVERs before the network's dnsmasq and hand them a gateway of its choosing; the rule
+drops those packets at the guest's port, before the bridge.
 
 How a guest's address is learned (libvirt's ``CTRL_IP_LEARNING``):
 
@@ -40,7 +43,7 @@ from portal.backends.base import BackendError, NicFilter
 
 log = logging.getLogger(__name__)
 
-GUEST_FILTER = "labcloud-clean-traffic"
+GUEST_FILTER = "labcloud-clean-traffic"  # the default name
 BASE_FILTER = "clean-traffic"
 # Rules go in the root chain; libvirt's chains and rules run by priority, lowest first. This one
 # runs before clean-traffic's IPv4 chain (no-ip-spoofing, -710), which would let a guest's own
@@ -48,9 +51,9 @@ BASE_FILTER = "clean-traffic"
 DHCP_SERVER_DROP_PRIORITY = "-720"
 
 
-def guest_filter_xml(uuid: str | None = None) -> str:
+def guest_filter_xml(name: str = GUEST_FILTER, uuid: str | None = None) -> str:
     """The portal's filter: ``clean-traffic`` and no DHCP replies (UDP from port 67) out of a guest."""
-    root = ET.Element("filter", name=GUEST_FILTER, chain="root")
+    root = ET.Element("filter", name=name, chain="root")
     if uuid:
         ET.SubElement(root, "uuid").text = uuid
     ET.SubElement(root, "filterref", filter=BASE_FILTER)
@@ -83,8 +86,8 @@ def _lookup(conn: libvirt.virConnect, name: str) -> libvirt.virNWFilter | None:
         raise
 
 
-def ensure_guest_filter(conn: libvirt.virConnect) -> bool:
-    """Make ``labcloud-clean-traffic`` exist on the host as this module builds it.
+def ensure_guest_filter(conn: libvirt.virConnect, name: str = GUEST_FILTER) -> bool:
+    """Make the portal's filter ``name`` exist on the host as this module builds it.
 
     Returns False when the connection driver has no network filters at all (``test:///``).
     Raises BackendError when libvirt's ``clean-traffic`` is missing (the filter would reference
@@ -96,17 +99,17 @@ def ensure_guest_filter(conn: libvirt.virConnect) -> bool:
                 f"the host has no libvirt network filter {BASE_FILTER!r} (package libvirt-daemon-config-nwfilter): "
                 "its guests' NICs cannot be protected against spoofing"
             )
-        existing = _lookup(conn, GUEST_FILTER)
-        if existing is not None and _rules_of(existing.XMLDesc(0)) == _rules_of(guest_filter_xml()):
+        existing = _lookup(conn, name)
+        if existing is not None and _rules_of(existing.XMLDesc(0)) == _rules_of(guest_filter_xml(name)):
             return True
-        conn.nwfilterDefineXML(guest_filter_xml(existing.UUIDString() if existing is not None else None))
+        conn.nwfilterDefineXML(guest_filter_xml(name, existing.UUIDString() if existing is not None else None))
         return True
     except libvirt.libvirtError as exc:
         if exc.get_error_code() == libvirt.VIR_ERR_NO_SUPPORT:
             return False
-        if exc.get_error_code() == libvirt.VIR_ERR_OPERATION_FAILED and _lookup(conn, GUEST_FILTER) is not None:
+        if exc.get_error_code() == libvirt.VIR_ERR_OPERATION_FAILED and _lookup(conn, name) is not None:
             return True  # defined at the same moment by another worker
-        raise BackendError(f"cannot define network filter {GUEST_FILTER!r}: {exc.get_error_message()}") from exc
+        raise BackendError(f"cannot define network filter {name!r}: {exc.get_error_message()}") from exc
 
 
 def dhcp_server_of(network_xml: str) -> str | None:
@@ -118,12 +121,12 @@ def dhcp_server_of(network_xml: str) -> str | None:
     return None
 
 
-def nic_filter_for(conn: libvirt.virConnect, network: str) -> NicFilter | None:
+def nic_filter_for(conn: libvirt.virConnect, network: str, name: str = GUEST_FILTER) -> NicFilter | None:
     """The filter a NIC on libvirt network ``network`` gets, the filter defined on the host first.
 
     ``None`` only for a connection driver without network filters (see the module's docstring).
     """
-    if not ensure_guest_filter(conn):
+    if not ensure_guest_filter(conn, name):
         log.warning("%s has no network filter driver: NICs on %r run without anti-spoofing", conn.getURI(), network)
         return None
     try:
@@ -131,5 +134,5 @@ def nic_filter_for(conn: libvirt.virConnect, network: str) -> NicFilter | None:
     except libvirt.libvirtError as exc:
         raise BackendError(f"cannot read network {network!r}: {exc.get_error_message()}") from exc
     if server is None:
-        return NicFilter(name=GUEST_FILTER, parameters=(("CTRL_IP_LEARNING", "any"),))
-    return NicFilter(name=GUEST_FILTER, parameters=(("CTRL_IP_LEARNING", "dhcp"), ("DHCPSERVER", server)))
+        return NicFilter(name=name, parameters=(("CTRL_IP_LEARNING", "any"),))
+    return NicFilter(name=name, parameters=(("CTRL_IP_LEARNING", "dhcp"), ("DHCPSERVER", server)))

@@ -29,7 +29,12 @@ def libvirt_uri(host: Host) -> str:
 
 
 def driver_for(host: Host) -> LibvirtDriver:
-    return LibvirtDriver(libvirt_uri(host))
+    return LibvirtDriver(libvirt_uri(host), nic_filter=nic_filter_name())
+
+
+def nic_filter_name() -> str:
+    """The portal's anti-spoofing filter on its hosts: ``labcloud-clean-traffic`` with the default prefix."""
+    return f"{settings.LABCLOUD_DOMAIN_PREFIX}clean-traffic"
 
 
 def root_volume(instance: Instance) -> str:

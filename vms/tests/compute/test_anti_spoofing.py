@@ -35,14 +35,15 @@ from portal.backends.libvirt.driver import LibvirtDriver
 from portal.backends.libvirt.network import NetworkSpec, delete_network, ensure_network, network_xml
 from portal.backends.libvirt.nwfilter import GUEST_FILTER, dhcp_server_of, ensure_guest_filter, guest_filter_xml
 from vms import lifecycle
+from vms.compute.libvirt.spec import nic_filter_name
 from vms.models import Flavor, Instance, Operation
 from vms.tests.compute.test_libvirt_guests import BOOTED, wait_for_marker
 from vms.tests.conftest import QEMU_URI, TEST_URI, active_image, leftovers
 from vms.tests.guest_shell import GuestShell
 
 
-def learning_dhcp(server: str) -> NicFilter:
-    return NicFilter(name=GUEST_FILTER, parameters=(("CTRL_IP_LEARNING", "dhcp"), ("DHCPSERVER", server)))
+def learning_dhcp(server: str, name: str = GUEST_FILTER) -> NicFilter:
+    return NicFilter(name=name, parameters=(("CTRL_IP_LEARNING", "dhcp"), ("DHCPSERVER", server)))
 
 
 # ---------------------------------------------------------------- XML, no libvirt
@@ -59,7 +60,7 @@ def test_the_filter_is_clean_traffic_and_no_dhcp_server():
     assert int(rule.get("priority")) < -710
     match = rule.find("ip")
     assert (match.get("protocol"), match.get("srcportstart")) == ("udp", "67")
-    assert ET.fromstring(guest_filter_xml("0b5e7c8a-6d3f-4c1e-9a7b-1f2e3d4c5b6a")).findtext("uuid")  # noqa: S314
+    assert ET.fromstring(guest_filter_xml(GUEST_FILTER, "0b5e7c8a-6d3f-4c1e-9a7b-1f2e3d4c5b6a")).findtext("uuid")  # noqa: S314
 
 
 def test_the_dhcp_server_of_a_network_is_its_address_with_dhcp():
@@ -117,19 +118,20 @@ def test_a_driver_without_network_filters_gives_none():
 
 def test_the_hosts_filter_is_defined_once_and_put_back_when_changed(lctest_host):
     conn = connect(QEMU_URI)
-    assert ensure_guest_filter(conn) is True
-    uuid = conn.nwfilterLookupByName(GUEST_FILTER).UUIDString()
-    assert ensure_guest_filter(conn) is True
-    assert conn.nwfilterLookupByName(GUEST_FILTER).UUIDString() == uuid
+    name = lctest_host.driver.nic_filter_name  # the test's own, removed with its lctest_host
+    assert ensure_guest_filter(conn, name) is True
+    uuid = conn.nwfilterLookupByName(name).UUIDString()
+    assert ensure_guest_filter(conn, name) is True
+    assert conn.nwfilterLookupByName(name).UUIDString() == uuid
     # Someone (or an older portal) left it without the DHCP rule: put back, same UUID (running guests follow).
-    weakened = ET.fromstring(guest_filter_xml(uuid))  # noqa: S314
+    weakened = ET.fromstring(guest_filter_xml(name, uuid))  # noqa: S314
     weakened.remove(weakened.find("rule"))
     try:
         conn.nwfilterDefineXML(ET.tostring(weakened, encoding="unicode"))
-        assert conn.nwfilterLookupByName(GUEST_FILTER).XMLDesc(0).count("<rule") == 0
+        assert conn.nwfilterLookupByName(name).XMLDesc(0).count("<rule") == 0
     finally:
-        assert ensure_guest_filter(conn) is True
-    restored = conn.nwfilterLookupByName(GUEST_FILTER)
+        assert ensure_guest_filter(conn, name) is True
+    restored = conn.nwfilterLookupByName(name)
     assert restored.UUIDString() == uuid
     assert 'srcportstart="67"' in restored.XMLDesc(0).replace("'", '"')
 
@@ -148,9 +150,11 @@ def no_dhcp_network(lctest_host):
 def test_a_nic_learns_its_address_from_the_networks_own_dhcp_server(lctest_host, lctest_network, no_dhcp_network):
     ensure_network(QEMU_URI, NetworkSpec(name=lctest_network.libvirt_name, mode="isolated", cidr=lctest_network.cidr))
     gateway = str(next(ipaddress.ip_network(lctest_network.cidr).hosts()))
-    assert lctest_host.driver.nic_filter(lctest_network.libvirt_name) == learning_dhcp(gateway)
+    assert lctest_host.driver.nic_filter(lctest_network.libvirt_name) == learning_dhcp(
+        gateway, lctest_host.driver.nic_filter_name
+    )
     assert lctest_host.driver.nic_filter(no_dhcp_network) == NicFilter(
-        name=GUEST_FILTER, parameters=(("CTRL_IP_LEARNING", "any"),)
+        name=lctest_host.driver.nic_filter_name, parameters=(("CTRL_IP_LEARNING", "any"),)
     )
 
 
@@ -168,8 +172,8 @@ def test_filter_nics_fills_in_a_domain_defined_without_live_and_in_its_config(lc
     assert driver.describe(uuid, inactive=False).spec.nic_filter is None
 
     assert driver.filter_nics(uuid) is True
-    assert driver.describe(uuid, inactive=False).spec.nic_filter == learning_dhcp(gateway)
-    assert driver.describe(uuid).spec.nic_filter == learning_dhcp(gateway)
+    assert driver.describe(uuid, inactive=False).spec.nic_filter == learning_dhcp(gateway, driver.nic_filter_name)
+    assert driver.describe(uuid).spec.nic_filter == learning_dhcp(gateway, driver.nic_filter_name)
     bindings = [b.portDev() for b in connect(QEMU_URI).listAllNWFilterBindings(0)]
     tap = ET.fromstring(driver.domain_xml(uuid, inactive=False)).find("devices/interface/target").get("dev")  # noqa: S314
     assert tap in bindings  # libvirt instantiated the filter on the guest's port
@@ -200,8 +204,8 @@ def test_a_snapshot_revert_brings_no_unfiltered_nic_back(lctest_host, lctest_net
     assert driver.filter_nics(uuid) is True
 
     assert driver.snapshot_revert(uuid, "unfiltered").state == "running"
-    assert driver.describe(uuid, inactive=False).spec.nic_filter == learning_dhcp(gateway)
-    assert driver.describe(uuid).spec.nic_filter == learning_dhcp(gateway)
+    assert driver.describe(uuid, inactive=False).spec.nic_filter == learning_dhcp(gateway, driver.nic_filter_name)
+    assert driver.describe(uuid).spec.nic_filter == learning_dhcp(gateway, driver.nic_filter_name)
     assert driver.snapshot_delete(uuid, "unfiltered") is True
     assert driver.undefine(uuid) is True
 
@@ -349,7 +353,8 @@ def test_a_guest_on_a_shared_network_cannot_spoof_or_serve_dhcp(
     instance = launch.instances[0]
     ok(Operation.objects.get(pk=launch.operations[0].pk))
     uuid = str(instance.uuid)
-    assert driver.describe(uuid).spec.nic_filter == learning_dhcp(gateway)
+    assert nic_filter_name().startswith(portal_host.lctest.prefix)  # the test's own filter, removed after it
+    assert driver.describe(uuid).spec.nic_filter == learning_dhcp(gateway, nic_filter_name())
 
     # A domain defined before NICs were filtered (an upgrade): starting it through the portal filters it.
     ok(run_tasks(lambda: lifecycle.request_action(actor=user, instance=instance, action="stop")))
@@ -359,7 +364,7 @@ def test_a_guest_on_a_shared_network_cannot_spoof_or_serve_dhcp(
     conn.defineXML(ET.tostring(old, encoding="unicode"))
     assert driver.describe(uuid).spec.nic_filter is None
     ok(run_tasks(lambda: lifecycle.request_action(actor=user, instance=instance, action="start")))
-    assert driver.describe(uuid, inactive=False).spec.nic_filter == learning_dhcp(gateway)
+    assert driver.describe(uuid, inactive=False).spec.nic_filter == learning_dhcp(gateway, nic_filter_name())
     instance.refresh_from_db()
     assert instance.state == Instance.State.RUNNING
     mac = instance.mac_address
