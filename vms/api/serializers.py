@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from django.utils.translation import gettext_lazy as _
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from portal.access import is_cloud_admin
@@ -65,8 +66,8 @@ class OperationSerializer(serializers.ModelSerializer):
     error = serializers.CharField(
         source="error_text", read_only=True, help_text=_("Why it failed, in words for members (no backend details).")
     )
-    error_detail = serializers.CharField(
-        read_only=True, help_text=_("What the backend said when it failed; only for cloud admins (absent otherwise).")
+    error_detail = serializers.SerializerMethodField(
+        help_text=_("What the backend said when it failed; for cloud admins only (null for everyone else).")
     )
 
     class Meta:
@@ -91,9 +92,9 @@ class OperationSerializer(serializers.ModelSerializer):
         ]
         read_only_fields = fields
 
-    def to_representation(self, operation: Operation) -> dict:
-        data = super().to_representation(operation)
+    @extend_schema_field(serializers.CharField(allow_null=True))
+    def get_error_detail(self, operation: Operation) -> str | None:
         request = self.context.get("request")
         if not is_cloud_admin(getattr(request, "user", None)):
-            data.pop("error_detail", None)  # hosts, URIs, backend messages: for cloud admins only
-        return data
+            return None  # hosts, URIs, backend messages: for cloud admins only
+        return operation.error_detail
