@@ -13,7 +13,7 @@ from django.utils.translation import ngettext
 from images import services
 from images.models import Image, ImageReplica, ImageShare
 from portal.access import VIEW
-from portal.admin import AuditedAdminMixin, RestrictedAdminMixin
+from portal.admin import AuditedAdminMixin, ReadOnlyAdminMixin, RestrictedAdminMixin
 from portal.middleware import client_ip
 from portal.services import ServiceError
 
@@ -159,7 +159,7 @@ class ImageAdmin(AuditedAdminMixin, RestrictedAdminMixin, admin.ModelAdmin):
 
 
 @admin.register(ImageReplica)
-class ImageReplicaAdmin(RestrictedAdminMixin, admin.ModelAdmin):
+class ImageReplicaAdmin(ReadOnlyAdminMixin, RestrictedAdminMixin, admin.ModelAdmin):
     """Copies of images on hosts, for looking only: they are made by launches and "Copy to host"."""
 
     list_display = ["image", "host", "state", "pool", "volume", "created_at"]
@@ -172,12 +172,3 @@ class ImageReplicaAdmin(RestrictedAdminMixin, admin.ModelAdmin):
         # Replicas have no tenant of their own: the gate is their image's.
         images = Image.objects.restrict(request.user, VIEW).values("pk")
         return admin.ModelAdmin.get_queryset(self, request).filter(image__in=images)
-
-    def has_add_permission(self, request) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False

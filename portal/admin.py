@@ -43,6 +43,20 @@ class RestrictedAdminMixin:
         return request.user.is_active and request.user.is_staff
 
 
+class ReadOnlyAdminMixin:
+    """Rows written by the services only (audit events, image copies, snapshots…): listed and shown, never
+    added, edited or deleted here. Put it before ``RestrictedAdminMixin``."""
+
+    def has_add_permission(self, request, *args) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+
 class AuditedAdminMixin:
     """Every change made in the admin lands in the audit trail, like changes made anywhere else."""
 
@@ -227,22 +241,13 @@ class ApiTokenAdmin(admin.ModelAdmin):
 
 
 @admin.register(AuditEvent)
-class AuditEventAdmin(RestrictedAdminMixin, admin.ModelAdmin):
+class AuditEventAdmin(ReadOnlyAdminMixin, RestrictedAdminMixin, admin.ModelAdmin):
     list_display = ["created_at", "username", "tenant", "action", "target_repr", "outcome", "ip"]
     list_filter = ["outcome", "action", "tenant"]
     search_fields = ["username", "action", "target_repr", "ip"]
     list_select_related = ["tenant"]
     date_hierarchy = "created_at"
     readonly_fields = [f.name for f in AuditEvent._meta.fields]
-
-    def has_add_permission(self, request) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False
 
 
 @admin.register(LoginFailure)

@@ -27,16 +27,3 @@ def adopt_saved(obj, saved) -> None:
         setattr(obj, field.attname, getattr(saved, field.attname))
     obj._state.adding = False
     obj._state.db = saved._state.db
-
-
-class ReadOnlyAdminMixin:
-    """Rows written by the lifecycle services only: listed and shown, never edited here."""
-
-    def has_add_permission(self, request) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False

@@ -16,13 +16,13 @@ from django.template import engines
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
-from portal.admin import RestrictedAdminMixin
+from portal.admin import ReadOnlyAdminMixin, RestrictedAdminMixin
 from portal.middleware import client_ip
 from portal.models import Tenant
 from portal.services import ServiceError
 from vms import hosts as host_services
 from vms import limits
-from vms.admin.common import ReadOnlyAdminMixin, adopt_saved, run_each
+from vms.admin.common import adopt_saved, run_each
 from vms.compute import Capability, compute_for, kinds_with
 from vms.compute.openstack.login import CREDENTIAL_FIELDS, SECRET_FIELDS, credentials_summary
 from vms.compute.openstack.mirror import push_quota

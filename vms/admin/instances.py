@@ -8,11 +8,11 @@ from django.contrib import admin, messages
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
-from portal.admin import AuditedAdminMixin, RestrictedAdminMixin
+from portal.admin import AuditedAdminMixin, ReadOnlyAdminMixin, RestrictedAdminMixin
 from portal.middleware import client_ip
 from portal.services import ServiceError
 from vms import lifecycle
-from vms.admin.common import ReadOnlyAdminMixin, run_each
+from vms.admin.common import run_each
 from vms.models import (
     Flavor,
     Instance,
