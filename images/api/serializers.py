@@ -18,6 +18,19 @@ from vms.models import Host
 MAX_BYTES = 2**63 - 1
 
 
+def requester_tenant_ids(context: dict) -> set[int]:
+    """The requester's tenants, looked up once per response (the context is shared by a list's rows)."""
+    key = "_requester_tenant_ids"
+    if key not in context:
+        request = context.get("request")
+        user = getattr(request, "user", None)
+        ids: set[int] = set()
+        if user is not None and user.is_authenticated:
+            ids = set(tenant_ids_for(user, MEMBER_ROLES).values_list("tenant_id", flat=True))
+        context[key] = ids
+    return context[key]
+
+
 class ImageSerializer(serializers.ModelSerializer):
     """An image or installer ISO of the catalogue."""
 
@@ -75,16 +88,7 @@ class ImageSerializer(serializers.ModelSerializer):
         extra_kwargs = {"tenant": {"help_text": _("Id of the owner tenant; null for images provided by the cloud.")}}
 
     def _member_tenant_ids(self) -> set[int]:
-        """The requester's tenants, looked up once per response (the context is shared by a list's rows)."""
-        key = "_image_member_tenant_ids"
-        if key not in self.context:
-            request = self.context.get("request")
-            user = getattr(request, "user", None)
-            ids: set[int] = set()
-            if user is not None and user.is_authenticated:
-                ids = set(tenant_ids_for(user, MEMBER_ROLES).values_list("tenant_id", flat=True))
-            self.context[key] = ids
-        return self.context[key]
+        return requester_tenant_ids(self.context)
 
     def _sees_sharing(self, image: Image) -> bool:
         request = self.context.get("request")
@@ -222,15 +226,7 @@ class ImageShareSerializer(serializers.ModelSerializer):
         extra_kwargs = {"reference": {"help_text": _("The id or slug the owner named the tenant by.")}}
 
     def _member_tenant_ids(self) -> set[int]:
-        key = "_share_member_tenant_ids"
-        if key not in self.context:
-            request = self.context.get("request")
-            user = getattr(request, "user", None)
-            ids: set[int] = set()
-            if user is not None and user.is_authenticated:
-                ids = set(tenant_ids_for(user, MEMBER_ROLES).values_list("tenant_id", flat=True))
-            self.context[key] = ids
-        return self.context[key]
+        return requester_tenant_ids(self.context)
 
     def _sees_receiver(self, share: ImageShare) -> bool:
         """The receiving tenant is no secret to its members, to cloud admins, nor to the owner once it accepted.
