@@ -162,8 +162,7 @@ def check_storage(*, host: Host) -> None:
     """
     if host_can(host, Capability.CAPACITY) and pool_nearly_full(host):
         raise NoValidHost(
-            _("Host %(host)s cannot take that much more (%(reason)s).")
-            % {"host": host.name, "reason": _("storage pool nearly full")}
+            _("The instance's host cannot take that much more (%(reason)s).") % {"reason": _("storage pool nearly full")}
         )
 
 

@@ -160,3 +160,15 @@ def test_refusals_name_no_host(actors, tiny_image):
     # cloud admins still see where it runs
     admin = actors.client("cloud_admin").get(f"/api/v1/instances/{on_cloud.pk}/")
     assert admin.json()["host"] == cloud.name
+
+
+def test_a_snapshot_refused_on_a_nearly_full_pool_names_no_host(actors):
+    """The storage guard's refusal (a snapshot on a host whose pool is nearly full) names no host either."""
+    full = make_host(SECRET_HOST, pool_capacity=100 * 1024**3, pool_available=1024**3)
+    instance = make_instance(actors.tenant, host=full, name="vm-full", state=Instance.State.SHUTOFF)
+    response = actors.client("member").post(
+        f"/api/v1/instances/{instance.pk}/snapshots/", {"name": "before"}, format="json"
+    )
+    assert response.status_code == 409, response.content
+    assert "storage pool nearly full" in response.content.decode()
+    assert not leaks(response.content.decode(), full), response.content
