@@ -161,9 +161,8 @@ def check_storage(*, host: Host) -> None:
     they would fill it, and QEMU pauses every guest whose disk cannot grow.
     """
     if host_can(host, Capability.CAPACITY) and pool_nearly_full(host):
-        raise NoValidHost(
-            _("The instance's host cannot take that much more (%(reason)s).") % {"reason": _("storage pool nearly full")}
-        )
+        reason = _("storage pool nearly full")
+        raise NoValidHost(_("The instance's host cannot take that much more (%(reason)s).") % {"reason": reason})
 
 
 def placement_target(*, tenant: Tenant, flavor: Flavor) -> Host | None:
