@@ -437,9 +437,9 @@ class LibvirtAdapter(AdapterBase):
         try:
             volume = driver_for(instance.host).find_volume(instance.host.storage_pool, root_volume(instance))
         except BackendError as exc:
+            log.warning("capture of instance %s: %s", instance.pk, exc.message)  # names the host: for the log
             raise ConflictError(
-                _("The host of instance “%(name)s” did not answer: %(error)s")
-                % {"name": instance.name, "error": exc.message}
+                _("The host of instance “%(name)s” did not answer; try again later.") % {"name": instance.name}
             ) from exc
         if volume is None or not Path(volume.path).exists():
             raise ConflictError(
