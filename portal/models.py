@@ -204,6 +204,10 @@ class AuditEvent(models.Model):
     access_policy = {VIEW: ADMIN_ROLES}
     objects = AuditEventQuerySet.as_manager()
 
+    # Keys of ``detail`` that name the infrastructure (hosts, clouds, their projects): kept for cloud
+    # admins, left out of what tenant admins read (infrastructure is for cloud admins, docs/security.md).
+    INFRASTRUCTURE_DETAIL = frozenset({"host", "cloud", "project_id", "old_project_id"})
+
     class Meta:
         ordering = ["-created_at", "-id"]
         verbose_name = _("audit event")
@@ -211,6 +215,12 @@ class AuditEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.created_at:%Y-%m-%d %H:%M:%S} {self.username} {self.action} {self.target_repr} {self.outcome}"
+
+    def detail_for(self, user) -> dict:
+        """``detail`` as ``user`` may read it: whole for cloud admins, without the infrastructure's names else."""
+        if is_cloud_admin(user) or not isinstance(self.detail, dict):
+            return self.detail
+        return {key: value for key, value in self.detail.items() if key not in self.INFRASTRUCTURE_DETAIL}
 
 
 class LoginFailure(models.Model):

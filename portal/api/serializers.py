@@ -211,7 +211,9 @@ class ApiTokenCreatedSerializer(ApiTokenSerializer):
 
 class AuditEventSerializer(serializers.ModelSerializer):
     ip = serializers.CharField(read_only=True, allow_null=True)
-    detail = serializers.JSONField(read_only=True)
+    detail = serializers.SerializerMethodField(
+        help_text=_("What else was recorded; hosts and clouds are named to cloud admins only.")
+    )
 
     class Meta:
         model = AuditEvent
@@ -230,3 +232,8 @@ class AuditEventSerializer(serializers.ModelSerializer):
             "detail",
         ]
         read_only_fields = fields
+
+    @extend_schema_field(OpenApiTypes.OBJECT)
+    def get_detail(self, event: AuditEvent) -> dict:
+        request = self.context.get("request")
+        return event.detail_for(getattr(request, "user", None))

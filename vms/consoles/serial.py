@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import logging
 import time
 from dataclasses import dataclass
 
@@ -47,9 +48,11 @@ from portal.backends.libvirt import serial as backend
 from portal.models import AuditEvent
 from portal.services import record_audit
 from vms.access import access_instance_by_id
-from vms.compute import Capability, compute_for, instance_capabilities
+from vms.compute import Capability, compute_for, host_free, instance_capabilities
 from vms.consoles.tokens import user_of_session_cookie
 from vms.models import Host, Instance
+
+log = logging.getLogger(__name__)
 
 CLOSE_NORMAL = 1000
 CLOSE_UNAUTHENTICATED = 4401
@@ -169,7 +172,9 @@ class SerialConsumer(AsyncWebsocketConsumer):
         try:
             await asyncio.to_thread(console.open)
         except BackendError as exc:
-            await self._audit("console.serial.start", outcome=AuditEvent.Outcome.FAILURE, error=str(exc)[:300])
+            log.warning("serial console of instance %s: %s", target.instance_id, exc.message)  # for the operator
+            error = host_free(exc.message, target.host)[:300]  # the tenant's admins read the audit trail
+            await self._audit("console.serial.start", outcome=AuditEvent.Outcome.FAILURE, error=error)
             await self.close(code=CLOSE_FAILED)
             return
         self.console = console

@@ -172,3 +172,18 @@ def test_a_snapshot_refused_on_a_nearly_full_pool_names_no_host(actors):
     assert response.status_code == 409, response.content
     assert "storage pool nearly full" in response.content.decode()
     assert not leaks(response.content.decode(), full), response.content
+
+
+def test_the_audit_trail_names_no_host_to_tenant_admins(actors, tiny_image, eager):
+    """A cloud admin copies the tenant's image to a host; the tenant's admins read that in their audit trail
+    without the host's name (cloud admins still read it)."""
+    unreachable = make_host(SECRET_HOST, uri="qemu+tcp://127.0.0.1:1/system")
+    staff = actors.client("cloud_admin")
+    response = staff.post(f"/api/v1/images/{tiny_image.pk}/distribute/", {"host": unreachable.pk}, format="json")
+    assert response.status_code == 202, response.content
+
+    trail = actors.client("tenant_admin").get("/api/v1/audit-events/", {"action": "image.distribute"}).json()
+    (event,) = trail["results"]
+    assert event["target_id"] == str(tiny_image.pk) and not leaks(json.dumps(event), unreachable), event
+    (seen,) = staff.get("/api/v1/audit-events/", {"action": "image.distribute"}).json()["results"]
+    assert seen["detail"]["host"] == SECRET_HOST
