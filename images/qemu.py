@@ -101,7 +101,7 @@ def measure_alone(path: Path) -> int:
     image = json.dumps({"driver": "qcow2", "file": {"driver": "file", "filename": str(path)}, "backing": None})
     proc = _run(_limited([QEMU_IMG, "measure", "-U", "--output=json", "-O", "qcow2", f"json:{image}"]))
     if proc.returncode != 0:
-        raise QemuImgError(proc.stderr.decode(errors="replace").strip() or "qemu-img measure failed")
+        raise _error(proc.stderr.decode(errors="replace").strip(), path, fallback="qemu-img measure failed")
     return int(json.loads(proc.stdout)["required"])
 
 

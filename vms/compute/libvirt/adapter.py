@@ -316,7 +316,7 @@ class LibvirtAdapter(AdapterBase):
         if snapshot.name not in {s.name for s in driver.snapshot_list(uuid)}:
             driver.snapshot_create(uuid, snapshot.name, snapshot.description)
         operations.progress(operation=operation, percent=90, message=_("Measuring the snapshot storage"))
-        self.measure_snapshots(instance)
+        self._measure_after_change(instance)
 
     def revert_snapshot(self, operation: Operation, instance: Instance, snapshot: Snapshot) -> None:
         driver = driver_for(instance.host)
@@ -338,11 +338,19 @@ class LibvirtAdapter(AdapterBase):
                 }
             )
         _record(instance, driver.snapshot_revert(uuid, snapshot.name))
-        self.measure_snapshots(instance)
+        self._measure_after_change(instance)
 
     def delete_snapshot(self, operation: Operation, instance: Instance, snapshot: Snapshot) -> None:
         driver_for(instance.host).snapshot_delete(str(instance.uuid), snapshot.name)
-        self.measure_snapshots(instance)
+        self._measure_after_change(instance)
+
+    def _measure_after_change(self, instance: Instance) -> None:
+        """Measure after the host created, reverted or deleted a snapshot: the host did it, so a failed
+        measurement must not fail the operation (the next capacity refresh measures again)."""
+        try:
+            self.measure_snapshots(instance)
+        except (BackendError, OSError) as exc:
+            log.warning("snapshot storage of instance %s not measured: %s", instance.pk, exc)
 
     def measure_snapshots(self, instance: Instance) -> int:
         """Measure what the instance's snapshots hold in the pool and store it (``Instance.snapshot_bytes``).
@@ -354,24 +362,32 @@ class LibvirtAdapter(AdapterBase):
         backing file, no snapshots): exact to the metadata, and cheap (it reads the cluster tables,
         not the data). It needs the volume's file, so on a host that is not this machine the
         portal counts only what a volume holds beyond its virtual size (a lower bound; the pool
-        guard of the scheduler still sees the pool). Without snapshots it is 0.
+        guard of the scheduler still sees the pool). Without snapshots it is 0. A local volume that
+        cannot be measured never lowers the figure: it stays at least what was measured before.
         """
         host = instance.host
         driver = driver_for(host)
         uuid = str(instance.uuid)
-        held = 0
+        held, unmeasured = 0, False
         if driver.snapshot_list(uuid):
             local = not urlsplit(host.uri).hostname
             for disk in driver.describe(uuid).spec.disks:
                 if disk.device != "disk" or disk.readonly or (disk.format or "qcow2") != "qcow2":
                     continue
-                held += self._held_beyond_contents(driver, disk, local=local)
+                part = self._held_beyond_contents(driver, disk, local=local)
+                unmeasured |= part is None
+                held += part or 0
+        if unmeasured:
+            held = max(
+                held, Instance.objects.filter(pk=instance.pk).values_list("snapshot_bytes", flat=True).first() or 0
+            )
         Instance.objects.filter(pk=instance.pk).update(snapshot_bytes=held)
         instance.snapshot_bytes = held
         return held
 
     @staticmethod
-    def _held_beyond_contents(driver: LibvirtDriver, disk: DiskSpec, *, local: bool) -> int:
+    def _held_beyond_contents(driver: LibvirtDriver, disk: DiskSpec, *, local: bool) -> int | None:
+        """What a disk's snapshots hold; None when a local volume could not be measured."""
         if disk.volume is not None:
             volume = driver.find_volume(disk.pool, disk.volume)
             if volume is None:
@@ -386,8 +402,9 @@ class LibvirtAdapter(AdapterBase):
         if local and path.exists():
             try:
                 alone = qemu.measure_alone(path)
-            except qemu.QemuImgError as exc:
-                log.warning("cannot measure the snapshots in %s: %s", path, exc)
+            except (qemu.QemuImgError, OSError) as exc:
+                log.error("cannot measure the snapshots in %s: %s", path, exc)
+                return None
         return max(0, allocation - alone)
 
     # ------------------------------------------------------------ removal
@@ -485,8 +502,8 @@ class LibvirtAdapter(AdapterBase):
         for instance in with_snapshots:
             try:
                 self.measure_snapshots(instance)
-            except BackendError as exc:  # the domain vanished meanwhile, say: the watcher deals with it
-                log.info("snapshot storage of instance %s not measured: %s", instance.pk, exc.message)
+            except (BackendError, OSError) as exc:  # the domain vanished meanwhile, say: the watcher deals with it
+                log.info("snapshot storage of instance %s not measured: %s", instance.pk, exc)
 
     def check_summary(self, host: Host) -> str:
         return _("%(host)s: %(cpus)s CPUs, %(ram)s MiB RAM.") % {
