@@ -816,3 +816,17 @@ def test_pages_in_chinese(actors, private_image, settings):
     assert uploader["uploading"] == "正在上传…" and uploader["units"][0] == "字节"
     response = client.post(reverse("image_share", args=[private_image.pk]), {"tenant": "a b"})
     assert "请用 ID 或短名称（slug）指明租户。" in response.content.decode()
+
+
+def test_operation_texts_the_portal_stores_are_shown_in_the_readers_language(actors, private_image):
+    """Operation messages and errors are stored untranslated (the worker has no reader's language);
+    the image page shows them in the reader's."""
+    from vms.operations import HOST_DID_NOT_ANSWER
+
+    operation = create_operation(
+        kind="image.distribute", target=private_image, tenant=actors.tenant, user=actors.member
+    )
+    Operation.objects.filter(pk=operation.pk).update(state=Operation.State.FAILED, error=HOST_DID_NOT_ANSWER)
+    client = login(actors.member)
+    page = client.get(reverse("image_detail", args=[private_image.pk]), HTTP_ACCEPT_LANGUAGE="zh-hans").content.decode()
+    assert "主机没有应答" in page and HOST_DID_NOT_ANSWER not in page
