@@ -284,5 +284,6 @@ def host_free(text: str, host: Host | None) -> str:
         parts = urlsplit(host.uri or "")
         secrets |= {parts.netloc, parts.hostname or ""}
         for secret in sorted(secrets - {""}, key=len, reverse=True):
-            text = text.replace(secret, "…")
+            # whole names only: a host "kvm1" leaves "kvm12" and words that merely contain it alone
+            text = re.sub(rf"(?<![\w.-]){re.escape(secret)}(?![\w-])", "…", text)
     return _ABSOLUTE_PATH.sub("…", text)

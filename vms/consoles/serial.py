@@ -48,6 +48,7 @@ from portal.backends.libvirt import serial as backend
 from portal.models import AuditEvent
 from portal.services import record_audit
 from vms.access import access_instance_by_id
+from vms.actions import host_refusal
 from vms.compute import Capability, compute_for, host_free, instance_capabilities
 from vms.consoles.tokens import user_of_session_cookie
 from vms.models import Host, Instance
@@ -62,6 +63,7 @@ CLOSE_MAX_LENGTH = 4408
 CLOSE_TAKEN_OVER = 4410
 CLOSE_UNSUPPORTED = 4406  # the instance's host has no serial console (an OpenStack cloud: Nova's console only)
 CLOSE_FAILED = 4502
+CLOSE_HOST_DOWN = 4503  # the instance's host is down (the watcher says so)
 
 OUTPUT_QUEUE_CHUNKS = 64  # chunks of guest output waiting for the browser (each ≤ 64 KiB)
 OUTPUT_BYTES_PER_SECOND = 1024 * 1024  # far above any terminal's needs; a flood is slowed down
@@ -102,6 +104,8 @@ def serial_access(user_id: int, instance_id: int, session_key: str | None = None
         return CLOSE_NOT_RUNNING
     if Capability.SERIAL_CONSOLE not in instance_capabilities(instance):
         return CLOSE_UNSUPPORTED
+    if host_refusal(instance) is not None:
+        return CLOSE_HOST_DOWN
     return SerialTarget(instance_id=instance.pk, host=instance.host, uuid=str(instance.uuid))
 
 

@@ -32,6 +32,7 @@ from portal.access import CHANGE
 from portal.backends.base import BackendError
 from portal.models import AuditEvent
 from portal.services import ConflictError, record_audit
+from vms.actions import host_refusal
 from vms.compute import Capability, compute_for, instance_capabilities
 from vms.models import ConsoleSession, Instance
 
@@ -77,6 +78,8 @@ def open_console(*, user, instance: Instance, ip: str | None = None) -> ConsoleT
         raise ConflictError(_("The console is only available while the instance is running."))
     if Capability.GRAPHICAL_CONSOLE not in instance_capabilities(instance):
         raise ConflictError(_("This instance has no console in the browser."))
+    if (down := host_refusal(instance)) is not None:  # said at once, as every action on a down host
+        raise down
     ttl = settings.CONSOLE_TOKEN_TTL_SECONDS
     endpoint = compute_for(instance.host).console(instance, ttl=ttl)
     expires_at = timezone.now() + timedelta(seconds=ttl)

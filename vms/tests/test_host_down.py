@@ -110,3 +110,14 @@ def test_the_instance_page_says_its_host_is_unavailable(actors, host, instance):
     _down(host)
     body = page.get(f"/instances/{instance.pk}/").content.decode()
     assert "lc-host-unavailable" in body and "does not answer" in body and "node-down" not in body
+
+
+def test_the_consoles_of_an_instance_on_a_down_host_answer_at_once(actors, host, instance):
+    """Both consoles say the host is unavailable instead of trying to reach it."""
+    from vms.consoles.serial import CLOSE_HOST_DOWN, serial_access
+
+    _down(host)
+    response = actors.client("member", api=False).post(f"/instances/{instance.pk}/console/ticket/")
+    assert response.status_code == 409, response.content
+    assert "unavailable" in response.content.decode() and "node-down" not in response.content.decode()
+    assert serial_access(actors.member.pk, instance.pk) == CLOSE_HOST_DOWN

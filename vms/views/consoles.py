@@ -58,6 +58,7 @@ def console_config(request, instance: Instance, *, auto_connect: bool) -> dict:
                 "4410": _("Another session took over the serial console. Reconnect to take it back."),
                 "4406": _("Instances on an OpenStack cloud have no serial console here; use the graphical console."),
                 "4502": _("The serial console could not be opened or broke."),
+                "4503": _("The instance's host is unavailable; try again when it is back."),
                 "default": _("The serial console connection was lost."),
             },
         },
