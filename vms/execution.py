@@ -18,12 +18,14 @@ import logging
 import time
 from datetime import timedelta
 
+from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import DatabaseError, connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
+from images.services import time_limit_exceeded
 from portal.backends.base import BackendError, HostUnreachable
 from portal.services import ServiceError
 from vms import actions, operations, realtime
@@ -92,6 +94,10 @@ def _dispatch(operation: Operation, instance: Instance, action: str) -> None:
         return
     except DatabaseError:
         raise  # not the operation's failure: execute() hands it back once the database answers
+    except SoftTimeLimitExceeded:
+        log.warning("operation %s (%s) stopped at its time limit", operation.pk, operation.kind)
+        _fail(operation, instance, time_limit_exceeded(settings.LABCLOUD_INSTANCE_TASK_TIME_LIMIT))
+        return
     except Exception as exc:
         # The details (paths, SQL…) go to the log for the operator, not to the tenant.
         log.exception("operation %s (%s) crashed", operation.pk, operation.kind)
