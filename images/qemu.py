@@ -18,12 +18,13 @@ from pathlib import Path
 
 from django.conf import settings
 
+from portal.redaction import without_server_paths
+
 QEMU_IMG = "qemu-img"
 PRLIMIT = "prlimit"
 _PROGRESS = re.compile(rb"\((\d+(?:\.\d+)?)/100%\)")
 _PROGRAM = re.compile(r"^qemu-img: ", re.MULTILINE)
 _COULD_NOT_OPEN = re.compile(r"Could not open '[^']*': ")
-_ABSOLUTE_PATH = re.compile(r"(?<![\w.:/])/[^\s'\",;:]+")
 
 
 class QemuImgError(Exception):
@@ -36,7 +37,7 @@ def _error(text: bytes | str, *paths: Path, fallback: str) -> QemuImgError:
     message = _COULD_NOT_OPEN.sub("", _PROGRAM.sub("", message))
     for path in paths:
         message = message.replace(str(path), "…")
-    message = _ABSOLUTE_PATH.sub("…", message).strip()
+    message = without_server_paths(message).strip()
     return QemuImgError(message or fallback)
 
 

@@ -27,6 +27,7 @@ from urllib.parse import urlsplit
 
 from django.utils.translation import gettext as _
 
+from portal.redaction import without_server_paths
 from portal.services import ConflictError
 from vms.models import Host
 
@@ -273,9 +274,6 @@ def instance_capabilities(instance: Instance) -> frozenset[Capability]:
     return compute_for(instance.host).capabilities(instance)
 
 
-_ABSOLUTE_PATH = re.compile(r"(?<![\w.:/])/[^\s'\",;:]+")
-
-
 def host_free(text: str, host: Host | None) -> str:
     """``text`` (a backend's error, shown to the tenant's members) without the host's name, URI or address,
     and without server paths. The full text belongs in the log, for the operator."""
@@ -286,4 +284,4 @@ def host_free(text: str, host: Host | None) -> str:
         for secret in sorted(secrets - {""}, key=len, reverse=True):
             # whole names only: a host "kvm1" leaves "kvm12" and words that merely contain it alone
             text = re.sub(rf"(?<![\w.-]){re.escape(secret)}(?![\w-])", "…", text)
-    return _ABSOLUTE_PATH.sub("…", text)
+    return without_server_paths(text)
