@@ -20,7 +20,7 @@ from portal.services import ServiceError
 _DELETED = "_lc_images_deleted"
 
 
-class ImageShareInline(admin.TabularInline):
+class ImageShareInline(ReadOnlyAdminMixin, admin.TabularInline):
     """The image's shares, for looking only: owners share and withdraw, the receiving tenants' admins answer
     (dashboard or API), so every change is audited and reaches the clouds' Glance members."""
 
@@ -32,12 +32,6 @@ class ImageShareInline(admin.TabularInline):
 
     def get_queryset(self, request):
         return super().get_queryset(request).select_related("tenant", "requested_by", "decided_by")
-
-    def has_add_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
 
 
 @admin.register(Image)
