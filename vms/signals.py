@@ -8,14 +8,36 @@ queue work, after the transaction commits.
 
 from __future__ import annotations
 
+import logging
+
 from django.db import transaction
 from django.db.models.signals import m2m_changed, post_delete, post_save, pre_delete
 from django.dispatch import receiver
 
 from images.models import Image, ImageReplica, ImageShare
 from portal.models import Quota, Tenant
+from vms import operations
 from vms.compute.openstack.mirror import forget_flavor_copies
 from vms.models import CloudFlavor, CloudProject, Flavor
+
+log = logging.getLogger(__name__)
+
+
+def _send_after_commit(task, *args) -> None:
+    """Queue ``task(*args)`` once the transaction commits, to bring the clouds in line with the portal.
+
+    With the broker away the change that asked for it stands (it is committed; the request does not fail
+    after the fact) and the clouds follow at the next sync of the same object (its next change or launch);
+    the log says so for the operator.
+    """
+
+    def send() -> None:
+        try:
+            task.delay(*args)
+        except operations.BROKER_ERRORS as exc:
+            log.error("%s%r not queued: the broker did not take it (%s)", task.name, args, exc)
+
+    transaction.on_commit(send)
 
 
 @receiver(post_save, sender=Quota, dispatch_uid="vms.quota_to_clouds")
@@ -23,14 +45,14 @@ def _quota_saved(sender, instance: Quota, **_kwargs) -> None:
     if CloudProject.objects.filter(tenant_id=instance.tenant_id).exists():
         from vms.tasks import push_quota_task
 
-        transaction.on_commit(lambda: push_quota_task.delay(instance.tenant_id))
+        _send_after_commit(push_quota_task, instance.tenant_id)
 
 
 def _flavor_changed(flavor_id: int) -> None:
     if CloudFlavor.objects.filter(flavor_id=flavor_id).exists():
         from vms.tasks import sync_flavor_task
 
-        transaction.on_commit(lambda: sync_flavor_task.delay(flavor_id))
+        _send_after_commit(sync_flavor_task, flavor_id)
 
 
 @receiver(post_save, sender=Flavor, dispatch_uid="vms.flavor_to_clouds")
@@ -54,7 +76,7 @@ def _flavor_deleted(sender, instance: Flavor, **_kwargs) -> None:
     if copies:
         from vms.tasks import delete_flavor_copies_task
 
-        transaction.on_commit(lambda: delete_flavor_copies_task.delay(copies))
+        _send_after_commit(delete_flavor_copies_task, copies)
 
 
 def _cloud_copies():
@@ -70,7 +92,7 @@ def _image_saved(sender, instance: Image, created: bool, **_kwargs) -> None:
     if _cloud_copies().filter(image=instance).exists():
         from vms.tasks import sync_image_copies_task
 
-        transaction.on_commit(lambda: sync_image_copies_task.delay(instance.pk))
+        _send_after_commit(sync_image_copies_task, instance.pk)
 
 
 def _sync_image_copies_later(image_ids) -> None:
@@ -80,7 +102,7 @@ def _sync_image_copies_later(image_ids) -> None:
         from vms.tasks import sync_image_copies_task
 
         for image_id in sorted(set(copies)):
-            transaction.on_commit(lambda image_id=image_id: sync_image_copies_task.delay(image_id))
+            _send_after_commit(sync_image_copies_task, image_id)
 
 
 def _sync_shared_image_later(share: ImageShare) -> None:
@@ -123,5 +145,5 @@ def _tenant_deleted(sender, instance: Tenant, **_kwargs) -> None:
     if projects:
         from vms.tasks import delete_cloud_projects_task
 
-        transaction.on_commit(lambda: delete_cloud_projects_task.delay(projects))
+        _send_after_commit(delete_cloud_projects_task, projects)
     # the images it accepted lose its projects' membership: the deletion of its shares does that (post_delete)

@@ -88,3 +88,23 @@ def test_an_action_asked_while_the_broker_is_down_is_sent_when_it_is_back(transa
     assert body["headers"]["argsrepr"] == f"({operation.pk},)"
     assert execution.recover_stale_operations() == []  # sent once, not again
     assert broker.llen(queue) == 1
+
+
+def test_a_share_withdrawn_while_the_broker_is_down_stays_withdrawn(transactional_db, actors, stopped_broker):
+    """Withdrawing a share of an image with a cloud copy queues a sync of the copy's members after commit.
+    With the broker away the withdrawal stands and the owner gets their answer, not a 503 after the fact
+    (retrying would find nothing: the share is gone)."""
+    from images.models import Image, ImageReplica, ImageShare
+
+    cloud = Host.objects.create(
+        name="cloud-b", kind=Host.Kind.OPENSTACK, uri="http://127.0.0.1:1/identity", state=Host.State.UP
+    )
+    image = Image.objects.create(
+        tenant=actors.tenant, name="shared-disk", disk_format="qcow2", status=Image.Status.ACTIVE, size=1
+    )
+    ImageReplica.objects.create(image=image, host=cloud, cloud_image_id="glance-1", state=ImageReplica.State.READY)
+    (share,) = factories.share_image_with(image, actors.other_tenant)
+
+    response = actors.client("member").delete(f"/api/v1/image-shares/{share.pk}/")
+    assert response.status_code == 204, response.content
+    assert not ImageShare.objects.filter(pk=share.pk).exists()
