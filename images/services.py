@@ -37,7 +37,7 @@ from images.models import Image, ImageShare
 from images.selectors import gib, tenant_id_named
 from images.tasks import distribute_image_task, process_image_task
 from portal.access import is_cloud_admin
-from portal.backends.base import BackendError
+from portal.backends.base import BackendError, HostUnreachable
 from portal.files import private_path
 from portal.models import Tenant
 from portal.services import ConflictError, ServiceError, record_audit, reserve_quota
@@ -589,9 +589,14 @@ def distribute_image(*, operation_id: int) -> None:
     host = Host.objects.get(pk=operation.params["host_id"])
     try:
         compute_for(host).copy_image(host, image, operation=operation)
-    except (BackendError, ServiceError) as exc:
+    except ServiceError as exc:  # the portal's own refusal, in words for members
+        log.warning("copy of image %s to host %s refused: %s", image.pk, host.name, exc.message)
+        operations.fail(operation=operation, error=host_free(exc.message, host))
+        return
+    except BackendError as exc:  # the backend's words name hosts and URIs: for cloud admins, as instance operations
         log.warning("copy of image %s to host %s failed: %s", image.pk, host.name, exc.message)
-        operations.fail(operation=operation, error=host_free(exc.message, host))  # the tenant sees it
+        generic = operations.HOST_DID_NOT_ANSWER if isinstance(exc, HostUnreachable) else operations.HOST_FAILED
+        operations.fail(operation=operation, error=generic, detail=exc.message)
         return
     except SoftTimeLimitExceeded:
         operations.fail(operation=operation, error=time_limit_exceeded(settings.LABCLOUD_IMAGE_TASK_TIME_LIMIT))

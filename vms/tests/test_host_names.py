@@ -187,3 +187,11 @@ def test_the_audit_trail_names_no_host_to_tenant_admins(actors, tiny_image, eage
     assert event["target_id"] == str(tiny_image.pk) and not leaks(json.dumps(event), unreachable), event
     (seen,) = staff.get("/api/v1/audit-events/", {"action": "image.distribute"}).json()["results"]
     assert seen["detail"]["host"] == SECRET_HOST
+
+    # The copy failed (nothing listens there): the tenant reads why in general words, cloud admins in libvirt's.
+    operation = Operation.objects.get(kind="image.distribute")
+    assert operation.state == Operation.State.FAILED
+    answer = actors.client("member").get(f"/api/v1/operations/{operation.pk}/").json()
+    assert answer["error"].startswith("The host did not answer") and answer["error_detail"] is None
+    assert not leaks(json.dumps(answer), unreachable), answer
+    assert unreachable.uri in staff.get(f"/api/v1/operations/{operation.pk}/").json()["error_detail"]
