@@ -21,7 +21,7 @@ from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy, pgettext
 from django.views.decorators.http import require_GET, require_POST
 
-from images import imports, services
+from images import imports, services, sharing
 from images.access import access_image_by_id, access_share_by_id
 from images.api.filtersets import ImageFilter
 from images.forms import DistributeForm, ImageEditForm, ImageImportForm, ImageUploadForm, ShareForm
@@ -360,7 +360,7 @@ def image_share(request, pk: int):
         reference = form.cleaned_data["tenant"]
         try:
             # One answer for every tenant named, existing or not: nobody learns here which tenants exist.
-            services.share_image(actor=request.user, image=image, reference=reference, ip=client_ip(request))
+            sharing.share_image(actor=request.user, image=image, reference=reference, ip=client_ip(request))
         except ServiceError as exc:
             form.add_service_error(exc)
         else:
@@ -380,7 +380,7 @@ def image_share_withdraw(request, pk: int, share_pk: int):
     share = access_share_by_id(user=request.user, share_id=share_pk, action=DELETE)
     if share.image_id != image.pk:
         raise Http404
-    services.withdraw_share(actor=request.user, share=share, ip=client_ip(request))
+    sharing.withdraw_share(actor=request.user, share=share, ip=client_ip(request))
     messages.success(
         request,
         _("Image “%(name)s” is no longer offered to “%(tenant)s”.") % {"name": image.name, "tenant": share.reference},
@@ -393,7 +393,7 @@ def image_share_withdraw(request, pk: int, share_pk: int):
 def image_share_accept(request, share_pk: int):
     share = access_share_by_id(user=request.user, share_id=share_pk, action=CHANGE)
     try:
-        share = services.accept_share(actor=request.user, share=share, ip=client_ip(request))
+        share = sharing.accept_share(actor=request.user, share=share, ip=client_ip(request))
     except ServiceError as exc:
         messages.error(request, exc.message)
         return redirect("images")
@@ -411,7 +411,7 @@ def image_share_reject(request, share_pk: int):
     share = access_share_by_id(user=request.user, share_id=share_pk, action=CHANGE)
     was_accepted = share.status == ImageShare.Status.ACCEPTED
     try:
-        share = services.reject_share(actor=request.user, share=share, ip=client_ip(request))
+        share = sharing.reject_share(actor=request.user, share=share, ip=client_ip(request))
     except ServiceError as exc:
         messages.error(request, exc.message)
         return redirect("images")

@@ -26,7 +26,7 @@ from rest_framework.parsers import BaseParser, DataAndFiles
 from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 
-from images import imports, selectors, services
+from images import imports, selectors, services, sharing
 from images.api.filtersets import ImageFilter, ImageShareFilter
 from images.api.serializers import (
     ImageCreateSerializer,
@@ -291,7 +291,7 @@ class ImageViewSet(ApiViewSetMixin, mixins.ListModelMixin, mixins.RetrieveModelM
         image = self.get_object_for(CHANGE)
         serializer = ImageShareRequestSerializer(data=request.data, context=self.get_serializer_context())
         serializer.is_valid(raise_exception=True)
-        share = services.share_image(
+        share = sharing.share_image(
             actor=request.user, image=image, reference=serializer.validated_data["tenant"], ip=self.client_ip
         )
         share = selectors.shares_for(user=request.user).get(pk=share.pk)
@@ -312,7 +312,7 @@ class ImageViewSet(ApiViewSetMixin, mixins.ListModelMixin, mixins.RetrieveModelM
         image = self.get_object_for(CHANGE)
         serializer = ImageShareRequestSerializer(data=request.data, context=self.get_serializer_context())
         serializer.is_valid(raise_exception=True)
-        image = services.unshare_image(
+        image = sharing.unshare_image(
             actor=request.user, image=image, reference=serializer.validated_data["tenant"], ip=self.client_ip
         )
         return self._respond(image)
@@ -360,7 +360,7 @@ class ImageShareViewSet(ApiViewSetMixin, mixins.ListModelMixin, mixins.RetrieveM
 
     def destroy(self, request, *args, **kwargs):
         share = self.get_object_for(DELETE)
-        services.withdraw_share(actor=request.user, share=share, ip=self.client_ip)
+        sharing.withdraw_share(actor=request.user, share=share, ip=self.client_ip)
         return Response(status=status.HTTP_204_NO_CONTENT)
 
     @extend_schema(
@@ -371,7 +371,7 @@ class ImageShareViewSet(ApiViewSetMixin, mixins.ListModelMixin, mixins.RetrieveM
     @action(detail=True, methods=["post"])
     def accept(self, request, *args, **kwargs):
         share = self.get_object_for(CHANGE)
-        return self._respond(services.accept_share(actor=request.user, share=share, ip=self.client_ip))
+        return self._respond(sharing.accept_share(actor=request.user, share=share, ip=self.client_ip))
 
     @extend_schema(
         summary=_("Reject a share, or remove an accepted image from the tenant's catalogue (the tenant's admins)"),
@@ -381,4 +381,4 @@ class ImageShareViewSet(ApiViewSetMixin, mixins.ListModelMixin, mixins.RetrieveM
     @action(detail=True, methods=["post"])
     def reject(self, request, *args, **kwargs):
         share = self.get_object_for(CHANGE)
-        return self._respond(services.reject_share(actor=request.user, share=share, ip=self.client_ip))
+        return self._respond(sharing.reject_share(actor=request.user, share=share, ip=self.client_ip))

@@ -15,7 +15,8 @@ from django.test import Client
 from django.urls import reverse
 
 from images.models import Image, ImageReplica, ImageShare
-from images.services import create_image, share_image
+from images.services import create_image
+from images.sharing import share_image
 from images.tests.conftest import upload
 from portal.factories import share_image_with
 from portal.models import AuditEvent, Membership

@@ -22,7 +22,8 @@ from rest_framework.test import APIClient
 
 from images.models import Image, ImageShare
 from images.selectors import visible_to_tenant
-from images.services import accept_share, share_image, update_image
+from images.services import update_image
+from images.sharing import accept_share, share_image
 from portal.factories import make_flavor
 from portal.models import AuditEvent
 from portal.services import ServiceError

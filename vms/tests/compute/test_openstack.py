@@ -474,7 +474,7 @@ def test_image_copies_follow_visibility_and_go_with_the_image(scene, os_cloud, a
 def test_a_shared_image_leaves_the_projects_of_tenants_taken_off_its_list(
     scene, os_cloud, admin_driver, run_tasks, make_tenant, make_user
 ):
-    from images import services as image_services
+    from images import sharing as image_sharing
 
     tenant, user, small, _, image = scene
     other = make_tenant("os-b", instances=2, vcpus=2, ram_mib=512, disk_gib=4)
@@ -482,11 +482,11 @@ def test_a_shared_image_leaves_the_projects_of_tenants_taken_off_its_list(
     other.memberships.create(user=other_user, role="member")
     PlacementRule.objects.create(tenant=other, host=os_cloud)
     owner = make_user("os-img-owner", staff=True)
-    share = image_services.share_image(actor=owner, image=image, reference=other.slug)
+    share = image_sharing.share_image(actor=owner, image=image, reference=other.slug)
     # pending: the other tenant may not launch it, and its project is no member of any copy
     with pytest.raises(ServiceError, match="not available to this tenant"):
         launch(run_tasks, tenant=other, user=other_user, flavor=small, image=share.image, name="too-early")
-    image_services.accept_share(actor=owner, share=share)
+    image_sharing.accept_share(actor=owner, share=share)
     image = share.image
     for who, where in ((user, tenant), (other_user, other)):
         ok(launch(run_tasks, tenant=where, user=who, flavor=small, image=image, name=f"on-{where.slug}")[1])
@@ -496,11 +496,11 @@ def test_a_shared_image_leaves_the_projects_of_tenants_taken_off_its_list(
     assert admin_driver.image_members(image_id=copy_id) == sorted(projects.values())
 
     # removed by its tenant (rejected after accepting): its project stops being a member at once; the owner's stays
-    run_tasks(lambda: image_services.reject_share(actor=owner, share=share))
+    run_tasks(lambda: image_sharing.reject_share(actor=owner, share=share))
     assert admin_driver.image_members(image_id=copy_id) == [projects[tenant.slug]]
     # accepted again, then withdrawn by the owner: a member only from a launch on, none after the withdrawal
-    run_tasks(lambda: image_services.accept_share(actor=owner, share=share))
-    run_tasks(lambda: image_services.unshare_image(actor=owner, image=image, reference=other.slug))
+    run_tasks(lambda: image_sharing.accept_share(actor=owner, share=share))
+    run_tasks(lambda: image_sharing.unshare_image(actor=owner, image=image, reference=other.slug))
     assert admin_driver.image_members(image_id=copy_id) == [projects[tenant.slug]]
     # an identical image of its own (same file) reuses that Glance copy: its launch makes it a member again,
     # and a later sync of the first image keeps it, since the copy now backs its image too

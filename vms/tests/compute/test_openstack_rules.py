@@ -258,7 +258,7 @@ def test_sharing_changes_queue_a_sync_of_the_cloud_copies(hosts, make_tenant, dj
     queues one sync of the image's Glance copies after commit; a new share, a pending one answered or withdrawn,
     an acceptance (the project joins at its first launch), or an image without a copy queue nothing."""
     from images.models import Image, ImageReplica, ImageShare
-    from images.services import accept_share, reject_share, share_image, withdraw_share
+    from images.sharing import accept_share, reject_share, share_image, withdraw_share
     from portal.factories import share_image_with
     from portal.models import Tenant
 
