@@ -84,7 +84,8 @@ def _dispatch(operation: Operation, instance: Instance, action: str) -> None:
         message = _run(operation, instance, action)
     except ServiceError as exc:
         log.warning("operation %s (%s) refused: %s", operation.pk, operation.kind, exc.message)
-        _fail(operation, instance, host_free(exc.message, instance.host))  # members read it: no host, no path
+        cause = exc.__cause__.message if isinstance(exc.__cause__, BackendError) else ""  # the backend's words
+        _fail(operation, instance, host_free(exc.message, instance.host), detail=cause)  # members: no host, no path
         return
     except BackendError as exc:
         # The backend's words name hosts and URIs: for cloud admins (error_detail), not for the tenant.

@@ -157,8 +157,12 @@ class OpenStackAdapter(AdapterBase):
 
             try:
                 server_id = create(image_id)
+            except QuotaExceeded as exc:  # the tenant's project is full in the cloud: the member's business
+                raise ConflictError(
+                    _("The cloud refused the new server: the tenant's quota there is used up (ask a cloud admin).")
+                ) from exc
             except BackendError as exc:
-                if isinstance(exc, HostUnreachable | AuthFailed | QuotaExceeded):
+                if isinstance(exc, HostUnreachable | AuthFailed):
                     raise
                 # Refused: maybe Nova does not see the recorded Glance copy (deleted there, or the project changed)
                 fresh = cloud_image(host=host, image=image, project_id=project_id, recheck=True)
