@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from django.urls import reverse
 
-from portal.models import Membership
+from portal.models import QUOTA_RESOURCES, Membership
 from portal.testing import without_live_socket_errors
 from portal.tests.test_i18n import ensure_compiled_messages
 from vms.services import create_flavor, reserve_instances
@@ -74,7 +74,7 @@ def test_dashboard_in_a_real_browser(live_server, lab, browser_page):
     expect(page.locator("#lc-tenant-title")).to_have_text("Physics Lab")
     expect(page.locator("#lc-role")).to_have_text("Tenant admin")
     expect(page.locator("#lc-member-count")).to_have_text("3")
-    expect(page.locator("#lc-quota-cards .progress")).to_have_count(7)
+    expect(page.locator("#lc-quota-cards .progress")).to_have_count(len(QUOTA_RESOURCES))  # 8, snapshot storage too
     vcpus = page.locator('[data-resource="vcpus"]')
     expect(vcpus).to_contain_text("13")
     expect(vcpus).to_contain_text("/ 16")

@@ -18,7 +18,7 @@ import pytest
 from django.urls import reverse
 
 from images.models import Image
-from portal.factories import make_flavor, make_instance
+from portal.factories import make_flavor, make_instance, share_image_with
 from vms.compute.libvirt.images import ensure_image_on_host
 from vms.compute.libvirt.spec import root_volume
 from vms.models import Instance
@@ -76,7 +76,7 @@ def test_capture_of_an_instance_of_a_shared_image_cannot_be_downloaded(actors, p
     shared = active_image(
         tenant=actors.other_tenant, source=disk_file, name="licensed", virtual_size=16 * MIB, visibility="shared"
     )
-    shared.shared_with.add(actors.tenant)
+    share_image_with(shared, actors.tenant)  # accepted by the tenant's admins
     member = actors.client("member")
     assert member.get(f"/api/v1/images/{shared.pk}/file/").status_code == 403  # may launch, not download
 

@@ -118,6 +118,7 @@ def test_fields_show_the_progress(actors, ops):
         "progress": 40,
         "message": "Converting to qcow2",
         "error": "",
+        "error_detail": None,  # the backend's words: for cloud admins only
         "created_at": row["created_at"],
         "started_at": None,
         "finished_at": None,
