@@ -126,16 +126,10 @@ def pytest_collection_modifyitems(config, items):
         items[:] = selected
 
 
-def _console_error(msg) -> str:
-    """A console error with the URL it is about: "Failed to load resource: … 404" names the resource."""
-    url = (msg.location or {}).get("url", "")
-    return f"{msg.text} [{url}]" if url and msg.text.startswith("Failed to load resource") else msg.text
-
-
 @pytest.fixture
 def browser_page(monkeypatch):
     """A page of Debian's Chromium (headless) and the list of JS errors it reported."""
-    from portal.testing import BROWSER_TIMEOUT_MS, CHROMIUM, CHROMIUM_ARGS
+    from portal.testing import BROWSER_TIMEOUT_MS, CHROMIUM, CHROMIUM_ARGS, console_error
 
     if not CHROMIUM.exists():
         pytest.fail("Debian's Chromium is missing: `make test` installs it (scripts/bootstrap.sh --test)")
@@ -150,7 +144,7 @@ def browser_page(monkeypatch):
         page = context.new_page()
         errors: list[str] = []
         page.on("pageerror", lambda exc: errors.append(str(exc)))
-        page.on("console", lambda msg: errors.append(_console_error(msg)) if msg.type == "error" else None)
+        page.on("console", lambda msg: errors.append(console_error(msg)) if msg.type == "error" else None)
         try:
             yield page, errors
         finally:

@@ -442,3 +442,9 @@ class OwnPostgres:
     def remove(self) -> None:
         self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def console_error(msg) -> str:
+    """A browser console error with the URL it is about: "Failed to load resource: … 404" names the resource."""
+    url = (msg.location or {}).get("url", "")
+    return f"{msg.text} [{url}]" if url and msg.text.startswith("Failed to load resource") else msg.text

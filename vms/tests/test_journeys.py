@@ -33,7 +33,7 @@ from django.urls import reverse
 
 from images.models import Image
 from portal.models import Membership, Quota
-from portal.testing import sign_in
+from portal.testing import console_error, sign_in
 from portal.tests.test_browser import SCREENSHOT
 from portal.tests.test_i18n import ensure_compiled_messages
 from vms.models import Flavor, Host, Instance, Snapshot
@@ -330,7 +330,7 @@ def test_cloud_admin_edits_quota_and_flavor_the_member_sees_it(daphne, actors, c
     page.on(
         "console",
         lambda msg: (
-            favicon_misses.append(msg.text)
+            favicon_misses.append(console_error(msg))  # as browser_page records it
             if msg.type == "error" and msg.location.get("url", "").endswith("/favicon.ico")
             else None
         ),
