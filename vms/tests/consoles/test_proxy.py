@@ -189,7 +189,9 @@ def test_a_token_for_another_vnc_port_is_refused(actors, portal_host, console_in
     old_port = session.target_port
     driver.power_off(uuid)
     squatter = socket.socket()
-    squatter.bind(("127.0.0.1", old_port))  # free now: the instance's QEMU is gone
+    # Free now (the instance's QEMU is gone), though connections to it may linger in TIME_WAIT.
+    squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    squatter.bind(("127.0.0.1", old_port))
     squatter.listen(1)
     squatter.settimeout(0.5)
     try:
