@@ -29,6 +29,7 @@ from pathlib import Path
 
 import pytest
 
+from portal.backends.libvirt.connection import forget
 from portal.backends.libvirt.driver import LibvirtDriver
 from portal.testing import other_live_leases, session_lock
 from vms.models import Host
@@ -226,6 +227,10 @@ def start_libvirtd(host: SecondHost, timeout: float = 60) -> int:
             libvirt.open(host.tcp_uri).close()
             pid = host.pid
             if _ours(host, pid, "libvirtd"):
+                # This process's cached connections led to the killed daemon: the next call opens new ones
+                # (a dead one only shows as dead at its first call, which would fail).
+                for uri in (host.tcp_uri, host.ssh_uri):
+                    forget(uri)
                 return pid
         except (libvirt.libvirtError, OSError, ValueError):
             pass
