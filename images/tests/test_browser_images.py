@@ -267,7 +267,7 @@ def test_a_tenant_admin_accepts_a_shared_image_in_the_dashboard(live_server, lab
     from playwright.sync_api import expect
 
     from images.models import ImageShare
-    from images.services import share_image
+    from images.sharing import share_image
 
     _alice, physics = lab
     chemistry = make_tenant("Chemistry Lab")

@@ -14,7 +14,8 @@ from django.contrib.auth.models import AnonymousUser
 from images.capture import capture_image
 from images.imports import import_image
 from images.models import Image, ImageReplica
-from images.services import accept_share, delete_image, share_image, unshare_image, update_image
+from images.services import delete_image, update_image
+from images.sharing import accept_share, share_image, unshare_image
 from images.tests.conftest import upload
 from portal.access import CHANGE, VIEW
 from portal.backends.libvirt.storage import find_volume
