@@ -332,17 +332,21 @@ def test_the_running_watcher_follows_nova_from_its_cloud_thread(
     settings.WATCHER_CLOUD_POLL_SECONDS = 0.5
     watcher = HostWatcher(host_names=[os_cloud.name], reconcile_seconds=300, capacity_seconds=300)
 
+    def wait_until(condition, what: str, timeout: float = 20) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            assert time.monotonic() < deadline, f"{what} within {timeout} s"
+            time.sleep(0.2)
+
     with watcher_running(watcher, name="lctest-cloud-watcher", join_timeout=60):
         assert watcher.ready.wait(10)
+        # The full reconcile at start runs in the cloud thread after ``ready``: the change must come after it,
+        # or that reconcile (not a changes-since poll) may be the one that sees it.
+        wait_until(lambda: watcher.cloud_polls >= 1, "the reconcile at start")
+        polls_before = watcher.cloud_polls
         admin_driver.stop(instance.cloud_id)  # behind the portal's back
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            instance.refresh_from_db()
-            if instance.state == Instance.State.SHUTOFF:
-                break
-            time.sleep(0.2)
-        assert instance.state == Instance.State.SHUTOFF
-        assert watcher.cloud_polls >= 2  # the reconcile at start, then changes-since polls
+        wait_until(lambda: Instance.objects.get(pk=instance.pk).state == Instance.State.SHUTOFF, "the instance off")
+        wait_until(lambda: watcher.cloud_polls > polls_before, "the poll that saw it to end")  # a changes-since poll
 
 
 def test_full_reconcile_finds_a_server_gone(scene, os_cloud, admin_driver, run_tasks):
