@@ -12,6 +12,54 @@ from portal.testing import Actors
 pytest_plugins = ["portal.testing_second_host"]  # the second libvirt host: second_host, second_host_row
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _session_domain_prefix():
+    """Whatever a test creates on the real libvirtd without its own ``lctest-…`` prefix is named with this
+    session's prefix instead of the production ``labcloud-`` one, and removed (and reported) at the end:
+    a test never leaves, nor touches, anything of a portal that runs on the same machine."""
+    import contextlib
+    import secrets
+    import warnings
+
+    from django.conf import settings
+
+    prefix = f"lctest-s{secrets.token_hex(3)}-"
+    previous, settings.LABCLOUD_DOMAIN_PREFIX = settings.LABCLOUD_DOMAIN_PREFIX, prefix
+    yield prefix
+    settings.LABCLOUD_DOMAIN_PREFIX = previous
+    try:
+        import libvirt
+
+        conn = libvirt.open("qemu:///system")
+    except Exception:  # no libvirtd in this run (fast unit tests only): nothing can be left there
+        return
+    left = []
+    with contextlib.suppress(libvirt.libvirtError):
+        for dom in conn.listAllDomains(0):
+            if dom.name().startswith(prefix):
+                left.append(f"domain {dom.name()}")
+                with contextlib.suppress(libvirt.libvirtError):
+                    if dom.isActive():
+                        dom.destroy()
+                with contextlib.suppress(libvirt.libvirtError):
+                    dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA)
+        for pool in conn.listAllStoragePools(0):
+            with contextlib.suppress(libvirt.libvirtError):
+                for vol in pool.listAllVolumes(0):
+                    if vol.name().startswith(prefix):
+                        left.append(f"volume {vol.name()}")
+                        with contextlib.suppress(libvirt.libvirtError):
+                            vol.delete(0)
+        for nwfilter in conn.listAllNWFilters(0):
+            if nwfilter.name().startswith(prefix):
+                left.append(f"nwfilter {nwfilter.name()}")
+                with contextlib.suppress(libvirt.libvirtError):
+                    nwfilter.undefine()
+    conn.close()
+    if left:
+        warnings.warn(f"tests left on qemu:///system (removed): {', '.join(left)}", stacklevel=1)
+
+
 @pytest.fixture(autouse=True)
 def _fast_password_hashing(settings):
     """Tests create many users; the production hasher's 1M PBKDF2 rounds would dominate the run time."""
