@@ -106,6 +106,17 @@ def measure_alone(path: Path) -> int:
     return int(json.loads(proc.stdout)["required"])
 
 
+def set_backing(path: Path, *, backing: str, backing_fmt: str) -> None:
+    """Point a qcow2 overlay at another file holding the same base (``qemu-img rebase -u``: the header only).
+
+    For an overlay carried to another host, where the same base image lives at another path.
+    """
+    argv = [QEMU_IMG, "rebase", "-u", "-f", "qcow2", "-b", backing, "-F", backing_fmt, str(path)]
+    proc = _run(_limited(argv))
+    if proc.returncode != 0:
+        raise _error(proc.stderr.decode(errors="replace").strip(), path, fallback="qemu-img rebase failed")
+
+
 def check(path: Path, *, fmt: str) -> None:
     """Consistency check (qcow2, vdi, vhdx…): refuses truncated or corrupt images."""
     proc = _run(_limited([QEMU_IMG, "check", "-f", fmt, "--output=json", str(path)]), timeout=300)

@@ -240,7 +240,7 @@ def build_domain_element(spec: InstanceSpec) -> ET.Element:
         _sub(nic, "source", network=_text(spec.network, "network"))
         _sub(nic, "model", type=spec.nic_model or default_nic_model(spec.os_type))
         if spec.nic_filter is not None:
-            _filterref(nic, spec.nic_filter)
+            add_filterref(nic, spec.nic_filter)
     serial = _sub(devices, "serial", type="pty")
     if spec.serial_log:
         _sub(serial, "log", file=_text(spec.serial_log, "serial log path"), append="off")
@@ -448,7 +448,7 @@ def finish_install_xml(xml: str, *, installer: str | None = None, keep_empty_dri
     return ET.tostring(dom, encoding="unicode")
 
 
-def _filterref(nic: ET.Element, nic_filter: NicFilter) -> None:
+def add_filterref(nic: ET.Element, nic_filter: NicFilter) -> None:
     ref = _sub(nic, "filterref", filter=_text(nic_filter.name, "NIC filter"))
     for name, value in nic_filter.parameters:
         _sub(ref, "parameter", name=_text(name, "filter parameter"), value=_text(value, "filter parameter"))
@@ -481,7 +481,7 @@ def nics_to_filter(xml: str, wanted: Callable[[str], NicFilter | None]) -> list[
             continue
         for old in nic.findall("filterref"):
             nic.remove(old)
-        _filterref(nic, nic_filter)
+        add_filterref(nic, nic_filter)
         nic.tail = None
         edited.append(ET.tostring(nic, encoding="unicode"))
     return edited

@@ -829,6 +829,14 @@ class LibvirtDriver:
         with self._errors(f"resize volume {name!r} in pool {pool!r}"):
             return storage.resize_volume(self.uri, pool_name=pool, name=name, size_bytes=size_bytes)
 
+    def download_file(self, pool: str, name: str, target: Path) -> int:
+        with self._errors(f"download of {name!r} from pool {pool!r}"):
+            return storage.download_file(self.uri, pool_name=pool, name=name, target=target)
+
+    def refresh_pool(self, pool: str) -> None:
+        with self._errors(f"refresh of pool {pool!r}"):
+            storage.refresh_pool(self.uri, pool_name=pool)
+
     def list_volumes(self, pool: str) -> list[VolumeRef]:
         with self._errors(f"volumes of pool {pool!r}"):
             return storage.list_volumes(self.uri, pool_name=pool)

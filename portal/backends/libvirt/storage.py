@@ -253,3 +253,36 @@ def resize_volume(uri: str, *, pool_name: str, name: str, size_bytes: int) -> Vo
         except libvirt.libvirtError as exc:
             raise BackendError(f"cannot resize volume {name!r}: {exc.get_error_message()}") from exc
     return _ref(pool_name, vol)
+
+
+def download_file(uri: str, *, pool_name: str, name: str, target: Path) -> int:
+    """Stream volume ``name`` of ``pool_name`` into the local file ``target`` (its bytes as stored); the size."""
+    conn = connect(uri)
+    try:
+        vol = _pool(conn, pool_name).storageVolLookupByName(name)
+    except libvirt.libvirtError as exc:
+        raise NotFound(f"volume {name!r} not found in pool {pool_name!r}") from exc
+    stream = conn.newStream(0)
+    written = 0
+
+    def sink(_stream, data: bytes, fh) -> int:
+        nonlocal written
+        written += len(data)
+        return fh.write(data)
+
+    try:
+        with open(target, "wb") as fh:
+            vol.download(stream, 0, 0, 0)
+            stream.recvAll(sink, fh)
+            stream.finish()
+    except (libvirt.libvirtError, OSError) as exc:
+        with contextlib.suppress(libvirt.libvirtError):
+            stream.abort()
+        raise BackendError(f"download of {name!r} failed: {exc}") from exc
+    return written
+
+
+def refresh_pool(uri: str, *, pool_name: str) -> None:
+    """Have libvirt look at the pool's directory again (files another host put there on shared storage)."""
+    with contextlib.suppress(libvirt.libvirtError):  # a refresh already running is as good
+        _pool(connect(uri), pool_name).refresh(0)

@@ -1,0 +1,274 @@
+"""Moving a domain from one libvirt host to another: live (``virDomainMigrate3``) or, shut off, by definition.
+
+The portal drives a *managed direct* migration: it holds a connection to both daemons, so neither
+needs to reach the other's libvirt URI (only QEMU's migration and NBD ports of the destination,
+at ``MigrationPlan.address``). The domain's XML for the destination is the source's, rewritten with
+ElementTree: each disk points at the destination's file (live definition, ``type='file'``: libvirt
+pre-creates nothing, the caller did) or volume (persistent definition), the NIC at the destination's
+network and anti-spoofing filter, the VNC server at the destination's listen address.
+
+Storage: on shared storage the disks stay where they are (libvirt 9 does not recognise every shared
+file system and wants ``VIR_MIGRATE_UNSAFE``, see docs/operator-guide.md); otherwise the writable
+disks are mirrored over NBD into the copies the caller pre-created (``VIR_MIGRATE_NON_SHARED_INC``:
+an overlay whose base is already there copies only its own blocks).
+
+While the job runs, ``migrate`` polls the job's statistics for ``on_progress``, aborts the job when
+``should_cancel`` says so or the deadline passes (unless it may switch to post-copy first), and
+reports the completed job's figures (downtime included) at the end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import libvirt
+
+from portal.backends.base import BackendError, NicFilter
+from portal.backends.libvirt.connection import connect
+from portal.backends.libvirt.domain import add_filterref
+
+log = logging.getLogger(__name__)
+
+
+class MigrationCancelled(BackendError):
+    """The job was aborted on request or at its deadline (``reason``); the guest runs on the source, untouched."""
+
+    def __init__(self, message: str, *, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason  # "cancelled" or "deadline"
+
+
+@dataclass(frozen=True)
+class DiskMove:
+    """Where one disk of the domain (by target, ``vda``) lives on the destination."""
+
+    target: str
+    path: str  # the file on the destination (live definition)
+    pool: str  # the volume there (persistent definition)
+    volume: str
+    copy: bool  # mirrored during the migration (a writable disk without shared storage)
+
+
+@dataclass(frozen=True)
+class MigrationPlan:
+    uuid: str
+    source_uri: str
+    destination_uri: str
+    disks: tuple[DiskMove, ...]
+    live: bool  # the guest runs (False: a shut-off domain is defined there, nothing copied)
+    shared_storage: bool
+    address: str = ""  # where the destination's QEMU listens for the migration stream ("" = its host name)
+    networks: dict[str, str] = field(default_factory=dict)  # source network name -> destination's
+    nic_filters: dict[str, NicFilter | None] = field(default_factory=dict)  # destination network -> its filter
+    vnc_listen: str = ""
+    timeout: float = 600.0  # seconds before the job is aborted (or switched to post-copy)
+    post_copy: bool = False  # at the deadline, switch to post-copy instead of aborting
+    max_downtime_ms: int = 0  # 0: libvirt's default (300 ms)
+    bandwidth_mib: int = 0  # MiB/s; 0: unlimited
+
+
+@dataclass(frozen=True)
+class MigrationProgress:
+    """One look at a running migration job (bytes; None when the hypervisor does not say)."""
+
+    elapsed_ms: int
+    data_total: int | None
+    data_processed: int | None
+    data_remaining: int | None
+    disk_total: int | None = None
+    disk_remaining: int | None = None
+    downtime_ms: int | None = None
+    iteration: int | None = None
+
+    @property
+    def percent(self) -> int:
+        if not self.data_total:
+            return 0
+        return max(0, min(99, int(100 * (self.data_total - (self.data_remaining or 0)) / self.data_total)))
+
+
+@dataclass(frozen=True)
+class MigrationResult:
+    seconds: float
+    downtime_ms: int | None
+    post_copy: bool  # it switched to post-copy
+
+
+def _stats(stats: dict) -> MigrationProgress:
+    return MigrationProgress(
+        elapsed_ms=int(stats.get("time_elapsed", 0)),
+        data_total=stats.get("data_total"),
+        data_processed=stats.get("data_processed"),
+        data_remaining=stats.get("data_remaining"),
+        disk_total=stats.get("disk_total"),
+        disk_remaining=stats.get("disk_remaining"),
+        downtime_ms=stats.get("downtime"),
+        iteration=stats.get("memory_iteration"),
+    )
+
+
+def rewrite_domain_xml(xml: str, plan: MigrationPlan, *, persistent: bool) -> str:
+    """The source's domain XML as the destination should define it (see the module's docstring)."""
+    root = ET.fromstring(xml)  # noqa: S314 - the source libvirtd's own XML
+    moves = {d.target: d for d in plan.disks}
+    for disk in root.findall("devices/disk"):
+        target = disk.find("target")
+        move = moves.get(target.get("dev", "") if target is not None else "")
+        source = disk.find("source")
+        if move is None or source is None:
+            continue  # an empty CD-ROM drive, say: nothing to point anywhere
+        kept = [child for child in source if child.tag not in ("seclabel",)]
+        disk.remove(source)
+        new = ET.Element("source")
+        if persistent:
+            disk.set("type", "volume")
+            new.set("pool", move.pool)
+            new.set("volume", move.volume)
+        else:
+            disk.set("type", "file")
+            new.set("file", move.path)
+        new.extend(kept)
+        disk.insert(list(disk).index(disk.find("driver")) + 1 if disk.find("driver") is not None else 0, new)
+        for stale in disk.findall("backingStore"):  # the destination's chain is its own
+            disk.remove(stale)
+    for nic in root.findall("devices/interface[@type='network']"):
+        source = nic.find("source")
+        if source is None:
+            continue
+        network = plan.networks.get(source.get("network", ""), source.get("network", ""))
+        source.set("network", network)
+        for key in ("bridge", "portid"):
+            source.attrib.pop(key, None)
+        for old in nic.findall("filterref"):
+            nic.remove(old)
+        wanted = plan.nic_filters.get(network)
+        if wanted is not None:
+            add_filterref(nic, wanted)
+    if plan.vnc_listen:
+        for graphics in root.findall("devices/graphics[@type='vnc']"):
+            graphics.set("listen", plan.vnc_listen)
+            for listen in graphics.findall("listen"):
+                if listen.get("type") == "address":
+                    listen.set("address", plan.vnc_listen)
+    return ET.tostring(root, encoding="unicode")
+
+
+def _flags(plan: MigrationPlan) -> int:
+    flags = libvirt.VIR_MIGRATE_PERSIST_DEST | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE
+    if not plan.live:
+        return flags | libvirt.VIR_MIGRATE_OFFLINE
+    flags |= libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_AUTO_CONVERGE
+    if plan.shared_storage:
+        flags |= libvirt.VIR_MIGRATE_UNSAFE  # libvirt 9 cannot tell a shared directory from a local one
+    elif any(d.copy for d in plan.disks):
+        flags |= libvirt.VIR_MIGRATE_NON_SHARED_INC
+    if plan.post_copy:
+        flags |= libvirt.VIR_MIGRATE_POSTCOPY
+    return flags
+
+
+def _params(plan: MigrationPlan, dom: libvirt.virDomain) -> dict:
+    inactive = libvirt.VIR_DOMAIN_XML_INACTIVE | libvirt.VIR_DOMAIN_XML_MIGRATABLE | libvirt.VIR_DOMAIN_XML_SECURE
+    params: dict = {
+        libvirt.VIR_MIGRATE_PARAM_PERSIST_XML: rewrite_domain_xml(dom.XMLDesc(inactive), plan, persistent=True),
+    }
+    if plan.live:
+        live = libvirt.VIR_DOMAIN_XML_MIGRATABLE | libvirt.VIR_DOMAIN_XML_SECURE
+        params[libvirt.VIR_MIGRATE_PARAM_DEST_XML] = rewrite_domain_xml(dom.XMLDesc(live), plan, persistent=False)
+        copied = [d.target for d in plan.disks if d.copy]
+        if copied and not plan.shared_storage:
+            params[libvirt.VIR_MIGRATE_PARAM_MIGRATE_DISKS] = copied
+        if plan.address:
+            params[libvirt.VIR_MIGRATE_PARAM_URI] = f"tcp://{_bracketed(plan.address)}"
+            params[libvirt.VIR_MIGRATE_PARAM_LISTEN_ADDRESS] = plan.address
+        if plan.bandwidth_mib:
+            params[libvirt.VIR_MIGRATE_PARAM_BANDWIDTH] = plan.bandwidth_mib
+    else:
+        params[libvirt.VIR_MIGRATE_PARAM_DEST_XML] = params[libvirt.VIR_MIGRATE_PARAM_PERSIST_XML]
+    return params
+
+
+def _bracketed(address: str) -> str:
+    return f"[{address}]" if ":" in address and not address.startswith("[") else address
+
+
+def migrate(
+    plan: MigrationPlan,
+    *,
+    on_progress: Callable[[MigrationProgress], None] | None = None,
+    should_cancel: Callable[[], bool] | None = None,
+    poll: float = 0.5,
+) -> MigrationResult:
+    """Run the migration; MigrationCancelled when aborted, BackendError when it failed (the guest stays on
+    the source in both cases: libvirt rolls a failed migration back)."""
+    try:
+        source, destination = connect(plan.source_uri), connect(plan.destination_uri)
+        dom = source.lookupByUUIDString(plan.uuid)
+        params, flags = _params(plan, dom), _flags(plan)
+    except libvirt.libvirtError as exc:
+        raise BackendError(f"migration of {plan.uuid} not started: {exc.get_error_message()}") from exc
+    if plan.live and plan.max_downtime_ms:
+        with contextlib.suppress(libvirt.libvirtError):
+            dom.migrateSetMaxDowntime(plan.max_downtime_ms, 0)
+    outcome: dict = {}
+
+    def run() -> None:
+        try:
+            dom.migrate3(destination, params, flags)
+        except libvirt.libvirtError as exc:
+            outcome["error"] = exc
+
+    started = time.monotonic()
+    worker = threading.Thread(target=run, name=f"migrate-{plan.uuid}", daemon=True)
+    worker.start()
+    aborted = switched = False
+    why = ""
+    while worker.is_alive():
+        worker.join(poll)
+        if not worker.is_alive() or not plan.live:
+            break
+        with contextlib.suppress(libvirt.libvirtError):
+            stats = dom.jobStats(0)
+            if stats.get("type", libvirt.VIR_DOMAIN_JOB_NONE) != libvirt.VIR_DOMAIN_JOB_NONE and on_progress:
+                on_progress(_stats(stats))
+        late = time.monotonic() - started > plan.timeout
+        if not aborted and ((should_cancel is not None and should_cancel()) or (late and not plan.post_copy)):
+            aborted, why = True, "deadline" if late else "cancelled"
+            log.info("aborting the migration of %s (%s)", plan.uuid, why)
+            with contextlib.suppress(libvirt.libvirtError):
+                dom.abortJob()
+        elif late and plan.post_copy and not switched:
+            switched = True
+            log.info("switching the migration of %s to post-copy", plan.uuid)
+            with contextlib.suppress(libvirt.libvirtError):
+                dom.migrateStartPostCopy(0)
+    worker.join()
+    seconds = time.monotonic() - started
+    error = outcome.get("error")
+    if error is not None:
+        if aborted:
+            message = f"migration of {plan.uuid} aborted ({why}): {error.get_error_message()}"
+            raise MigrationCancelled(message, reason=why) from error
+        raise BackendError(f"migration of {plan.uuid} failed: {error.get_error_message()}") from error
+    downtime = None
+    with contextlib.suppress(libvirt.libvirtError):  # libvirt keeps the finished job's figures on the destination
+        moved = destination.lookupByUUIDString(plan.uuid)
+        downtime = moved.jobStats(libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED).get("downtime")
+    return MigrationResult(seconds=seconds, downtime_ms=downtime, post_copy=switched)
+
+
+def domain_on(uri: str, uuid: str) -> str | None:
+    """``"active"``, ``"defined"`` or None: where a domain is after a migration that may or may not have happened."""
+    try:
+        dom = connect(uri).lookupByUUIDString(uuid)
+    except libvirt.libvirtError as exc:
+        if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+            return None
+        raise BackendError(f"cannot look up {uuid} on {uri}: {exc.get_error_message()}") from exc
+    return "active" if dom.isActive() else "defined"
