@@ -260,6 +260,15 @@ LABCLOUD_DOMAIN_PREFIX = os.environ.get("LABCLOUD_DOMAIN_PREFIX", "labcloud-")
 # Host folder the guests' serial consoles are logged to (on the instance's host).
 LABCLOUD_SERIAL_LOG_DIR = os.environ.get("LABCLOUD_SERIAL_LOG_DIR", "/var/log/libvirt/qemu")
 LABCLOUD_SHUTDOWN_TIMEOUT = int(os.environ.get("INSTANCE_SHUTDOWN_TIMEOUT", "60"))
+# Live migration: the job is aborted after MIGRATION_TIMEOUT_SECONDS (the guest stays on its source), or,
+# with MIGRATION_POST_COPY=1, switched to post-copy then (it finishes whatever the guest writes; a link
+# failure during post-copy loses the guest). Auto-converge (throttling a guest that dirties memory faster
+# than the link) is always on. MIGRATION_MAX_DOWNTIME_MS: the pause allowed at the switch (0: libvirt's).
+LABCLOUD_MIGRATION_TIMEOUT = float(os.environ.get("MIGRATION_TIMEOUT_SECONDS", "600"))
+LABCLOUD_MIGRATION_POST_COPY = os.environ.get("MIGRATION_POST_COPY", "0") == "1"
+LABCLOUD_MIGRATION_MAX_DOWNTIME_MS = int(os.environ.get("MIGRATION_MAX_DOWNTIME_MS", "0"))
+# MiB/s a migration may use on the link (0: all it gets).
+LABCLOUD_MIGRATION_BANDWIDTH_MIB = int(os.environ.get("MIGRATION_BANDWIDTH_MIB", "0"))
 LABCLOUD_MAX_BATCH = int(os.environ.get("INSTANCE_MAX_BATCH", "50"))
 LABCLOUD_USER_DATA_MAX_BYTES = int(os.environ.get("INSTANCE_USER_DATA_MAX_BYTES", str(64 * 1024)))
 # A libvirt host whose storage pool has less than this share (percent of its capacity) free takes

@@ -61,6 +61,8 @@ class Action:
     bulk: bool = False
     applies: Callable[[Instance], bool] = lambda instance: True
     busy_ok_in_error: bool = False  # may run while a task is recorded, once the instance is in error
+    admin: bool = False  # cloud admins only (never among a member's allowed actions)
+    host_down: bool = False  # for an instance whose host is down (evacuate); refused while the host answers
 
 
 def _installing(instance: Instance) -> bool:
@@ -265,6 +267,29 @@ ACTIONS: dict[str, Action] = {
             icon="disc",
         ),
         Action(
+            "migrate",
+            capability=Capability.MIGRATE,
+            states=RUNNING_OR_OFF,
+            verb=gettext_lazy("migrate"),
+            progress=gettext_lazy("Migrating"),
+            noun=gettext_lazy("Migration"),
+            button=gettext_lazy("Migrate"),
+            icon="arrow-left-right",
+            admin=True,
+        ),
+        Action(
+            "evacuate",
+            capability=Capability.MIGRATE,
+            states=frozenset(S.values) - {S.DELETING, S.BUILDING},
+            verb=gettext_lazy("evacuate"),
+            progress=gettext_lazy("Evacuating"),
+            noun=gettext_lazy("Evacuation"),
+            button=gettext_lazy("Evacuate"),
+            icon="life-preserver",
+            admin=True,
+            host_down=True,
+        ),
+        Action(
             "delete",
             capability=None,
             states=frozenset(S.values),
@@ -284,7 +309,8 @@ POWER_ACTIONS = tuple(a.name for a in ACTIONS.values() if a.capability in (Capab
 # The buttons of the instance page's power card (finish install only while installing).
 POWER_CARD = (*POWER_ACTIONS, "finish_install")
 BULK_ACTIONS = tuple(a.name for a in ACTIONS.values() if a.bulk)
-REQUESTABLE = tuple(name for name in ACTIONS if name != "launch")
+REQUESTABLE = tuple(name for name, a in ACTIONS.items() if name != "launch" and not a.admin)
+ADMIN_ACTIONS = tuple(name for name, a in ACTIONS.items() if a.admin)
 
 
 def get(name: str) -> Action:
@@ -333,6 +359,12 @@ def refusal(instance: Instance, name: str) -> ConflictError | None:
         return ConflictError(compute_for(instance.host).missing_reason(instance, str(action.verb)))
     if not action.applies(instance):
         return ConflictError(_("Instance “%(name)s” is not installing from an ISO.") % {"name": instance.name})
+    if action.host_down:
+        if instance.host.state != Host.State.DOWN:
+            return ConflictError(
+                _("The host of instance “%(name)s” answers: migrate it instead.") % {"name": instance.name}
+            )
+        return None
     return host_refusal(instance)
 
 
@@ -363,6 +395,11 @@ def verb(name: str) -> str:
 def allowed_actions(instance: Instance) -> list[str]:
     """The actions the instance accepts now (what its buttons enable), in the registry's order."""
     return [name for name in REQUESTABLE if offered(instance, name) and refusal(instance, name) is None]
+
+
+def allowed_admin_actions(instance: Instance) -> list[str]:
+    """The cloud admins' actions (migrate) the instance accepts now: for admins' pages and live updates only."""
+    return [name for name in ADMIN_ACTIONS if offered(instance, name) and refusal(instance, name) is None]
 
 
 def offered_actions(instance: Instance) -> list[str]:

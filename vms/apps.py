@@ -12,8 +12,10 @@ class VmsConfig(AppConfig):
         from vms import signals  # noqa: F401  (quota and flavor changes reach the clouds)
         from vms.compute.builtin import register_builtin_adapters
         from vms.lifecycle import capture_finished
+        from vms.operations import register_operation_labels
         from vms.selectors import instance_usage
 
         register_usage_provider(instance_usage)
         register_builtin_adapters()
         register_capture_finished(capture_finished)
+        register_operation_labels({"host.drain": _("Host drain"), "host.evacuate": _("Host evacuation")})

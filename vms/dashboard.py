@@ -21,7 +21,7 @@ from vms.compute.base import HostFact
 from vms.models import Host, Instance, Operation
 from vms.operations import operation_labels, stored_texts
 from vms.scheduler import HostLoad, host_loads
-from vms.selectors import hosts_for
+from vms.selectors import evacuation_loss, hosts_for
 
 RECENT_OPERATIONS = 8
 LIVE_SOCKET_PATH = "/ws/live/"  # the LiveConsumer route in portal/routing.py
@@ -178,6 +178,8 @@ class HostCapacity:
     location: str
     facts: list[HostFact]
     overcommit: bool  # the portal places on the host: its overcommit ratios apply
+    drain: bool = False  # its instances can migrate away (maintenance)
+    evacuate: str = ""  # down, with instances to rebuild elsewhere: what an evacuation would lose (the confirmation)
 
 
 def host_capacity(*, user) -> list[HostCapacity]:
@@ -195,9 +197,21 @@ def host_capacity(*, user) -> list[HostCapacity]:
                 location=adapter.location(host),
                 facts=adapter.host_facts(host),
                 overcommit=host_can(host, Capability.CAPACITY),
+                drain=host_can(host, Capability.MIGRATE),
+                evacuate=_evacuation_note(host, loads[host.pk].instances),
             )
         )
     return rows
+
+
+def _evacuation_note(host: Host, instances: int) -> str:
+    if host.state != Host.State.DOWN or not instances or not host_can(host, Capability.MIGRATE):
+        return ""
+    count, lost = evacuation_loss(host=host)
+    return _(
+        "Evacuate %(name)s? Its %(count)d instance(s) are rebuilt on other hosts; %(lost)d of them lose their "
+        "disks (rebuilt empty from their images). Only evacuate a host that is really off."
+    ) % {"name": host.name, "count": count, "lost": lost}
 
 
 # ---------------------------------------------------------------- live.js

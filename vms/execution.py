@@ -31,7 +31,7 @@ from portal.services import ServiceError
 from vms import actions, operations, realtime
 from vms.compute import compute_for, host_free
 from vms.compute.state import REASON_MAX
-from vms.models import Instance, InstanceDisk, Operation, Snapshot
+from vms.models import Host, Instance, InstanceDisk, Operation, Snapshot
 from vms.tasks import run_instance_operation
 
 log = logging.getLogger(__name__)
@@ -139,6 +139,10 @@ def _run(operation: Operation, instance: Instance, action: str) -> str:
             disk.delete()
     elif action.startswith("snapshot_"):
         _snapshot(operation, instance, action)
+    elif action == "migrate":
+        return adapter.migrate(operation, instance, Host.objects.get(pk=params["to_host_id"]))
+    elif action == "evacuate":
+        return adapter.evacuate(operation, instance, Host.objects.get(pk=params["to_host_id"]))
     return ""
 
 
@@ -249,6 +253,8 @@ def _fail(operation: Operation, instance: Instance | None, message: str, *, deta
         fields.update(flavor_id=params["from_flavor_id"], vcpus=vcpus, ram_mib=ram_mib, disk_gib=disk_gib)
     elif action == "set_resources":
         fields.update(vcpus=params["from_vcpus"], ram_mib=params["from_ram_mib"])
+    elif action in ("migrate", "evacuate"):  # it stayed where it was: the capacity held at the destination goes
+        fields.update(migration_target=None)
     Instance.objects.filter(pk=instance.pk).update(**fields, updated_at=timezone.now())
     for key, value in fields.items():
         setattr(instance, key, value)

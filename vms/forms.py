@@ -10,7 +10,7 @@ from images.models import Image
 from portal.forms import BootstrapForm
 from vms import actions, limits
 from vms.keypairs import KEY_MAX
-from vms.models import Flavor, Instance
+from vms.models import Flavor, Host, Instance
 
 
 def _size(mib: int) -> str:
@@ -143,6 +143,28 @@ class CaptureForm(BootstrapForm):
         widget=forms.TextInput(attrs={"autocomplete": "off"}),
         help_text=_("The disk becomes a private image of the tenant (it counts against the image quota)."),
     )
+
+
+class MigrateForm(BootstrapForm):
+    """Cloud admins: where an instance migrates (empty: the scheduler picks)."""
+
+    prefix = "migrate"
+
+    host = forms.ModelChoiceField(
+        label=_("Destination"),
+        queryset=Host.objects.none(),
+        required=False,
+        empty_label=_("Chosen by the scheduler"),
+        help_text=_("Live when it runs, cold when it is shut off; the disks are copied unless the storage is shared."),
+    )
+
+    def __init__(self, *args, instance: Instance, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["host"].queryset = (
+            Host.objects.filter(kind=instance.host.kind).exclude(pk=instance.host_id).order_by("name")
+            if instance.host_id is not None
+            else Host.objects.none()
+        )
 
 
 class BulkActionForm(forms.Form):

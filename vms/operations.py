@@ -38,9 +38,14 @@ WAITING_FOR_BROKER = gettext_noop("Waiting for the task queue; sent as soon as i
 HOST_DID_NOT_ANSWER = gettext_noop("The host did not answer; the action was not carried out. Try again later.")
 HOST_FAILED = gettext_noop("The host could not carry out the action; the cloud administrators can see why.")
 INTERNAL_ERROR = gettext_noop("Internal error; the administrators can find the details in the worker's log.")
-STORED_TEXTS = (WAITING_FOR_BROKER, HOST_DID_NOT_ANSWER, HOST_FAILED, INTERNAL_ERROR)
+STORED_TEXTS = [WAITING_FOR_BROKER, HOST_DID_NOT_ANSWER, HOST_FAILED, INTERNAL_ERROR]
 # What a producer raises when the broker cannot be reached (kombu wraps the transport's errors).
 BROKER_ERRORS = (kombu.exceptions.OperationalError, ConnectionError, OSError)
+
+
+def register_stored_texts(*texts: str) -> None:
+    """More messages a worker stores untranslated (``gettext_noop``), for the pages' scripts to translate."""
+    STORED_TEXTS.extend(text for text in texts if text not in STORED_TEXTS)
 
 
 def stored_texts() -> dict[str, str]:

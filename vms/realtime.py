@@ -19,7 +19,7 @@ from typing import Any
 from channels.layers import get_channel_layer
 from django.db import transaction
 
-from vms.actions import allowed_actions
+from vms.actions import allowed_actions, allowed_admin_actions
 
 log = logging.getLogger(__name__)
 
@@ -173,4 +173,5 @@ def instance_payload(instance, *, staff: bool = False) -> dict[str, Any]:
     }
     if staff:
         payload["host_id"] = instance.host_id
+        payload["admin_actions"] = allowed_admin_actions(instance)
     return payload

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from django.conf import settings
 from django.db import models
-from django.db.models import Count, Sum
+from django.db.models import Count, Q, Sum
 from django.utils.translation import gettext as _
 
 from portal.models import Tenant
@@ -106,12 +106,14 @@ def host_loads(hosts: list[Host]) -> dict[int, HostLoad]:
     """Resources allocated on each host, from the instance rows placed there (two queries).
 
     Disk: the disks' sizes, plus what the instances' snapshots hold there as last measured (whole GiB,
-    rounded up): a disk can fill up to its size while its snapshots keep the old blocks.
+    rounded up): a disk can fill up to its size while its snapshots keep the old blocks. An instance
+    migrating to a host counts there too until it has arrived or given up (``migration_target``).
     """
     loads = {host.pk: HostLoad(host=host) for host in hosts}
+    ids = list(loads)
     rows = (
-        Instance.objects.filter(host_id__in=list(loads))
-        .values("host_id")
+        Instance.objects.filter(Q(host_id__in=ids) | Q(migration_target_id__in=ids))
+        .values("host_id", "migration_target_id")
         .annotate(
             n=Count("id"),
             vcpus=Sum("vcpus"),
@@ -122,21 +124,21 @@ def host_loads(hosts: list[Host]) -> dict[int, HostLoad]:
         .order_by()
     )
     for row in rows:
-        load = loads[row["host_id"]]
-        load.instances, load.vcpus, load.ram_mib, load.disk_gib = (
-            row["n"],
-            row["vcpus"] or 0,
-            row["ram"] or 0,
-            (row["disk"] or 0) + math.ceil((row["snapshots"] or 0) / GIB),
-        )
+        for host_id in {row["host_id"], row["migration_target_id"]} & set(ids):
+            load = loads[host_id]
+            load.instances += row["n"]
+            load.vcpus += row["vcpus"] or 0
+            load.ram_mib += row["ram"] or 0
+            load.disk_gib += (row["disk"] or 0) + math.ceil((row["snapshots"] or 0) / GIB)
     extra = (
-        InstanceDisk.objects.filter(instance__host_id__in=list(loads))
-        .values("instance__host_id")
+        InstanceDisk.objects.filter(Q(instance__host_id__in=ids) | Q(instance__migration_target_id__in=ids))
+        .values("instance__host_id", "instance__migration_target_id")
         .annotate(gib=Sum("size_gib"))
         .order_by()
     )
     for row in extra:
-        loads[row["instance__host_id"]].disk_gib += row["gib"] or 0
+        for host_id in {row["instance__host_id"], row["instance__migration_target_id"]} & set(ids):
+            loads[host_id].disk_gib += row["gib"] or 0
     return loads
 
 
@@ -218,3 +220,38 @@ def place(*, count: int, vcpus: int, ram_mib: int, disk_gib: int, hosts: list[Ho
         best.take(vcpus=vcpus, ram_mib=ram_mib, disk_gib=disk_gib)
         chosen.append(best.host)
     return chosen
+
+
+def place_migration(*, instance: Instance, host: Host | None = None) -> Host:
+    """The host an instance migrates to: ``host`` if it can take it, else the best of the others (a launch's
+    filters and weigher; placement rules are not applied: moving off a host is the admins' decision).
+
+    Call inside the migration's transaction: the candidate hosts are locked until it ends. The destination
+    must be of the instance's host kind and able to migrate.
+    """
+    source = instance.host
+    same_kind = Host.objects.select_for_update().filter(kind=source.kind).exclude(pk=source.pk)
+    if host is not None:
+        if host.pk == source.pk:
+            raise ConflictError(_("Instance “%(name)s” is on that host already.") % {"name": instance.name})
+        same_kind = same_kind.filter(pk=host.pk)
+        if not same_kind.exists() or not host_can(host, Capability.MIGRATE):
+            raise ConflictError(_("Instances cannot migrate from their host to that one."))
+    hosts = list(same_kind.order_by("name"))
+    loads = host_loads(hosts)
+    extra_gib = sum(instance.disks.values_list("size_gib", flat=True))
+    refusals, candidates = {}, []
+    for load in loads.values():
+        reason = load.refusal(
+            vcpus=instance.vcpus, ram_mib=instance.ram_mib, disk_gib=instance.disk_gib + extra_gib, new_disk=True
+        )
+        if reason is None:
+            candidates.append(load)
+        else:
+            refusals[load.host.name] = reason
+    if not candidates:
+        detail = "; ".join(f"{name}: {reason}" for name, reason in sorted(refusals.items())) or _("no other host")
+        raise NoValidHost(
+            _("No host can take instance “%(name)s” (%(detail)s).") % {"name": instance.name, "detail": detail}
+        )
+    return min(candidates, key=lambda load: (-load.free_ram, load.host.name)).host

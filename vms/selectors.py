@@ -159,3 +159,12 @@ def tenant_placement(*, tenant) -> Host | None:
     """The host or cloud a tenant-wide placement rule sends the tenant's new instances to, if any."""
     rule = PlacementRule.objects.filter(tenant=tenant, flavor__isnull=True).select_related("host").first()
     return rule.host if rule is not None else None
+
+
+def evacuation_loss(*, host: Host) -> tuple[int, int]:
+    """(instances on the host, those whose disks an evacuation loses: not on storage another host shares)."""
+    instances = Instance.objects.filter(host=host).exclude(state=Instance.State.DELETING).count()
+    shared = bool(host.storage_share) and (
+        Host.objects.filter(storage_share=host.storage_share, kind=host.kind).exclude(pk=host.pk).exists()
+    )
+    return instances, 0 if shared else instances

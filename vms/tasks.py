@@ -29,6 +29,28 @@ def run_instance_operation(operation_id: int) -> None:
     execute(operation_id=operation_id)
 
 
+@shared_task(
+    soft_time_limit=settings.LABCLOUD_INSTANCE_TASK_TIME_LIMIT * 4,
+    time_limit=settings.LABCLOUD_INSTANCE_TASK_TIME_LIMIT * 4 + settings.LABCLOUD_TASK_TIME_LIMIT_GRACE,
+)
+def drain_host_task(operation_id: int) -> None:
+    """A host's instances migrated off it one at a time (vms.moves.run_drain)."""
+    from vms.moves import run_drain
+
+    run_drain(operation_id=operation_id)
+
+
+@shared_task(
+    soft_time_limit=settings.LABCLOUD_INSTANCE_TASK_TIME_LIMIT * 4,
+    time_limit=settings.LABCLOUD_INSTANCE_TASK_TIME_LIMIT * 4 + settings.LABCLOUD_TASK_TIME_LIMIT_GRACE,
+)
+def evacuate_host_task(operation_id: int) -> None:
+    """A dead host's instances rebuilt on other hosts one at a time (vms.moves.run_evacuate)."""
+    from vms.moves import run_evacuate
+
+    run_evacuate(operation_id=operation_id)
+
+
 @shared_task
 def recover_stale_operations_task() -> list[int]:
     from vms.execution import recover_stale_operations

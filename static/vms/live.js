@@ -130,8 +130,9 @@
 
   // What the instance accepts now comes with every update (the server's action registry): a button is
   // enabled exactly when its action is among them.
+  // (Cloud admins' updates also carry admin_actions: migrate.)
   function actionAllowed(action, data) {
-    return (data.allowed_actions || []).indexOf(action) !== -1;
+    return (data.allowed_actions || []).concat(data.admin_actions || []).indexOf(action) !== -1;
   }
 
   function updateButtons(root, data) {

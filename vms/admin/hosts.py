@@ -21,7 +21,7 @@ from portal.middleware import client_ip
 from portal.models import Tenant
 from portal.services import ServiceError
 from vms import hosts as host_services
-from vms import limits
+from vms import limits, moves
 from vms.admin.common import adopt_saved, run_each
 from vms.compute import Capability, compute_for, kinds_with
 from vms.compute.openstack.login import CREDENTIAL_FIELDS, SECRET_FIELDS, credentials_summary
@@ -34,6 +34,7 @@ from vms.models import (
     PlacementRule,
     UnmanagedDomain,
 )
+from vms.selectors import evacuation_loss
 
 CREDENTIAL_PREFIX = "os_"
 
@@ -181,7 +182,7 @@ class HostAdmin(RestrictedAdminMixin, admin.ModelAdmin):
     ]
     list_filter = ["kind", "enabled", "state"]
     search_fields = ["name", "uri", "auth_url", "cloud_name"]
-    actions = ["refresh_capacity"]
+    actions = ["refresh_capacity", "drain_hosts", "evacuate_hosts"]
 
     def get_queryset(self, request):
         return super().get_queryset(request).annotate(instance_total=Count("instances"))
@@ -259,6 +260,55 @@ class HostAdmin(RestrictedAdminMixin, admin.ModelAdmin):
         for host in queryset:
             self.delete_model(request, host)
 
+    @admin.action(description=_("Drain (no new instances; migrate every instance to another host)"))
+    def drain_hosts(self, request, queryset):
+        run_each(
+            self,
+            request,
+            queryset,
+            lambda host: moves.drain_host(actor=request.user, host=host, ip=client_ip(request)),
+            lambda n: (
+                ngettext("%(count)d host is being drained.", "%(count)d hosts are being drained.", n) % {"count": n}
+            ),
+        )
+
+    @admin.action(description=_("Evacuate (hosts that are down: rebuild their instances elsewhere)…"))
+    def evacuate_hosts(self, request, queryset):
+        hosts = list(queryset)
+        if "apply" in request.POST:
+            run_each(
+                self,
+                request,
+                hosts,
+                lambda host: moves.evacuate_host(actor=request.user, host=host, confirm=True, ip=client_ip(request)),
+                lambda n: (
+                    ngettext("%(count)d host is being evacuated.", "%(count)d hosts are being evacuated.", n)
+                    % {"count": n}
+                ),
+            )
+            return None
+        rows = []
+        for host in hosts:
+            count, lost = evacuation_loss(host=host)
+            rows.append(
+                _("%(name)s (%(state)s): %(count)d instance(s), %(lost)d of them lose their disks")
+                % {"name": host.name, "state": host.get_state_display(), "count": count, "lost": lost}
+            )
+        context = {
+            **self.admin_site.each_context(request),
+            "title": _("Evacuate hosts"),
+            "intro": _(
+                "The instances of these hosts are rebuilt on other hosts from their images. Disks that are not on "
+                "shared storage are lost. Only evacuate a host that is down and really off:"
+            ),
+            "rows": rows,
+            "hosts": hosts,
+            "submit": _("Evacuate"),
+            "opts": self.model._meta,
+            "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+        }
+        return HttpResponse(engines["django"].from_string(EVACUATE_TEMPLATE).render(context, request))
+
     @admin.action(description=_("Verify / refresh (ask the hosts and clouds now)"))
     def refresh_capacity(self, request, queryset):
         for host in queryset:
@@ -287,6 +337,18 @@ class AdoptForm(forms.Form):
         help_text=_("Only when adopting one domain; the domain's name when empty."),
     )
 
+
+EVACUATE_TEMPLATE = """{% extends "admin/base_site.html" %}
+{% block content %}
+<form method="post">{% csrf_token %}
+<p>{{ intro }}</p>
+<ul>{% for row in rows %}<li>{{ row }}</li>{% endfor %}</ul>
+{% for host in hosts %}<input type="hidden" name="{{ action_checkbox_name }}" value="{{ host.pk }}">{% endfor %}
+<input type="hidden" name="action" value="evacuate_hosts">
+<div class="submit-row"><input type="submit" name="apply" value="{{ submit }}" class="default"></div>
+</form>
+{% endblock %}
+"""
 
 ADOPT_TEMPLATE = """{% extends "admin/base_site.html" %}
 {% block content %}

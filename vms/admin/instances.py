@@ -11,7 +11,7 @@ from django.utils.translation import ngettext
 from portal.admin import AuditedAdminMixin, ReadOnlyAdminMixin, RestrictedAdminMixin
 from portal.middleware import client_ip
 from portal.services import ServiceError
-from vms import lifecycle
+from vms import lifecycle, moves
 from vms.admin.common import run_each
 from vms.models import (
     Flavor,
@@ -75,6 +75,7 @@ class InstanceAdmin(AuditedAdminMixin, RestrictedAdminMixin, admin.ModelAdmin):
         "disk_gib",
         "snapshot_bytes",
         "host",
+        "migration_target",
         "domain_name",
         "keypair",
         "network",
@@ -89,7 +90,7 @@ class InstanceAdmin(AuditedAdminMixin, RestrictedAdminMixin, admin.ModelAdmin):
         "created_at",
         "updated_at",
     ]
-    actions = ["start_instances", "shutdown_instances", "delete_selected"]
+    actions = ["start_instances", "shutdown_instances", "migrate_instances", "delete_selected"]
 
     def has_add_permission(self, request) -> bool:
         return False  # instances are launched through the dashboard or the API, which reserve quota
@@ -101,6 +102,16 @@ class InstanceAdmin(AuditedAdminMixin, RestrictedAdminMixin, admin.ModelAdmin):
     @admin.action(description=_("Shut down selected instances"))
     def shutdown_instances(self, request, queryset):
         self._power(request, queryset, "shutdown")
+
+    @admin.action(description=_("Migrate selected instances (live if running; the scheduler picks the hosts)"))
+    def migrate_instances(self, request, queryset):
+        run_each(
+            self,
+            request,
+            queryset,
+            lambda instance: moves.migrate_instance(actor=request.user, instance=instance, ip=client_ip(request)),
+            lambda n: ngettext("%(count)d migration queued.", "%(count)d migrations queued.", n) % {"count": n},
+        )
 
     def _power(self, request, queryset, action: str) -> None:
         run_each(

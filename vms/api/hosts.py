@@ -13,10 +13,11 @@ from rest_framework.response import Response
 from portal.access import CHANGE, DELETE, VIEW
 from portal.api.base import ApiViewSetMixin
 from portal.api.serializers import MAX_INT32, VisibleTenantField
-from vms import hosts, limits
+from vms import hosts, limits, moves
 from vms.api.fields import VisibleFlavorField
 from vms.api.filtersets import HostFilter, UnmanagedDomainFilter
 from vms.api.instances import InstanceDetailSerializer
+from vms.api.serializers import OperationSerializer
 from vms.compute.openstack.login import credentials_summary
 from vms.models import Host, UnmanagedDomain
 from vms.selectors import instances_for
@@ -128,6 +129,16 @@ def save_host_from(view, serializer: HostSerializer, host: Host | None) -> Host:
     )
 
 
+class EvacuateSerializer(serializers.Serializer):
+    confirm = serializers.BooleanField(
+        default=False,
+        help_text=_(
+            "true: go on although instances without shared storage lose their disks; false: only say what would be "
+            "lost (400 with the numbers)."
+        ),
+    )
+
+
 @extend_schema_view(
     list=extend_schema(summary=_("Hosts and clouds (cloud admins; others get an empty list)")),
     retrieve=extend_schema(summary=_("One host or cloud with its last reported capacity and state")),
@@ -188,6 +199,32 @@ class HostViewSet(ApiViewSetMixin, mixins.ListModelMixin, mixins.RetrieveModelMi
         host = self.get_object_for(CHANGE)
         host = hosts.check_host(host=host)
         return Response(self.get_serializer(host).data)
+
+    @extend_schema(
+        summary=_("Drain: no new instances; every instance migrates to another host, one at a time"),
+        request=None,
+        responses={202: OperationSerializer},
+    )
+    @action(detail=True, methods=["post"])
+    def drain(self, request, *args, **kwargs):
+        host = self.get_object_for(CHANGE)
+        operation = moves.drain_host(actor=request.user, host=host, ip=self.client_ip)
+        return Response(OperationSerializer(operation).data, status=status.HTTP_202_ACCEPTED)
+
+    @extend_schema(
+        summary=_("Evacuate a host that is down: its instances are rebuilt on other hosts (disks lost unless shared)"),
+        request=EvacuateSerializer,
+        responses={202: OperationSerializer},
+    )
+    @action(detail=True, methods=["post"])
+    def evacuate(self, request, *args, **kwargs):
+        host = self.get_object_for(CHANGE)
+        serializer = EvacuateSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        operation = moves.evacuate_host(
+            actor=request.user, host=host, confirm=serializer.validated_data["confirm"], ip=self.client_ip
+        )
+        return Response(OperationSerializer(operation).data, status=status.HTTP_202_ACCEPTED)
 
 
 class UnmanagedDomainSerializer(serializers.ModelSerializer):

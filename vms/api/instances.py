@@ -27,13 +27,14 @@ from images.selectors import images_for
 from portal.access import CHANGE, DELETE, VIEW, is_cloud_admin
 from portal.api.base import ApiViewSetMixin
 from portal.api.serializers import MAX_INT32, VisibleTenantField
-from vms import actions, lifecycle, limits
+from portal.services import ConflictError
+from vms import actions, lifecycle, limits, moves
 from vms.access import access_disk_by_id, access_snapshot_by_id, may_read_user_data
 from vms.api.fields import VisibleFlavorField, VisibleImageField, VisibleKeypairField, VisibleNetworkField
 from vms.api.filtersets import InstanceFilter
 from vms.api.serializers import OperationSerializer
 from vms.consoles import tokens
-from vms.models import Instance, InstanceDisk, Operation, Snapshot
+from vms.models import Host, Instance, InstanceDisk, Operation, Snapshot
 from vms.selectors import instances_for, metric_points_for
 
 
@@ -215,6 +216,20 @@ class CaptureSerializer(serializers.Serializer):
 class CaptureResultSerializer(serializers.Serializer):
     image = ImageSerializer(read_only=True)
     operation = OperationSerializer(read_only=True, allow_null=True, help_text=_("The capture operation."))
+
+
+class MigrateSerializer(serializers.Serializer):
+    host = serializers.PrimaryKeyRelatedField(
+        queryset=Host.objects.all(),
+        required=False,
+        allow_null=True,
+        help_text=_("Id of the destination host; omitted: the scheduler picks one."),
+    )
+    live = serializers.BooleanField(
+        required=False,
+        allow_null=True,
+        help_text=_("true: only if it runs (live migration); false: only if it is shut off (cold). Omitted: as it is."),
+    )
 
 
 class MetricPointSerializer(serializers.Serializer):
@@ -412,6 +427,31 @@ class InstanceViewSet(ApiViewSetMixin, mixins.ListModelMixin, mixins.RetrieveMod
             "operation": OperationSerializer(operation).data if operation is not None else None,
         }
         return Response(body, status=status.HTTP_202_ACCEPTED)
+
+    # ------------------------------------------------------------ hosts (cloud admins)
+
+    @extend_schema(
+        summary=_("Migrate to another host: live when it runs, cold when shut off (cloud admins)"),
+        request=MigrateSerializer,
+        responses={202: ACCEPTED},
+    )
+    @action(detail=True, methods=["post"])
+    def migrate(self, request, *args, **kwargs):
+        instance = self.get_object()
+        self.require_cloud_admin(_("Only cloud admins migrate instances."))
+        data = self._input(MigrateSerializer)
+        running = instance.state == Instance.State.RUNNING
+        if data.get("live") is not None and data["live"] != running:
+            text = (
+                gettext("Instance “%(name)s” runs: it migrates live.")
+                if running
+                else gettext("Instance “%(name)s” does not run: it can only migrate cold.")
+            )
+            raise ConflictError(text % {"name": instance.name}, field="live")
+        operation = moves.migrate_instance(
+            actor=request.user, instance=instance, host=data.get("host"), ip=self.client_ip
+        )
+        return accepted(operation)
 
     # ------------------------------------------------------------ metrics
 

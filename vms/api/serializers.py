@@ -69,6 +69,9 @@ class OperationSerializer(serializers.ModelSerializer):
     error_detail = serializers.SerializerMethodField(
         help_text=_("What the backend said when it failed; for cloud admins only (null for everyone else).")
     )
+    result = serializers.SerializerMethodField(
+        help_text=_("Figures of a finished operation (a migration: seconds, downtime_ms, post_copy); null if none.")
+    )
 
     class Meta:
         model = Operation
@@ -86,11 +89,17 @@ class OperationSerializer(serializers.ModelSerializer):
             "message",
             "error",
             "error_detail",
+            "cancel_requested",
+            "result",
             "created_at",
             "started_at",
             "finished_at",
         ]
         read_only_fields = fields
+
+    @extend_schema_field(serializers.DictField(allow_null=True))
+    def get_result(self, operation: Operation) -> dict | None:
+        return (operation.params or {}).get("result")
 
     @extend_schema_field(serializers.CharField(allow_null=True))
     def get_error_detail(self, operation: Operation) -> str | None:

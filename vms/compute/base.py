@@ -56,6 +56,7 @@ class Capability(enum.StrEnum):
     IMAGE_COPIES = "image_copies"  # admins copy images to the host ahead of launches
     METRICS = "metrics"  # the watcher samples CPU, memory, disk and network of the guests
     TENANT_PROJECTS = "tenant_projects"  # tenants live in projects of the backend (mapped by admins)
+    MIGRATE = "migrate"  # cloud admins move instances between hosts of the kind (live or cold)
 
 
 class MissingCapability(ConflictError):
@@ -109,6 +110,10 @@ class ComputeAdapter(Protocol):
     def discard_snapshot(self, instance: Instance, snapshot: Snapshot) -> None: ...
 
     def remove(self, instance: Instance, operation: Operation | None = None) -> None: ...
+
+    def migrate(self, operation: Operation, instance: Instance, destination: Host) -> str: ...
+
+    def evacuate(self, operation: Operation, instance: Instance, destination: Host) -> str: ...
 
     # ------------------------------------------------------------ instances (the web process)
 
@@ -199,6 +204,12 @@ class AdapterBase:
 
     def discard_disk(self, instance, disk) -> None:
         return None
+
+    def migrate(self, operation, instance, destination) -> str:
+        raise self._missing(_("migrate instances"))
+
+    def evacuate(self, operation, instance, destination) -> str:
+        raise self._missing(_("migrate instances"))
 
     def revert_snapshot(self, operation, instance, snapshot) -> None:
         raise self._missing(_("revert to a snapshot"))

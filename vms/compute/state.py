@@ -53,8 +53,13 @@ def instance_state_of(backend_state: str, default: str | None = None) -> str | N
 
 
 def owned_by_a_task() -> Q:
-    """Rows the watcher leaves alone: being deleted, or being built by the launch task."""
-    return Q(state=Instance.State.DELETING) | (Q(state=Instance.State.BUILDING) & ~Q(task=""))
+    """Rows the watcher leaves alone: being deleted, being built by the launch task, or moving between hosts
+    (the source sees the domain pause and vanish, the destination sees it appear: neither is a fact of the row)."""
+    return (
+        Q(state=Instance.State.DELETING)
+        | (Q(state=Instance.State.BUILDING) & ~Q(task=""))
+        | Q(task__in=("migrate", "evacuate"))
+    )
 
 
 def _fields(instance: Instance, observed: Observed, *, by_task: bool) -> dict:
@@ -104,8 +109,10 @@ def record_observed(instance: Instance, observed: Observed) -> bool:
 
 
 def _owned(instance: Instance) -> bool:
-    return instance.state == Instance.State.DELETING or (
-        instance.state == Instance.State.BUILDING and bool(instance.task)
+    return (
+        instance.state == Instance.State.DELETING
+        or (instance.state == Instance.State.BUILDING and bool(instance.task))
+        or instance.task in ("migrate", "evacuate")
     )
 
 

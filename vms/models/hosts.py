@@ -7,7 +7,7 @@ import ipaddress
 from urllib.parse import parse_qs, urlsplit
 
 from django.core.exceptions import ValidationError
-from django.core.validators import MinValueValidator
+from django.core.validators import MinValueValidator, RegexValidator
 from django.db import models
 from django.utils.translation import gettext_lazy as _
 
@@ -120,6 +120,29 @@ class Host(models.Model):
     verify_tls = models.BooleanField(_("verify TLS certificates"), default=True)
     storage_pool = models.CharField(
         _("storage pool"), max_length=100, default="default", help_text=_("libvirt storage pool for disks and images.")
+    )
+    storage_share = models.CharField(
+        _("shared storage"),
+        max_length=64,
+        blank=True,
+        help_text=_(
+            "Hosts with the same name here see the same files in their storage pools (NFS, Ceph…): instances "
+            "migrate between them without copying their disks. Empty: the pool is this host's own."
+        ),
+    )
+    migration_address = models.CharField(
+        _("migration address"),
+        max_length=255,
+        blank=True,
+        help_text=_(
+            "Address other hosts send a live migration's data to (libvirt's migration ports of this host); "
+            "empty: the host's own name."
+        ),
+        validators=[
+            RegexValidator(
+                r"^[A-Za-z0-9][A-Za-z0-9.:-]*$", _("A host name or an IP address, without a scheme or a port.")
+            )
+        ],
     )
     default_network = models.CharField(
         _("default network"),

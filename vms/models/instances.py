@@ -90,6 +90,24 @@ class Instance(models.Model):
         _("desired power state"), max_length=16, choices=PowerState.choices, default=PowerState.RUNNING
     )
     task = models.CharField(_("task"), max_length=32, blank=True, help_text=_("The operation in progress, if any."))
+    migration_target = models.ForeignKey(
+        "vms.Host",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="incoming_migrations",
+        verbose_name=_("migrating to"),
+        help_text=_("While a migration runs: the host it goes to (its capacity is held there)."),
+    )
+    evacuated_from = models.ForeignKey(
+        "vms.Host",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="evacuated_instances",
+        verbose_name=_("evacuated from"),
+        help_text=_("A host that was down when the instance was rebuilt elsewhere: its old copy goes when it answers."),
+    )
     mac_address = models.CharField(_("MAC address"), max_length=17, blank=True)
     addresses = models.JSONField(_("addresses"), default=list, blank=True)
     snapshot_bytes = models.PositiveBigIntegerField(

@@ -46,6 +46,9 @@ class Operation(models.Model):
     )
     # The Celery task to send again once the broker answers (empty: its message was handed to the broker).
     unsent_task = models.CharField(_("unsent task"), max_length=200, blank=True, db_index=True)
+    cancel_requested = models.BooleanField(
+        _("cancel requested"), default=False, help_text=_("Someone asked to stop it (migrations can be cancelled).")
+    )
     created_at = models.DateTimeField(_("created"), auto_now_add=True)
     started_at = models.DateTimeField(_("started"), null=True, blank=True)
     finished_at = models.DateTimeField(_("finished"), null=True, blank=True)

@@ -70,5 +70,19 @@ class GuestShell:
             raise AssertionError(f"{command!r} did not finish within {timeout} s; the console ends:\n{self.tail()}")
         return int(found.group(1)), bytes(self._output[start : found.start()]).decode(errors="replace")
 
+    def wait_for_number(self, pattern: bytes, above: int, timeout: float = 60) -> list[int]:
+        """Every number ``pattern`` (one group) matched on this console so far, once one of them is above ``above``."""
+        regex = re.compile(pattern)
+
+        def numbers() -> list[int]:
+            return [int(n) for n in regex.findall(self._output)]
+
+        with self._changed:
+            self._changed.wait_for(lambda: any(n > above for n in numbers()) or self._ended, timeout)
+            found = numbers()
+        if not any(n > above for n in found):
+            raise AssertionError(f"no {pattern!r} above {above} within {timeout} s; the console ends:\n{self.tail()}")
+        return found
+
     def tail(self, size: int = 2000) -> str:
         return bytes(self._output[-size:]).decode(errors="replace")

@@ -10,11 +10,14 @@ from django.utils.translation import gettext as _
 from django.views.decorators.http import require_GET, require_POST
 
 from portal.access import CHANGE, is_cloud_admin
+from portal.middleware import client_ip
+from portal.services import ServiceError
+from vms import moves
 from vms.access import access_host_by_id
 from vms.dashboard import host_capacity
 from vms.hosts import check_host
 from vms.models import Host
-from vms.views.common import admin_url
+from vms.views.common import admin_url, report
 
 
 def _staff_only(request) -> None:
@@ -44,4 +47,39 @@ def host_refresh(request, pk: int):
         )
     else:
         messages.success(request, _("Capacity of host %(name)s refreshed.") % {"name": host.name})
+    return redirect("hosts")
+
+
+@login_required
+@require_POST
+def host_drain(request, pk: int):
+    _staff_only(request)
+    host = access_host_by_id(user=request.user, host_id=pk, action=CHANGE)
+    try:
+        moves.drain_host(actor=request.user, host=host, ip=client_ip(request))
+    except ServiceError as exc:
+        report(request, exc)
+    else:
+        messages.success(
+            request,
+            _("Host %(name)s takes no new instances; its instances are moving to other hosts.") % {"name": host.name},
+        )
+    return redirect("hosts")
+
+
+@login_required
+@require_POST
+def host_evacuate(request, pk: int):
+    _staff_only(request)
+    host = access_host_by_id(user=request.user, host_id=pk, action=CHANGE)
+    try:
+        moves.evacuate_host(
+            actor=request.user, host=host, confirm=request.POST.get("confirm") == "1", ip=client_ip(request)
+        )
+    except ServiceError as exc:
+        report(request, exc)
+    else:
+        messages.success(
+            request, _("The instances of host %(name)s are being rebuilt on other hosts.") % {"name": host.name}
+        )
     return redirect("hosts")

@@ -17,7 +17,7 @@ from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
-from django.http import HttpResponse
+from django.http import Http404, HttpResponse
 from django.shortcuts import redirect, render
 from django.utils.translation import gettext as _
 from django.views.decorators.http import require_GET, require_POST
@@ -26,12 +26,20 @@ from portal.access import CHANGE, DELETE, VIEW, is_cloud_admin
 from portal.middleware import client_ip
 from portal.services import ServiceError
 from portal.views import current_tenant
-from vms import actions, lifecycle
+from vms import actions, lifecycle, moves
 from vms.access import access_disk_by_id, access_instance_by_id, access_snapshot_by_id
 from vms.api.filtersets import InstanceFilter
 from vms.compute import Capability, compute_for, instance_capabilities
 from vms.dashboard import LIVE_SOCKET_PATH, toast_config
-from vms.forms import AttachDiskForm, BulkActionForm, CaptureForm, ResizeForm, ResourcesForm, SnapshotForm
+from vms.forms import (
+    AttachDiskForm,
+    BulkActionForm,
+    CaptureForm,
+    MigrateForm,
+    ResizeForm,
+    ResourcesForm,
+    SnapshotForm,
+)
 from vms.models import Instance, InstanceDisk, Operation, Snapshot
 from vms.selectors import flavors_for, instances_for, metric_points_for, operations_for_target
 from vms.views.common import form_errors, report
@@ -228,6 +236,8 @@ def instance_detail(request, pk: int):
             "disk_form": AttachDiskForm(),
             "snapshot_form": SnapshotForm(),
             "capture_form": CaptureForm(initial={"name": f"{instance.name}-image"}),
+            "migrate_form": MigrateForm(instance=instance) if staff and actions.offered(instance, "migrate") else None,
+            "can_migrate": staff and actions.refusal(instance, "migrate") is None,
             "disks": list(InstanceDisk.objects.restrict(user, VIEW).filter(instance=instance).order_by("pk")),
             "snapshots": list(Snapshot.objects.restrict(user, VIEW).filter(instance=instance)),
             "operations": operations,
@@ -421,6 +431,38 @@ def instance_snapshot_delete(request, pk: int, snapshot_pk: int):
         lambda: lifecycle.delete_snapshot(actor=request.user, snapshot=snapshot, ip=client_ip(request)),
         _("Deleting snapshot “%(name)s”.") % {"name": snapshot.name},
     )
+
+
+@login_required
+@require_POST
+def instance_migrate(request, pk: int):
+    instance = _instance_for(request, pk)
+    if (form := _posted_form(request, MigrateForm(request.POST, instance=instance))) is None:
+        return redirect("instance_detail", pk=pk)
+    return _perform(
+        request,
+        pk,
+        lambda: moves.migrate_instance(
+            actor=request.user, instance=instance, host=form.cleaned_data["host"], ip=client_ip(request)
+        ),
+        _("Migration of “%(name)s” requested.") % {"name": instance.name},
+    )
+
+
+@login_required
+@require_POST
+def instance_migration_cancel(request, pk: int, operation_pk: int):
+    instance = _instance_for(request, pk)
+    operation = operations_for_target(user=request.user, target=instance).filter(pk=operation_pk).first()
+    if operation is None:
+        raise Http404
+    try:
+        moves.cancel_operation(actor=request.user, operation=operation, ip=client_ip(request))
+    except ServiceError as exc:
+        report(request, exc)
+    else:
+        messages.success(request, _("Cancelling the migration of “%(name)s”.") % {"name": instance.name})
+    return redirect("instance_detail", pk=pk)
 
 
 @login_required

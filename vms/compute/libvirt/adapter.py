@@ -40,7 +40,8 @@ from portal.services import ConflictError, ServiceError
 from vms import operations
 from vms.compute import state
 from vms.compute.base import AdapterBase, Capability, ConsoleEndpoint, HostFact, given_credentials
-from vms.compute.libvirt.images import ensure_image_on_host
+from vms.compute.libvirt import migration
+from vms.compute.libvirt.images import ensure_image_on_host, shared_with_others
 from vms.compute.libvirt.spec import (
     build_spec,
     disk_volume,
@@ -49,9 +50,11 @@ from vms.compute.libvirt.spec import (
     observed,
     root_volume,
     seed_volume,
+    shared_storage,
 )
 from vms.compute.libvirt.watch import reconcile_host
 from vms.compute.state import host_state_changed, mark_host_down
+from vms.compute.texts import EVACUATED, MIGRATED
 from vms.models import Host, Instance, InstanceDisk, Operation, Snapshot
 from vms.networks import ensure_on_host
 
@@ -69,11 +72,14 @@ ADOPTED_MISSING = frozenset(
         Capability.INSTALL_FROM_ISO,
         Capability.EXTRA_DISKS,
         Capability.CAPTURE,
+        Capability.MIGRATE,
     }
 )
 SETTINGS_FIELDS = (
     "uri",
     "storage_pool",
+    "storage_share",
+    "migration_address",
     "default_network",
     "vnc_listen",
     "virt_type",
@@ -104,6 +110,17 @@ def _network_name(instance: Instance) -> str | None:
     if instance.network_id is not None:
         return ensure_on_host(network=instance.network, host=instance.host)
     return instance.host.default_network or None
+
+
+def _seed(instance: Instance) -> bytes:
+    """The instance's NoCloud seed ISO (the same bytes for the same rows: a migration builds it again there)."""
+    keys = [instance.keypair.public_key] if instance.keypair is not None else []
+    return build_nocloud_seed(
+        instance_id=str(instance.uuid),
+        hostname=hostname_from(instance.name),
+        ssh_keys=keys,
+        user_data=instance.user_data or None,
+    )
 
 
 def _record(instance: Instance, domain: InstanceState) -> None:
@@ -174,14 +191,7 @@ class LibvirtAdapter(AdapterBase):
                     backing_format=image.stored_format or "qcow2",
                 )
         if not instance.installing:  # always written: a crash may have left a partial seed behind
-            keys = [instance.keypair.public_key] if instance.keypair is not None else []
-            seed = build_nocloud_seed(
-                instance_id=str(instance.uuid),
-                hostname=hostname_from(instance.name),
-                ssh_keys=keys,
-                user_data=instance.user_data or None,
-            )
-            driver.upload_bytes(pool, seed_volume(instance), seed)
+            driver.upload_bytes(pool, seed_volume(instance), _seed(instance))
         network = _network_name(instance)
         try:
             facts = driver.describe(str(instance.uuid))
@@ -407,6 +417,45 @@ class LibvirtAdapter(AdapterBase):
                 return None
         return max(0, allocation - alone)
 
+    # ------------------------------------------------------------ migration
+
+    def migrate(self, operation: Operation, instance: Instance, destination: Host) -> str:
+        """Live (running) or cold (shut off) to ``destination``; the row follows only after libvirt finished."""
+        if not migration.landed(instance):  # else a worker died after libvirt finished: only the rows are left
+            message = migration.migrate(
+                operation, instance, destination, seed=None if instance.installing else _seed(instance)
+            )
+        else:
+            message = MIGRATED
+        Instance.objects.filter(pk=instance.pk).update(host=destination, migration_target=None)
+        instance.host, instance.migration_target = destination, None
+        _record(instance, driver_for(destination).state(str(instance.uuid)))
+        return message
+
+    def evacuate(self, operation: Operation, instance: Instance, destination: Host) -> str:
+        """Rebuild on ``destination`` an instance whose host is down: its disks reused on shared storage, else
+        made anew from its image (extra disks blank); its old copy goes when the dead host answers again."""
+        source = instance.host
+        driver = driver_for(destination)
+        pool = destination.storage_pool
+        shared = shared_storage(source, destination)
+        if shared:
+            driver.refresh_pool(pool)
+        instance.host = destination  # the launch's steps, there (a root disk that is there is reused)
+        for disk in instance.disks.filter(attached=True).exclude(volume=""):
+            if driver.find_volume(pool, disk.volume) is None:
+                driver.create_volume(pool, disk.volume, disk.size_gib * GIB)
+        # The snapshots' records were on the dead host (and their blocks in its disks, unless shared).
+        Snapshot.objects.filter(instance=instance).delete()
+        Instance.objects.filter(pk=instance.pk).update(snapshot_bytes=0)
+        self.launch(operation, instance)
+        if instance.desired_power_state == Instance.PowerState.STOPPED:
+            driver.power_off(str(instance.uuid))
+        Instance.objects.filter(pk=instance.pk).update(host=destination, migration_target=None, evacuated_from=source)
+        instance.migration_target, instance.evacuated_from = None, source
+        _record(instance, driver.state(str(instance.uuid)))
+        return EVACUATED
+
     # ------------------------------------------------------------ removal
 
     def remove(self, instance: Instance, operation: Operation | None = None) -> None:
@@ -550,6 +599,8 @@ class LibvirtAdapter(AdapterBase):
         """Nothing to forget: connections are kept per URI and checked for life at each use."""
 
     def remove_image_copy(self, replica: ImageReplica) -> None:
+        if shared_with_others(replica):
+            return  # the last host on the shared storage removes the file
         storage.delete_volume(libvirt_uri(replica.host), pool_name=replica.pool, name=replica.volume)
 
     # ------------------------------------------------------------ the watcher

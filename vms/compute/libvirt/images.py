@@ -40,6 +40,8 @@ def ensure_image_on_host(
     )
     if replica.state == ImageReplica.State.READY:
         return replica
+    if created and _on_shared_storage(image=image, host=host, replica=replica):
+        return replica
     if not created and not claim_copy(replica, claimable=stale_copy()):
         replica.refresh_from_db()
         if replica.state == ImageReplica.State.READY:
@@ -67,3 +69,34 @@ def ensure_image_on_host(
     ImageReplica.objects.filter(pk=replica.pk).update(state=ImageReplica.State.READY)
     replica.state = ImageReplica.State.READY
     return replica
+
+
+def _on_shared_storage(*, image: Image, host: Host, replica: ImageReplica) -> bool:
+    """A host sharing its storage with one that has the image ready sees the same file: recorded, not copied
+    (a copy would replace the file under the other host's instances)."""
+    if not host.storage_share:
+        return False
+    sibling = (
+        ImageReplica.objects.filter(image=image, state=ImageReplica.State.READY, host__storage_share=host.storage_share)
+        .exclude(host=host)
+        .first()
+    )
+    if sibling is None or sibling.volume != replica.volume:
+        return False
+    uri = libvirt_uri(host)
+    storage.refresh_pool(uri, pool_name=replica.pool)
+    if storage.find_volume(uri, pool_name=replica.pool, name=replica.volume) is None:
+        return False  # "shared" in name only: copied as usual
+    ImageReplica.objects.filter(pk=replica.pk).update(state=ImageReplica.State.READY)
+    replica.state = ImageReplica.State.READY
+    return True
+
+
+def shared_with_others(replica: ImageReplica) -> bool:
+    """Another host on the same shared storage still uses the replica's file."""
+    share = replica.host.storage_share
+    return bool(share) and (
+        ImageReplica.objects.filter(image_id=replica.image_id, host__storage_share=share, volume=replica.volume)
+        .exclude(pk=replica.pk)
+        .exists()
+    )

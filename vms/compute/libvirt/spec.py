@@ -120,3 +120,8 @@ def build_spec(instance: Instance, *, network: str | None, nic_filter: NicFilter
         serial_log=serial_log_path(instance),
         metadata={"tenant": str(instance.tenant_id), "instance": str(instance.pk)},
     )
+
+
+def shared_storage(one: Host, other: Host) -> bool:
+    """The two hosts' pools hold the same files (admins gave both the same ``storage_share``)."""
+    return bool(one.storage_share) and one.storage_share == other.storage_share

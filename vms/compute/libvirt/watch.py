@@ -14,7 +14,7 @@ from portal.backends.base import (
     NotFound,
 )
 from vms.compute import state
-from vms.compute.libvirt.spec import driver_for, ignored_domain, observed
+from vms.compute.libvirt.spec import driver_for, ignored_domain, observed, root_volume, seed_volume, shared_storage
 from vms.compute.state import Observed, mark_host_answered, mark_host_down
 from vms.models import Host, Instance, UnmanagedDomain
 
@@ -47,6 +47,33 @@ def _sync_unmanaged(host: Host, by_uuid: dict[str, InstanceState]) -> tuple[int,
     if changed:
         UnmanagedDomain.objects.bulk_update(changed, ["name", "state", "vcpus", "memory_mib", "last_seen"])
     return len(unowned), removed
+
+
+def _remove_evacuated(host: Host, by_uuid: dict[str, InstanceState]) -> int:
+    """Instances rebuilt on other hosts while this one was down: their old copies here go — the domain destroyed
+    and undefined, its volumes deleted unless they are the same files the instance uses now (shared storage)."""
+    removed = 0
+    driver = driver_for(host)
+    for instance in Instance.objects.filter(evacuated_from=host).select_related("host"):
+        uuid = str(instance.uuid)
+        try:
+            if uuid in by_uuid and instance.host_id != host.pk:
+                driver.undefine(uuid)
+                log.warning("host %s: removed the old copy of evacuated instance %s", host.name, uuid)
+            if instance.host_id != host.pk and not shared_storage(host, instance.host):
+                volumes = [
+                    root_volume(instance),
+                    seed_volume(instance),
+                    *instance.disks.values_list("volume", flat=True),
+                ]
+                for volume in filter(None, volumes):
+                    driver.delete_volume(host.storage_pool, volume)
+        except BackendError as exc:
+            log.warning("host %s: old copy of evacuated instance %s not removed yet: %s", host.name, uuid, exc.message)
+            continue
+        Instance.objects.filter(pk=instance.pk).update(evacuated_from=None)
+        removed += 1
+    return removed
 
 
 def mark_vanished(*, instance: Instance) -> bool:
@@ -101,6 +128,7 @@ def reconcile_host(host: Host) -> dict[str, int]:
             counts["changed"] += 1
         if instance.mac_address and refresh_addresses(instance=instance, host=host, running=domain.state == "running"):
             counts["addresses"] += 1
+    counts["evacuated_removed"] = _remove_evacuated(host, by_uuid)
     counts["unmanaged"], counts["unmanaged_removed"] = _sync_unmanaged(host, by_uuid)
     # It answered: whatever the capacity refresh said before, the host is reachable again.
     mark_host_answered(host=host)

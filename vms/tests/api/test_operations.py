@@ -119,6 +119,8 @@ def test_fields_show_the_progress(actors, ops):
         "message": "Converting to qcow2",
         "error": "",
         "error_detail": None,  # the backend's words: for cloud admins only
+        "cancel_requested": False,  # a cloud admin asked a migration to stop
+        "result": None,  # a finished migration's figures
         "created_at": row["created_at"],
         "started_at": None,
         "finished_at": None,

@@ -1,0 +1,36 @@
+"""Messages the worker stores untranslated (``gettext_noop``) in operations of moves between hosts; every reader
+translates them in its own language (``Operation.message_text``/``error_text``, live.js's ``storedTexts``)."""
+
+from __future__ import annotations
+
+from django.utils.translation import gettext_noop
+
+from vms import operations
+
+PREPARING = gettext_noop("Preparing the destination")
+MIGRATING = gettext_noop("Migrating")
+MIGRATED = gettext_noop("Migrated.")
+CANCELLED = gettext_noop("The migration was cancelled; the instance runs where it was.")
+TOO_LONG = gettext_noop("The migration took too long and was stopped; the instance runs where it was.")
+MOVING_INSTANCES = gettext_noop("Moving the instances to other hosts")
+SOME_STAYED = gettext_noop("Some instances stayed on the host; the details say which and why.")
+ALL_MOVED = gettext_noop("Every instance moved; the host stays disabled.")
+HOST_GONE = gettext_noop("The host no longer exists.")
+EVACUATING = gettext_noop("Rebuilding the instances on other hosts")
+ALL_EVACUATED = gettext_noop("Every instance was rebuilt on another host; the host stays disabled.")
+EVACUATED = gettext_noop("Rebuilt on another host.")
+
+operations.register_stored_texts(
+    PREPARING,
+    MIGRATING,
+    MIGRATED,
+    CANCELLED,
+    TOO_LONG,
+    MOVING_INSTANCES,
+    SOME_STAYED,
+    ALL_MOVED,
+    HOST_GONE,
+    EVACUATING,
+    ALL_EVACUATED,
+    EVACUATED,
+)
