@@ -206,7 +206,9 @@ class AuditEvent(models.Model):
 
     # Keys of ``detail`` that name the infrastructure (hosts, clouds, their projects): kept for cloud
     # admins, left out of what tenant admins read (infrastructure is for cloud admins, docs/security.md).
-    INFRASTRUCTURE_DETAIL = frozenset({"host", "cloud", "project_id", "old_project_id"})
+    INFRASTRUCTURE_DETAIL = frozenset(
+        {"host", "cloud", "project_id", "old_project_id", "from_host", "to_host", "to_host_id", "disks_lost"}
+    )
 
     class Meta:
         ordering = ["-created_at", "-id"]

@@ -12,14 +12,27 @@ places there) are refused by the action registry.
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 
+from celery.exceptions import SoftTimeLimitExceeded
+from django.conf import settings
 from django.db import transaction
+from django.utils import timezone
 from django.utils.translation import gettext as _
 
+from images.services import time_limit_exceeded
 from portal.services import ConflictError, ServiceError, record_audit, require_cloud_admin
 from vms import actions, operations, realtime
 from vms.compute import Capability, host_can
-from vms.compute.texts import ALL_EVACUATED, ALL_MOVED, EVACUATING, HOST_GONE, MOVING_INSTANCES, SOME_STAYED
+from vms.compute.texts import (
+    ALL_EVACUATED,
+    ALL_MOVED,
+    EVACUATING,
+    HOST_GONE,
+    MOVING_INSTANCES,
+    SOME_STAYED,
+    WORKER_STOPPED,
+)
 from vms.execution import execute
 from vms.models import Host, Instance, Operation
 from vms.scheduler import place_migration
@@ -64,7 +77,7 @@ def _move(*, actor, instance: Instance, host: Host | None, action: str, ip: str 
             raise ConflictError(
                 _("Instance “%(name)s” has snapshots; delete them before migrating it.") % {"name": instance.name}
             )
-        destination = place_migration(instance=instance, host=host)
+        destination = place_migration(instance=instance, host=host, keep_storage=action == "evacuate")
         params = {
             "from_host": instance.host.name,
             "to_host": destination.name,
@@ -97,6 +110,8 @@ def cancel_operation(*, actor, operation: Operation, ip: str | None = None) -> O
             raise ConflictError(_("Only migrations can be cancelled."))
         if operation.finished:
             raise ConflictError(_("The operation has finished already."))
+        if not operation.params.get("live"):
+            raise ConflictError(_("A cold migration cannot be cancelled: it finishes by itself."))
         if not operation.cancel_requested:
             operation.cancel_requested = True
             operation.save(update_fields=["cancel_requested"])
@@ -126,11 +141,7 @@ def drain_host(*, actor, host: Host, ip: str | None = None) -> Operation:
         raise ConflictError(_("Instances cannot migrate off host %(name)s.") % {"name": host.name})
     with transaction.atomic():
         host = Host.objects.select_for_update().get(pk=host.pk)
-        if (
-            Operation.objects.filter(kind="host.drain", target_type=Host._meta.label_lower, target_id=str(host.pk))
-            .exclude(state__in=[Operation.State.SUCCEEDED, Operation.State.FAILED])
-            .exists()
-        ):
+        if _running(host, "host.drain"):
             raise ConflictError(_("Host %(name)s is being drained already.") % {"name": host.name})
         if host.enabled:
             host.enabled = False
@@ -166,6 +177,21 @@ def _run_host_moves(*, operation_id: int, move, moving: str, done: str) -> None:
         .values_list("pk", flat=True)
     )
     stayed: list[str] = []
+    try:
+        _move_each(operation, host, pending, stayed, move=move, moving=moving)
+    except SoftTimeLimitExceeded:
+        log.warning("%s of host %s stopped at its time limit", operation.kind, host.name)
+        limit = settings.LABCLOUD_INSTANCE_TASK_TIME_LIMIT * 4
+        operations.fail(operation=operation, error=time_limit_exceeded(limit), detail="\n".join(stayed))
+        return
+    if stayed:
+        log.warning("%s of host %s: %d instance(s) stayed", operation.kind, host.name, len(stayed))
+        operations.fail(operation=operation, error=SOME_STAYED, detail="\n".join(stayed))
+    else:
+        operations.succeed(operation=operation, message=done)
+
+
+def _move_each(operation: Operation, host: Host, pending: list[int], stayed: list[str], *, move, moving: str) -> None:
     with operations.heartbeats(operation=operation):
         for index, pk in enumerate(pending):
             instance = Instance.objects.select_related("host", "tenant").filter(pk=pk, host=host).first()
@@ -181,11 +207,6 @@ def _run_host_moves(*, operation_id: int, move, moving: str, done: str) -> None:
             moved.refresh_from_db()
             if moved.state != Operation.State.SUCCEEDED:
                 stayed.append(f"{instance.name}: {moved.error_text}")
-    if stayed:
-        log.warning("%s of host %s: %d instance(s) stayed", operation.kind, host.name, len(stayed))
-        operations.fail(operation=operation, error=SOME_STAYED, detail="\n".join(stayed))
-    else:
-        operations.succeed(operation=operation, message=done)
 
 
 def evacuate_host(*, actor, host: Host, confirm: bool = False, ip: str | None = None) -> Operation:
@@ -227,11 +248,19 @@ def evacuate_host(*, actor, host: Host, confirm: bool = False, ip: str | None = 
 
 
 def _running(host: Host, kind: str) -> bool:
-    return (
-        Operation.objects.filter(kind=kind, target_type=Host._meta.label_lower, target_id=str(host.pk))
-        .exclude(state__in=[Operation.State.SUCCEEDED, Operation.State.FAILED])
-        .exists()
-    )
+    """An operation of ``kind`` on the host is under way. One whose worker stopped (no heartbeat for
+    ``LABCLOUD_OPERATION_STALE_SECONDS``; queued ten times as long) is failed here, so it blocks nothing."""
+    now = timezone.now()
+    stale = timedelta(seconds=settings.LABCLOUD_OPERATION_STALE_SECONDS)
+    unfinished = Operation.objects.filter(
+        kind=kind, target_type=Host._meta.label_lower, target_id=str(host.pk)
+    ).exclude(state__in=[Operation.State.SUCCEEDED, Operation.State.FAILED])
+    for operation in unfinished:
+        last = operation.heartbeat_at or operation.started_at or operation.created_at
+        if last > now - (stale if operation.state == Operation.State.RUNNING else 10 * stale):
+            return True
+        operations.fail(operation=operation, error=WORKER_STOPPED)
+    return False
 
 
 def run_evacuate(*, operation_id: int) -> None:

@@ -28,7 +28,7 @@ from django.utils.translation import gettext as _
 
 from portal.models import Tenant
 from portal.services import ConflictError
-from vms.compute import Capability, host_can, kinds_with
+from vms.compute import Capability, compute_for, host_can, kinds_with
 from vms.models import Flavor, Host, Instance, InstanceDisk, PlacementRule
 
 GIB = 1024**3
@@ -222,36 +222,33 @@ def place(*, count: int, vcpus: int, ram_mib: int, disk_gib: int, hosts: list[Ho
     return chosen
 
 
-def place_migration(*, instance: Instance, host: Host | None = None) -> Host:
-    """The host an instance migrates to: ``host`` if it can take it, else the best of the others (a launch's
-    filters and weigher; placement rules are not applied: moving off a host is the admins' decision).
+def place_migration(*, instance: Instance, host: Host | None = None, keep_storage: bool = False) -> Host:
+    """The host an instance moves to: ``host`` if it can take it, else the best of the other hosts of its kind
+    (a launch's filters and weigher; placement rules are not applied: moving off a host is the admins' decision).
 
-    Call inside the migration's transaction: the candidate hosts are locked until it ends. The destination
-    must be of the instance's host kind and able to migrate.
+    ``keep_storage`` (an evacuation): when some of them see the same disk files as its host, only those.
+    Call inside the move's transaction: the candidate hosts are locked until it ends.
     """
     source = instance.host
-    same_kind = Host.objects.select_for_update().filter(kind=source.kind).exclude(pk=source.pk)
+    others = Host.objects.filter(kind=source.kind).exclude(pk=source.pk).order_by("name")
     if host is not None:
         if host.pk == source.pk:
             raise ConflictError(_("Instance “%(name)s” is on that host already.") % {"name": instance.name})
-        same_kind = same_kind.filter(pk=host.pk)
-        if not same_kind.exists() or not host_can(host, Capability.MIGRATE):
+        others = others.filter(pk=host.pk)
+        if not others.exists() or not host_can(host, Capability.MIGRATE):
             raise ConflictError(_("Instances cannot migrate from their host to that one."))
-    hosts = list(same_kind.order_by("name"))
-    loads = host_loads(hosts)
-    extra_gib = sum(instance.disks.values_list("size_gib", flat=True))
-    refusals, candidates = {}, []
-    for load in loads.values():
-        reason = load.refusal(
-            vcpus=instance.vcpus, ram_mib=instance.ram_mib, disk_gib=instance.disk_gib + extra_gib, new_disk=True
-        )
-        if reason is None:
-            candidates.append(load)
-        else:
-            refusals[load.host.name] = reason
+    candidates = list(others)
+    if keep_storage:
+        adapter = compute_for(source)
+        sharing = [other for other in candidates if adapter.shares_storage(source, other)]
+        candidates = sharing or candidates
     if not candidates:
-        detail = "; ".join(f"{name}: {reason}" for name, reason in sorted(refusals.items())) or _("no other host")
-        raise NoValidHost(
-            _("No host can take instance “%(name)s” (%(detail)s).") % {"name": instance.name, "detail": detail}
-        )
-    return min(candidates, key=lambda load: (-load.free_ram, load.host.name)).host
+        raise NoValidHost(_("No other host can take instance “%(name)s”.") % {"name": instance.name})
+    extra_gib = sum(instance.disks.values_list("size_gib", flat=True))
+    return place(
+        count=1,
+        vcpus=instance.vcpus,
+        ram_mib=instance.ram_mib,
+        disk_gib=instance.disk_gib + extra_gib,
+        hosts=candidates,
+    )[0]

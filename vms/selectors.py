@@ -9,6 +9,7 @@ from django.db.models import Case, Count, F, Q, QuerySet, Sum, Value, When
 
 from portal.access import VIEW
 from portal.models import Tenant
+from vms.compute import compute_for
 from vms.models import (
     Flavor,
     Host,
@@ -162,9 +163,9 @@ def tenant_placement(*, tenant) -> Host | None:
 
 
 def evacuation_loss(*, host: Host) -> tuple[int, int]:
-    """(instances on the host, those whose disks an evacuation loses: not on storage another host shares)."""
+    """(instances on the host, those whose disks an evacuation loses): none when another host of its kind sees
+    the same disk files (an evacuation then goes only to such hosts), else all of them."""
     instances = Instance.objects.filter(host=host).exclude(state=Instance.State.DELETING).count()
-    shared = bool(host.storage_share) and (
-        Host.objects.filter(storage_share=host.storage_share, kind=host.kind).exclude(pk=host.pk).exists()
-    )
-    return instances, 0 if shared else instances
+    adapter = compute_for(host)
+    others = Host.objects.filter(kind=host.kind).exclude(pk=host.pk)
+    return instances, 0 if any(adapter.shares_storage(host, other) for other in others) else instances

@@ -115,6 +115,8 @@ class ComputeAdapter(Protocol):
 
     def evacuate(self, operation: Operation, instance: Instance, destination: Host) -> str: ...
 
+    def shares_storage(self, host: Host, other: Host) -> bool: ...
+
     # ------------------------------------------------------------ instances (the web process)
 
     def console(self, instance: Instance, *, ttl: int) -> ConsoleEndpoint: ...
@@ -210,6 +212,10 @@ class AdapterBase:
 
     def evacuate(self, operation, instance, destination) -> str:
         raise self._missing(_("migrate instances"))
+
+    def shares_storage(self, host, other) -> bool:
+        """Whether the two hosts see the same disk files (an evacuation keeps the disks between them)."""
+        return False
 
     def revert_snapshot(self, operation, instance, snapshot) -> None:
         raise self._missing(_("revert to a snapshot"))

@@ -19,6 +19,7 @@ HOST_GONE = gettext_noop("The host no longer exists.")
 EVACUATING = gettext_noop("Rebuilding the instances on other hosts")
 ALL_EVACUATED = gettext_noop("Every instance was rebuilt on another host; the host stays disabled.")
 EVACUATED = gettext_noop("Rebuilt on another host.")
+WORKER_STOPPED = gettext_noop("The worker running this operation stopped; it can be started again.")
 
 operations.register_stored_texts(
     PREPARING,
@@ -33,4 +34,5 @@ operations.register_stored_texts(
     EVACUATING,
     ALL_EVACUATED,
     EVACUATED,
+    WORKER_STOPPED,
 )

@@ -387,3 +387,50 @@ def test_admin_evacuation_asks_first(actors, two_hosts):
     assert not Operation.objects.filter(kind="host.evacuate").exists()
     admin.post("/admin/vms/host/", {"action": "evacuate_hosts", "_selected_action": [source.pk], "apply": "1"})
     assert Operation.objects.filter(kind="host.evacuate", target_id=str(source.pk)).exists()
+
+
+# ---------------------------------------------------------------- what the review found
+
+
+def test_tenant_admins_read_migration_audit_events_without_host_names(actors, two_hosts):
+    instance = make_instance(actors.tenant, host=two_hosts[0])
+    moves.migrate_instance(actor=actors.cloud_admin, instance=instance)
+    rows = actors.client("tenant_admin").get("/api/v1/audit-events/?action=instance.migrate").json()["results"]
+    assert rows and all(not {"from_host", "to_host", "to_host_id"} & set(row["detail"]) for row in rows)
+    rows = actors.client("cloud_admin").get("/api/v1/audit-events/?action=instance.migrate").json()["results"]
+    assert rows[0]["detail"]["to_host"] == "lctest-dst"
+
+
+def test_a_cold_migration_cannot_be_cancelled(actors, two_hosts):
+    instance = make_instance(actors.tenant, host=two_hosts[0], state=Instance.State.SHUTOFF)
+    operation = moves.migrate_instance(actor=actors.cloud_admin, instance=instance)
+    with pytest.raises(ConflictError, match="cold migration cannot be cancelled"):
+        moves.cancel_operation(actor=actors.cloud_admin, operation=operation)
+
+
+def test_a_drain_whose_worker_died_does_not_block_the_next(actors, two_hosts, settings):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    source = two_hosts[0]
+    dead = moves.drain_host(actor=actors.cloud_admin, host=source)
+    old = timezone.now() - timedelta(seconds=settings.LABCLOUD_OPERATION_STALE_SECONDS + 5)
+    Operation.objects.filter(pk=dead.pk).update(state=Operation.State.RUNNING, started_at=old, heartbeat_at=old)
+    again = moves.drain_host(actor=actors.cloud_admin, host=source)
+    dead.refresh_from_db()
+    assert dead.state == Operation.State.FAILED and "stopped" in dead.error
+    assert again.pk != dead.pk
+    with pytest.raises(ConflictError, match="being drained already"):  # a live one still blocks
+        moves.drain_host(actor=actors.cloud_admin, host=source)
+
+
+def test_an_evacuation_goes_where_the_disks_are_when_the_storage_is_shared(actors):
+    dead = make_host("lctest-dead", storage_share="nfs1", state=Host.State.DOWN)
+    sharing = make_host("lctest-sharing", storage_share="nfs1", memory_mib=4096)
+    make_host("lctest-roomy", memory_mib=65536)  # more free RAM, but not the same files
+    instance = make_instance(actors.tenant, host=dead)
+    operation = moves.evacuate_instance(actor=actors.cloud_admin, instance=instance)
+    assert operation.params["to_host"] == sharing.name
+    other = make_instance(actors.tenant, host=make_host("lctest-dead2", state=Host.State.DOWN))
+    assert moves.evacuate_instance(actor=actors.cloud_admin, instance=other).params["to_host"] == "lctest-roomy"

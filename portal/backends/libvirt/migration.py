@@ -229,25 +229,34 @@ def migrate(
     worker.start()
     aborted = switched = False
     why = ""
-    while worker.is_alive():
-        worker.join(poll)
-        if not worker.is_alive() or not plan.live:
-            break
+    try:
+        while worker.is_alive():
+            worker.join(poll)
+            if not worker.is_alive() or not plan.live:
+                break
+            with contextlib.suppress(libvirt.libvirtError):
+                stats = dom.jobStats(0)
+                if stats.get("type", libvirt.VIR_DOMAIN_JOB_NONE) != libvirt.VIR_DOMAIN_JOB_NONE and on_progress:
+                    on_progress(_stats(stats))
+            late = time.monotonic() - started > plan.timeout
+            if not aborted and ((should_cancel is not None and should_cancel()) or (late and not plan.post_copy)):
+                aborted, why = True, "deadline" if late else "cancelled"
+                log.info("aborting the migration of %s (%s)", plan.uuid, why)
+                with contextlib.suppress(libvirt.libvirtError):
+                    dom.abortJob()
+            elif late and plan.post_copy and not switched:
+                switched = True
+                log.info("switching the migration of %s to post-copy", plan.uuid)
+                with contextlib.suppress(libvirt.libvirtError):
+                    dom.migrateStartPostCopy(0)
+    except BaseException:
+        # The watching failed (the database went away, the task's time limit): the job must not run on
+        # unwatched, nor may the caller clean up under it. Abort it and wait until libvirt has let go.
+        log.warning("migration of %s: watching it failed; aborting the job", plan.uuid)
         with contextlib.suppress(libvirt.libvirtError):
-            stats = dom.jobStats(0)
-            if stats.get("type", libvirt.VIR_DOMAIN_JOB_NONE) != libvirt.VIR_DOMAIN_JOB_NONE and on_progress:
-                on_progress(_stats(stats))
-        late = time.monotonic() - started > plan.timeout
-        if not aborted and ((should_cancel is not None and should_cancel()) or (late and not plan.post_copy)):
-            aborted, why = True, "deadline" if late else "cancelled"
-            log.info("aborting the migration of %s (%s)", plan.uuid, why)
-            with contextlib.suppress(libvirt.libvirtError):
-                dom.abortJob()
-        elif late and plan.post_copy and not switched:
-            switched = True
-            log.info("switching the migration of %s to post-copy", plan.uuid)
-            with contextlib.suppress(libvirt.libvirtError):
-                dom.migrateStartPostCopy(0)
+            dom.abortJob()
+        worker.join()
+        raise
     worker.join()
     seconds = time.monotonic() - started
     error = outcome.get("error")

@@ -46,6 +46,7 @@ from vms.compute.libvirt.spec import (
     build_spec,
     disk_volume,
     driver_for,
+    instance_volumes,
     libvirt_uri,
     observed,
     root_volume,
@@ -158,7 +159,7 @@ class LibvirtAdapter(AdapterBase):
 
     # ------------------------------------------------------------ launch
 
-    def launch(self, operation: Operation, instance: Instance) -> str:
+    def launch(self, operation: Operation, instance: Instance, *, start: bool = True) -> str:
         host = instance.host
         driver = driver_for(host)
         image = instance.image
@@ -201,8 +202,11 @@ class LibvirtAdapter(AdapterBase):
         else:  # defined by an earlier attempt
             driver.filter_nics(str(instance.uuid))
         mac = facts.spec.mac_address or instance.mac_address  # libvirt picks the MAC when the domain is defined
-        operations.progress(operation=operation, percent=90, message=_("Starting"))
-        domain = driver.start(str(instance.uuid))
+        if start:
+            operations.progress(operation=operation, percent=90, message=_("Starting"))
+            domain = driver.start(str(instance.uuid))
+        else:
+            domain = driver.state(str(instance.uuid))
         Instance.objects.filter(pk=instance.pk).update(mac_address=mac or "")
         instance.mac_address = mac or ""
         _record(instance, domain)
@@ -421,12 +425,15 @@ class LibvirtAdapter(AdapterBase):
 
     def migrate(self, operation: Operation, instance: Instance, destination: Host) -> str:
         """Live (running) or cold (shut off) to ``destination``; the row follows only after libvirt finished."""
-        if not migration.landed(instance):  # else a worker died after libvirt finished: only the rows are left
+        if instance.host_id == destination.pk:  # an earlier attempt's worker died after the row moved
+            return MIGRATED
+        if migration.landed(instance):  # ... or after libvirt finished: the source's copies and the rows are left
+            migration.remove_source_copies(instance, instance.host, destination)
+            message = MIGRATED
+        else:
             message = migration.migrate(
                 operation, instance, destination, seed=None if instance.installing else _seed(instance)
             )
-        else:
-            message = MIGRATED
         Instance.objects.filter(pk=instance.pk).update(host=destination, migration_target=None)
         instance.host, instance.migration_target = destination, None
         _record(instance, driver_for(destination).state(str(instance.uuid)))
@@ -436,25 +443,56 @@ class LibvirtAdapter(AdapterBase):
         """Rebuild on ``destination`` an instance whose host is down: its disks reused on shared storage, else
         made anew from its image (extra disks blank); its old copy goes when the dead host answers again."""
         source = instance.host
+        try:  # the last word before a second copy of the guest exists: is its host really away?
+            driver_for(source).capacity(source.storage_pool or None)
+        except BackendError:
+            pass
+        else:
+            raise ConflictError(
+                _("The host of instance “%(name)s” answers again: migrate it instead.") % {"name": instance.name}
+            )
         driver = driver_for(destination)
         pool = destination.storage_pool
         shared = shared_storage(source, destination)
         if shared:
             driver.refresh_pool(pool)
         instance.host = destination  # the launch's steps, there (a root disk that is there is reused)
-        for disk in instance.disks.filter(attached=True).exclude(volume=""):
-            if driver.find_volume(pool, disk.volume) is None:
-                driver.create_volume(pool, disk.volume, disk.size_gib * GIB)
+        try:
+            for disk in instance.disks.filter(attached=True).exclude(volume=""):
+                if driver.find_volume(pool, disk.volume) is None:
+                    driver.create_volume(pool, disk.volume, disk.size_gib * GIB)
+            self.launch(operation, instance, start=instance.desired_power_state == Instance.PowerState.RUNNING)
+        except Exception:
+            self._abandon_rebuild(instance, driver, pool, shared=shared)
+            instance.host = source
+            raise
         # The snapshots' records were on the dead host (and their blocks in its disks, unless shared).
         Snapshot.objects.filter(instance=instance).delete()
-        Instance.objects.filter(pk=instance.pk).update(snapshot_bytes=0)
-        self.launch(operation, instance)
-        if instance.desired_power_state == Instance.PowerState.STOPPED:
-            driver.power_off(str(instance.uuid))
-        Instance.objects.filter(pk=instance.pk).update(host=destination, migration_target=None, evacuated_from=source)
-        instance.migration_target, instance.evacuated_from = None, source
+        Instance.objects.filter(pk=instance.pk).update(
+            host=destination, migration_target=None, evacuated_from=source, snapshot_bytes=0
+        )
+        instance.migration_target, instance.evacuated_from, instance.snapshot_bytes = None, source, 0
         _record(instance, driver.state(str(instance.uuid)))
         return EVACUATED
+
+    @staticmethod
+    def _abandon_rebuild(instance: Instance, driver: LibvirtDriver, pool: str, *, shared: bool) -> None:
+        """A rebuild that failed: its domain goes from the destination, and the volumes it made (not shared ones)."""
+        try:
+            driver.undefine(str(instance.uuid))
+            if not shared:
+                volumes = [
+                    root_volume(instance),
+                    seed_volume(instance),
+                    *instance.disks.values_list("volume", flat=True),
+                ]
+                for volume in filter(None, volumes):
+                    driver.delete_volume(pool, volume)
+        except BackendError:
+            log.warning("instance %s: the failed rebuild's leftovers stay on the destination", instance.uuid)
+
+    def shares_storage(self, host: Host, other: Host) -> bool:
+        return shared_storage(host, other)
 
     # ------------------------------------------------------------ removal
 
@@ -471,10 +509,8 @@ class LibvirtAdapter(AdapterBase):
             driver.undefine(str(instance.uuid))
             if operation is not None:
                 operations.progress(operation=operation, percent=60, message=_("Deleting the disks"))
-            volumes = [root_volume(instance), seed_volume(instance), *instance.disks.values_list("volume", flat=True)]
-            for volume in volumes:
-                if volume:
-                    driver.delete_volume(pool, volume)
+            for volume in instance_volumes(instance):
+                driver.delete_volume(pool, volume)
         except BackendError:
             if operation is not None:
                 raise

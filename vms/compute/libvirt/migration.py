@@ -34,7 +34,14 @@ from portal.backends.libvirt.migration import DiskMove, MigrationCancelled, Migr
 from portal.services import ConflictError
 from vms import operations
 from vms.compute.libvirt.images import ensure_image_on_host
-from vms.compute.libvirt.spec import driver_for, libvirt_uri, root_volume, seed_volume, shared_storage
+from vms.compute.libvirt.spec import (
+    driver_for,
+    instance_volumes,
+    libvirt_uri,
+    root_volume,
+    seed_volume,
+    shared_storage,
+)
 from vms.compute.texts import CANCELLED, MIGRATED, MIGRATING, PREPARING, TOO_LONG
 from vms.models import Host, Instance, Operation
 from vms.networks import ensure_on_host
@@ -95,19 +102,25 @@ def migrate(operation: Operation, instance: Instance, destination: Host, *, seed
             max_downtime_ms=settings.LABCLOUD_MIGRATION_MAX_DOWNTIME_MS,
             bandwidth_mib=settings.LABCLOUD_MIGRATION_BANDWIDTH_MIB,
         )
+        if _cancel_requested(operation):  # asked while the destination was being prepared
+            raise ConflictError(CANCELLED)
         operations.progress(operation=operation, percent=30, message=MIGRATING)
         try:
             result = libvirt_migration.migrate(
-                plan,
-                on_progress=lambda p: _report(operation, p),
-                should_cancel=lambda: Operation.objects.filter(pk=operation.pk, cancel_requested=True).exists(),
+                plan, on_progress=lambda p: _report(operation, p), should_cancel=lambda: _cancel_requested(operation)
             )
         except MigrationCancelled as exc:
             raise ConflictError(TOO_LONG if exc.reason == "deadline" else CANCELLED) from exc
-    except BaseException:
-        _undo(instance, src, dst, made)
-        raise
-    _remove_source_copies(instance, src, source, facts.spec.disks, shared)
+    except Exception:
+        if not _moved(src, dst, uuid):
+            _undo(instance, src, dst, made)
+            raise
+        # libvirt finished the move although the call failed (a lost answer): the guest runs there now.
+        log.warning("instance %s: the migration call failed, but the domain is on the destination", uuid)
+        result = None
+    remove_source_copies(instance, source, destination)
+    if result is None:
+        return MIGRATED
     log.info(
         "instance %s migrated %s -> %s in %.2f s (downtime %s ms)",
         uuid,
@@ -176,9 +189,20 @@ def _copy_volume(
 ) -> None:
     """Make the destination's copy of one volume (its contents too, unless a live migration mirrors them)."""
     name, pool = disk.volume, destination.storage_pool
-    if dst.find_volume(pool, name) is not None:  # left by an attempt whose worker died: no domain uses it there
-        dst.delete_volume(pool, name)
+    if dst.find_volume(pool, name) is not None:
+        if name not in operation.params.get("made", []):
+            # Not ours: the two pools may be one storage nobody declared shared (the file is the guest's disk).
+            raise ConflictError(
+                _(
+                    "The destination already has a disk named as this instance's. If the two hosts share their "
+                    "storage, give both the same shared-storage name."
+                )
+            )
+        dst.delete_volume(pool, name)  # made by an earlier attempt of this migration whose worker died
     made.volumes.append(name)
+    if name not in operation.params.get("made", []):
+        operation.params = {**operation.params, "made": [*operation.params.get("made", []), name]}
+        Operation.objects.filter(pk=operation.pk).update(params=operation.params)
     if name == seed_volume(instance):
         if seed is None:
             raise ConflictError(_("The seed of this instance cannot be rebuilt."))
@@ -225,7 +249,11 @@ def _undo(instance: Instance, src: LibvirtDriver, dst: LibvirtDriver, made: _Mad
         if libvirt_migration.domain_on(src.uri, uuid) is None:
             log.error("instance %s: not on its source after a failed migration; leaving the destination alone", uuid)
             return
-        if libvirt_migration.domain_on(dst.uri, uuid) == "defined":
+        there = libvirt_migration.domain_on(dst.uri, uuid)
+        if there == "active":
+            log.error("instance %s: runs on its source and its destination; the destination is left alone", uuid)
+            return
+        if there == "defined":
             dst.undefine(uuid)
         for name in made.volumes:
             dst.delete_volume(made.pool, name)
@@ -233,26 +261,35 @@ def _undo(instance: Instance, src: LibvirtDriver, dst: LibvirtDriver, made: _Mad
         log.warning("instance %s: could not clean up the destination of a failed migration", uuid, exc_info=True)
 
 
-def _remove_source_copies(instance: Instance, src: LibvirtDriver, source: Host, disks, shared: bool) -> None:
-    if shared:
+def remove_source_copies(instance: Instance, source: Host, destination: Host) -> None:
+    """After the move: the instance's volumes on its old host go (unless the two hosts share the files)."""
+    if shared_storage(source, destination):
         return
-    mine = {root_volume(instance), seed_volume(instance), *instance.disks.values_list("volume", flat=True)}
-    for disk in disks:
-        if disk.volume in mine:
-            try:
-                src.delete_volume(disk.pool, disk.volume)
-            except BackendError:
-                log.warning("instance %s: volume %s left on %s", instance.uuid, disk.volume, source.name)
+    src = driver_for(source)
+    for volume in instance_volumes(instance):
+        try:
+            src.delete_volume(source.storage_pool, volume)
+        except BackendError:
+            log.warning("instance %s: volume %s left on %s", instance.uuid, volume, source.name)
+
+
+def _cancel_requested(operation: Operation) -> bool:
+    return Operation.objects.filter(pk=operation.pk, cancel_requested=True).exists()
+
+
+def _moved(src: LibvirtDriver, dst: LibvirtDriver, uuid: str) -> bool:
+    """The domain is on the destination and gone from the source (asked of both; False when either cannot say)."""
+    try:
+        return (
+            libvirt_migration.domain_on(src.uri, uuid) is None
+            and libvirt_migration.domain_on(dst.uri, uuid) is not None
+        )
+    except BackendError:
+        return False
 
 
 def landed(instance: Instance) -> bool:
     """Whether the instance's domain runs or is defined on its migration's destination and no longer on its
     source (a worker that died after libvirt finished)."""
     target = instance.migration_target
-    if target is None:
-        return False
-    uuid = str(instance.uuid)
-    return (
-        libvirt_migration.domain_on(libvirt_uri(instance.host), uuid) is None
-        and libvirt_migration.domain_on(libvirt_uri(target), uuid) is not None
-    )
+    return target is not None and _moved(driver_for(instance.host), driver_for(target), str(instance.uuid))

@@ -125,3 +125,12 @@ def build_spec(instance: Instance, *, network: str | None, nic_filter: NicFilter
 def shared_storage(one: Host, other: Host) -> bool:
     """The two hosts' pools hold the same files (admins gave both the same ``storage_share``)."""
     return bool(one.storage_share) and one.storage_share == other.storage_share
+
+
+def instance_volumes(instance: Instance) -> list[str]:
+    """The names of every volume the portal makes for the instance on its host: root disk, seed, extra disks."""
+    return [
+        root_volume(instance),
+        seed_volume(instance),
+        *filter(None, instance.disks.values_list("volume", flat=True)),
+    ]

@@ -14,7 +14,7 @@ from portal.backends.base import (
     NotFound,
 )
 from vms.compute import state
-from vms.compute.libvirt.spec import driver_for, ignored_domain, observed, root_volume, seed_volume, shared_storage
+from vms.compute.libvirt.spec import driver_for, ignored_domain, instance_volumes, observed, shared_storage
 from vms.compute.state import Observed, mark_host_answered, mark_host_down
 from vms.models import Host, Instance, UnmanagedDomain
 
@@ -61,12 +61,7 @@ def _remove_evacuated(host: Host, by_uuid: dict[str, InstanceState]) -> int:
                 driver.undefine(uuid)
                 log.warning("host %s: removed the old copy of evacuated instance %s", host.name, uuid)
             if instance.host_id != host.pk and not shared_storage(host, instance.host):
-                volumes = [
-                    root_volume(instance),
-                    seed_volume(instance),
-                    *instance.disks.values_list("volume", flat=True),
-                ]
-                for volume in filter(None, volumes):
+                for volume in instance_volumes(instance):
                     driver.delete_volume(host.storage_pool, volume)
         except BackendError as exc:
             log.warning("host %s: old copy of evacuated instance %s not removed yet: %s", host.name, uuid, exc.message)

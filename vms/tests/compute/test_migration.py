@@ -13,6 +13,8 @@ copy-storage migration read back the same afterwards (checksums computed in the 
 - a migration cancelled mid-way and one whose destination QEMU dies mid-way: the guest runs on
   its source, untouched, and the destination keeps nothing of it;
 - draining a host with three instances (one running, two shut off): all of them on the other host;
+- a batch spread over both hosts, the image copied to the second one once, its guest's consoles,
+  metrics and snapshots there, and one watcher following both daemons;
 - evacuating the second host after killing its libvirtd (its guest's QEMU keeps running, as on a
   host whose management died): the instance is rebuilt on the system host from its image, and when
   the second daemon answers again the watcher's reconcile destroys the old copy there.
@@ -28,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import socket
 import threading
 import time
 import xml.etree.ElementTree as ET
@@ -46,10 +49,11 @@ from portal.testing_second_host import kill_libvirtd, remove_named, start_libvir
 from vms import hosts as host_services
 from vms import lifecycle, moves
 from vms.compute import compute_for
-from vms.models import Flavor, Host, Instance, Operation
+from vms.models import Flavor, Host, Instance, Operation, PlacementRule, Snapshot
 from vms.tests.compute.test_libvirt_guests import BOOTED, wait_for_marker
-from vms.tests.conftest import QEMU_URI, active_image
+from vms.tests.conftest import QEMU_URI, active_image, watcher_running
 from vms.tests.guest_shell import GuestShell
+from vms.watcher.loop import HostWatcher
 
 pytestmark = [pytest.mark.libvirt_guests, pytest.mark.second_host, pytest.mark.django_db]
 
@@ -88,15 +92,21 @@ def hosts(portal_host, second_host, second_host_row):
             conn.close()
 
 
+def tenant_with_tiny_image(make_tenant, make_user, guest_media, name: str):
+    """A tenant, a member of it, the tiny guest as its image and a 128 MiB flavor, all named after ``name``."""
+    tenant = make_tenant(name)
+    user = make_user(f"member-{name}")
+    tenant.memberships.create(user=user, role="member")
+    image = active_image(tenant=tenant, source=guest_media["tiny.qcow2"], name="tiny", virtual_size=20 * 1024**2)
+    flavor = Flavor.objects.create(name=f"lctest.{name}", vcpus=1, ram_mib=128, disk_gib=1)
+    return tenant, user, image, flavor
+
+
 @pytest.fixture
 def guest(hosts, guest_media, make_tenant, make_user, run_tasks):
     """A tiny guest launched on the system host, booted, with a shell on its serial console."""
     system, _second = hosts
-    tenant = make_tenant("migrate")
-    user = make_user("member-migrate")
-    tenant.memberships.create(user=user, role="member")
-    image = active_image(tenant=tenant, source=guest_media["tiny.qcow2"], name="tiny", virtual_size=20 * 1024**2)
-    flavor = Flavor.objects.create(name="lctest.migrate", vcpus=1, ram_mib=128, disk_gib=1)
+    tenant, user, image, flavor = tenant_with_tiny_image(make_tenant, make_user, guest_media, "migrate")
     launch = run_tasks(
         lambda: lifecycle.launch_instances(actor=user, tenant=tenant, name="mover", flavor=flavor, image=image)
     )
@@ -354,11 +364,7 @@ def test_shared_storage_moves_no_file(hosts, shared_pool, guest, make_user, run_
 
 def test_drain_moves_every_instance_off_the_host(hosts, guest_media, make_tenant, make_user, run_tasks, second_host):
     system, second = hosts
-    tenant = make_tenant("drain")
-    user = make_user("member-drain")
-    tenant.memberships.create(user=user, role="member")
-    image = active_image(tenant=tenant, source=guest_media["tiny.qcow2"], name="tiny", virtual_size=20 * 1024**2)
-    flavor = Flavor.objects.create(name="lctest.drain", vcpus=1, ram_mib=128, disk_gib=1)
+    tenant, user, image, flavor = tenant_with_tiny_image(make_tenant, make_user, guest_media, "drain")
     launch = run_tasks(
         lambda: lifecycle.launch_instances(
             actor=user, tenant=tenant, name="drain-{n}", flavor=flavor, image=image, count=3
@@ -396,11 +402,7 @@ def test_evacuate_a_dead_host_then_its_old_copy_goes(
     hosts, guest_media, make_tenant, make_user, run_tasks, second_host
 ):
     system, second = hosts
-    tenant = make_tenant("evacuate")
-    user = make_user("member-evacuate")
-    tenant.memberships.create(user=user, role="member")
-    image = active_image(tenant=tenant, source=guest_media["tiny.qcow2"], name="tiny", virtual_size=20 * 1024**2)
-    flavor = Flavor.objects.create(name="lctest.evacuate", vcpus=1, ram_mib=128, disk_gib=1)
+    tenant, user, image, flavor = tenant_with_tiny_image(make_tenant, make_user, guest_media, "evacuate")
     Host.objects.filter(pk=system.pk).update(enabled=False)  # the launch lands on the second host
     Host.objects.filter(pk=second.pk).update(enabled=True)
     launch = run_tasks(
@@ -445,3 +447,68 @@ def test_evacuate_a_dead_host_then_its_old_copy_goes(
     pool = connect(second_host.tcp_uri).storagePoolLookupByName(second.storage_pool)
     pool.refresh(0)
     assert [v.name() for v in pool.listAllVolumes(0) if v.name().startswith(instance.domain_name)] == []
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_batch_spreads_over_both_hosts_and_each_serves_its_guests(
+    hosts, guest_media, make_tenant, make_user, run_tasks, second_host
+):
+    """Two hosts for real: a batch lands on both; the image goes to the second host once and is reused there; the
+    VNC console, the serial console, the metrics and snapshots work for its guest; one watcher follows both."""
+    system, second = hosts
+    tenant, user, image, flavor = tenant_with_tiny_image(make_tenant, make_user, guest_media, "spread")
+    Host.objects.filter(pk=second.pk).update(enabled=True)
+    launch = run_tasks(
+        lambda: lifecycle.launch_instances(
+            actor=user, tenant=tenant, name="spread-{n}", flavor=flavor, image=image, count=2
+        )
+    )
+    for operation in launch.operations:
+        ok(Operation.objects.get(pk=operation.pk))
+    instances = list(Instance.objects.filter(pk__in=[i.pk for i in launch.instances]).select_related("host"))
+    assert {i.host_id for i in instances} == {system.pk, second.pk}
+    for instance in instances:
+        system.lctest.track(str(instance.uuid))
+    there = next(i for i in instances if i.host_id == second.pk)
+    here = next(i for i in instances if i.host_id == system.pk)
+    replica = ImageReplica.objects.get(image=image, host=second)
+    copied = (second_host.pool_path / replica.volume).stat().st_ino
+
+    # a third instance sent to the second host by a placement rule reuses the image copy there
+    PlacementRule.objects.create(tenant=tenant, host=second)
+    third = run_tasks(
+        lambda: lifecycle.launch_instances(actor=user, tenant=tenant, name="spread-3", flavor=flavor, image=image)
+    )
+    ok(Operation.objects.get(pk=third.operations[0].pk))
+    assert Instance.objects.get(pk=third.instances[0].pk).host_id == second.pk
+    assert ImageReplica.objects.filter(image=image, host=second).count() == 1
+    assert (second_host.pool_path / replica.volume).stat().st_ino == copied  # not uploaded again
+
+    adapter = compute_for(second)
+    uuid = str(there.uuid)
+    with GuestShell(second.uri, uuid) as shell:  # its serial console, over ssh
+        shell.ready()
+    endpoint = adapter.console(there, ttl=60)
+    assert 15900 <= endpoint.vnc_port <= 15999  # the second host's VNC range
+    with socket.create_connection((endpoint.vnc_host, endpoint.vnc_port), timeout=10) as vnc:
+        assert vnc.recv(12) == b"RFB 003.008\n"
+    stats = {s.uuid: s for s in adapter.guest_stats(second)}
+    assert uuid in stats and str(here.uuid) not in stats
+    snapshot = run_tasks(lambda: lifecycle.create_snapshot(actor=user, instance=there, name="before"))
+    ok(snapshot)
+    assert [s.name for s in LibvirtDriver(second.uri).snapshot_list(uuid)] == ["before"]
+    ok(run_tasks(lambda: lifecycle.delete_snapshot(actor=user, snapshot=Snapshot.objects.get(instance=there))))
+    assert LibvirtDriver(second.uri).snapshot_list(uuid) == []
+
+    # one watcher, both daemons: a guest powered off behind the portal's back on each host is seen
+    watcher = HostWatcher(host_names=[system.name, second.name], reconcile_seconds=300, capacity_seconds=300)
+    with watcher_running(watcher):
+        assert watcher.ready.wait(30), "the watcher did not finish its first round"
+        connect(QEMU_URI).lookupByUUIDString(str(here.uuid)).destroy()
+        connect(second_host.tcp_uri).lookupByUUIDString(uuid).destroy()
+        deadline = time.monotonic() + 30
+        while set(Instance.objects.filter(pk__in=[here.pk, there.pk]).values_list("state", flat=True)) != {
+            Instance.State.SHUTOFF
+        }:
+            assert time.monotonic() < deadline, "the watcher did not see both guests stop"
+            time.sleep(0.1)
