@@ -304,8 +304,11 @@ class Bench:
 
     def close(self) -> None:
         from images.models import ImageReplica
+        from vms.models import Host
 
         self.portal.stop()
+        # the next mode's launch must not land on this mode's hosts (same database)
+        Host.objects.filter(pk__in=[h.pk for h in self.hosts.values()]).update(enabled=False)
         self.redis.stop()
         remove_named(SYSTEM, PREFIX)
         remove_named(self.second.tcp_uri, PREFIX)
