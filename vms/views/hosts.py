@@ -50,21 +50,27 @@ def host_refresh(request, pk: int):
     return redirect("hosts")
 
 
+def _perform(request, call, success: str):
+    """Run one host service for a POST: its refusal or ``success`` as a message, back to the hosts page."""
+    try:
+        call()
+    except ServiceError as exc:
+        report(request, exc)
+    else:
+        messages.success(request, success)
+    return redirect("hosts")
+
+
 @login_required
 @require_POST
 def host_drain(request, pk: int):
     _staff_only(request)
     host = access_host_by_id(user=request.user, host_id=pk, action=CHANGE)
-    try:
-        moves.drain_host(actor=request.user, host=host, ip=client_ip(request))
-    except ServiceError as exc:
-        report(request, exc)
-    else:
-        messages.success(
-            request,
-            _("Host %(name)s takes no new instances; its instances are moving to other hosts.") % {"name": host.name},
-        )
-    return redirect("hosts")
+    return _perform(
+        request,
+        lambda: moves.drain_host(actor=request.user, host=host, ip=client_ip(request)),
+        _("Host %(name)s takes no new instances; its instances are moving to other hosts.") % {"name": host.name},
+    )
 
 
 @login_required
@@ -72,14 +78,9 @@ def host_drain(request, pk: int):
 def host_evacuate(request, pk: int):
     _staff_only(request)
     host = access_host_by_id(user=request.user, host_id=pk, action=CHANGE)
-    try:
-        moves.evacuate_host(
-            actor=request.user, host=host, confirm=request.POST.get("confirm") == "1", ip=client_ip(request)
-        )
-    except ServiceError as exc:
-        report(request, exc)
-    else:
-        messages.success(
-            request, _("The instances of host %(name)s are being rebuilt on other hosts.") % {"name": host.name}
-        )
-    return redirect("hosts")
+    confirm = request.POST.get("confirm") == "1"
+    return _perform(
+        request,
+        lambda: moves.evacuate_host(actor=request.user, host=host, confirm=confirm, ip=client_ip(request)),
+        _("The instances of host %(name)s are being rebuilt on other hosts.") % {"name": host.name},
+    )

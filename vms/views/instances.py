@@ -456,13 +456,12 @@ def instance_migration_cancel(request, pk: int, operation_pk: int):
     operation = operations_for_target(user=request.user, target=instance).filter(pk=operation_pk).first()
     if operation is None:
         raise Http404
-    try:
-        moves.cancel_operation(actor=request.user, operation=operation, ip=client_ip(request))
-    except ServiceError as exc:
-        report(request, exc)
-    else:
-        messages.success(request, _("Cancelling the migration of “%(name)s”.") % {"name": instance.name})
-    return redirect("instance_detail", pk=pk)
+    return _perform(
+        request,
+        pk,
+        lambda: moves.cancel_operation(actor=request.user, operation=operation, ip=client_ip(request)),
+        _("Cancelling the migration of “%(name)s”.") % {"name": instance.name},
+    )
 
 
 @login_required
