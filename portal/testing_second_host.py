@@ -6,7 +6,8 @@ only if a fixture started it and no other live test session holds a lease on it;
 hand is left running (the devcloud's fixture does the same, portal/backends/openstack_testing.py).
 
 ``second_host_row`` (function fixture) registers it as an ordinary portal ``Host`` row of kind
-libvirt. Its URI is the **ssh** one: the portal's URI validator accepts ``qemu:///system``,
+libvirt. Its URI is the **ssh** one (a test may switch it to the **tls** one, ``pkipath=`` naming the
+client certificate up.sh made): the portal's URI validator accepts ``qemu:///system``,
 ``qemu+ssh://`` and ``qemu+tls://`` only, so an unauthenticated ``qemu+tcp://`` row could exist
 only by going around ``full_clean()``; the row here passes it. Domains and volumes the portal makes
 there are named with the test's own ``lctest-…`` prefix and removed afterwards.
@@ -54,6 +55,7 @@ class SecondHost:
 
     tcp_uri: str  # qemu+tcp://127.0.0.1:16510/system (no authentication; loopback, tests only)
     ssh_uri: str  # qemu+ssh://root@lctest-host2/system (its sshd on 127.0.0.1:10022, ssh_config alias)
+    tls_uri: str  # qemu+tls://127.0.0.1:16511/system?pkipath=… (its own CA; the client certificate authenticates)
     pool: str  # its dir pool (it also has "default")
     host_uuid: str
     hostname: str
@@ -67,6 +69,11 @@ class SecondHost:
     @property
     def pool_path(self) -> Path:
         return self.directory / "pool"
+
+    @property
+    def pki(self) -> Path:
+        """Its TLS files: the CA (cacert.pem, cakey.pem), the server's, and client/ (the portal side's)."""
+        return self.directory / "pki"
 
 
 def run_script(name: str, *args: str) -> str:
@@ -95,6 +102,7 @@ def read_info(directory: Path = STATE) -> SecondHost:
     return SecondHost(
         tcp_uri=values["tcp_uri"],
         ssh_uri=values["ssh_uri"],
+        tls_uri=values["tls_uri"],
         pool=values["pool"],
         host_uuid=values["host_uuid"],
         hostname=values["hostname"],

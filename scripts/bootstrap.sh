@@ -131,6 +131,8 @@ if ((TEST)); then
     PKGS+=(xorriso isolinux syslinux syslinux-common mtools busybox-static grub-rescue-pc cpio)
     # systemd-analyze checks the units of deploy/systemd/ (installing the package starts nothing without systemd).
     PKGS+=(systemd)
+    # openssl: the second test host's TLS certificates (qemu+tls, scripts/second_host/up.sh).
+    PKGS+=(openssl)
 fi
 missing=()
 for p in "${PKGS[@]}"; do

@@ -11,6 +11,8 @@
 #   run/    seen as /run                    PID files, sockets, info (what the pytest fixture reads)
 #   pool/   (same path inside and out)      the "$POOL" dir pool
 #   ssh/                                    host key, client key, authorized_keys, known_hosts, sshd_config
+#   pki/                                    TLS: a CA of its own, the server's certificate and key;
+#   pki/client/                             the portal side's (cacert.pem, clientcert.pem, clientkey.pem)
 #   system-run/                             inside only: the system daemon's /run/libvirt
 #   hosts   seen as /etc/hosts              the system's, plus its own name on 127.0.0.1
 #   root/   seen as /root                   root's home there (SSH sessions start from a plain shell)
@@ -24,9 +26,13 @@ H2=${LABCLOUD_SECOND_HOST_DIR:-$ROOT/var/second-host}
 POOL=${LABCLOUD_SECOND_HOST_POOL:-lctest-host2}
 NAME=lctest-host2 # its hostname (UTS namespace) and the SSH host alias of the portal side
 TCP_PORT=16510
+TLS_PORT=16511 # not libvirt's 16514, which a real libvirtd-tls.socket of this machine would take
 SSH_PORT=10022
 TCP_URI="qemu+tcp://127.0.0.1:$TCP_PORT/system"
 SSH_URI="qemu+ssh://root@$NAME/system"
+PKI=$H2/pki
+# The client reads its CA, certificate and key from pkipath= instead of /etc/pki (the machine's own).
+TLS_URI="qemu+tls://127.0.0.1:$TLS_PORT/system?pkipath=$PKI/client"
 # Port ranges of its own; the system daemon's defaults are 49152-49215 (migration) and 5900 upwards (VNC).
 MIGRATION_PORTS=(49400 49499)
 VNC_PORTS=(15900 15999)

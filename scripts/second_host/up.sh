@@ -6,6 +6,9 @@
 #   qemu+tcp://127.0.0.1:16510/system     (no authentication: loopback only, tests only)
 #   qemu+ssh://root@lctest-host2/system   (its sshd on 127.0.0.1:10022; the alias is an ssh_config Host
 #                                          block in /etc/ssh/ssh_config.d/lctest-host2.conf, see lib.sh)
+#   qemu+tls://127.0.0.1:16511/system?pkipath=var/second-host/pki/client
+#                                         (a CA of its own, made once: the server's certificate names
+#                                          127.0.0.1; the client's is the portal side's, checked by libvirtd)
 #
 # with a dir pool "$LABCLOUD_SECOND_HOST_POOL" (default lctest-host2, in var/second-host/pool) and a pool
 # "default" (its own /var/lib/libvirt/images), both active. Guests on it must be <domain type='qemu'>.
@@ -21,12 +24,47 @@ T0=$(date +%s.%N)
 took() { awk -v a="$T0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.2f", b - a }'; }
 
 ((EUID == 0)) || die "needs root (unshare, bind mounts, a libvirtd of its own)"
-for c in unshare libvirtd virtlogd virsh ssh ssh-keygen /usr/sbin/sshd; do
+for c in unshare libvirtd virtlogd virsh ssh ssh-keygen /usr/sbin/sshd openssl; do
     command -v "$c" >/dev/null || die "$c is missing: run scripts/bootstrap.sh --test"
 done
 
 ssh_ok() { timeout 20 virsh -q -c "$SSH_URI" version >/dev/null 2>&1; }
 tcp_ok() { virsh2 version >/dev/null 2>&1; }
+tls_ok() { timeout 20 virsh -q -c "$TLS_URI" version >/dev/null 2>&1; }
+
+# TLS (qemu+tls): a CA of its own, a server certificate for 127.0.0.1 and a client certificate for the
+# portal side, RSA as libvirt's docs make them (key usage digitalSignature + keyEncipherment, checked by
+# libvirt). Made once, kept across restarts (down.sh leaves pki/); the CA key signs nothing else.
+issue() { # issue NAME SUBJECT EXTENSIONS: NAME-key.pem and NAME-cert.pem signed by the CA
+    local name=$1 subject=$2 extensions=$3
+    openssl req -new -newkey rsa:2048 -nodes -subj "$subject" \
+        -keyout "$PKI/$name-key.pem" -out "$PKI/$name.csr" 2>/dev/null
+    printf '%s\n' "$extensions" >"$PKI/$name.ext"
+    openssl x509 -req -in "$PKI/$name.csr" -CA "$PKI/cacert.pem" -CAkey "$PKI/cakey.pem" -CAcreateserial \
+        -days 3650 -sha256 -extfile "$PKI/$name.ext" -out "$PKI/$name-cert.pem" 2>/dev/null
+    rm -f "$PKI/$name.csr" "$PKI/$name.ext"
+}
+pki() {
+    [[ -s $PKI/client/clientkey.pem && -s $PKI/server-cert.pem ]] && return 0
+    rm -rf "$PKI"
+    mkdir -p "$PKI/client"
+    chmod 700 "$PKI"
+    openssl req -x509 -new -newkey rsa:2048 -nodes -days 3650 -sha256 \
+        -subj "/O=labcloud tests/CN=$NAME test CA" \
+        -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" \
+        -keyout "$PKI/cakey.pem" -out "$PKI/cacert.pem" 2>/dev/null
+    issue server "/O=labcloud tests/CN=$NAME" "basicConstraints=critical,CA:FALSE
+keyUsage=critical,digitalSignature,keyEncipherment
+extendedKeyUsage=serverAuth
+subjectAltName=IP:127.0.0.1,DNS:$NAME"
+    issue client "/O=labcloud tests/CN=labcloud portal" "basicConstraints=critical,CA:FALSE
+keyUsage=critical,digitalSignature,keyEncipherment
+extendedKeyUsage=clientAuth"
+    cp "$PKI/cacert.pem" "$PKI/client/cacert.pem"
+    mv "$PKI/client-cert.pem" "$PKI/client/clientcert.pem"
+    mv "$PKI/client-key.pem" "$PKI/client/clientkey.pem"
+    chmod 600 "$PKI"/*key.pem "$PKI/client/clientkey.pem"
+}
 
 # pool_ensure NAME PATH: a persistent, autostarted, active dir pool
 pool_ensure() {
@@ -43,6 +81,7 @@ write_info() {
     {
         echo "tcp_uri=$TCP_URI"
         echo "ssh_uri=$SSH_URI"
+        echo "tls_uri=$TLS_URI"
         echo "pool=$POOL"
         echo "host_uuid=$(cat "$H2/host-uuid")"
         echo "hostname=$NAME"
@@ -53,17 +92,17 @@ write_info() {
 
 # ------------------------------------------------------------------ already up?
 state=$(bash "$HERE/status.sh" || true)
-if [[ $state == up ]] && tcp_ok && ssh_ok; then
+if [[ $state == up ]] && tcp_ok && ssh_ok && tls_ok; then
     pools
     write_info
-    say "second host already up (libvirtd $(recorded_pid libvirtd)): $TCP_URI, $SSH_URI, pool $POOL"
+    say "second host already up (libvirtd $(recorded_pid libvirtd)): $TCP_URI, $SSH_URI, $TLS_URI, pool $POOL"
     exit 0
 fi
 if [[ $state != down ]]; then
-    say "stopping what runs of an earlier start ($state, not answering over both tcp and ssh)"
+    say "stopping what runs of an earlier start ($state, not answering over tcp, ssh and tls)"
     bash "$HERE/down.sh"
 fi
-for port in "$TCP_PORT" "$SSH_PORT"; do
+for port in "$TCP_PORT" "$TLS_PORT" "$SSH_PORT"; do
     ! listening "$port" || die "127.0.0.1:$port is taken by a process this script did not start"
 done
 
@@ -84,13 +123,20 @@ fi
     cat /etc/hosts
     echo "127.0.0.1 $NAME # the second host's own name (scripts/second_host/ns-init.sh)"
 } >"$H2/hosts"
+pki
 cat >"$H2/etc/libvirtd.conf" <<CONF
 # Written by scripts/second_host/up.sh (every start). Loopback only.
-listen_tls = 0
+listen_tls = 1
 listen_tcp = 1
 listen_addr = "127.0.0.1"
 tcp_port = "$TCP_PORT"
 auth_tcp = "none"
+tls_port = "$TLS_PORT"
+# The client's certificate is the authentication (checked against this CA; libvirt's default).
+auth_tls = "none"
+ca_file = "$PKI/cacert.pem"
+cert_file = "$PKI/server-cert.pem"
+key_file = "$PKI/server-key.pem"
 auth_unix_rw = "none"
 host_uuid = "$(cat "$H2/host-uuid")"
 log_outputs = "3:file:/var/log/libvirt/libvirtd.log"
@@ -224,7 +270,8 @@ until ssh_ok; do
     sleep 0.05
 done
 T_SSH=$(took)
+tls_ok || fail "no answer on $TLS_URI ($(timeout 20 virsh -q -c "$TLS_URI" version 2>&1 | tail -n 2))"
 pools
 write_info
 say "second host up in $(took) s (tcp answered at $T_TCP s, ssh at $T_SSH s): libvirtd $LIBVIRTD," \
-    "virtlogd $(recorded_pid virtlogd), sshd $(recorded_pid sshd); $TCP_URI, $SSH_URI, pool $POOL"
+    "virtlogd $(recorded_pid virtlogd), sshd $(recorded_pid sshd); $TCP_URI, $SSH_URI, $TLS_URI, pool $POOL"

@@ -1,8 +1,10 @@
 """The second libvirt host (scripts/second_host/, issue #14): a libvirtd of its own on this machine.
 
 Real parts only: its own libvirtd, virtlogd and sshd in a mount + UTS namespace, reached over
-``qemu+tcp://127.0.0.1:16510/system`` and ``qemu+ssh://root@lctest-host2/system``; one tiny guest
-under TCG. Checks: it answers over both transports as a host of its own (hostname, host UUID),
+``qemu+tcp://127.0.0.1:16510/system``, ``qemu+ssh://root@lctest-host2/system`` and
+``qemu+tls://127.0.0.1:16511/system`` (its own CA); one tiny guest
+under TCG. Checks: it answers over the three transports as a host of its own (hostname, host UUID),
+TLS checks certificates both ways (a server or a client from another CA is refused),
 listens on loopback only and mounts nothing in the system's namespace; the portal's driver reports
 its capacity and pools; a volume streamed into its pool arrives intact; a guest defined as a portal
 Host row's instance boots there (serial console over ssh); ``down.sh`` leaves nothing behind and
@@ -99,7 +101,7 @@ def downloaded_sha256(uri: str, pool: str, name: str) -> str:
 def test_answers_over_tcp_and_ssh_as_a_host_of_its_own(second_host):
     assert Path(f"/proc/{second_host.pid}/comm").read_text().strip() == "libvirtd"
     seen = {}
-    for uri in (second_host.tcp_uri, second_host.ssh_uri):
+    for uri in (second_host.tcp_uri, second_host.ssh_uri, second_host.tls_uri):
         t0 = time.monotonic()
         conn = libvirt.open(uri)
         try:
@@ -128,6 +130,7 @@ def test_answers_over_tcp_and_ssh_as_a_host_of_its_own(second_host):
 
     # Loopback only, and nothing of it is mounted in the system's namespace.
     assert listen_addresses(16510) == ["127.0.0.1"]
+    assert listen_addresses(16511) == ["127.0.0.1"]
     assert listen_addresses(10022) == ["127.0.0.1"]
     assert mount_ns(second_host.pid) != mount_ns(os.getpid())
     assert str(second_host.directory) not in Path("/proc/self/mountinfo").read_text()
@@ -143,6 +146,85 @@ def test_the_portal_takes_its_ssh_uri_and_refuses_tcp_and_key_parameters(second_
     dropin = SSH_DROPIN.read_text()
     assert f"IdentityFile {second_host.directory}/ssh/id_ed25519" in dropin
     assert f"UserKnownHostsFile {second_host.directory}/ssh/known_hosts" in dropin
+
+
+def _openssl(*args: str) -> None:
+    subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60)
+
+
+def other_ca_client(directory: Path, *, trust: Path | None = None) -> Path:
+    """A pkipath directory whose client certificate another CA (made here) signed; it trusts that CA, and
+    ``trust`` (a cacert.pem) too when given (libvirt's client checks its own certificate first)."""
+    directory.mkdir()
+    ca_key, ca_cert = directory / "otherca-key.pem", directory / "otherca.pem"
+    _openssl(
+        "req", "-x509", "-new", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=another CA",
+        "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+        "-keyout", str(ca_key), "-out", str(ca_cert),
+    )  # fmt: skip
+    _openssl(
+        "req", "-new", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=intruder",
+        "-keyout", str(directory / "clientkey.pem"), "-out", str(directory / "client.csr"),
+    )  # fmt: skip
+    (directory / "client.ext").write_text(
+        "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\n"
+        "extendedKeyUsage=clientAuth\n"
+    )
+    _openssl(
+        "x509", "-req", "-in", str(directory / "client.csr"), "-CA", str(ca_cert), "-CAkey", str(ca_key),
+        "-CAcreateserial", "-days", "2", "-extfile", str(directory / "client.ext"),
+        "-out", str(directory / "clientcert.pem"),
+    )  # fmt: skip
+    (directory / "cacert.pem").write_bytes(ca_cert.read_bytes() + (trust.read_bytes() if trust else b""))
+    return directory
+
+
+def test_tls_checks_certificates_both_ways(second_host, tmp_path, db):
+    """The portal's client refuses a server its CA did not sign; the server refuses a client another CA signed.
+    Through the portal: such a host row is down, with the reason (cloud admins read it)."""
+    from vms import hosts as host_services
+    from vms.models import Host
+
+    validate_libvirt_uri(second_host.tls_uri)
+    capacity = LibvirtDriver(second_host.tls_uri).capacity(second_host.pool)
+    assert capacity.cpus > 0 and capacity.pool_capacity > 0
+    base = second_host.tls_uri.split("?", 1)[0]
+
+    doubting = other_ca_client(tmp_path / "doubting")  # trusts only another CA
+    with pytest.raises(libvirt.libvirtError, match=r"(?i)certificate"):
+        libvirt.open(f"{base}?pkipath={doubting}").close()
+    intruder = other_ca_client(tmp_path / "intruder", trust=second_host.pki / "client" / "cacert.pem")
+    log = second_host.directory / "log" / "libvirtd.log"
+    seen = log.stat().st_size
+    with pytest.raises(libvirt.libvirtError):  # the server ends the handshake: the client's CA is not its own
+        libvirt.open(f"{base}?pkipath={intruder}").close()
+    with log.open("rb") as fh:
+        fh.seek(seen)
+        assert b"Failed to verify peer's certificate" in fh.read()  # refused by the server, not by the client
+
+    for pkipath in (doubting, intruder):
+        row = Host(
+            name=f"lctest-tls-{pkipath.name}",
+            kind=Host.Kind.LIBVIRT,
+            uri=f"{base}?pkipath={pkipath}",
+            storage_pool=second_host.pool,
+            vnc_listen="127.0.0.1",
+            virt_type=Host.VirtType.QEMU,
+        )
+        row.full_clean()
+        row.save()
+        checked = host_services.check_host(host=row)
+        assert checked.state == Host.State.DOWN
+        print(f"\n    {pkipath.name}: {checked.state_reason}", end="")
+    trusted = Host.objects.create(
+        name="lctest-tls-trusted",
+        kind=Host.Kind.LIBVIRT,
+        uri=second_host.tls_uri,
+        storage_pool=second_host.pool,
+        vnc_listen="127.0.0.1",
+        virt_type=Host.VirtType.QEMU,
+    )
+    assert host_services.check_host(host=trusted).state == Host.State.UP
 
 
 def test_driver_reports_capacity_and_pools(second_host, second_host_row):
