@@ -248,7 +248,8 @@ def start_libvirtd(host: SecondHost, timeout: float = 60) -> int:
 
 
 def remove_named(uri: str, prefix: str) -> None:
-    """Destroy and undefine the domains, and delete the volumes, of ``uri`` whose names start with ``prefix``."""
+    """Destroy and undefine the domains, delete the volumes and undefine the network filters (the NICs'
+    anti-spoofing filter, once no domain uses it) of ``uri`` whose names start with ``prefix``."""
     import libvirt
 
     conn = libvirt.open(uri)
@@ -271,5 +272,9 @@ def remove_named(uri: str, prefix: str) -> None:
                 for vol in pool.listAllVolumes(0):
                     if vol.name().startswith(prefix):
                         vol.delete(0)
+        for nwfilter in conn.listAllNWFilters(0):
+            if nwfilter.name().startswith(prefix):
+                with contextlib.suppress(libvirt.libvirtError):
+                    nwfilter.undefine()
     finally:
         conn.close()

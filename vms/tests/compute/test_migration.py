@@ -7,11 +7,15 @@ copy-storage migration read back the same afterwards (checksums computed in the 
 
 - copy-storage: live there and back (the base image goes to the destination through the portal's
   image copy first; libvirt mirrors the overlay's own blocks), then cold (shut off: the volumes
-  travel through the portal), booting again on the destination with the data intact;
-- shared storage: the second host's pool is the same directory as the system host's (both hosts
-  named with one ``storage_share``): nothing is copied, the files stay where they are;
-- a migration cancelled mid-way and one whose destination QEMU dies mid-way: the guest runs on
-  its source, untouched, and the destination keeps nothing of it;
+  travel through the portal), booting again on the destination with the data intact; the guest has
+  a NIC on a bridge both hosts reach (the test's own, no address, no uplink, as a lab's hosts share
+  one L2 segment): it keeps its MAC and network, and its tap and anti-spoofing filter follow it;
+- shared storage, the second host reached over qemu+tls (its own CA): the second host's pool is the
+  same directory as the system host's (both hosts named with one ``storage_share``): nothing is
+  copied; there, the job switches to post-copy at its deadline; back, the worker dies once libvirt
+  has finished (the rows still name the source) and the recovery sweep's retry finishes the rows;
+- a migration cancelled mid-way, one whose destination QEMU dies mid-way and one past its deadline:
+  the guest runs on its source, untouched, and the destination keeps nothing of it;
 - draining a host with three instances (one running, two shut off): all of them on the other host;
 - a batch spread over both hosts, the image copied to the second one once, its guest's consoles,
   metrics and snapshots there, and one watcher following both daemons;
@@ -19,10 +23,9 @@ copy-storage migration read back the same afterwards (checksums computed in the 
   host whose management died): the instance is rebuilt on the system host from its image, and when
   the second daemon answers again the watcher's reconcile destroys the old copy there.
 
-The guests have no NIC: a libvirt network on the second daemon would be a second bridge in the
-machine's one network namespace (the second host shares it). The NIC's move (its network and
-anti-spoofing filter on the destination) is checked on the destination XML in
-vms/tests/test_migration_requests.py.
+The second daemon shares the machine's network namespace, so a NIC's tap on either host can sit on the
+same bridge; isolated or NAT libvirt networks are per host (each has its own bridge and subnet), which
+is why the NIC test uses an existing bridge.
 """
 
 from __future__ import annotations
@@ -30,15 +33,19 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import secrets
 import socket
+import subprocess
 import threading
 import time
 import xml.etree.ElementTree as ET
+from datetime import timedelta
 from pathlib import Path
 
 import libvirt
 import pytest
 from django.db import connection
+from django.utils import timezone
 from rest_framework.test import APIClient
 
 from images.models import ImageReplica
@@ -46,10 +53,12 @@ from portal.backends.libvirt.connection import connect
 from portal.backends.libvirt.driver import LibvirtDriver
 from portal.services import ServiceError
 from portal.testing_second_host import kill_libvirtd, remove_named, start_libvirtd
+from vms import execution, lifecycle, moves, networks
 from vms import hosts as host_services
-from vms import lifecycle, moves
 from vms.compute import compute_for
-from vms.models import Flavor, Host, Instance, Operation, PlacementRule, Snapshot
+from vms.compute.libvirt import migration as compute_migration
+from vms.compute.libvirt.spec import nic_filter_name
+from vms.models import Flavor, Host, Instance, Network, Operation, PlacementRule, Snapshot
 from vms.tests.compute.test_libvirt_guests import BOOTED, wait_for_marker
 from vms.tests.conftest import QEMU_URI, active_image, watcher_running
 from vms.tests.guest_shell import GuestShell
@@ -102,22 +111,79 @@ def tenant_with_tiny_image(make_tenant, make_user, guest_media, name: str):
     return tenant, user, image, flavor
 
 
-@pytest.fixture
-def guest(hosts, guest_media, make_tenant, make_user, run_tasks):
-    """A tiny guest launched on the system host, booted, with a shell on its serial console."""
-    system, _second = hosts
+def launch_guest(hosts, guest_media, make_tenant, make_user, run_tasks, network: Network | None = None) -> Instance:
+    """A tiny guest launched on the system host (with a NIC on ``network`` if given), booted; then the second
+    host takes instances too."""
+    system, second = hosts
     tenant, user, image, flavor = tenant_with_tiny_image(make_tenant, make_user, guest_media, "migrate")
     launch = run_tasks(
-        lambda: lifecycle.launch_instances(actor=user, tenant=tenant, name="mover", flavor=flavor, image=image)
+        lambda: lifecycle.launch_instances(
+            actor=user, tenant=tenant, name="mover", flavor=flavor, image=image, network=network
+        )
     )
     ok(Operation.objects.get(pk=launch.operations[0].pk))
     instance = Instance.objects.select_related("host").get(pk=launch.instances[0].pk)
     assert instance.host == system
     system.lctest.track(str(instance.uuid))
-    Host.objects.filter(pk=_second.pk).update(enabled=True)
-    _second.refresh_from_db()
+    Host.objects.filter(pk=second.pk).update(enabled=True)
+    second.refresh_from_db()
     wait_for_marker(system.lctest.work / f"{instance.domain_name}.serial.log", BOOTED)
     return instance
+
+
+@pytest.fixture
+def guest(hosts, guest_media, make_tenant, make_user, run_tasks):
+    """A tiny guest launched on the system host, booted, with a shell on its serial console; no NIC."""
+    return launch_guest(hosts, guest_media, make_tenant, make_user, run_tasks)
+
+
+@pytest.fixture
+def lab_bridge(hosts, second_host, make_user):
+    """A network both hosts reach, as a lab's hosts share one L2 segment: a Linux bridge the test makes (no
+    address, no uplink: nothing leaves it) and a portal network of mode "existing bridge" over it, which the
+    portal defines on each host as it needs it. Removed afterwards, with the libvirt networks."""
+    name = f"lct{secrets.token_hex(4)}"
+    subprocess.run(["ip", "link", "add", "name", name, "type", "bridge"], check=True, timeout=30)
+    try:
+        subprocess.run(["ip", "link", "set", name, "up"], check=True, timeout=30)
+        network = networks.create_network(
+            actor=make_user("admin-network", staff=True),
+            name=f"lctest-{name}",
+            libvirt_name=f"lctest-{name}",
+            mode=Network.Mode.BRIDGE,
+            bridge=name,
+            dhcp=False,
+            is_public=True,
+        )
+        yield network
+    finally:
+        for uri in (QEMU_URI, second_host.tcp_uri):
+            with contextlib.suppress(libvirt.libvirtError):
+                defined = connect(uri).networkLookupByName(f"lctest-{name}")
+                with contextlib.suppress(libvirt.libvirtError):
+                    defined.destroy()
+                defined.undefine()
+        subprocess.run(["ip", "link", "del", name], check=False, timeout=30)
+
+
+def nic_on(uri: str, uuid: str) -> tuple[str, str, str, str]:
+    """The guest's NIC as the host runs it: MAC, libvirt network, its filter's name, and the bridge its tap
+    device is on (read from the kernel); asserts that the host's network filter driver has bound the filter
+    to that tap."""
+    conn = connect(uri)
+    nic = ET.fromstring(conn.lookupByUUIDString(uuid).XMLDesc(0)).find("devices/interface")  # noqa: S314
+    assert nic is not None, "no NIC"
+    tap = nic.find("target").get("dev")
+    bridge = Path(f"/sys/class/net/{tap}/master").resolve().name
+    bindings = {b.portDev(): b.filterName() for b in conn.listAllNWFilterBindings(0)}
+    assert bindings.get(tap) == nic.find("filterref").get("filter"), bindings
+    return nic.find("mac").get("address"), nic.find("source").get("network"), bindings[tap], bridge
+
+
+@pytest.fixture
+def nic_guest(hosts, guest_media, make_tenant, make_user, run_tasks, lab_bridge):
+    """The tiny guest with a NIC on ``lab_bridge``, its anti-spoofing filter bound."""
+    return launch_guest(hosts, guest_media, make_tenant, make_user, run_tasks, network=lab_bridge)
 
 
 class Ticker:
@@ -171,10 +237,18 @@ def admin(make_user):
     return make_user("admin-migrate", staff=True)
 
 
-def test_live_there_and_back_then_cold_with_copied_storage(hosts, guest, make_user, run_tasks, second_host):
+def test_live_there_and_back_then_cold_with_copied_storage(
+    hosts, nic_guest, lab_bridge, make_user, run_tasks, second_host
+):
+    """With a NIC on a bridge both hosts reach: it keeps its MAC and network, its tap lands on the bridge on
+    each host in turn and its anti-spoofing filter is bound there (the source's tap and binding go)."""
     system, second = hosts
+    guest = nic_guest
     staff = admin(make_user)
     uuid = str(guest.uuid)
+    nic = nic_on(QEMU_URI, uuid)
+    assert nic == (guest.mac_address, lab_bridge.libvirt_name, nic_filter_name(), lab_bridge.bridge)
+    before_taps = set(os.listdir(f"/sys/class/net/{lab_bridge.bridge}/brif"))
     with GuestShell(system.uri, uuid) as shell:
         shell.ready()
         status, output = shell.run(
@@ -199,6 +273,8 @@ def test_live_there_and_back_then_cold_with_copied_storage(hosts, guest, make_us
     assert {f"{guest.domain_name}-root.qcow2", f"{guest.domain_name}-seed.iso"} <= there
     assert ImageReplica.objects.get(image=guest.image, host=second).state == ImageReplica.State.READY
     ticker.past(second.uri, uuid)  # the ticker goes on, on the second host
+    assert nic_on(second_host.tcp_uri, uuid) == nic
+    assert len(set(os.listdir(f"/sys/class/net/{lab_bridge.bridge}/brif")) & before_taps) == 0  # the old tap went
     with GuestShell(second.uri, uuid) as shell:
         shell.ready()
         assert checksums(shell) == before
@@ -208,6 +284,8 @@ def test_live_there_and_back_then_cold_with_copied_storage(hosts, guest, make_us
     guest.refresh_from_db()
     assert guest.host == system and on_host(QEMU_URI, uuid) == "running" and on_host(second_host.tcp_uri, uuid) is None
     ticker.past(system.uri, uuid)
+    assert nic_on(QEMU_URI, uuid) == nic
+    assert len(os.listdir(f"/sys/class/net/{lab_bridge.bridge}/brif")) == 1
     with GuestShell(system.uri, uuid) as shell:
         shell.ready()
         assert checksums(shell) == before
@@ -223,6 +301,7 @@ def test_live_there_and_back_then_cold_with_copied_storage(hosts, guest, make_us
     assert guest.host == second and guest.state == Instance.State.SHUTOFF
     assert on_host(QEMU_URI, uuid) is None and on_host(second_host.tcp_uri, uuid) == "shutoff"
     ok(run_tasks(lambda: lifecycle.request_action(actor=staff, instance=guest, action="start")))
+    assert nic_on(second_host.tcp_uri, uuid) == nic
     with GuestShell(second.uri, uuid) as shell:
         shell.ready(timeout=240)  # it booted there: its shell answers
         assert checksums(shell) == before
@@ -314,6 +393,20 @@ def test_cancelled_and_failed_migrations_leave_the_guest_where_it_was(hosts, gue
     assert leftovers() == []
     ticker.past(system.uri, uuid)
 
+    # past MIGRATION_TIMEOUT_SECONDS without post-copy: the worker aborts the job itself
+    settings.LABCLOUD_MIGRATION_TIMEOUT = 1
+    worker = _migrate_in_thread(actor=staff, instance=guest, host=second)
+    worker.join(120)
+    assert not worker.is_alive()
+    operation = Operation.objects.filter(kind="instance.migrate").latest("pk")
+    assert operation.state == Operation.State.FAILED
+    assert operation.error == "The migration took too long and was stopped; the instance runs where it was."
+    guest.refresh_from_db()
+    assert (guest.host, guest.migration_target, guest.task, guest.state) == (system, None, "", Instance.State.RUNNING)
+    assert on_host(QEMU_URI, uuid) == "running"
+    assert leftovers() == []
+    ticker.past(system.uri, uuid)
+
 
 @pytest.fixture
 def shared_pool(hosts, second_host):
@@ -337,27 +430,59 @@ def shared_pool(hosts, second_host):
         conn.close()
 
 
-def test_shared_storage_moves_no_file(hosts, shared_pool, guest, make_user, run_tasks, second_host):
+def test_shared_storage_over_tls_post_copy_and_a_retry(
+    hosts, shared_pool, guest, make_user, run_tasks, second_host, settings
+):
+    """Shared storage moves no file; the second host is reached over qemu+tls (its own CA) this time. There,
+    switched to post-copy at the deadline; back, the worker "dies" once libvirt has finished and the
+    recovery sweep's retry only writes the rows."""
     system, second = hosts
+    Host.objects.filter(pk=second.pk).update(uri=second_host.tls_uri)
+    second.refresh_from_db()
+    second.full_clean()  # the portal takes the TLS URI as an admin would enter it
     staff = admin(make_user)
     uuid = str(guest.uuid)
     root = shared_pool / f"{guest.domain_name}-root.qcow2"
     inode = root.stat().st_ino
     ticker = start_ticker(system.uri, uuid)
 
+    # there, slowed to 2 MiB/s: past the 1 s deadline the job switches to post-copy and finishes there
+    settings.LABCLOUD_MIGRATION_BANDWIDTH_MIB = 2
+    settings.LABCLOUD_MIGRATION_TIMEOUT = 1
+    settings.LABCLOUD_MIGRATION_POST_COPY = True
     operation = ok(run_tasks(lambda: moves.migrate_instance(actor=staff, instance=guest)))
+    assert operation.params["result"]["post_copy"] is True, operation.params["result"]
     guest.refresh_from_db()
     assert guest.host.pk == second.pk and on_host(second_host.tcp_uri, uuid) == "running"
     assert on_host(QEMU_URI, uuid) is None
     assert root.stat().st_ino == inode  # the same file, not a copy
     xml = connect(second_host.tcp_uri).lookupByUUIDString(uuid).XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
     assert f"pool='{Host.objects.get(pk=second.pk).storage_pool}'" in xml
-    ticker.past(second.uri, uuid)
-    print(f"\n    shared storage, live: {operation.params['result']}", end="")
+    ticker.past(second.uri, uuid)  # over TLS: the serial console stream
+    print(f"\n    shared storage, live, post-copy: {operation.params['result']}", end="")
+    settings.LABCLOUD_MIGRATION_POST_COPY = False
+    settings.LABCLOUD_MIGRATION_TIMEOUT = 600
+    settings.LABCLOUD_MIGRATION_BANDWIDTH_MIB = 0
 
-    ok(run_tasks(lambda: moves.migrate_instance(actor=staff, instance=guest)))
+    # back: the request is taken (its task not run yet); a worker runs the migration up to libvirt's finish
+    # and dies before it writes the rows: the instance row still names the second host
+    operation = moves.migrate_instance(actor=staff, instance=guest, host=system)
+    Operation.objects.filter(pk=operation.pk).update(state=Operation.State.RUNNING, started_at=timezone.now())
+    operation.refresh_from_db()
+    moving = Instance.objects.select_related("host", "migration_target").get(pk=guest.pk)
+    compute_migration.migrate(operation, moving, moving.migration_target, seed=None)
+    assert on_host(QEMU_URI, uuid) == "running" and on_host(second_host.tcp_uri, uuid) is None
     guest.refresh_from_db()
-    assert guest.host.pk == system.pk and on_host(QEMU_URI, uuid) == "running"
+    assert (guest.host.pk, guest.migration_target_id, guest.task) == (second.pk, system.pk, "migrate")
+
+    # the worker's heartbeats stopped when it died; the sweep finds it stale and re-queues it; the retry runs
+    Operation.objects.filter(pk=operation.pk).update(heartbeat_at=timezone.now() - timedelta(hours=1))
+    assert run_tasks(lambda: execution.recover_stale_operations()) == [operation.pk]
+    operation = ok(operation)
+    assert operation.params["attempts"] == 1 and operation.message == "Migrated."
+    guest.refresh_from_db()
+    assert (guest.host.pk, guest.migration_target, guest.task) == (system.pk, None, "")
+    assert guest.state == Instance.State.RUNNING and on_host(QEMU_URI, uuid) == "running"
     assert root.stat().st_ino == inode
     ticker.past(system.uri, uuid)
 
