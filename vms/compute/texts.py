@@ -18,7 +18,19 @@ ALL_MOVED = gettext_noop("Every instance moved; the host stays disabled.")
 HOST_GONE = gettext_noop("The host no longer exists.")
 EVACUATING = gettext_noop("Rebuilding the instances on other hosts")
 ALL_EVACUATED = gettext_noop("Every instance was rebuilt on another host; the host stays disabled.")
-EVACUATED = gettext_noop("Rebuilt on another host.")
+# What an evacuated instance's member reads on its operation: (disks reused on shared storage, snapshots lost).
+EVACUATED = {
+    (True, False): gettext_noop("Its host went down: rebuilt on another host with its disks."),
+    (True, True): gettext_noop(
+        "Its host went down: rebuilt on another host with its disks; its snapshots were lost with the host."
+    ),
+    (False, False): gettext_noop(
+        "Its host went down: rebuilt on another host from its image; what its disks held was lost."
+    ),
+    (False, True): gettext_noop(
+        "Its host went down: rebuilt on another host from its image; what its disks held and its snapshots were lost."
+    ),
+}
 WORKER_STOPPED = gettext_noop("The worker running this operation stopped; it can be started again.")
 
 operations.register_stored_texts(
@@ -33,6 +45,6 @@ operations.register_stored_texts(
     HOST_GONE,
     EVACUATING,
     ALL_EVACUATED,
-    EVACUATED,
+    *EVACUATED.values(),
     WORKER_STOPPED,
 )

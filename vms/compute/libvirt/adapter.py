@@ -467,13 +467,13 @@ class LibvirtAdapter(AdapterBase):
             instance.host = source
             raise
         # The snapshots' records were on the dead host (and their blocks in its disks, unless shared).
-        Snapshot.objects.filter(instance=instance).delete()
+        lost, _counts = Snapshot.objects.filter(instance=instance).delete()
         Instance.objects.filter(pk=instance.pk).update(
             host=destination, migration_target=None, evacuated_from=source, snapshot_bytes=0
         )
         instance.migration_target, instance.evacuated_from, instance.snapshot_bytes = None, source, 0
         _record(instance, driver.state(str(instance.uuid)))
-        return EVACUATED
+        return EVACUATED[(shared, lost > 0)]  # what the member reads on the instance's operation
 
     @staticmethod
     def _abandon_rebuild(instance: Instance, driver: LibvirtDriver, pool: str, *, shared: bool) -> None:

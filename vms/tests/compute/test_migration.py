@@ -540,6 +540,7 @@ def test_evacuate_a_dead_host_then_its_old_copy_goes(
     system.lctest.track(uuid)
     pid_file = second_host.directory / "run" / "libvirt" / "qemu" / f"{instance.domain_name}.pid"
     qemu_pid = int(pid_file.read_text().strip())
+    ok(run_tasks(lambda: lifecycle.create_snapshot(actor=user, instance=instance, name="before")))
     Host.objects.filter(pk=system.pk).update(enabled=True)
     staff = admin(make_user)
     with pytest.raises(ServiceError, match="answers: drain it instead"):
@@ -557,6 +558,13 @@ def test_evacuate_a_dead_host_then_its_old_copy_goes(
         assert (instance.host.pk, instance.evacuated_from_id, instance.task) == (system.pk, second.pk, "")
         assert instance.state == Instance.State.RUNNING and on_host(QEMU_URI, uuid) == "running"
         assert Path(f"/proc/{qemu_pid}").exists()  # the old copy still runs there: nobody could stop it yet
+        rebuilt = Operation.objects.get(kind="instance.evacuate", target_id=str(instance.pk))
+        assert rebuilt.tenant_id == tenant.pk  # the member reads what was lost on the instance's operation
+        assert rebuilt.message == (
+            "Its host went down: rebuilt on another host from its image; what its disks held and its snapshots "
+            "were lost."
+        )
+        assert not Snapshot.objects.filter(instance=instance).exists()
     finally:
         start_libvirtd(second_host)
 
