@@ -3,6 +3,7 @@ from django.urls import include, path
 
 from portal.prometheus import metrics_view
 
+handler400 = "portal.views.bad_request"  # problem+json under /api/ (413 for a body over Django's in-memory limit)
 handler500 = "portal.views.server_error"  # problem+json under /api/, 503 while the database or broker is away
 
 urlpatterns = [

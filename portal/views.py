@@ -10,9 +10,10 @@ import sys
 from dataclasses import dataclass
 
 import kombu.exceptions
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.core.exceptions import PermissionDenied
+from django.core.exceptions import PermissionDenied, RequestDataTooBig
 from django.db import InterfaceError, OperationalError
 from django.http import Http404, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render, resolve_url
@@ -24,6 +25,7 @@ from django.utils.text import capfirst
 from django.utils.translation import gettext as _
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_POST
+from django.views.defaults import bad_request as django_bad_request
 
 from portal.access import CHANGE, DELETE, VIEW, access_by_id, is_cloud_admin
 from portal.api.exceptions import problem_response
@@ -319,6 +321,27 @@ def member_remove(request, pk: int):
 # What a part of the portal that is away raises (the database restarting, the broker stopped): a 503, try again.
 UNAVAILABLE = (OperationalError, InterfaceError, kombu.exceptions.OperationalError)
 RETRY_AFTER_SECONDS = 5
+
+
+def bad_request(request, exception):
+    """``handler400``: a request Django refused before any view (``SuspiciousOperation``). problem+json under
+    /api/ — 413 for a body over ``DATA_UPLOAD_MAX_MEMORY_SIZE`` —, Django's own page elsewhere."""
+    if not request.path.startswith("/api/"):
+        return django_bad_request(request, exception)
+    if isinstance(exception, RequestDataTooBig):
+        return problem_response(
+            status_code=413,
+            code="too_large",
+            title=_("Request too large"),
+            detail=_("The request body exceeds %(limit)d bytes; send a large file in chunks.")
+            % {"limit": settings.DATA_UPLOAD_MAX_MEMORY_SIZE},
+        )
+    return problem_response(
+        status_code=400,
+        code="bad_request",
+        title=_("Bad request"),
+        detail=_("The portal cannot read this request."),
+    )
 
 
 def server_error(request):

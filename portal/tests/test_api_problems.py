@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from rest_framework.test import APIClient
 
-from portal.models import Membership
+from portal.models import Membership, Tenant
 from portal.testing import assert_problem
 
 PROBLEM = "application/problem+json"
@@ -106,3 +108,22 @@ def test_a_database_away_answers_503_with_retry_after(actors, settings):
     response = page.get("/away/", HTTP_ACCEPT_LANGUAGE="zh-hans")
     assert response.status_code == 503 and response["Retry-After"] == "5"
     assert "门户正在重启" in response.content.decode() and "5432" not in response.content.decode()
+
+
+def test_413_a_body_over_the_in_memory_limit(actors, settings):
+    """Over DATA_UPLOAD_MAX_MEMORY_SIZE (Django's 2.5 MB) but under the server's own limit: problem+json 413,
+    not Django's HTML 400 page; nothing is created."""
+    client = actors.client("cloud_admin")
+    name = "x" * (settings.DATA_UPLOAD_MAX_MEMORY_SIZE + 1)
+    response = client.generic("POST", "/api/v1/tenants/", json.dumps({"name": name}), content_type="application/json")
+    problem = assert_problem(response, 413, "too_large")
+    assert problem["detail"] == (
+        f"The request body exceeds {settings.DATA_UPLOAD_MAX_MEMORY_SIZE} bytes; send a large file in chunks."
+    )
+    assert not Tenant.objects.filter(name=name).exists()
+
+
+def test_other_bad_requests_django_refuses_are_problems_too(actors):
+    """Django's own 400s (SuspiciousOperation: here a Host header it does not serve) under /api/."""
+    response = actors.client("member").get("/api/v1/tenants/", HTTP_HOST="evil.example")
+    assert_problem(response, 400, "bad_request")
