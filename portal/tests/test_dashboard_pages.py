@@ -386,3 +386,13 @@ def test_friendly_error_pages(actors):
     assert "You are not allowed to do this" in response.content.decode()
     response = Client().get("/no-such-page/")
     assert response.status_code == 404 and "Back to the overview" in response.content.decode()
+
+
+def test_favicon_ico_leads_to_the_portals_icon(client):
+    """Browsers ask for /favicon.ico on pages without an icon link (the API's JSON): not a 404."""
+    from django.contrib.staticfiles import finders
+
+    response = client.get("/favicon.ico")
+    assert response.status_code == 301
+    assert response["Location"].endswith("portal/favicon.svg")
+    assert finders.find("portal/favicon.svg")
