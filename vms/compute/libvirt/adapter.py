@@ -118,7 +118,7 @@ def _seed(instance: Instance) -> bytes:
     keys = [instance.keypair.public_key] if instance.keypair is not None else []
     return build_nocloud_seed(
         instance_id=str(instance.uuid),
-        hostname=hostname_from(instance.name),
+        hostname=hostname_from(instance.name, fallback=f"instance-{str(instance.uuid)[:8]}"),
         ssh_keys=keys,
         user_data=instance.user_data or None,
     )

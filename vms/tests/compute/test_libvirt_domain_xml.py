@@ -485,7 +485,26 @@ def test_seed_without_pyyaml_writes_json_which_is_yaml(monkeypatch):
 
 @pytest.mark.parametrize(
     ("name", "expected"),
-    [("Web Server 1", "web-server-1"), ("中文名称", "instance"), ("--a__b--", "a-b"), ("x" * 80, "x" * 63)],
+    [
+        ("Web Server 1", "web-server-1"),
+        ("中文名称", "zhong-wen-ming-cheng"),  # not "instance" for every Chinese name (#19)
+        ("计算机网络实验 第3组", "ji-suan-ji-wang-luo-shi-yan-di-3zu"),
+        ("Сервер Иван", "server-ivan"),
+        ("Ελληνικά", "ellenika"),
+        ("café-olé", "cafe-ole"),
+        ("🚀", "instance"),  # nothing left: the fallback
+        ("--a__b--", "a-b"),
+        ("x" * 80, "x" * 63),
+    ],
 )
 def test_hostname_from(name, expected):
     assert hostname_from(name) == expected
+
+
+def test_a_name_of_emoji_only_names_the_guest_after_its_id():
+    from vms.compute.libvirt.adapter import _seed
+    from vms.models import Instance
+
+    instance = Instance(name="🚀🚀", uuid=uuid.UUID("1234abcd-0000-4000-8000-000000000000"))
+    meta = yaml.safe_load(read_seed(_seed(instance))["meta-data"])
+    assert meta["local-hostname"] == "instance-1234abcd"
