@@ -28,7 +28,7 @@ from vms import actions, limits, operations, realtime
 from vms.compute import Capability, compute_for, host_can
 from vms.models import Flavor, Instance, InstanceDisk, Keypair, Network, Operation, Snapshot
 from vms.scheduler import check_growth, check_storage, place, placement_target
-from vms.selectors import snapshot_reservation_mib
+from vms.selectors import instance_shape, snapshot_fits, snapshot_reservation_mib
 from vms.services import reserve_instances
 from vms.tasks import run_instance_operation
 
@@ -394,9 +394,7 @@ def revert_snapshot(*, actor, snapshot: Snapshot, ip: str | None = None) -> Oper
         actions.check(instance, "snapshot_revert")
         if snapshot.state != Snapshot.State.AVAILABLE:
             raise ConflictError(_("Snapshot “%(name)s” is not available.") % {"name": snapshot.name})
-        now = (instance.vcpus, instance.ram_mib, instance.disk_gib, sorted(instance.disks.values_list("pk", flat=True)))
-        if now != (snapshot.vcpus, snapshot.ram_mib, snapshot.disk_gib, snapshot.disk_ids):
-            # A revert brings back the domain of that moment: its sizes and disks must be what quota counts now.
+        if not snapshot_fits(snapshot=snapshot, shape=instance_shape(instance=instance)):
             raise ConflictError(
                 _(
                     "Instance “%(name)s” was resized or its disks changed since snapshot “%(snapshot)s”; "

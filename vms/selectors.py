@@ -100,6 +100,25 @@ def flavors_for(*, user, tenant: Tenant | None = None) -> QuerySet[Flavor]:
     return flavors.prefetch_related("tenants")
 
 
+def resize_flavors_for(*, user, instance: Instance) -> QuerySet[Flavor]:
+    """The flavors the instance may be resized to: the tenant's others whose disk is not smaller (disks only grow)."""
+    return (
+        flavors_for(user=user, tenant=instance.tenant)
+        .exclude(pk=instance.flavor_id)
+        .filter(disk_gib__gte=instance.disk_gib)
+    )
+
+
+def instance_shape(*, instance: Instance) -> tuple:
+    """What a snapshot must have been taken with to be reverted to: the sizes and the attached disks now."""
+    return (instance.vcpus, instance.ram_mib, instance.disk_gib, sorted(instance.disks.values_list("pk", flat=True)))
+
+
+def snapshot_fits(*, snapshot: Snapshot, shape: tuple) -> bool:
+    """A revert brings back the domain of that moment: its sizes and disks must be what the quota counts now."""
+    return shape == (snapshot.vcpus, snapshot.ram_mib, snapshot.disk_gib, snapshot.disk_ids)
+
+
 def hosts_for(*, user) -> QuerySet[Host]:
     return Host.objects.restrict(user, VIEW)
 

@@ -28,9 +28,12 @@
     return isNaN(value) || value < 1 ? 1 : value;
   }
 
+  var submit = document.getElementById("lc-launch-submit");
+
   function updateImpact() {
     var flavor = chosenFlavor();
     var n = count();
+    var anyOver = false;
     var per = { instances: 1, vcpus: flavor ? flavor.vcpus : 0, ram_mib: flavor ? flavor.ram_mib : 0,
       disk_gib: flavor ? flavor.disk_gib : 0 };
     Object.keys(data.quota).forEach(function (resource) {
@@ -52,7 +55,12 @@
       bar.className = "progress-bar " + (over ? "bg-danger" : percent >= 90 ? "bg-warning" : "bg-success");
       line.querySelector(".progress").setAttribute("aria-valuenow", String(percent));
       line.querySelector(".lc-over-note").classList.toggle("d-none", !over);
+      anyOver = anyOver || over;
     });
+    // Launch is offered only when the service would take it: not over a quota (the note says which).
+    if (submit) {
+      submit.disabled = anyOver || submit.getAttribute("data-lc-can-launch") !== "true";
+    }
   }
 
   function updateFlavorHints() {

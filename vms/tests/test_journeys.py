@@ -287,6 +287,13 @@ def test_member_hits_the_instances_quota(daphne, actors, catalogue, browser_page
     line = page.locator('#lc-quota-impact [data-resource="instances"]')
     expect(line).to_have_class(re.compile(r"\blc-over\b"))
     expect(line.locator(".lc-over-note")).to_be_visible()
+    expect(page.locator("#lc-launch-submit")).to_be_disabled()  # what would be refused is not offered (#19)
+    page.fill("#id_count", "2")  # still over: still not offered
+    expect(page.locator("#lc-launch-submit")).to_be_disabled()
+    page.fill("#id_count", "1")
+
+    # a request sent anyway (the button enabled by hand, an old tab) is refused by the service
+    page.eval_on_selector("#lc-launch-submit", "button => { button.disabled = false; }")
     page.click("#lc-launch-submit")
 
     alert = page.locator("#lc-launch-form .alert-danger")

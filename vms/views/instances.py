@@ -41,7 +41,15 @@ from vms.forms import (
     SnapshotForm,
 )
 from vms.models import Instance, InstanceDisk, Operation, Snapshot
-from vms.selectors import flavors_for, instances_for, metric_points_for, operations_for_target
+from vms.selectors import (
+    flavors_for,
+    instance_shape,
+    instances_for,
+    metric_points_for,
+    operations_for_target,
+    resize_flavors_for,
+    snapshot_fits,
+)
 from vms.views.common import form_errors, report
 from vms.views.consoles import console_config
 
@@ -210,7 +218,7 @@ def instance_detail(request, pk: int):
     instance = access_instance_by_id(user=user, instance_id=pk)
     staff = is_cloud_admin(user)
     _attach_active_operations(user, [instance])
-    flavors = flavors_for(user=user, tenant=instance.tenant).exclude(pk=instance.flavor_id)
+    flavors = resize_flavors_for(user=user, instance=instance)  # only those a resize would take
     can_delete = Instance.objects.restrict(user, DELETE).filter(pk=pk).exists()
     can_console = Instance.objects.restrict(user, CHANGE).filter(pk=pk).exists()
     operations = list(operations_for_target(user=user, target=instance).select_related("user")[:OPERATIONS_SHOWN])
@@ -239,7 +247,7 @@ def instance_detail(request, pk: int):
             "migrate_form": MigrateForm(instance=instance) if staff and actions.offered(instance, "migrate") else None,
             "can_migrate": staff and actions.refusal(instance, "migrate") is None,
             "disks": list(InstanceDisk.objects.restrict(user, VIEW).filter(instance=instance).order_by("pk")),
-            "snapshots": list(Snapshot.objects.restrict(user, VIEW).filter(instance=instance)),
+            "snapshots": _snapshots(user, instance),
             "operations": operations,
             "live_config": live_config(tenant_id=instance.tenant_id, instance_id=instance.pk),
             "console_config": console_config(request, instance, auto_connect=False) if can_console else None,
@@ -247,6 +255,16 @@ def instance_detail(request, pk: int):
             "metrics_data": _metrics_data(user, instance),
         },
     )
+
+
+def _snapshots(user, instance: Instance) -> list[Snapshot]:
+    """The instance's snapshots, each marked ``fits`` when a revert would take it (same sizes and disks as now)."""
+    snapshots = list(Snapshot.objects.restrict(user, VIEW).filter(instance=instance))
+    if snapshots:
+        shape = instance_shape(instance=instance)
+        for snapshot in snapshots:
+            snapshot.fits = snapshot_fits(snapshot=snapshot, shape=shape)
+    return snapshots
 
 
 def _metrics_data(user, instance: Instance) -> dict:

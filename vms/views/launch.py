@@ -195,6 +195,7 @@ def instance_launch(request):
     except (TypeError, ValueError):
         count = 1
     chosen = str(form["image"].value() or "")
+    impact = _impact(quota, flavor, count)
     return render(
         request,
         "vms/instance_launch.html",
@@ -205,7 +206,8 @@ def instance_launch(request):
             "flavors": flavors,
             "selected_flavor": selected,
             "has_sources": bool(images),
-            "impact": _impact(quota, flavor, count),
+            "impact": impact,
+            "over_quota": any(line.over for line in impact),  # Launch is not offered (launch.js keeps it so)
             "placement": _placement_note(tenant),
             "max_batch": settings.LABCLOUD_MAX_BATCH,
             "launch_data": {

@@ -565,3 +565,48 @@ def test_background_refresh_leaves_the_messages_for_the_next_page(actors, runnin
     refresh = client.get(url, HTTP_X_LC_REFRESH="1").content.decode()
     assert "Taking snapshot" not in refresh
     assert "Taking snapshot “before”." in text(client.get(url).content.decode())
+
+
+def test_detail_offers_only_the_resizes_and_reverts_the_services_take(actors, running, flavor, big_flavor):
+    """Resize lists no flavor with a smaller disk; a snapshot taken at other sizes offers no Revert (#19)."""
+    smaller = Flavor.objects.create(name="m1.tiny", vcpus=1, ram_mib=512, disk_gib=5)
+    Instance.objects.filter(pk=running.pk).update(state=Instance.State.SHUTOFF)
+    now = {"vcpus": running.vcpus, "ram_mib": running.ram_mib, "disk_gib": running.disk_gib}
+    Snapshot.objects.create(tenant=actors.tenant, instance=running, name="fits", state="available", **now)
+    Snapshot.objects.create(
+        tenant=actors.tenant, instance=running, name="smaller", state="available", **{**now, "disk_gib": 5}
+    )
+    html = login(actors.member).get(reverse("instance_detail", args=[running.pk])).content.decode()
+    resize = re.search(r'id="lc-instance-resize".*?</form>', html, re.S).group(0)
+    assert f'value="{big_flavor.pk}"' in resize and f'value="{smaller.pk}"' not in resize
+
+    def revert_button(name: str) -> str:
+        row = re.search(rf'<tr data-snapshot="{name}">.*?</tr>', html, re.S).group(0)
+        return re.search(r'<button[^>]*data-lc-action="snapshot_revert"[^>]*>', row).group(0)
+
+    assert 'data-lc-needs-available="true"' in revert_button("fits") and "disabled" not in revert_button("fits")
+    refused = revert_button("smaller")
+    assert 'data-lc-needs-available="false"' in refused and " disabled" in refused
+    assert "resized or its disks changed since this snapshot" in refused
+
+    # what the page does not offer, the service refuses (the same check)
+    snapshot = Snapshot.objects.get(name="smaller")
+    response = login(actors.member).post(
+        reverse("instance_snapshot_revert", args=[running.pk, snapshot.pk]), follow=True
+    )
+    assert any("was resized or its disks changed" in note for note in messages_of(response))
+    Flavor.objects.filter(pk=smaller.pk).update(disk_gib=running.disk_gib)  # as large: offered again
+    html = login(actors.member).get(reverse("instance_detail", args=[running.pk])).content.decode()
+    assert f'value="{smaller.pk}"' in re.search(r'id="lc-instance-resize".*?</form>', html, re.S).group(0)
+
+
+def test_launch_is_not_offered_over_a_quota(actors, host, flavor, big_flavor, image, launch):
+    """The first render of the launch page disables Launch when the chosen flavor and count are over a quota."""
+    Quota.objects.filter(tenant=actors.tenant).update(instances=1)
+    launch("web")
+    html = login(actors.member).get(reverse("instance_launch")).content.decode()
+    button = re.search(r'<button[^>]*id="lc-launch-submit"[^>]*>', html).group(0)
+    assert " disabled" in button and 'data-lc-can-launch="true"' in button
+    Quota.objects.filter(tenant=actors.tenant).update(instances=5)
+    html = login(actors.member).get(reverse("instance_launch")).content.decode()
+    assert " disabled" not in re.search(r'<button[^>]*id="lc-launch-submit"[^>]*>', html).group(0)
