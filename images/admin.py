@@ -109,6 +109,18 @@ class ImageAdmin(AuditedAdminMixin, RestrictedAdminMixin, admin.ModelAdmin):
     def has_add_permission(self, request) -> bool:
         return False  # images are uploaded or imported through the dashboard or the API, which reserve quota
 
+    def save_model(self, request, obj, form, change):
+        super().save_model(request, obj, form, change)
+        if obj.visibility == Image.Visibility.SHARED and not obj.shares.exclude(status=ImageShare.Status.REJECTED):
+            messages.warning(
+                request,
+                _(
+                    "Image “%(name)s” is shared with chosen tenants, but with none yet: only its own tenant sees it "
+                    "until its owners share it from the image's page or the API."
+                )
+                % {"name": obj.name},
+            )
+
     # ---------------------------------------------------------------- deletion through the service
 
     def get_deleted_objects(self, objs, request):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.views.main import ChangeList
 from django.db.models import Count
@@ -12,7 +13,7 @@ from portal.access import VIEW
 from portal.forms import AdminLoginForm
 from portal.middleware import client_ip
 from portal.models import QUOTA_RESOURCES, ApiToken, AuditEvent, LoginFailure, Membership, Quota, Tenant
-from portal.selectors import tenant_usage
+from portal.selectors import quota_lines_below_usage, tenant_usage
 from portal.services import ensure_quota, record_audit, revoke_api_token, unlock_logins
 
 admin.site.site_header = _("labcloud administration")
@@ -143,8 +144,40 @@ class MembershipInline(admin.TabularInline):
     readonly_fields = ["created_at"]
 
 
+class QuotaForm(forms.ModelForm):
+    """A tenant's limits, each with what the tenant uses now beside it (-1: unlimited)."""
+
+    class Meta:
+        model = Quota
+        fields = ["tenant", *QUOTA_RESOURCES]
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        tenant_id = self.instance.tenant_id if self.instance.pk else None
+        if tenant_id is None:
+            return
+        usage = tenant_usage(tenant_ids=[tenant_id])[tenant_id]
+        for resource in QUOTA_RESOURCES:
+            if resource in self.fields:
+                self.fields[resource].help_text = _("In use now: %(used)d") % {"used": usage.get(resource, 0)}
+
+
+def warn_quota_below_usage(request, quota: Quota) -> None:
+    """Say which limits the admin just set under the tenant's usage (allowed, as in Nova)."""
+    for line in quota_lines_below_usage(quota=quota):
+        messages.warning(
+            request,
+            _(
+                "The %(resource)s limit of tenant “%(tenant)s” (%(limit)d) is below what it uses now (%(used)d): "
+                "new requests for it are refused until usage drops."
+            )
+            % {"resource": line.label, "tenant": quota.tenant.name, "limit": line.limit, "used": line.used},
+        )
+
+
 class QuotaInline(admin.StackedInline):
     model = Quota
+    form = QuotaForm
     can_delete = False
     extra = 1
     max_num = 1
@@ -186,13 +219,17 @@ class TenantAdmin(AuditedAdminMixin, RestrictedAdminMixin, admin.ModelAdmin):
 
     def save_related(self, request, form, formsets, change):
         super().save_related(request, form, formsets, change)
-        ensure_quota(tenant=form.instance)  # a tenant always has a quota row, with the defaults if none was given
+        quota = ensure_quota(
+            tenant=form.instance
+        )  # a tenant always has a quota row, with the defaults if none was given
+        warn_quota_below_usage(request, quota)
 
 
 @admin.register(Quota)
 @with_usage_columns(*QUOTA_RESOURCES)
 class QuotaAdmin(AuditedAdminMixin, RestrictedAdminMixin, admin.ModelAdmin):
     audit_name = "quota"
+    form = QuotaForm
     list_display = ["tenant", *[f"usage_{r}" for r in QUOTA_RESOURCES]]
     search_fields = ["tenant__name"]
     list_select_related = ["tenant"]
@@ -204,6 +241,10 @@ class QuotaAdmin(AuditedAdminMixin, RestrictedAdminMixin, admin.ModelAdmin):
     @staticmethod
     def tenant_id_of(obj) -> int:
         return obj.tenant_id
+
+    def save_model(self, request, obj, form, change):
+        super().save_model(request, obj, form, change)
+        warn_quota_below_usage(request, obj)
 
 
 @admin.register(Membership)

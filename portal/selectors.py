@@ -70,6 +70,13 @@ def quota_lines(*, quota: Quota, usage: dict[str, int]) -> list[QuotaLine]:
     ]
 
 
+def quota_lines_below_usage(*, quota: Quota) -> list[QuotaLine]:
+    """The limits of ``quota`` under what its tenant uses now (allowed, as in Nova: new requests are refused
+    until usage drops; said to whoever sets them)."""
+    usage = tenant_usage(tenant_ids=[quota.tenant_id])[quota.tenant_id]
+    return [line for line in quota_lines(quota=quota, usage=usage) if not line.unlimited and line.used > line.limit]
+
+
 def quota_overview(*, tenant: Tenant) -> list[QuotaLine]:
     quota = Quota.objects.get(tenant=tenant)
     return quota_lines(quota=quota, usage=tenant_usage(tenant_ids=[tenant.pk])[tenant.pk])

@@ -7,7 +7,7 @@ from django.contrib.admin.models import DELETION, LogEntry
 from django.contrib.messages import get_messages
 from django.urls import reverse
 
-from images.models import Image, ImageReplica
+from images.models import Image, ImageReplica, ImageShare
 from images.services import create_image
 from images.tests.conftest import upload
 from portal.models import AuditEvent
@@ -166,3 +166,28 @@ def test_image_list_has_a_constant_query_count(actors, client):
             make_image(actors.tenant if counter["n"] % 2 else None, f"bulk-{counter['n']}")
 
     assert_constant_queries(make_rows, lambda: client.get(reverse("admin:images_image_changelist")), budget=12)
+
+
+def test_shared_with_chosen_tenants_but_none_is_said(actors, client, make_tenant):
+    """Setting "shared with chosen tenants" in the admin with no share is no longer silent (#19)."""
+    image = make_image(actors.tenant, "lonely")
+    client.force_login(actors.cloud_admin)
+    form = {
+        "name": "lonely",
+        "description": "",
+        "visibility": "shared",
+        "os_type": "linux",
+        "min_disk_gib": 0,
+        "min_ram_mib": 0,
+        "shares-TOTAL_FORMS": "0",
+        "shares-INITIAL_FORMS": "0",
+    }
+    response = client.post(reverse("admin:images_image_change", args=[image.pk]), form, follow=True)
+    said = messages_of(response)
+    assert any("shared with chosen tenants, but with none yet" in note for note in said), said
+    image.refresh_from_db()
+    assert image.visibility == "shared"  # allowed: its owners share it next
+
+    ImageShare.objects.create(image=image, tenant=make_tenant("Other"), requested_by=actors.tenant_admin)
+    response = client.post(reverse("admin:images_image_change", args=[image.pk]), form, follow=True)
+    assert not any("with none yet" in note for note in messages_of(response))

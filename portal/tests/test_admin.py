@@ -80,3 +80,29 @@ def test_audit_events_are_read_only_in_the_admin(actors, client):
     assert client.get(reverse("admin:portal_auditevent_add")).status_code == 403
     assert client.post(reverse("admin:portal_auditevent_delete", args=[event.pk]), {"post": "yes"}).status_code == 403
     assert AuditEvent.objects.filter(pk=event.pk).exists()
+
+
+def test_quota_forms_show_usage_and_say_when_a_limit_is_below_it(actors, client):
+    """Each limit shows the tenant's usage beside it; a limit set under the usage is allowed (as in Nova) but said,
+    on the quota's own page and in the tenant's (#19)."""
+    from django.contrib.messages import get_messages
+
+    flavor = create_flavor(actor=actors.cloud_admin, name="adm.q", vcpus=3, ram_mib=256, disk_gib=2)
+    reserve_instances(actor=actors.member, tenant=actors.tenant, flavor=flavor, names=["a", "b"])
+    quota = actors.tenant.quota
+    client.force_login(actors.cloud_admin)
+    page = client.get(reverse("admin:portal_quota_change", args=[quota.pk])).content.decode()
+    assert "In use now: 6" in page and "In use now: 2" in page  # vCPUs, instances
+    tenant_page = client.get(reverse("admin:portal_tenant_change", args=[actors.tenant.pk])).content.decode()
+    assert "In use now: 6" in tenant_page
+
+    values = {**quota.limits(), "tenant": actors.tenant.pk, "vcpus": 4}
+    response = client.post(reverse("admin:portal_quota_change", args=[quota.pk]), values, follow=True)
+    said = [str(m) for m in get_messages(response.wsgi_request)]
+    assert any("vCPUs limit of tenant" in note and "(4) is below what it uses now (6)" in note for note in said), said
+    quota.refresh_from_db()
+    assert quota.vcpus == 4
+
+    values["vcpus"] = 10
+    response = client.post(reverse("admin:portal_quota_change", args=[quota.pk]), values, follow=True)
+    assert not any("below what it uses now" in str(m) for m in get_messages(response.wsgi_request))
