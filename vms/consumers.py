@@ -33,13 +33,16 @@ from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.exceptions import PermissionDenied
 from django.http import Http404
+from django.utils import translation
 
 from portal.access import MEMBER_ROLES, is_cloud_admin, tenant_ids_for
 from vms.access import access_instance_by_id
 from vms.consoles.tokens import user_of_session_cookie
+from vms.models.operations import translated
 from vms.realtime import STAFF_GROUP, instance_group, tenant_group
 
 log = logging.getLogger(__name__)
@@ -79,6 +82,14 @@ def _access(
     return True, is_cloud_admin(user), tenants, sees_instance
 
 
+def _language(asked: str) -> str:
+    """The page's language (``lang=`` of the socket's address, one of LANGUAGES), else the portal's default."""
+    try:
+        return translation.get_supported_language_variant(asked) if asked else settings.LANGUAGE_CODE
+    except LookupError:
+        return settings.LANGUAGE_CODE
+
+
 class LiveConsumer(AsyncJsonWebsocketConsumer):
     recheck_seconds = 3.0  # memberships are reloaded before an event when the last check is older than this
     idle_recheck_seconds = 15.0  # without events, everything is re-checked this often
@@ -96,6 +107,7 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
             await self._refuse(CLOSE_UNAUTHENTICATED)
             return
         query = parse_qs(self.scope.get("query_string", b"").decode("latin-1"))
+        self.language = _language(query.get("lang", [""])[0])
         try:
             if "tenant" in query:
                 self.tenant_filter = int(query["tenant"][0])
@@ -198,4 +210,16 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
             return
         event = message.get("event") or {}
         if self._allowed(event):
-            await self.send_json(event)
+            await self.send_json(self._in_language(event))
+
+    def _in_language(self, event: dict[str, Any]) -> dict[str, Any]:
+        """An operation's message and error as its reader's page reads them: stored untranslated (with their
+        parameters), translated here in the page's language."""
+        data = event.get("data")
+        if event.get("type") != "operation" or not isinstance(data, dict):
+            return event
+        data = dict(data)
+        with translation.override(self.language):
+            for field in ("message", "error"):
+                data[field] = translated(data.get(field) or "", data.pop(f"{field}_args", None))
+        return {**event, "data": data}

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from urllib.parse import urlencode
 
 from django.urls import reverse
+from django.utils.translation import get_language
 from django.utils.translation import gettext as _
 
 from portal.access import VIEW
@@ -19,12 +21,20 @@ from portal.models import Tenant
 from vms.compute import Capability, compute_for, host_can
 from vms.compute.base import HostFact
 from vms.models import Host, Instance, Operation
-from vms.operations import operation_labels, stored_texts
+from vms.operations import operation_labels
 from vms.scheduler import HostLoad, host_loads
 from vms.selectors import evacuation_loss, hosts_for
 
 RECENT_OPERATIONS = 8
 LIVE_SOCKET_PATH = "/ws/live/"  # the LiveConsumer route in portal/routing.py
+
+
+def live_socket(**params: int | None) -> str:
+    """The live socket's address for a page: its filters (``tenant``, ``instance``) and the page's language, in
+    which the socket gives the operations' messages."""
+    query = {key: value for key, value in params.items() if value}
+    return f"{LIVE_SOCKET_PATH}?{urlencode({**query, 'lang': get_language()})}"
+
 
 # Pages that show an operation's target, by target type; "{id}" is replaced by the target id.
 TARGET_URL_NAMES = {"vms.instance": "instance_detail", "images.image": "image_detail"}
@@ -230,15 +240,13 @@ def toast_config() -> dict:
             "open": _("Open"),
         },
         "targetUrls": target_url_templates(),
-        # Operation steps and errors the portal stores untranslated → in this page's language.
-        "storedTexts": stored_texts(),
     }
 
 
 def overview_live_config(*, tenant: Tenant) -> dict:
     """What live.js needs on the overview: the tenant's socket, state and operation labels, toast texts."""
     return {
-        "socket": f"{LIVE_SOCKET_PATH}?tenant={tenant.pk}",
+        "socket": live_socket(tenant=tenant.pk),
         "instance": None,
         "tenant": tenant.pk,
         "states": {value: str(label) for value, label in Instance.State.choices},

@@ -24,6 +24,7 @@ from django.db import DatabaseError, connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 from django.utils.translation import gettext as _
+from django.utils.translation import gettext_noop
 
 from images.services import time_limit_exceeded
 from portal.backends.base import BackendError, HostUnreachable
@@ -32,6 +33,7 @@ from vms import actions, operations, realtime
 from vms.compute import compute_for, host_free
 from vms.compute.state import REASON_MAX
 from vms.models import Host, Instance, InstanceDisk, Operation, Snapshot
+from vms.models.operations import Said, said
 from vms.tasks import run_instance_operation
 
 log = logging.getLogger(__name__)
@@ -216,7 +218,7 @@ def _requeue(operation_id: int) -> bool:
     return True
 
 
-def _fail(operation: Operation, instance: Instance | None, message: str, *, detail: str = "") -> None:
+def _fail(operation: Operation, instance: Instance | None, message: str | Said, *, detail: str = "") -> None:
     """Fail the operation and undo what its request reserved; a failed launch leaves nothing on the host.
 
     ``message`` is what members see (also as a failed launch's state reason); ``detail`` is for cloud admins.
@@ -229,11 +231,11 @@ def _fail(operation: Operation, instance: Instance | None, message: str, *, deta
     fields: dict = {"task": ""}
     adapter = compute_for(instance.host) if instance.host_id is not None else None
     if action == "launch":
-        fields.update(state=Instance.State.ERROR, state_reason=message[:REASON_MAX])
+        fields.update(state=Instance.State.ERROR, state_reason=str(message)[:REASON_MAX])
         if adapter is not None:
             adapter.remove(instance)  # best effort: what the launch made goes
     elif action == "delete":
-        fields.update(state=Instance.State.ERROR, state_reason=message[:REASON_MAX])
+        fields.update(state=Instance.State.ERROR, state_reason=str(message)[:REASON_MAX])
     elif action.startswith("snapshot_"):
         snapshot = Snapshot.objects.filter(pk=params.get("snapshot_id")).first()
         if snapshot is not None and action == "snapshot_create":
@@ -259,6 +261,9 @@ def _fail(operation: Operation, instance: Instance | None, message: str, *, deta
     for key, value in fields.items():
         setattr(instance, key, value)
     realtime.instance_changed(instance)
+
+
+STOPPED_TIMES = gettext_noop("The worker running this operation stopped %(n)d times.")
 
 
 def recover_stale_operations(*, stale_after: timedelta | None = None, max_attempts: int = 3) -> list[int]:
@@ -308,7 +313,11 @@ def recover_stale_operations(*, stale_after: timedelta | None = None, max_attemp
         requeued.append(pk)
     for operation in to_fail:
         instance = Instance.objects.select_related("host", "tenant").filter(pk=operation.target_id).first()
-        _fail(operation, instance, _("The worker running this operation stopped %(n)d times.") % {"n": max_attempts})
+        _fail(
+            operation,
+            instance,
+            said(gettext_noop("The worker running this operation stopped %(n)d times."), n=max_attempts),
+        )
     if requeued:
         log.info("re-queued stale instance operations: %s", requeued)
     return sent + requeued

@@ -17,40 +17,32 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
+from typing import Any
 
 import kombu.exceptions
 from django.conf import settings
 from django.db import DatabaseError, connection, models, transaction
 from django.utils import timezone
-from django.utils.translation import gettext, gettext_noop
+from django.utils.translation import gettext_noop
 
 from portal.celery import app as celery_app
 from portal.models import Tenant
 from vms import actions, realtime
 from vms.models import Operation
+from vms.models.operations import Said, said  # noqa: F401 - said: the workers' way to store a message
 
 log = logging.getLogger(__name__)
 
-# The portal's own messages that operations store untranslated (gettext_noop) and that every reader
-# translates when it shows them (``Operation.error_text``/``message_text``, live.js's ``storedTexts``):
-# a failure is recorded once, by the worker, but read by members in their own languages.
+# The portal's own messages that operations store untranslated (gettext_noop, or ``said`` with parameters)
+# and that every reader translates when it shows them (``Operation.error_text``/``message_text``, and the
+# live socket in its page's language): a failure is recorded once, by the worker, but read by members in
+# their own languages.
 WAITING_FOR_BROKER = gettext_noop("Waiting for the task queue; sent as soon as it answers.")
 HOST_DID_NOT_ANSWER = gettext_noop("The host did not answer; the action was not carried out. Try again later.")
 HOST_FAILED = gettext_noop("The host could not carry out the action; the cloud administrators can see why.")
 INTERNAL_ERROR = gettext_noop("Internal error; the administrators can find the details in the worker's log.")
-STORED_TEXTS = [WAITING_FOR_BROKER, HOST_DID_NOT_ANSWER, HOST_FAILED, INTERNAL_ERROR]
 # What a producer raises when the broker cannot be reached (kombu wraps the transport's errors).
 BROKER_ERRORS = (kombu.exceptions.OperationalError, ConnectionError, OSError)
-
-
-def register_stored_texts(*texts: str) -> None:
-    """More messages a worker stores untranslated (``gettext_noop``), for the pages' scripts to translate."""
-    STORED_TEXTS.extend(text for text in texts if text not in STORED_TEXTS)
-
-
-def stored_texts() -> dict[str, str]:
-    """The stored messages → their text in the active language (for the pages' scripts)."""
-    return {text: gettext(text) for text in STORED_TEXTS}
 
 
 # What operations of other kinds than instance actions are called (the image pipeline registers its own).
@@ -220,11 +212,17 @@ def heartbeat(*, operation: Operation) -> None:
     informative_update(Operation.objects.filter(pk=operation.pk), heartbeat_at=operation.heartbeat_at)
 
 
-def progress(*, operation: Operation, percent: int, message: str | None = None) -> None:
+def _text(value: str | Said) -> tuple[str, dict[str, Any]]:
+    """What a message is stored as: the text (a msgid, or a backend's words) and its parameters."""
+    return (value.text, value.args) if isinstance(value, Said) else (value, {})
+
+
+def progress(*, operation: Operation, percent: int, message: str | Said | None = None) -> None:
     percent = max(0, min(100, int(percent)))
-    fields = {"progress": percent, "heartbeat_at": timezone.now()}
+    fields: dict[str, Any] = {"progress": percent, "heartbeat_at": timezone.now()}
     if message is not None:
-        fields["message"] = message[:200]
+        text, args = _text(message)
+        fields["message"], fields["message_args"] = text[:200], args
     informative_update(Operation.objects.filter(pk=operation.pk), **fields)
     for key, value in fields.items():
         setattr(operation, key, value)
@@ -249,13 +247,16 @@ def informative_update(queryset: models.QuerySet, **fields) -> bool:
     return True
 
 
-def succeed(*, operation: Operation, message: str = "") -> None:
-    _finish(operation, Operation.State.SUCCEEDED, progress=100, message=message)
+def succeed(*, operation: Operation, message: str | Said = "") -> None:
+    text, args = _text(message)
+    _finish(operation, Operation.State.SUCCEEDED, progress=100, message=text, message_args=args)
 
 
-def fail(*, operation: Operation, error: str, detail: str = "") -> None:
-    """``error`` is what members see (translated, or one of STORED_TEXTS); ``detail`` is for cloud admins."""
-    _finish(operation, Operation.State.FAILED, error=error, error_detail=detail)
+def fail(*, operation: Operation, error: str | Said, detail: str = "") -> None:
+    """``error`` is what members see: a msgid (``gettext_noop``) or ``said(msgid, **parameters)``, translated
+    by each reader, or a service's refusal; ``detail`` is for cloud admins."""
+    text, args = _text(error)
+    _finish(operation, Operation.State.FAILED, error=text, error_args=args, error_detail=detail)
 
 
 def _finish(operation: Operation, state: str, **fields) -> None:

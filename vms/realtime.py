@@ -120,8 +120,8 @@ def instance_deleted(*, tenant_id: int, instance_id: int) -> None:
 def operation_changed(operation) -> None:
     """The operation's state to its tenant and to staff; only staff get ``error_detail`` (the backend's words).
 
-    ``message`` and ``error`` go as stored: the portal's own messages are untranslated there, and each
-    page translates them in its reader's language (live.js, ``storedTexts``).
+    ``message`` and ``error`` go as stored, with their parameters: the portal's own messages are untranslated
+    there, and each reader's socket translates them in the language of its page (``LiveConsumer``).
     """
     data = {
         "id": operation.pk,
@@ -133,7 +133,9 @@ def operation_changed(operation) -> None:
         "state": operation.state,
         "progress": operation.progress,
         "message": operation.message,
+        "message_args": operation.message_args,
         "error": operation.error,
+        "error_args": operation.error_args,
     }
     if operation.tenant_id is not None:
         publish(tenant_id=None, kind="operation", data=data, groups=[tenant_group(operation.tenant_id)])

@@ -281,14 +281,8 @@
 
   // ------------------------------------------------------------------ operations
 
-  // The portal stores some steps and errors untranslated; the page gives them in its language.
-  function storedText(value) {
-    return (value && (config.storedTexts || {})[value]) || value || "";
-  }
-
+  // Steps and errors arrive in the page's language (the socket translates what the portal stores untranslated).
   function onOperation(data) {
-    data.message = storedText(data.message);
-    data.error = storedText(data.error);
     notify(data);
     renderRecent(data);
     if (data.target_type !== "vms.instance") {

@@ -1,11 +1,9 @@
 """Messages the worker stores untranslated (``gettext_noop``) in operations of moves between hosts; every reader
-translates them in its own language (``Operation.message_text``/``error_text``, live.js's ``storedTexts``)."""
+translates them in its own language (``Operation.message_text``/``error_text``, the live socket)."""
 
 from __future__ import annotations
 
 from django.utils.translation import gettext_noop
-
-from vms import operations
 
 PREPARING = gettext_noop("Preparing the destination")
 MIGRATING = gettext_noop("Migrating")
@@ -32,19 +30,3 @@ EVACUATED = {
     ),
 }
 WORKER_STOPPED = gettext_noop("The worker running this operation stopped; it can be started again.")
-
-operations.register_stored_texts(
-    PREPARING,
-    MIGRATING,
-    MIGRATED,
-    CANCELLED,
-    TOO_LONG,
-    MOVING_INSTANCES,
-    SOME_STAYED,
-    ALL_MOVED,
-    HOST_GONE,
-    EVACUATING,
-    ALL_EVACUATED,
-    *EVACUATED.values(),
-    WORKER_STOPPED,
-)

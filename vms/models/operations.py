@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
+from typing import Any
 
 from django.conf import settings
 from django.db import models
@@ -11,6 +13,35 @@ from django.utils.translation import gettext_lazy as _
 
 from portal.access import MEMBER_ROLES, VIEW, RestrictedQuerySet
 from portal.models import Tenant
+
+
+@dataclass(frozen=True)
+class Said:
+    """A message the worker stores untranslated with its parameters: ``said(gettext_noop("… %(name)s …"),
+    name=…)``. Every reader translates it in its own language (``translated``)."""
+
+    text: str
+    args: dict[str, Any]
+
+    def __str__(self) -> str:  # in English, where one language is all a field keeps (an instance's state reason)
+        return self.text % self.args
+
+
+def said(text: str, **args: Any) -> Said:
+    return Said(text=text, args=args)
+
+
+def translated(text: str, args: dict[str, Any] | None = None) -> str:
+    """A stored message in the active language: the portal's own are msgids (translated here, then their
+    parameters put in); anything else (a backend's words) comes back as it is."""
+    if not text:
+        return ""
+    if not args:
+        return gettext(text)
+    try:
+        return gettext(text) % args
+    except (KeyError, TypeError, ValueError):  # a translation that lost a parameter: the English one
+        return text % args
 
 
 class Operation(models.Model):
@@ -36,11 +67,13 @@ class Operation(models.Model):
     state = models.CharField(_("state"), max_length=12, choices=State.choices, default=State.QUEUED)
     progress = models.PositiveSmallIntegerField(_("progress (%)"), default=0)
     message = models.CharField(_("step"), max_length=200, blank=True)
+    message_args = models.JSONField(_("step parameters"), default=dict, blank=True)
     params = models.JSONField(_("parameters"), default=dict, blank=True)
     # What members see (a service's translated refusal, or one of the portal's own messages stored
     # untranslated and translated when shown: ``error_text``); the backend's own words, with host
     # names and URIs, go to ``error_detail``, which only cloud admins see.
     error = models.TextField(_("error"), blank=True)
+    error_args = models.JSONField(_("error parameters"), default=dict, blank=True)
     error_detail = models.TextField(
         _("error detail"), blank=True, help_text=_("What the backend said; shown to cloud admins only.")
     )
@@ -72,12 +105,12 @@ class Operation(models.Model):
     @property
     def error_text(self) -> str:
         """The error in the active language (the portal's own messages are stored untranslated)."""
-        return gettext(self.error) if self.error else ""
+        return translated(self.error, self.error_args)
 
     @property
     def message_text(self) -> str:
         """The current step in the active language (the portal's own messages are stored untranslated)."""
-        return gettext(self.message) if self.message else ""
+        return translated(self.message, self.message_args)
 
     @property
     def unsent(self) -> bool:

@@ -270,3 +270,52 @@ def test_signing_in_again_as_someone_else_closes_the_live_socket(actors, instanc
         assert await closed_with(communicator) == 4401
 
     async_to_sync(scenario)()
+
+
+def test_operation_messages_arrive_in_the_language_of_the_page(actors, instances):
+    """The worker stores its messages untranslated (a msgid, or one with parameters); each page's socket gives
+    them in that page's language (#19: "Instance is running." stayed English on the Chinese pages)."""
+    from vms.models import Operation
+
+    mine, _theirs = instances
+    operation = Operation.objects.create(
+        kind="instance.start",
+        tenant=actors.tenant,
+        target_type="vms.instance",
+        target_id=str(mine.pk),
+        state=Operation.State.FAILED,
+        message="Instance is running.",
+        error="The worker running this operation stopped %(n)d times.",
+        error_args={"n": 3},
+    )
+
+    async def scenario():
+        chinese = await connect(actors.member, "?lang=zh-hans")
+        english = await connect(actors.member, "?lang=en")
+        unknown = await connect(actors.member, "?lang=xx")  # the portal's default
+        await sync_to_async(realtime.operation_changed)(operation)
+        for communicator, message, error in (
+            (chinese, "实例正在运行。", "执行此操作的后台任务已停止 3 次。"),
+            (english, "Instance is running.", "The worker running this operation stopped 3 times."),
+            (unknown, "Instance is running.", "The worker running this operation stopped 3 times."),
+        ):
+            event = await next_event(communicator)
+            assert event["type"] == "operation"
+            assert (event["data"]["message"], event["data"]["error"]) == (message, error)
+            assert "error_args" not in event["data"] and "message_args" not in event["data"]
+            await communicator.disconnect()
+
+    async_to_sync(scenario)()
+
+
+def test_pages_ask_their_socket_for_their_language(actors, client):
+    from django.utils import translation
+
+    from vms.dashboard import live_socket
+
+    with translation.override("zh-hans"):
+        assert live_socket(tenant=7, instance=None) == "/ws/live/?tenant=7&lang=zh-hans"
+    client.force_login(actors.member)
+    client.cookies["django_language"] = "zh-hans"
+    page = client.get(reverse("instances")).content.decode()
+    assert "lang=zh-hans" in page

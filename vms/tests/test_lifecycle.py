@@ -116,7 +116,7 @@ def test_an_operation_whose_worker_died_too_often_fails_cleanly(instance):
     assert execution.recover_stale_operations(stale_after=STALE, max_attempts=3) == []
     op.refresh_from_db()
     instance.refresh_from_db()
-    assert op.state == Operation.State.FAILED and "stopped 3 times" in op.error
+    assert op.state == Operation.State.FAILED and "stopped 3 times" in op.error_text and op.error_args == {"n": 3}
     assert instance.task == ""
 
 

@@ -11,7 +11,6 @@ over the ``/ws/live/`` websocket (static/vms/live.js); nothing here talks to a h
 from __future__ import annotations
 
 from collections.abc import Callable
-from urllib.parse import urlencode
 
 from django.conf import settings
 from django.contrib import messages
@@ -30,7 +29,7 @@ from vms import actions, lifecycle, moves
 from vms.access import access_disk_by_id, access_instance_by_id, access_snapshot_by_id
 from vms.api.filtersets import InstanceFilter
 from vms.compute import Capability, compute_for, instance_capabilities
-from vms.dashboard import LIVE_SOCKET_PATH, toast_config
+from vms.dashboard import live_socket, toast_config
 from vms.forms import (
     AttachDiskForm,
     BulkActionForm,
@@ -61,9 +60,7 @@ INSTANCE_TARGET = "vms.instance"
 def live_config(*, tenant_id: int | None, instance_id: int | None = None) -> dict:
     """What static/vms/live.js needs: the socket, the tenant to listen to, and its texts in the page's language."""
     return {
-        "socket": LIVE_SOCKET_PATH
-        + "?"
-        + urlencode({k: v for k, v in (("tenant", tenant_id), ("instance", instance_id)) if v}),
+        "socket": live_socket(tenant=tenant_id, instance=instance_id),
         "instance": instance_id,
         "states": {value: str(label) for value, label in Instance.State.choices},
         "tasks": {name: str(action.progress) for name, action in actions.ACTIONS.items()},
