@@ -40,6 +40,12 @@ class ImpactLine:
     limit: int
 
     @property
+    def heading(self) -> str:
+        """The label starting a line: its first letter upper case, unless it starts an abbreviation ("vCPU",
+        which capfirst made "VCPU" on every page, in Chinese too)."""
+        return self.label[:1].upper() + self.label[1:] if self.label[1:2].islower() else self.label
+
+    @property
     def after(self) -> int:
         return self.used + self.add
 
