@@ -7,7 +7,7 @@ from django.contrib.auth import get_user_model
 
 from portal.models import Membership, Tenant
 from portal.services import ensure_quota
-from portal.testing import Actors
+from portal.testing import Actors, undefine_nwfilters
 
 pytest_plugins = ["portal.testing_second_host"]  # the second libvirt host: second_host, second_host_row
 
@@ -50,11 +50,7 @@ def _session_domain_prefix():
                         left.append(f"volume {vol.name()}")
                         with contextlib.suppress(libvirt.libvirtError):
                             vol.delete(0)
-        for nwfilter in conn.listAllNWFilters(0):
-            if nwfilter.name().startswith(prefix):
-                left.append(f"nwfilter {nwfilter.name()}")
-                with contextlib.suppress(libvirt.libvirtError):
-                    nwfilter.undefine()
+        left += [f"nwfilter {name}" for name in undefine_nwfilters(conn, prefix)]
     conn.close()
     if left:
         warnings.warn(f"tests left on qemu:///system (removed): {', '.join(left)}", stacklevel=1)

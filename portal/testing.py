@@ -120,6 +120,20 @@ def assert_constant_queries(make_rows: Callable[[int], None], request: Callable[
     assert many <= budget, f"{many} queries, budget {budget}"
 
 
+def undefine_nwfilters(conn, prefix: str) -> list[str]:
+    """Undefine the network filters of libvirt connection ``conn`` named ``prefix…`` (a test's anti-spoofing
+    filter, once no domain uses it; one still in use stays); the names found."""
+    import libvirt
+
+    found = []
+    for nwfilter in conn.listAllNWFilters(0):
+        if nwfilter.name().startswith(prefix):
+            found.append(nwfilter.name())
+            with contextlib.suppress(libvirt.libvirtError):
+                nwfilter.undefine()
+    return found
+
+
 def assert_problem(response, status: int, code: str | None = None) -> dict:
     """The response is an RFC 7807 problem document with ``status`` (and ``code``, when given)."""
     assert response.status_code == status, response.content

@@ -32,7 +32,7 @@ import pytest
 
 from portal.backends.libvirt.connection import forget
 from portal.backends.libvirt.driver import LibvirtDriver
-from portal.testing import other_live_leases, session_lock
+from portal.testing import other_live_leases, session_lock, undefine_nwfilters
 from vms.models import Host
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -237,7 +237,7 @@ def start_libvirtd(host: SecondHost, timeout: float = 60) -> int:
             if _ours(host, pid, "libvirtd"):
                 # This process's cached connections led to the killed daemon: the next call opens new ones
                 # (a dead one only shows as dead at its first call, which would fail).
-                for uri in (host.tcp_uri, host.ssh_uri):
+                for uri in (host.tcp_uri, host.ssh_uri, host.tls_uri):
                     forget(uri)
                 return pid
         except (libvirt.libvirtError, OSError, ValueError):
@@ -272,9 +272,6 @@ def remove_named(uri: str, prefix: str) -> None:
                 for vol in pool.listAllVolumes(0):
                     if vol.name().startswith(prefix):
                         vol.delete(0)
-        for nwfilter in conn.listAllNWFilters(0):
-            if nwfilter.name().startswith(prefix):
-                with contextlib.suppress(libvirt.libvirtError):
-                    nwfilter.undefine()
+        undefine_nwfilters(conn, prefix)
     finally:
         conn.close()

@@ -15,8 +15,8 @@
 #
 # Usage: scripts/second_host/up.sh      (as root; stop it with down.sh, ask status.sh)
 # Idempotent: when it is up and answering it says so and exits 0; leftovers of a half-dead one are
-# stopped first. Waits until the daemon answers over tcp and over ssh; fails with the daemon's log
-# when it does not start.
+# stopped first. Waits until the daemon answers over tcp and over ssh, then asks once over tls; fails
+# with the daemon's log when it does not start.
 set -euo pipefail
 # shellcheck source=scripts/second_host/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -35,13 +35,17 @@ tls_ok() { timeout 20 virsh -q -c "$TLS_URI" version >/dev/null 2>&1; }
 # TLS (qemu+tls): a CA of its own, a server certificate for 127.0.0.1 and a client certificate for the
 # portal side, RSA as libvirt's docs make them (key usage digitalSignature + keyEncipherment, checked by
 # libvirt). Made once, kept across restarts (down.sh leaves pki/); the CA key signs nothing else.
+ossl() { # openssl, its output shown only when it fails
+    local out
+    out=$(openssl "$@" 2>&1) || die "openssl $1 failed: $out"
+}
 issue() { # issue NAME SUBJECT EXTENSIONS: NAME-key.pem and NAME-cert.pem signed by the CA
     local name=$1 subject=$2 extensions=$3
-    openssl req -new -newkey rsa:2048 -nodes -subj "$subject" \
-        -keyout "$PKI/$name-key.pem" -out "$PKI/$name.csr" 2>/dev/null
+    ossl req -new -newkey rsa:2048 -nodes -subj "$subject" \
+        -keyout "$PKI/$name-key.pem" -out "$PKI/$name.csr"
     printf '%s\n' "$extensions" >"$PKI/$name.ext"
-    openssl x509 -req -in "$PKI/$name.csr" -CA "$PKI/cacert.pem" -CAkey "$PKI/cakey.pem" -CAcreateserial \
-        -days 3650 -sha256 -extfile "$PKI/$name.ext" -out "$PKI/$name-cert.pem" 2>/dev/null
+    ossl x509 -req -in "$PKI/$name.csr" -CA "$PKI/cacert.pem" -CAkey "$PKI/cakey.pem" -CAcreateserial \
+        -days 3650 -sha256 -extfile "$PKI/$name.ext" -out "$PKI/$name-cert.pem"
     rm -f "$PKI/$name.csr" "$PKI/$name.ext"
 }
 pki() {
@@ -49,10 +53,10 @@ pki() {
     rm -rf "$PKI"
     mkdir -p "$PKI/client"
     chmod 700 "$PKI"
-    openssl req -x509 -new -newkey rsa:2048 -nodes -days 3650 -sha256 \
+    ossl req -x509 -new -newkey rsa:2048 -nodes -days 3650 -sha256 \
         -subj "/O=labcloud tests/CN=$NAME test CA" \
         -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" \
-        -keyout "$PKI/cakey.pem" -out "$PKI/cacert.pem" 2>/dev/null
+        -keyout "$PKI/cakey.pem" -out "$PKI/cacert.pem"
     issue server "/O=labcloud tests/CN=$NAME" "basicConstraints=critical,CA:FALSE
 keyUsage=critical,digitalSignature,keyEncipherment
 extendedKeyUsage=serverAuth

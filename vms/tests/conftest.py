@@ -32,6 +32,7 @@ import pytest
 from images.tests.conftest import guest_media  # noqa: F401 - re-exported fixture
 from portal.backends.libvirt.connection import connect
 from portal.backends.libvirt.driver import LibvirtDriver
+from portal.testing import undefine_nwfilters
 
 PREFIX = "lctest-"
 QEMU_URI = "qemu:///system"
@@ -136,10 +137,7 @@ def lctest_host():
         with contextlib.suppress(libvirt.libvirtError):
             pool.destroy()
         with contextlib.suppress(libvirt.libvirtError):
-            for nwfilter in conn.listAllNWFilters(0):
-                if nwfilter.name().startswith(host.prefix):
-                    with contextlib.suppress(libvirt.libvirtError):
-                        nwfilter.undefine()
+            undefine_nwfilters(conn, host.prefix)
         shutil.rmtree(work, ignore_errors=True)
 
 

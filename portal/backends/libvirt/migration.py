@@ -245,10 +245,15 @@ def migrate(
                 with contextlib.suppress(libvirt.libvirtError):
                     dom.abortJob()
             elif late and plan.post_copy and not switched:
-                switched = True
-                log.info("switching the migration of %s to post-copy", plan.uuid)
-                with contextlib.suppress(libvirt.libvirtError):
+                # Refused until the job's memory phase has begun (QEMU: "Postcopy must be started after
+                # migration has been started"): asked again at the next poll until it takes.
+                try:
                     dom.migrateStartPostCopy(0)
+                except libvirt.libvirtError as exc:
+                    log.info("migration of %s: post-copy not started yet: %s", plan.uuid, exc.get_error_message())
+                else:
+                    switched = True
+                    log.info("switched the migration of %s to post-copy", plan.uuid)
     except BaseException:
         # The watching failed (the database went away, the task's time limit): the job must not run on
         # unwatched, nor may the caller clean up under it. Abort it and wait until libvirt has let go.

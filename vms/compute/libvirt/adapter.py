@@ -456,6 +456,10 @@ class LibvirtAdapter(AdapterBase):
         shared = shared_storage(source, destination)
         if shared:
             driver.refresh_pool(pool)
+        # What the member is told was lost, counted once: a retry after the rows were deleted says the same.
+        if "snapshots_lost" not in operation.params:
+            operation.params = {**operation.params, "snapshots_lost": instance.snapshots.count()}
+            Operation.objects.filter(pk=operation.pk).update(params=operation.params)
         instance.host = destination  # the launch's steps, there (a root disk that is there is reused)
         try:
             for disk in instance.disks.filter(attached=True).exclude(volume=""):
@@ -467,13 +471,13 @@ class LibvirtAdapter(AdapterBase):
             instance.host = source
             raise
         # The snapshots' records were on the dead host (and their blocks in its disks, unless shared).
-        lost, _counts = Snapshot.objects.filter(instance=instance).delete()
+        Snapshot.objects.filter(instance=instance).delete()
         Instance.objects.filter(pk=instance.pk).update(
             host=destination, migration_target=None, evacuated_from=source, snapshot_bytes=0
         )
         instance.migration_target, instance.evacuated_from, instance.snapshot_bytes = None, source, 0
         _record(instance, driver.state(str(instance.uuid)))
-        return EVACUATED[(shared, lost > 0)]  # what the member reads on the instance's operation
+        return EVACUATED[(shared, operation.params["snapshots_lost"] > 0)]  # the member reads it on the operation
 
     @staticmethod
     def _abandon_rebuild(instance: Instance, driver: LibvirtDriver, pool: str, *, shared: bool) -> None:

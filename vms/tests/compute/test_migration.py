@@ -51,6 +51,7 @@ from rest_framework.test import APIClient
 from images.models import ImageReplica
 from portal.backends.libvirt.connection import connect
 from portal.backends.libvirt.driver import LibvirtDriver
+from portal.backends.libvirt.network import delete_network
 from portal.services import ServiceError
 from portal.testing_second_host import kill_libvirtd, remove_named, start_libvirtd
 from vms import execution, lifecycle, moves, networks
@@ -138,13 +139,15 @@ def guest(hosts, guest_media, make_tenant, make_user, run_tasks):
 
 
 @pytest.fixture
-def lab_bridge(hosts, second_host, make_user):
+def lab_bridge(second_host, make_user):
     """A network both hosts reach, as a lab's hosts share one L2 segment: a Linux bridge the test makes (no
-    address, no uplink: nothing leaves it) and a portal network of mode "existing bridge" over it, which the
-    portal defines on each host as it needs it. Removed afterwards, with the libvirt networks."""
+    address, IPv6 off before it is up, no uplink: nothing leaves it) and a portal network of mode "existing
+    bridge" over it, which the portal defines on each host as it needs it. Removed afterwards with the
+    libvirt networks (request it before ``hosts``: the guests go first)."""
     name = f"lct{secrets.token_hex(4)}"
     subprocess.run(["ip", "link", "add", "name", name, "type", "bridge"], check=True, timeout=30)
     try:
+        Path(f"/proc/sys/net/ipv6/conf/{name}/disable_ipv6").write_text("1")  # no link-local address, no NDP/MLD
         subprocess.run(["ip", "link", "set", name, "up"], check=True, timeout=30)
         network = networks.create_network(
             actor=make_user("admin-network", staff=True),
@@ -155,21 +158,19 @@ def lab_bridge(hosts, second_host, make_user):
             dhcp=False,
             is_public=True,
         )
-        yield network
+        try:
+            yield network
+        finally:
+            for uri in (QEMU_URI, second_host.tcp_uri):
+                with contextlib.suppress(Exception):
+                    delete_network(uri, network.libvirt_name)
     finally:
-        for uri in (QEMU_URI, second_host.tcp_uri):
-            with contextlib.suppress(libvirt.libvirtError):
-                defined = connect(uri).networkLookupByName(f"lctest-{name}")
-                with contextlib.suppress(libvirt.libvirtError):
-                    defined.destroy()
-                defined.undefine()
         subprocess.run(["ip", "link", "del", name], check=False, timeout=30)
 
 
-def nic_on(uri: str, uuid: str) -> tuple[str, str, str, str]:
-    """The guest's NIC as the host runs it: MAC, libvirt network, its filter's name, and the bridge its tap
-    device is on (read from the kernel); asserts that the host's network filter driver has bound the filter
-    to that tap."""
+def nic_on(uri: str, uuid: str) -> tuple[str, str, str, str, str]:
+    """The guest's NIC as the host runs it: MAC, libvirt network, its filter's name, the bridge its tap device is
+    on (read from the kernel) and the tap; asserts that the host's network filter driver bound the filter to it."""
     conn = connect(uri)
     nic = ET.fromstring(conn.lookupByUUIDString(uuid).XMLDesc(0)).find("devices/interface")  # noqa: S314
     assert nic is not None, "no NIC"
@@ -177,11 +178,19 @@ def nic_on(uri: str, uuid: str) -> tuple[str, str, str, str]:
     bridge = Path(f"/sys/class/net/{tap}/master").resolve().name
     bindings = {b.portDev(): b.filterName() for b in conn.listAllNWFilterBindings(0)}
     assert bindings.get(tap) == nic.find("filterref").get("filter"), bindings
-    return nic.find("mac").get("address"), nic.find("source").get("network"), bindings[tap], bridge
+    return nic.find("mac").get("address"), nic.find("source").get("network"), bindings[tap], bridge, tap
+
+
+def bound_taps(uri: str) -> set[str]:
+    return {b.portDev() for b in connect(uri).listAllNWFilterBindings(0)}
+
+
+def taps_on(bridge: str) -> set[str]:
+    return set(os.listdir(f"/sys/class/net/{bridge}/brif"))
 
 
 @pytest.fixture
-def nic_guest(hosts, guest_media, make_tenant, make_user, run_tasks, lab_bridge):
+def nic_guest(lab_bridge, hosts, guest_media, make_tenant, make_user, run_tasks):
     """The tiny guest with a NIC on ``lab_bridge``, its anti-spoofing filter bound."""
     return launch_guest(hosts, guest_media, make_tenant, make_user, run_tasks, network=lab_bridge)
 
@@ -238,7 +247,7 @@ def admin(make_user):
 
 
 def test_live_there_and_back_then_cold_with_copied_storage(
-    hosts, nic_guest, lab_bridge, make_user, run_tasks, second_host
+    lab_bridge, hosts, nic_guest, make_user, run_tasks, second_host
 ):
     """With a NIC on a bridge both hosts reach: it keeps its MAC and network, its tap lands on the bridge on
     each host in turn and its anti-spoofing filter is bound there (the source's tap and binding go)."""
@@ -246,9 +255,9 @@ def test_live_there_and_back_then_cold_with_copied_storage(
     guest = nic_guest
     staff = admin(make_user)
     uuid = str(guest.uuid)
-    nic = nic_on(QEMU_URI, uuid)
-    assert nic == (guest.mac_address, lab_bridge.libvirt_name, nic_filter_name(), lab_bridge.bridge)
-    before_taps = set(os.listdir(f"/sys/class/net/{lab_bridge.bridge}/brif"))
+    *nic, tap = nic_on(QEMU_URI, uuid)
+    assert nic == [guest.mac_address, lab_bridge.libvirt_name, nic_filter_name(), lab_bridge.bridge]
+    assert taps_on(lab_bridge.bridge) == {tap}
     with GuestShell(system.uri, uuid) as shell:
         shell.ready()
         status, output = shell.run(
@@ -273,8 +282,10 @@ def test_live_there_and_back_then_cold_with_copied_storage(
     assert {f"{guest.domain_name}-root.qcow2", f"{guest.domain_name}-seed.iso"} <= there
     assert ImageReplica.objects.get(image=guest.image, host=second).state == ImageReplica.State.READY
     ticker.past(second.uri, uuid)  # the ticker goes on, on the second host
-    assert nic_on(second_host.tcp_uri, uuid) == nic
-    assert len(set(os.listdir(f"/sys/class/net/{lab_bridge.bridge}/brif")) & before_taps) == 0  # the old tap went
+    *there, new_tap = nic_on(second_host.tcp_uri, uuid)
+    assert there == nic and taps_on(lab_bridge.bridge) == {new_tap}  # the source's tap went
+    assert tap not in bound_taps(QEMU_URI)  # and its filter binding
+    tap = new_tap
     with GuestShell(second.uri, uuid) as shell:
         shell.ready()
         assert checksums(shell) == before
@@ -284,8 +295,9 @@ def test_live_there_and_back_then_cold_with_copied_storage(
     guest.refresh_from_db()
     assert guest.host == system and on_host(QEMU_URI, uuid) == "running" and on_host(second_host.tcp_uri, uuid) is None
     ticker.past(system.uri, uuid)
-    assert nic_on(QEMU_URI, uuid) == nic
-    assert len(os.listdir(f"/sys/class/net/{lab_bridge.bridge}/brif")) == 1
+    *here, new_tap = nic_on(QEMU_URI, uuid)
+    assert here == nic and taps_on(lab_bridge.bridge) == {new_tap}
+    assert tap not in bound_taps(second_host.tcp_uri)
     with GuestShell(system.uri, uuid) as shell:
         shell.ready()
         assert checksums(shell) == before
@@ -301,7 +313,8 @@ def test_live_there_and_back_then_cold_with_copied_storage(
     assert guest.host == second and guest.state == Instance.State.SHUTOFF
     assert on_host(QEMU_URI, uuid) is None and on_host(second_host.tcp_uri, uuid) == "shutoff"
     ok(run_tasks(lambda: lifecycle.request_action(actor=staff, instance=guest, action="start")))
-    assert nic_on(second_host.tcp_uri, uuid) == nic
+    *there, tap = nic_on(second_host.tcp_uri, uuid)
+    assert there == nic and taps_on(lab_bridge.bridge) == {tap}
     with GuestShell(second.uri, uuid) as shell:
         shell.ready(timeout=240)  # it booted there: its shell answers
         assert checksums(shell) == before

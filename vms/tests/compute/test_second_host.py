@@ -30,7 +30,7 @@ import pytest
 from django.core.exceptions import ValidationError
 
 from portal.backends.base import DiskSpec, InstanceSpec
-from portal.backends.libvirt.connection import connect
+from portal.backends.libvirt.connection import connect, forget
 from portal.backends.libvirt.driver import LibvirtDriver
 from portal.backends.libvirt.serial import SerialConsole
 from portal.testing_second_host import read_info, run_script, status
@@ -98,7 +98,7 @@ def downloaded_sha256(uri: str, pool: str, name: str) -> str:
         conn.close()
 
 
-def test_answers_over_tcp_and_ssh_as_a_host_of_its_own(second_host):
+def test_answers_over_tcp_ssh_and_tls_as_a_host_of_its_own(second_host):
     assert Path(f"/proc/{second_host.pid}/comm").read_text().strip() == "libvirtd"
     seen = {}
     for uri in (second_host.tcp_uri, second_host.ssh_uri, second_host.tls_uri):
@@ -152,9 +152,9 @@ def _openssl(*args: str) -> None:
     subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60)
 
 
-def other_ca_client(directory: Path, *, trust: Path | None = None) -> Path:
-    """A pkipath directory whose client certificate another CA (made here) signed; it trusts that CA, and
-    ``trust`` (a cacert.pem) too when given (libvirt's client checks its own certificate first)."""
+def other_ca_client(directory: Path, *, trust: tuple[Path, ...]) -> Path:
+    """A pkipath directory whose client certificate another CA (made here) signed, trusting the CA files
+    ``trust`` (the other CA's own is ``directory / "otherca.pem"``, made first)."""
     directory.mkdir()
     ca_key, ca_cert = directory / "otherca-key.pem", directory / "otherca.pem"
     _openssl(
@@ -175,13 +175,14 @@ def other_ca_client(directory: Path, *, trust: Path | None = None) -> Path:
         "-CAcreateserial", "-days", "2", "-extfile", str(directory / "client.ext"),
         "-out", str(directory / "clientcert.pem"),
     )  # fmt: skip
-    (directory / "cacert.pem").write_bytes(ca_cert.read_bytes() + (trust.read_bytes() if trust else b""))
+    (directory / "cacert.pem").write_bytes(b"".join(path.read_bytes() for path in trust))
     return directory
 
 
 def test_tls_checks_certificates_both_ways(second_host, tmp_path, db):
-    """The portal's client refuses a server its CA did not sign; the server refuses a client another CA signed.
-    Through the portal: such a host row is down, with the reason (cloud admins read it)."""
+    """The portal's client refuses a server its CA did not sign; libvirt's client refuses to present a certificate
+    its own CA file does not vouch for; the server refuses a client another CA signed. Through the portal: such
+    a host row is down, with the reason (cloud admins read it); the right files make it up."""
     from vms import hosts as host_services
     from vms.models import Host
 
@@ -189,24 +190,30 @@ def test_tls_checks_certificates_both_ways(second_host, tmp_path, db):
     capacity = LibvirtDriver(second_host.tls_uri).capacity(second_host.pool)
     assert capacity.cpus > 0 and capacity.pool_capacity > 0
     base = second_host.tls_uri.split("?", 1)[0]
-
-    doubting = other_ca_client(tmp_path / "doubting")  # trusts only another CA
-    with pytest.raises(libvirt.libvirtError, match=r"(?i)certificate"):
-        libvirt.open(f"{base}?pkipath={doubting}").close()
-    intruder = other_ca_client(tmp_path / "intruder", trust=second_host.pki / "client" / "cacert.pem")
+    ours = second_host.pki / "client" / "cacert.pem"
     log = second_host.directory / "log" / "libvirtd.log"
-    seen = log.stat().st_size
-    with pytest.raises(libvirt.libvirtError):  # the server ends the handshake: the client's CA is not its own
-        libvirt.open(f"{base}?pkipath={intruder}").close()
-    with log.open("rb") as fh:
-        fh.seek(seen)
-        assert b"Failed to verify peer's certificate" in fh.read()  # refused by the server, not by the client
-
-    for pkipath in (doubting, intruder):
+    cases = {  # pkipath -> what the host row's reason says
+        "doubting": (lambda d: (d / "otherca.pem",), "Failed to verify peer's certificate"),  # trusts another CA
+        "mismatched": (lambda d: (ours,), "Our own certificate"),  # its certificate is not from the CA it trusts
+        "intruder": (lambda d: (d / "otherca.pem", ours), ""),  # trusts the server; the server refuses it
+    }
+    for case, (trust, reason) in cases.items():
+        directory = tmp_path / case
+        other_ca_client(directory, trust=trust(directory))
+        seen = log.stat().st_size
+        with pytest.raises(libvirt.libvirtError) as refused:
+            libvirt.open(f"{base}?pkipath={directory}").close()
+        print(f"\n    {case}: {refused.value.get_error_message()}", end="")
+        assert reason in refused.value.get_error_message()
+        with log.open("rb") as fh:
+            fh.seek(seen)
+            server_said = fh.read()
+        if case == "intruder":  # refused by the server, not by the client
+            assert b"Failed to verify peer's certificate" in server_said, server_said
         row = Host(
-            name=f"lctest-tls-{pkipath.name}",
+            name=f"lctest-tls-{case}",
             kind=Host.Kind.LIBVIRT,
-            uri=f"{base}?pkipath={pkipath}",
+            uri=f"{base}?pkipath={directory}",
             storage_pool=second_host.pool,
             vnc_listen="127.0.0.1",
             virt_type=Host.VirtType.QEMU,
@@ -214,8 +221,7 @@ def test_tls_checks_certificates_both_ways(second_host, tmp_path, db):
         row.full_clean()
         row.save()
         checked = host_services.check_host(host=row)
-        assert checked.state == Host.State.DOWN
-        print(f"\n    {pkipath.name}: {checked.state_reason}", end="")
+        assert checked.state == Host.State.DOWN and reason in checked.state_reason, checked.state_reason
     trusted = Host.objects.create(
         name="lctest-tls-trusted",
         kind=Host.Kind.LIBVIRT,
@@ -364,7 +370,7 @@ def test_down_leaves_nothing_behind_and_up_starts_it_again(second_host):
     assert f"removing guest unprefixed-{token}" in output
     assert status() == "down"
     assert pids_in(ns) == []  # libvirtd, virtlogd, sshd and QEMU: the namespace is gone
-    assert listen_addresses(16510) == listen_addresses(10022) == []
+    assert listen_addresses(16510) == listen_addresses(16511) == listen_addresses(10022) == []
     for gone in ("run", "etc", "lib"):  # run files; domain and pool definitions; domain state
         assert not (second_host.directory / gone).exists()
     assert not SSH_DROPIN.exists()
@@ -373,6 +379,8 @@ def test_down_leaves_nothing_behind_and_up_starts_it_again(second_host):
     t0 = time.monotonic()
     run_script("up.sh")
     print(f"\n    up.sh again (capabilities cached): {time.monotonic() - t0:.2f} s", end="")
+    for uri in (second_host.tcp_uri, second_host.ssh_uri, second_host.tls_uri):
+        forget(uri)  # this process's cached connections led to the stopped daemon
     assert read_info() == second_host  # same URIs, pool, host UUID
     assert second_host.pid != daemons["libvirtd"]
     conn = libvirt.open(second_host.tcp_uri)
