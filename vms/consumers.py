@@ -122,6 +122,9 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
         if refused:
             await self.close(code=refused)
             return
+        # The page learns it listens now (a refusal opens the socket too, then closes it): what it does
+        # once it listens (redraw what changed while it did not) waits for this, not for the socket's opening.
+        await self.send_json({"type": "ready", "data": {}})
         self.watchdog = asyncio.create_task(self._watch())
 
     async def _watch(self) -> None:

@@ -574,7 +574,8 @@
       scheduleReconnect();
       return;
     }
-    socket.addEventListener("open", function () {
+    // "ready": the server joined this socket to its groups (a refused socket opens too, then closes).
+    function onReady() {
       delay = 1000;
       setIndicator("live");
       // Events sent before this socket joined its groups are lost: after a reconnect, or when the page
@@ -584,7 +585,7 @@
         refreshSections();
       }
       everOpened = true;
-    });
+    }
     socket.addEventListener("message", function (event) {
       var message;
       try {
@@ -593,6 +594,10 @@
         return;
       }
       if (!message || !message.data) {
+        return;
+      }
+      if (message.type === "ready") {
+        onReady();
         return;
       }
       // Other scripts of the page (metrics.js) listen to the same socket through this event.
