@@ -67,7 +67,7 @@ def test_outsider_sees_nothing_of_tenant_a(actors, flavor):
     assert response.context["operations"] == []
     assert response.context["instance_states"].total == 0
     assert 'id="lc-recent-none"' in html
-    assert response.context["live_config"]["socket"] == f"/ws/live/?tenant={actors.other_tenant.pk}"
+    assert response.context["live_config"]["socket"] == f"/ws/live/?tenant={actors.other_tenant.pk}&lang=en"
 
 
 # ---------------------------------------------------------------- instances by state
