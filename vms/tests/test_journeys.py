@@ -435,6 +435,9 @@ def test_journey_in_simplified_chinese(daphne, actors, catalogue, make_user, bro
     page.fill("#id_name", "second")
     choose_source(page, image)
     page.check(f"#lc-flavor-{flavor.pk}")
+    expect(page.locator('#lc-quota-impact [data-resource="instances"] .lc-over-note')).to_be_visible()
+    expect(page.locator("#lc-launch-submit")).to_be_disabled()  # not offered over the quota
+    page.eval_on_selector("#lc-launch-submit", "button => { button.disabled = false; }")  # sent anyway
     page.click("#lc-launch-submit")
     expect(page.locator("#lc-launch-form .alert-danger")).to_contain_text("超出配额")
     expect(page.locator("#lc-launch-form .alert-danger")).to_contain_text("限额 1，当前已用 1")
