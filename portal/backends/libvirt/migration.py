@@ -227,7 +227,7 @@ def migrate(
     started = time.monotonic()
     worker = threading.Thread(target=run, name=f"migrate-{plan.uuid}", daemon=True)
     worker.start()
-    aborted = switched = False
+    aborted = switched = refused_post_copy = False
     why = ""
     try:
         while worker.is_alive():
@@ -238,9 +238,13 @@ def migrate(
                 stats = dom.jobStats(0)
                 if stats.get("type", libvirt.VIR_DOMAIN_JOB_NONE) != libvirt.VIR_DOMAIN_JOB_NONE and on_progress:
                     on_progress(_stats(stats))
-            late = time.monotonic() - started > plan.timeout
-            if not aborted and ((should_cancel is not None and should_cancel()) or (late and not plan.post_copy)):
-                aborted, why = True, "deadline" if late else "cancelled"
+            elapsed = time.monotonic() - started
+            late = elapsed > plan.timeout
+            # Post-copy that QEMU never took within a second timeout: aborted like a job without post-copy.
+            too_late = late and (not plan.post_copy or (not switched and elapsed > 2 * plan.timeout))
+            cancel = not aborted and should_cancel is not None and should_cancel()
+            if not aborted and (cancel or too_late):
+                aborted, why = True, "cancelled" if cancel else "deadline"
                 log.info("aborting the migration of %s (%s)", plan.uuid, why)
                 with contextlib.suppress(libvirt.libvirtError):
                     dom.abortJob()
@@ -250,7 +254,9 @@ def migrate(
                 try:
                     dom.migrateStartPostCopy(0)
                 except libvirt.libvirtError as exc:
-                    log.info("migration of %s: post-copy not started yet: %s", plan.uuid, exc.get_error_message())
+                    if not refused_post_copy:  # said once; asked again at each poll
+                        log.info("migration of %s: post-copy not started yet: %s", plan.uuid, exc.get_error_message())
+                    refused_post_copy = True
                 else:
                     switched = True
                     log.info("switched the migration of %s to post-copy", plan.uuid)
