@@ -33,7 +33,7 @@ from vms import actions, operations, realtime
 from vms.compute import compute_for, host_free
 from vms.compute.state import REASON_MAX
 from vms.models import Host, Instance, InstanceDisk, Operation, Snapshot
-from vms.models.operations import Said, said
+from vms.operations import Said, said
 from vms.tasks import run_instance_operation
 
 log = logging.getLogger(__name__)
@@ -316,7 +316,7 @@ def recover_stale_operations(*, stale_after: timedelta | None = None, max_attemp
         _fail(
             operation,
             instance,
-            said(gettext_noop("The worker running this operation stopped %(n)d times."), n=max_attempts),
+            said(STOPPED_TIMES, n=max_attempts),
         )
     if requeued:
         log.info("re-queued stale instance operations: %s", requeued)

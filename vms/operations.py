@@ -29,7 +29,8 @@ from portal.celery import app as celery_app
 from portal.models import Tenant
 from vms import actions, realtime
 from vms.models import Operation
-from vms.models.operations import Said, said  # noqa: F401 - said: the workers' way to store a message
+from vms.models.operations import Said as Said  # re-exported: a worker's message with parameters
+from vms.models.operations import said as said
 
 log = logging.getLogger(__name__)
 

@@ -28,6 +28,9 @@ class Said:
 
 
 def said(text: str, **args: Any) -> Said:
+    """``text`` (a msgid) with its parameters; a call whose parameters do not fit the text fails here, in the
+    worker, not on a reader's page."""
+    text % args  # raises KeyError/TypeError/ValueError now
     return Said(text=text, args=args)
 
 
@@ -41,7 +44,10 @@ def translated(text: str, args: dict[str, Any] | None = None) -> str:
     try:
         return gettext(text) % args
     except (KeyError, TypeError, ValueError):  # a translation that lost a parameter: the English one
-        return text % args
+        try:
+            return text % args
+        except (KeyError, TypeError, ValueError):  # cut at the field's length, say: the text as it is
+            return text
 
 
 class Operation(models.Model):

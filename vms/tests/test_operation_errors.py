@@ -113,3 +113,22 @@ def test_a_failed_launchs_reason_is_in_the_readers_language(actors):
     assert chinese["state_reason"] == "主机没有应答，操作未执行。请稍后再试。"
     page = actors.client("member", api=False).get(f"/instances/{instance.pk}/", HTTP_ACCEPT_LANGUAGE="zh-hans")
     assert "主机没有应答" in page.content.decode()
+
+
+def test_stored_messages_with_parameters_are_formatted_in_the_readers_language():
+    """``said``: a msgid and its parameters, checked when the worker stores them; ``translated`` never raises on a
+    reader's page, whatever the stored text became (cut at its field's length, say)."""
+    from django.utils import translation
+
+    from vms.execution import STOPPED_TIMES
+    from vms.models.operations import said, translated
+
+    stored = said(STOPPED_TIMES, n=3)
+    with translation.override("zh-hans"):
+        assert translated(stored.text, stored.args) == "执行此操作的后台任务已停止 3 次。"
+    assert translated(stored.text, stored.args) == "The worker running this operation stopped 3 times."
+    assert str(stored) == "The worker running this operation stopped 3 times."
+    with pytest.raises(KeyError):
+        said(STOPPED_TIMES, times=3)
+    assert translated("The worker stopped %(n", {"n": 3}) == "The worker stopped %(n"
+    assert translated("50% done", {}) == "50% done"  # a backend's words, no parameters: as they are
