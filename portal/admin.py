@@ -159,7 +159,8 @@ class QuotaForm(forms.ModelForm):
         usage = tenant_usage(tenant_ids=[tenant_id])[tenant_id]
         for resource in QUOTA_RESOURCES:
             if resource in self.fields:
-                self.fields[resource].help_text = _("In use now: %(used)d") % {"used": usage.get(resource, 0)}
+                field = self.fields[resource]  # its own help ("-1 means unlimited."), then the usage
+                field.help_text = f"{field.help_text} " + _("In use now: %(used)d") % {"used": usage.get(resource, 0)}
 
 
 def warn_quota_below_usage(request, quota: Quota) -> None:

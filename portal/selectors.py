@@ -11,6 +11,7 @@ from datetime import datetime, timedelta
 from django.conf import settings
 from django.db.models import QuerySet
 from django.utils import timezone
+from django.utils.text import capfirst
 
 from portal.access import VIEW
 from portal.models import QUOTA_RESOURCES, LoginFailure, Membership, Quota, Tenant
@@ -37,6 +38,12 @@ def tenant_usage(*, tenant_ids: Iterable[int]) -> dict[int, dict[str, int]]:
             for resource, amount in amounts.items():
                 usage[tid][resource] += int(amount or 0)
     return usage
+
+
+def heading(label: str) -> str:
+    """A quota label starting a line: "instances" → "Instances", but an abbreviation stays ("vCPUs", not "VCPUs",
+    in Chinese too)."""
+    return label if label[1:2].isupper() else capfirst(label)
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,6 @@ from django.template import loader
 from django.utils import timezone
 from django.utils.functional import SimpleLazyObject
 from django.utils.http import url_has_allowed_host_and_scheme
-from django.utils.text import capfirst
 from django.utils.translation import gettext as _
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_POST
@@ -32,7 +31,7 @@ from portal.api.exceptions import problem_response
 from portal.forms import AddMemberForm, ApiTokenForm, RoleForm, SwitchTenantForm
 from portal.middleware import SESSION_KEY, client_ip
 from portal.models import ApiToken, Membership, Quota, Tenant
-from portal.selectors import QuotaLine, quota_overview, role_in, tenants_for_user
+from portal.selectors import QuotaLine, heading, quota_overview, role_in, tenants_for_user
 from portal.services import (
     ServiceError,
     add_member,
@@ -97,9 +96,7 @@ class QuotaCard:
 
     @property
     def label(self) -> str:
-        label = self.line.label
-        # "instances" → "Instances", but "vCPUs" stays as it is.
-        return label if label[1:2].isupper() else capfirst(label)
+        return heading(self.line.label)
 
     @property
     def icon(self) -> str:

@@ -92,7 +92,7 @@ def test_quota_forms_show_usage_and_say_when_a_limit_is_below_it(actors, client)
     quota = actors.tenant.quota
     client.force_login(actors.cloud_admin)
     page = client.get(reverse("admin:portal_quota_change", args=[quota.pk])).content.decode()
-    assert "In use now: 6" in page and "In use now: 2" in page  # vCPUs, instances
+    assert "-1 means unlimited. In use now: 6" in page and "In use now: 2" in page  # vCPUs, instances
     tenant_page = client.get(reverse("admin:portal_tenant_change", args=[actors.tenant.pk])).content.decode()
     assert "In use now: 6" in tenant_page
 

@@ -16,7 +16,7 @@ from images.models import Image
 from images.selectors import images_for, visible_to_tenant
 from portal.middleware import client_ip
 from portal.models import Quota
-from portal.selectors import quota_overview
+from portal.selectors import heading, quota_overview
 from portal.services import ServiceError
 from portal.views import current_tenant
 from vms import lifecycle
@@ -41,9 +41,7 @@ class ImpactLine:
 
     @property
     def heading(self) -> str:
-        """The label starting a line: its first letter upper case, unless it starts an abbreviation ("vCPU",
-        which capfirst made "VCPU" on every page, in Chinese too)."""
-        return self.label[:1].upper() + self.label[1:] if self.label[1:2].islower() else self.label
+        return heading(self.label)  # capfirst made "VCPU" of the Chinese "vCPU"
 
     @property
     def after(self) -> int:
