@@ -32,9 +32,9 @@ def session_cookie(user) -> bytes:
 READY = {"type": "ready", "data": {}}
 
 
-async def connect(user=None, query: str = "", *, refused: bool = False) -> WebsocketCommunicator:
-    """A socket as a page opens it; past its "ready" (the first thing an accepted socket says), unless the test
-    expects it ``refused`` (then the close comes first)."""
+async def connect(user=None, query: str = "", *, read_ready: bool = True) -> WebsocketCommunicator:
+    """A socket as a page opens it; past its "ready" (the first thing an accepted socket says) unless
+    ``read_ready`` is False (a socket the test expects refused: its close comes first)."""
     from portal.asgi import application
 
     headers = [(b"origin", b"http://127.0.0.1")]
@@ -43,7 +43,7 @@ async def connect(user=None, query: str = "", *, refused: bool = False) -> Webso
     communicator = WebsocketCommunicator(application, f"/ws/live/{query}", headers=headers)
     connected, _ = await communicator.connect(timeout=5)
     assert connected
-    if not refused:
+    if read_ready:
         assert await communicator.receive_json_from(timeout=3) == READY
     return communicator
 
@@ -79,10 +79,10 @@ def test_an_accepted_socket_says_ready_first_and_a_refused_one_never(actors, ins
     opened too, then closed, and must not make the page fetch what its user may no longer see."""
 
     async def scenario():
-        member = await connect(actors.member, refused=True)  # reads "ready" itself
+        member = await connect(actors.member, read_ready=False)  # reads "ready" itself
         assert await member.receive_json_from(timeout=3) == READY
         await member.disconnect()
-        refused = await connect(actors.member, f"?tenant={actors.other_tenant.pk}", refused=True)
+        refused = await connect(actors.member, f"?tenant={actors.other_tenant.pk}", read_ready=False)
         output = await refused.receive_output(timeout=3)
         assert (output["type"], output.get("code")) == ("websocket.close", 4403)
 
@@ -91,7 +91,7 @@ def test_an_accepted_socket_says_ready_first_and_a_refused_one_never(actors, ins
 
 def test_anonymous_is_refused(db):
     async def scenario():
-        communicator = await connect(None, refused=True)
+        communicator = await connect(None, read_ready=False)
         assert await closed_with(communicator) == 4401
 
     async_to_sync(scenario)()
@@ -154,9 +154,9 @@ def test_tenant_filter(actors, instances):
         assert await staff.receive_nothing(timeout=0.5)
         await staff.disconnect()
 
-        member = await connect(actors.member, f"?tenant={actors.other_tenant.pk}", refused=True)  # not a member there
+        member = await connect(actors.member, f"?tenant={actors.other_tenant.pk}", read_ready=False)  # not a member there
         assert await closed_with(member) == 4403
-        bad = await connect(actors.member, "?tenant=abc", refused=True)
+        bad = await connect(actors.member, "?tenant=abc", read_ready=False)
         assert await closed_with(bad) == 4400
 
     async_to_sync(scenario)()
@@ -181,7 +181,7 @@ def test_instance_metrics_reach_only_the_pages_of_that_instance(actors, instance
         for communicator in (page, overview, snooper):
             assert await communicator.receive_nothing(timeout=0.3)
             await communicator.disconnect()
-        bad = await connect(actors.member, "?instance=abc", refused=True)
+        bad = await connect(actors.member, "?instance=abc", read_ready=False)
         assert await closed_with(bad) == 4400
 
     async_to_sync(scenario)()

@@ -292,9 +292,8 @@ def test_member_hits_the_instances_quota(daphne, actors, catalogue, browser_page
     expect(page.locator("#lc-launch-submit")).to_be_disabled()
     page.fill("#id_count", "1")
 
-    # a request sent anyway (the button enabled by hand, an old tab) is refused by the service
-    page.eval_on_selector("#lc-launch-submit", "button => { button.disabled = false; }")
-    page.click("#lc-launch-submit")
+    # a request sent anyway (an old tab, a script) is refused by the service
+    page.eval_on_selector("#lc-launch-form", "form => form.requestSubmit()")
 
     alert = page.locator("#lc-launch-form .alert-danger")
     expect(alert).to_contain_text("Quota exceeded for instances: requested 1, limit 1, currently in use 1.")
@@ -437,8 +436,7 @@ def test_journey_in_simplified_chinese(daphne, actors, catalogue, make_user, bro
     page.check(f"#lc-flavor-{flavor.pk}")
     expect(page.locator('#lc-quota-impact [data-resource="instances"] .lc-over-note')).to_be_visible()
     expect(page.locator("#lc-launch-submit")).to_be_disabled()  # not offered over the quota
-    page.eval_on_selector("#lc-launch-submit", "button => { button.disabled = false; }")  # sent anyway
-    page.click("#lc-launch-submit")
+    page.eval_on_selector("#lc-launch-form", "form => form.requestSubmit()")  # sent anyway
     expect(page.locator("#lc-launch-form .alert-danger")).to_contain_text("超出配额")
     expect(page.locator("#lc-launch-form .alert-danger")).to_contain_text("限额 1，当前已用 1")
     assert Instance.objects.filter(tenant=actors.tenant).count() == 1
