@@ -154,7 +154,8 @@ def test_tenant_filter(actors, instances):
         assert await staff.receive_nothing(timeout=0.5)
         await staff.disconnect()
 
-        member = await connect(actors.member, f"?tenant={actors.other_tenant.pk}", read_ready=False)  # not a member there
+        # not a member there
+        member = await connect(actors.member, f"?tenant={actors.other_tenant.pk}", read_ready=False)
         assert await closed_with(member) == 4403
         bad = await connect(actors.member, "?tenant=abc", read_ready=False)
         assert await closed_with(bad) == 4400

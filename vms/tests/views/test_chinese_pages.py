@@ -1,6 +1,7 @@
 """The dashboard in Simplified Chinese leaves no English behind (#19): the pages a member, a tenant admin and a
-cloud admin open (every GET page of the dashboard; the others are forms posted from them), with data on it (an instance with its operations and a snapshot, an image, a keypair, a
-network), read as a browser shows it — text, titles, placeholders, labels; not scripts, styles or code samples.
+cloud admin open (every GET page of the dashboard; the others are forms posted from them), with data on them
+(an instance with its operations and a snapshot, an image, a keypair, a network), read as a browser shows them
+— text, titles, placeholders, labels; not scripts, styles or code samples.
 
 A word of Latin letters fails the test unless it is a name the test gave its data, a unit, or a technical name
 a Chinese page keeps as it is (API, SSH, vCPU, qcow2, cloud-init…): ``KEPT``.
