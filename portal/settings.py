@@ -262,8 +262,8 @@ LABCLOUD_SERIAL_LOG_DIR = os.environ.get("LABCLOUD_SERIAL_LOG_DIR", "/var/log/li
 LABCLOUD_SHUTDOWN_TIMEOUT = int(os.environ.get("INSTANCE_SHUTDOWN_TIMEOUT", "60"))
 # Live migration: the job is aborted after MIGRATION_TIMEOUT_SECONDS (the guest stays on its source), or,
 # with MIGRATION_POST_COPY=1, switched to post-copy then (it finishes whatever the guest writes; a link
-# failure during post-copy loses the guest). Auto-converge (throttling a guest that dirties memory faster
-# than the link) is always on. MIGRATION_MAX_DOWNTIME_MS: the pause allowed at the switch (0: libvirt's).
+# failure during post-copy loses the guest). Without post-copy, auto-converge (throttling a guest that dirties
+# memory faster than the link) is on. MIGRATION_MAX_DOWNTIME_MS: the pause allowed at the switch (0: libvirt's).
 LABCLOUD_MIGRATION_TIMEOUT = float(os.environ.get("MIGRATION_TIMEOUT_SECONDS", "600"))
 LABCLOUD_MIGRATION_POST_COPY = os.environ.get("MIGRATION_POST_COPY", "0") == "1"
 LABCLOUD_MIGRATION_MAX_DOWNTIME_MS = int(os.environ.get("MIGRATION_MAX_DOWNTIME_MS", "0"))

@@ -7,12 +7,20 @@ operations are queued, not run.
 
 from __future__ import annotations
 
+import dataclasses
 import xml.etree.ElementTree as ET
 
+import libvirt
 import pytest
 
 from portal.backends.base import NicFilter
-from portal.backends.libvirt.migration import DiskMove, MigrationPlan, rewrite_domain_xml
+from portal.backends.libvirt.migration import (
+    DiskMove,
+    MigrationPlan,
+    about_to_finish,
+    migration_flags,
+    rewrite_domain_xml,
+)
 from portal.factories import make_flavor, make_host, make_instance
 from portal.services import ConflictError, NotAllowed
 from portal.testing import assert_access_matrix
@@ -272,6 +280,32 @@ def test_persistent_definition_points_at_the_destination_volumes():
     assert vda.find("source").attrib == {"pool": "dst-pool", "volume": "lctest-x-root.qcow2"}
     children = [child.tag for child in vda]
     assert children.index("source") == children.index("driver") + 1
+
+
+def test_post_copy_replaces_auto_converge_and_shared_storage_copies_nothing():
+    """As in Nova: a job allowed to switch to post-copy is not throttled the whole pre-copy first."""
+    plan = _plan()
+    flags = migration_flags(plan)
+    assert flags & libvirt.VIR_MIGRATE_AUTO_CONVERGE and not flags & libvirt.VIR_MIGRATE_POSTCOPY
+    assert flags & libvirt.VIR_MIGRATE_NON_SHARED_INC and flags & libvirt.VIR_MIGRATE_LIVE
+    flags = migration_flags(dataclasses.replace(plan, post_copy=True, shared_storage=True))
+    assert flags & libvirt.VIR_MIGRATE_POSTCOPY and not flags & libvirt.VIR_MIGRATE_AUTO_CONVERGE
+    assert flags & libvirt.VIR_MIGRATE_UNSAFE and not flags & libvirt.VIR_MIGRATE_NON_SHARED_INC
+    cold = migration_flags(dataclasses.replace(plan, live=False, post_copy=True))
+    assert cold & libvirt.VIR_MIGRATE_OFFLINE and not cold & (libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_POSTCOPY)
+
+
+@pytest.mark.parametrize(
+    ("stats", "finishing"),
+    [
+        ({"memory_remaining": 512 * 1024, "memory_bps": 2 * 1024**2}, True),  # a quarter second left at 2 MiB/s
+        ({"memory_remaining": 64 * 1024**2, "memory_bps": 2 * 1024**2}, False),  # half a minute left
+        ({"memory_remaining": 0, "memory_bps": 0}, False),  # no rate measured yet: unknown
+        ({}, False),  # the statistics could not be read
+    ],
+)
+def test_a_switch_to_post_copy_waits_only_for_a_job_about_to_finish(stats, finishing):
+    assert about_to_finish(stats, 0.5) is finishing
 
 
 # ---------------------------------------------------------------- draining a host

@@ -26,6 +26,7 @@ import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import libvirt
 
@@ -34,6 +35,13 @@ from portal.backends.libvirt.connection import connect
 from portal.backends.libvirt.domain import add_filterref
 
 log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+
+# A call in the watching loop that takes longer than this is logged (it holds up the deadline).
+SLOW_CALL_SECONDS = 5.0
+# Polls a post-copy switch waits, at most, for a job that is about to finish in pre-copy.
+HOLD_POLLS = 4
 
 
 class MigrationCancelled(BackendError):
@@ -159,17 +167,18 @@ def rewrite_domain_xml(xml: str, plan: MigrationPlan, *, persistent: bool) -> st
     return ET.tostring(root, encoding="unicode")
 
 
-def _flags(plan: MigrationPlan) -> int:
+def migration_flags(plan: MigrationPlan) -> int:
     flags = libvirt.VIR_MIGRATE_PERSIST_DEST | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE
     if not plan.live:
         return flags | libvirt.VIR_MIGRATE_OFFLINE
-    flags |= libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_AUTO_CONVERGE
+    flags |= libvirt.VIR_MIGRATE_LIVE
+    # Post-copy takes precedence over auto-converge, as in Nova: throttling a guest for the whole pre-copy
+    # only to switch anyway at the deadline slows it for nothing (under TCG, to a near halt).
+    flags |= libvirt.VIR_MIGRATE_POSTCOPY if plan.post_copy else libvirt.VIR_MIGRATE_AUTO_CONVERGE
     if plan.shared_storage:
         flags |= libvirt.VIR_MIGRATE_UNSAFE  # libvirt 9 cannot tell a shared directory from a local one
     elif any(d.copy for d in plan.disks):
         flags |= libvirt.VIR_MIGRATE_NON_SHARED_INC
-    if plan.post_copy:
-        flags |= libvirt.VIR_MIGRATE_POSTCOPY
     return flags
 
 
@@ -210,7 +219,7 @@ def migrate(
     try:
         source, destination = connect(plan.source_uri), connect(plan.destination_uri)
         dom = source.lookupByUUIDString(plan.uuid)
-        params, flags = _params(plan, dom), _flags(plan)
+        params, flags = _params(plan, dom), migration_flags(plan)
     except libvirt.libvirtError as exc:
         raise BackendError(f"migration of {plan.uuid} not started: {exc.get_error_message()}") from exc
     if plan.live and plan.max_downtime_ms:
@@ -224,35 +233,53 @@ def migrate(
         except libvirt.libvirtError as exc:
             outcome["error"] = exc
 
+    def timed(name: str, call: Callable[..., _T], *args) -> _T:
+        # A call that should answer at once but does not would hold up the deadline and the post-copy
+        # switch: said with its name, so a slow run shows what waited.
+        begun = time.monotonic()
+        try:
+            return call(*args)
+        finally:
+            took = time.monotonic() - begun
+            if took > SLOW_CALL_SECONDS:
+                log.warning("migration of %s: %s took %.1f s", plan.uuid, name, took)
+
     started = time.monotonic()
     worker = threading.Thread(target=run, name=f"migrate-{plan.uuid}", daemon=True)
     worker.start()
     aborted = switched = refused_post_copy = False
+    held_back = 0
     why = ""
     try:
         while worker.is_alive():
             worker.join(poll)
             if not worker.is_alive() or not plan.live:
                 break
+            stats: dict = {}
             with contextlib.suppress(libvirt.libvirtError):
-                stats = dom.jobStats(0)
-                if stats.get("type", libvirt.VIR_DOMAIN_JOB_NONE) != libvirt.VIR_DOMAIN_JOB_NONE and on_progress:
-                    on_progress(_stats(stats))
+                stats = timed("reading the job's statistics", dom.jobStats, 0)
+            if stats.get("type", libvirt.VIR_DOMAIN_JOB_NONE) != libvirt.VIR_DOMAIN_JOB_NONE and on_progress:
+                timed("reporting progress", on_progress, _stats(stats))
             elapsed = time.monotonic() - started
             late = elapsed > plan.timeout
             # Post-copy that QEMU never took within a second timeout: aborted like a job without post-copy.
             too_late = late and (not plan.post_copy or (not switched and elapsed > 2 * plan.timeout))
-            cancel = not aborted and should_cancel is not None and should_cancel()
+            cancel = not aborted and should_cancel is not None and timed("asking for a cancel", should_cancel)
             if not aborted and (cancel or too_late):
                 aborted, why = True, "cancelled" if cancel else "deadline"
                 log.info("aborting the migration of %s (%s)", plan.uuid, why)
                 with contextlib.suppress(libvirt.libvirtError):
                     dom.abortJob()
+            elif late and plan.post_copy and not switched and held_back < HOLD_POLLS and about_to_finish(stats, poll):
+                # A job about to finish in pre-copy finishes so: a switch asked for as QEMU completes the
+                # pre-copy races its completion. Held back for a few polls at most (one that stays
+                # "about to finish" is not finishing).
+                held_back += 1
             elif late and plan.post_copy and not switched:
                 # Refused until the job's memory phase has begun (QEMU: "Postcopy must be started after
                 # migration has been started"): asked again at the next poll until it takes.
                 try:
-                    dom.migrateStartPostCopy(0)
+                    timed("switching to post-copy", dom.migrateStartPostCopy, 0)
                 except libvirt.libvirtError as exc:
                     if not refused_post_copy:  # said once; asked again at each poll
                         log.info("migration of %s: post-copy not started yet: %s", plan.uuid, exc.get_error_message())
@@ -281,6 +308,14 @@ def migrate(
         moved = destination.lookupByUUIDString(plan.uuid)
         downtime = moved.jobStats(libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED).get("downtime")
     return MigrationResult(seconds=seconds, downtime_ms=downtime, post_copy=switched)
+
+
+def about_to_finish(stats: dict, poll: float) -> bool:
+    """The job's memory phase would end within a poll at the rate it runs (unknown: False)."""
+    remaining, rate = stats.get(libvirt.VIR_DOMAIN_JOB_MEMORY_REMAINING), stats.get(libvirt.VIR_DOMAIN_JOB_MEMORY_BPS)
+    if remaining is None or not rate:
+        return False
+    return remaining <= rate * poll
 
 
 def domain_on(uri: str, uuid: str) -> str | None:
