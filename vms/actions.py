@@ -336,36 +336,52 @@ def offered(instance: Instance, name: str, capabilities: frozenset[Capability] |
 
 def refusal(instance: Instance, name: str) -> ConflictError | None:
     """Why the instance cannot do ``name`` now (a ConflictError to raise), or None when it can."""
+    why = _refused(instance, name)
+    return None if why is None else why()
+
+
+def _refused(
+    instance: Instance, name: str, capabilities: frozenset[Capability] | None = None
+) -> Callable[[], ConflictError] | None:
+    """None when the instance can do ``name`` now, else what builds the refusal: its message is only
+    translated and formatted when someone reads it (a list page asks this of every row and action)."""
     action = ACTIONS[name]
     if instance.state == S.DELETING and (name != "delete" or instance.task):
         if name == "delete" and instance.task == "delete":
-            return ConflictError(_("Instance “%(name)s” is being deleted already.") % {"name": instance.name})
-        return ConflictError(_("Instance “%(name)s” is being deleted.") % {"name": instance.name})
+            return lambda: ConflictError(_("Instance “%(name)s” is being deleted already.") % {"name": instance.name})
+        return lambda: ConflictError(_("Instance “%(name)s” is being deleted.") % {"name": instance.name})
     if instance.task and not (action.busy_ok_in_error and instance.state == S.ERROR):
-        return Busy(
+        return lambda: Busy(
             _("Instance “%(name)s” is busy (%(task)s); try again when it has finished.")
             % {"name": instance.name, "task": verb(instance.task)}
         )
     if instance.state not in action.states:
-        return ConflictError(
+        return lambda: ConflictError(
             _("Cannot %(action)s instance “%(name)s” while it is %(state)s.")
             % {"action": action.verb, "name": instance.name, "state": instance.get_state_display().lower()}
         )
     if action.capability is None:
-        return host_refusal(instance)
+        return _host_down(instance)
     if instance.host_id is None:
-        return ConflictError(_("Instance “%(name)s” has no host.") % {"name": instance.name})
-    if action.capability not in instance_capabilities(instance):
-        return ConflictError(compute_for(instance.host).missing_reason(instance, str(action.verb)))
+        return lambda: ConflictError(_("Instance “%(name)s” has no host.") % {"name": instance.name})
+    capabilities = instance_capabilities(instance) if capabilities is None else capabilities
+    if action.capability not in capabilities:
+        return lambda: ConflictError(compute_for(instance.host).missing_reason(instance, str(action.verb)))
     if not action.applies(instance):
-        return ConflictError(_("Instance “%(name)s” is not installing from an ISO.") % {"name": instance.name})
+        return lambda: ConflictError(_("Instance “%(name)s” is not installing from an ISO.") % {"name": instance.name})
     if action.host_down:
         if instance.host.state != Host.State.DOWN:
-            return ConflictError(
+            return lambda: ConflictError(
                 _("The host of instance “%(name)s” answers: migrate it instead.") % {"name": instance.name}
             )
         return None
-    return host_refusal(instance)
+    return _host_down(instance)
+
+
+def _host_down(instance: Instance) -> Callable[[], HostUnavailable] | None:
+    if instance.host_id is not None and instance.host.state == Host.State.DOWN:
+        return lambda: host_refusal(instance)
+    return None
 
 
 def host_refusal(instance: Instance) -> HostUnavailable | None:
@@ -394,12 +410,21 @@ def verb(name: str) -> str:
 
 def allowed_actions(instance: Instance) -> list[str]:
     """The actions the instance accepts now (what its buttons enable), in the registry's order."""
-    return [name for name in REQUESTABLE if offered(instance, name) and refusal(instance, name) is None]
+    return _accepted(instance, REQUESTABLE)
 
 
 def allowed_admin_actions(instance: Instance) -> list[str]:
     """The cloud admins' actions (migrate) the instance accepts now: for admins' pages and live updates only."""
-    return [name for name in ADMIN_ACTIONS if offered(instance, name) and refusal(instance, name) is None]
+    return _accepted(instance, ADMIN_ACTIONS)
+
+
+def _accepted(instance: Instance, names: tuple[str, ...]) -> list[str]:
+    capabilities = instance_capabilities(instance)
+    return [
+        name
+        for name in names
+        if offered(instance, name, capabilities) and _refused(instance, name, capabilities) is None
+    ]
 
 
 def offered_actions(instance: Instance) -> list[str]:
