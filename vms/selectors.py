@@ -92,6 +92,12 @@ def instances_for(*, user, tenant: Tenant | None = None) -> QuerySet[Instance]:
     return instances.select_related("tenant", "flavor", "image", "host", "owner", "network", "keypair")
 
 
+def instance_rows_for(*, user) -> QuerySet[Instance]:
+    """Instances the user may see, joined with only what the API's list shows: the owner's, the flavor's and the
+    host's names, and the host's kind (what the instance can do). The other relations are shown by id."""
+    return Instance.objects.restrict(user, VIEW).select_related("flavor", "host", "owner")
+
+
 def flavors_for(*, user, tenant: Tenant | None = None) -> QuerySet[Flavor]:
     """Flavors the user may see; with ``tenant``, only those that tenant may launch."""
     flavors = Flavor.objects.restrict(user, VIEW)
