@@ -226,6 +226,68 @@
       .catch(showChanged);
   }
 
+  // ------------------------------------------------------------------ catching up (list pages)
+
+  // A row with a task, or an operation not finished, as the page was rendered.
+  function workInProgress() {
+    return !!document.querySelector(
+      '#lc-instance-rows [data-lc-field="task"]:not([data-task=""]), ' +
+      '#lc-recent-operations [data-state="queued"], #lc-recent-operations [data-state="running"]'
+    );
+  }
+
+  // Fetch the page again and take from it what this page shows live: the instance rows (a row the fresh
+  // page lacks is gone; a row keeps its checkbox), the overview's state counts and recent operations.
+  function catchUp() {
+    fetch(window.location.href, { credentials: "same-origin", headers: { Accept: "text/html", "X-LC-Refresh": "1" } })
+      .then(function (response) {
+        if (!response.ok) {
+          throw new Error(String(response.status));
+        }
+        return response.text();
+      })
+      .then(function (html) {
+        var fresh = new DOMParser().parseFromString(html, "text/html");
+        var rows = document.getElementById("lc-instance-rows");
+        var freshRows = fresh.getElementById("lc-instance-rows");
+        if (rows && freshRows) {
+          rows.querySelectorAll("tr[data-instance]").forEach(function (row) {
+            var id = row.getAttribute("data-instance");
+            var next = freshRows.querySelector('tr[data-instance="' + CSS.escape(id) + '"]');
+            if (!next) {
+              untrackState(id);
+              row.parentNode.removeChild(row);
+              return;
+            }
+            var imported = document.importNode(next, true);
+            var box = row.querySelector(".lc-select");
+            var twin = imported.querySelector(".lc-select");
+            if (box && twin) {
+              twin.checked = box.checked;
+            }
+            row.replaceWith(imported);
+          });
+          updateBulk();
+        }
+        var freshStates = fresh.getElementById("lc-state-chart-data");
+        if (stateData && freshStates) {
+          stateData.instances = JSON.parse(freshStates.textContent).instances;
+          recountStates();
+        }
+        ["lc-recent-operations", "lc-recent-none"].forEach(function (id) {
+          var current = document.getElementById(id);
+          var next = fresh.getElementById(id);
+          if (current && next) {
+            current.replaceWith(document.importNode(next, true));
+          }
+        });
+        document.documentElement.setAttribute("data-lc-caught-up", String(Date.now()));
+      })
+      .catch(function () {
+        setIndicator("offline");
+      });
+  }
+
   // What the user typed or chose in a section's forms survives its redraw: fields they changed keep
   // their value (the others take the fresh page's, e.g. a new vCPU count).
   function keepUserInput(current, next) {
@@ -579,10 +641,12 @@
       delay = 1000;
       setIndicator("live");
       // Events sent before this socket joined its groups are lost: after a reconnect, or when the page
-      // was rendered while a task ran (it may have ended meanwhile), redraw the instance page once.
+      // was rendered while a task ran (it may have ended meanwhile), the page catches up once.
       var root = detailId && document.getElementById("lc-instance");
       if (root && (everOpened || root.getAttribute("data-task"))) {
         refreshSections();
+      } else if (!detailId && (everOpened || workInProgress())) {
+        catchUp();
       }
       everOpened = true;
     }

@@ -195,6 +195,48 @@ def test_instance_list_follows_the_websocket(daphne, lab, browser_page):
     assert not errors, errors
 
 
+def test_a_list_loaded_mid_task_catches_up(daphne, lab, browser_page):
+    """The list was rendered while a delete ran, and the delete ended before the page's socket joined its
+    groups (its events lost to this page): once the socket says it is ready, the page fetches itself again
+    and the row goes, without a reload."""
+    page, errors = browser_page
+    from playwright.sync_api import expect
+
+    _alice, physics, (web, db) = lab
+    Instance.objects.filter(pk=web.pk).update(task="delete", state=Instance.State.DELETING)
+    operation = Operation.objects.create(
+        kind="instance.delete",
+        tenant=physics,
+        target_type="vms.instance",
+        target_id=str(web.pk),
+        target_repr=web.name,
+        state=Operation.State.RUNNING,
+        progress=20,
+    )
+    sign_in(page, daphne, "alice", PASSWORD)
+
+    def finished():
+        Operation.objects.filter(pk=operation.pk).update(state=Operation.State.SUCCEEDED, progress=100)
+        realtime.instance_deleted(tenant_id=physics.pk, instance_id=web.pk)
+        Instance.objects.filter(pk=web.pk).delete()
+        realtime.flush()  # handed to the channel layer: sent before the page's socket joins
+
+    def delete_ends_before_the_socket_joins(socket):
+        # The page has rendered the row and opens its socket: the delete ends now, then the socket goes through.
+        publish(finished)
+        socket.connect_to_server()
+
+    page.route_web_socket(re.compile(r"/ws/live/"), delete_ends_before_the_socket_joins)
+    response = page.goto(f"{daphne}{reverse('instances')}")
+    assert 'data-task="delete"' in response.text()  # rendered mid-task
+    page.evaluate("window.lcNotReloaded = true")
+    expect(page.locator("#lc-live-indicator")).to_have_attribute("data-lc-live-state", "live")
+    expect(page.locator(f'tr[data-instance="{web.pk}"]')).to_have_count(0)
+    expect(page.locator(f'tr[data-instance="{db.pk}"] .lc-vm-state')).to_have_text("Running")
+    assert page.evaluate("window.lcNotReloaded") is True
+    assert not errors, errors
+
+
 def test_detail_page_redraws_its_sections_after_a_task(daphne, lab, browser_page):
     """A snapshot taken elsewhere: when its task ends, the page shows it without a reload."""
     page, errors = browser_page
