@@ -288,6 +288,10 @@ class SerialConsole {
       cursorBlink: true,
       convertEol: false,
       fontSize: 14,
+      // xterm.js makes a row exactly as tall as the font's ascent + descent rounded to a pixel: an
+      // underscore sits on that last pixel and vanished wherever the row fell between device pixels
+      // ("x86 64"). A little leading keeps every glyph inside its row.
+      lineHeight: 1.2,
       scrollback: 5000,
       fontFamily: "ui-monospace, SFMono-Regular, Menlo, Consolas, monospace",
     });

@@ -8,6 +8,7 @@ file and a Redis database of its own for the channel layer; the test process pub
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import sys
@@ -274,3 +275,73 @@ def test_detail_page_redraws_its_sections_after_a_task(daphne, lab, browser_page
     expect(page.locator("#lc-instance-changed")).to_be_hidden()
     assert page.evaluate("window.lcNotReloaded") is True
     assert not [e for e in errors if "metrics" not in e], errors
+
+
+# Decodes two PNG screenshots in the page itself and counts the pixels that differ clearly.
+PIXELS_APART = """async ([first, second]) => {
+  const load = (data) => new Promise((ok, bad) => {
+    const image = new Image();
+    image.onload = () => ok(image);
+    image.onerror = bad;
+    image.src = "data:image/png;base64," + data;
+  });
+  const pixels = (image) => {
+    const canvas = document.createElement("canvas");
+    canvas.width = image.width;
+    canvas.height = image.height;
+    const context = canvas.getContext("2d");
+    context.drawImage(image, 0, 0);
+    return context.getImageData(0, 0, image.width, image.height).data;
+  };
+  const [a, b] = (await Promise.all([load(first), load(second)])).map(pixels);
+  let apart = 0;
+  for (let k = 0; k < Math.min(a.length, b.length); k += 4) {
+    if (Math.abs(a[k] - b[k]) + Math.abs(a[k + 1] - b[k + 1]) + Math.abs(a[k + 2] - b[k + 2]) > 60) apart++;
+  }
+  return apart;
+}"""
+
+
+def pixel_box(locator) -> dict:
+    """The whole device pixels an element touches (an element's own screenshot rounds a fractional edge)."""
+    box = locator.bounding_box()
+    top, bottom = math.floor(box["y"]), math.ceil(box["y"] + box["height"])
+    return {"x": math.floor(box["x"]), "y": top, "width": math.ceil(box["width"]), "height": bottom - top}
+
+
+def test_the_serial_console_shows_underscores(daphne, lab, browser_page):
+    """At a pixel ratio of 1 the terminal's rows were shorter than the font's glyphs and an underscore fell
+    outside its row ("x86 64", "PREEMPT DYNAMIC"): the same line with underscores and with spaces must
+    render differently."""
+    import base64
+
+    page, _errors = browser_page  # no guest here: the serial socket's failure is not this test's subject
+    from playwright.sync_api import expect
+
+    _alice, _physics, (web, _db) = lab
+    sign_in(page, daphne, "alice", PASSWORD)
+    page.goto(f"{daphne}{reverse('instance_detail', args=[web.pk])}")
+    page.click("#lc-console-tab-serial")
+    page.click("#lc-serial-connect")  # makes the terminal, whatever the socket then does
+    expect(page.locator("#lc-serial-terminal .xterm-rows")).to_be_attached()
+    # Nothing else writes to the terminal once its socket has given up (no guest on a test:///default host).
+    expect(page.locator("#lc-serial-status")).to_have_attribute("data-state", re.compile("^(error|disconnected)$"))
+    page.evaluate(
+        "() => new Promise((done) => window.lcConsole.terminal.write("
+        "'\\x1b[2J\\x1b[Hx86_64 PREEMPT_DYNAMIC\\r\\nx86 64 PREEMPT DYNAMIC\\r\\n', done))"
+    )
+    rows = page.locator("#lc-serial-terminal .xterm-rows > div")
+    expect(rows.nth(0)).to_have_text(re.compile(r"^x86_64\sPREEMPT_DYNAMIC\s*$"))  # both drawn before the shots
+    expect(rows.nth(1)).to_have_text(re.compile(r"^x86\s64\sPREEMPT\sDYNAMIC\s*$"))
+    hidden = []
+    for offset in (0, 0.25, 0.5, 0.75):  # where the rows fall between device pixels changed what was clipped
+        page.evaluate(
+            "(offset) => new Promise((done) => {"
+            " document.getElementById('lc-serial-terminal').style.marginTop = offset + 'px';"
+            " requestAnimationFrame(() => requestAnimationFrame(done)); })",
+            offset,
+        )
+        shots = [base64.b64encode(page.screenshot(clip=pixel_box(rows.nth(n)))).decode() for n in (0, 1)]
+        if page.evaluate(PIXELS_APART, shots) < 10:  # two underscores: a line of pixels about a cell wide each
+            hidden.append(offset)
+    assert not hidden, f"the underscores are not drawn with the rows {hidden} px lower"
