@@ -1,10 +1,11 @@
 """/api/v1/: every app's API routes on one router, plus the OpenAPI schema and its viewers (served offline)."""
 
 from django.urls import include, path, re_path
-from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
+from drf_spectacular.views import SpectacularAPIView
 from rest_framework.routers import DefaultRouter
 
 from images.api import views as images_views
+from portal.api import docs
 from portal.api import views as portal_views
 from vms.api import clouds, flavors, hosts, instances, keypairs, networks, operations
 
@@ -29,8 +30,8 @@ router.register("image-shares", images_views.ImageShareViewSet, basename="images
 
 urlpatterns = [
     path("schema/", SpectacularAPIView.as_view(), name="api-schema"),
-    path("docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
-    path("redoc/", SpectacularRedocView.as_view(url_name="api-schema"), name="api-redoc"),
+    path("docs/", docs.SwaggerView.as_view(url_name="api-schema"), name="api-docs"),
+    path("redoc/", docs.RedocView.as_view(url_name="api-schema"), name="api-redoc"),
     path("", include(router.urls)),
     # Last: anything else under /api/v1/ is a problem+json 404, not the HTML error page.
     re_path(r"^[\s\S]*/$", portal_views.not_found, name="api-not-found"),

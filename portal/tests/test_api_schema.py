@@ -29,6 +29,7 @@ def test_schema_lists_every_endpoint(schema):
         assert f"/api/v1/{name}/" in schema["paths"]
         assert f"/api/v1/{name}/{{{'tenant' if name == 'quotas' else 'id'}}}/" in schema["paths"]
     assert not any("{" in path and "format" in path for path in schema["paths"])
+    assert not {"/api/v1/docs/", "/api/v1/redoc/", "/api/v1/schema/"} & set(schema["paths"])  # viewers are not API
 
 
 def test_schema_documents_problems_and_token_auth(schema):
@@ -62,8 +63,34 @@ def test_viewers_render_offline(client, url):
     html = response.content.decode()
     assert "cdn" not in html.lower()
     assert "jsdelivr" not in html.lower()
+    assert "https://" not in html  # no fonts or anything else from another origin
+    assert "img-src 'self' data:" in response["Content-Security-Policy"]
     assert "/api/v1/schema/" in html
     assets = re.findall(r"""(?:src|href)=["'](/static/[^"']+)["']""", html)
     assert assets, "the viewer should load its assets from our static files"
     for asset in assets:
         assert client.get(asset).status_code == 200, asset
+
+
+@pytest.mark.browser
+@pytest.mark.parametrize("url", ["/api/v1/docs/", "/api/v1/redoc/"])
+def test_viewers_ask_nothing_of_the_internet(live_server, browser_page, url):
+    """In a real browser, everything the viewer loads (scripts, styles, fonts, images) comes from the portal:
+    requests to any other origin are recorded and aborted, and there must be none."""
+    page, _errors = browser_page
+    outside: list[str] = []
+
+    def route(request_route):
+        request = request_route.request
+        if request.url.startswith(live_server.url):
+            request_route.continue_()
+        else:
+            outside.append(request.url)
+            request_route.abort()
+
+    page.route("**/*", route)
+    page.goto(f"{live_server.url}{url}")
+    # Both viewers render the API's title once they have read the schema.
+    page.get_by_text("labcloud", exact=False).first.wait_for()
+    page.wait_for_load_state("networkidle")
+    assert outside == [], outside
