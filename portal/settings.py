@@ -76,6 +76,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "portal.middleware.ActiveTenantMiddleware",
+    "portal.middleware.ApiProblemMiddleware",
 ]
 
 ROOT_URLCONF = "portal.urls"

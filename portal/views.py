@@ -10,10 +10,9 @@ import sys
 from dataclasses import dataclass
 
 import kombu.exceptions
-from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.core.exceptions import PermissionDenied, RequestDataTooBig
+from django.core.exceptions import PermissionDenied
 from django.db import InterfaceError, OperationalError
 from django.http import Http404, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render, resolve_url
@@ -27,7 +26,7 @@ from django.views.decorators.http import require_POST
 from django.views.defaults import bad_request as django_bad_request
 
 from portal.access import CHANGE, DELETE, VIEW, access_by_id, is_cloud_admin
-from portal.api.exceptions import problem_response
+from portal.api.exceptions import problem_response, refused_request_problem
 from portal.forms import AddMemberForm, ApiTokenForm, RoleForm, SwitchTenantForm
 from portal.middleware import SESSION_KEY, client_ip
 from portal.models import ApiToken, Membership, Quota, Tenant
@@ -325,20 +324,7 @@ def bad_request(request, exception):
     /api/ — 413 for a body over ``DATA_UPLOAD_MAX_MEMORY_SIZE`` —, Django's own page elsewhere."""
     if not request.path.startswith("/api/"):
         return django_bad_request(request, exception)
-    if isinstance(exception, RequestDataTooBig):
-        return problem_response(
-            status_code=413,
-            code="too_large",
-            title=_("Request too large"),
-            detail=_("The request body exceeds %(limit)d bytes; send a large file in chunks.")
-            % {"limit": settings.DATA_UPLOAD_MAX_MEMORY_SIZE},
-        )
-    return problem_response(
-        status_code=400,
-        code="bad_request",
-        title=_("Bad request"),
-        detail=_("The portal cannot read this request."),
-    )
+    return refused_request_problem(exception)
 
 
 def server_error(request):

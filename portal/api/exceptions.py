@@ -7,7 +7,9 @@
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.core.exceptions import RequestDataTooBig
 from django.http import Http404, JsonResponse
 from django.utils.translation import gettext as _
 from rest_framework import exceptions, status
@@ -30,6 +32,25 @@ def problem_response(*, status_code: int, code: str, title: str, detail: str, **
     body = {"type": TYPE_BASE + code, "title": title, "status": status_code, "detail": detail, "code": code, **extra}
     return JsonResponse(
         body, status=status_code, content_type=PROBLEM_CONTENT_TYPE, json_dumps_params={"ensure_ascii": False}
+    )
+
+
+def refused_request_problem(exception: Exception) -> JsonResponse:
+    """A request Django refused as suspicious (``SuspiciousOperation``), as the API says it: 413 for a body over
+    ``DATA_UPLOAD_MAX_MEMORY_SIZE``, 400 otherwise (a Host header the portal does not serve)."""
+    if isinstance(exception, RequestDataTooBig):
+        return problem_response(
+            status_code=413,
+            code="too_large",
+            title=_("Request too large"),
+            detail=_("The request body exceeds %(limit)d bytes; send a large file in chunks.")
+            % {"limit": settings.DATA_UPLOAD_MAX_MEMORY_SIZE},
+        )
+    return problem_response(
+        status_code=400,
+        code="bad_request",
+        title=_("Bad request"),
+        detail=_("The portal cannot read this request."),
     )
 
 

@@ -123,6 +123,18 @@ def test_413_a_body_over_the_in_memory_limit(actors, settings):
     assert not Tenant.objects.filter(name=name).exists()
 
 
+def test_413_is_a_problem_with_debug_on_too(actors, settings):
+    """With DEBUG on, Django answers a SuspiciousOperation with its technical HTML page before handler400:
+    an API client still gets problem+json."""
+    settings.DEBUG = True
+    name = "x" * (settings.DATA_UPLOAD_MAX_MEMORY_SIZE + 1)
+    response = actors.client("cloud_admin").generic(
+        "POST", "/api/v1/tenants/", json.dumps({"name": name}), content_type="application/json"
+    )
+    assert_problem(response, 413, "too_large")
+    assert not Tenant.objects.filter(name=name).exists()
+
+
 def test_other_bad_requests_django_refuses_are_problems_too(actors):
     """Django's own 400s (SuspiciousOperation: here a Host header it does not serve) under /api/."""
     response = actors.client("member").get("/api/v1/tenants/", HTTP_HOST="evil.example")
