@@ -25,6 +25,7 @@ from django.conf import settings
 from django.db import transaction
 from django.template.defaultfilters import filesizeformat
 from django.utils.translation import gettext as _
+from django.utils.translation import gettext_noop
 
 from images.inspection import ImageRejected
 from images.models import Image
@@ -43,6 +44,7 @@ from images.tasks import import_image_task
 from portal.models import Tenant
 from portal.selectors import tenant_usage
 from portal.services import ServiceError, reserve_quota
+from portal.texts import said
 from vms import operations
 from vms.models import Operation
 
@@ -79,15 +81,17 @@ def resolve_import_url(url: str) -> ImportSource:
 def _parse(url: str, *, resolve: bool) -> ImportSource:
     parsed = urllib.parse.urlparse(url)
     if parsed.scheme not in {"http", "https"} or not parsed.hostname:
-        raise ServiceError(_("Import from an http:// or https:// URL."), field="url")
+        raise ServiceError(said(gettext_noop("Import from an http:// or https:// URL.")), field="url")
     host = parsed.hostname
     try:
         port = parsed.port or (443 if parsed.scheme == "https" else 80)
     except ValueError as exc:
-        raise ServiceError(_("The URL has an invalid port."), field="url") from exc
+        raise ServiceError(said(gettext_noop("The URL has an invalid port.")), field="url") from exc
     allowed = settings.LABCLOUD_IMAGE_IMPORT_ALLOWED_HOSTS
     if allowed and host not in allowed:
-        raise ServiceError(_("Imports from %(host)s are not allowed on this cloud.") % {"host": host}, field="url")
+        raise ServiceError(
+            said(gettext_noop("Imports from %(host)s are not allowed on this cloud."), host=host), field="url"
+        )
     host_allowed = host in allowed
     target = urllib.parse.urlunparse(("", "", parsed.path or "/", parsed.params, parsed.query, ""))
     if host_allowed and not resolve:
@@ -95,11 +99,12 @@ def _parse(url: str, *, resolve: bool) -> ImportSource:
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
     except (OSError, UnicodeError) as exc:
-        raise ServiceError(_("The host %(host)s cannot be resolved.") % {"host": host}, field="url") from exc
+        raise ServiceError(said(gettext_noop("The host %(host)s cannot be resolved."), host=host), field="url") from exc
     addresses = tuple(dict.fromkeys(info[4][0] for info in infos))
     if not host_allowed and not all(_is_public(address) for address in addresses):
         raise ServiceError(
-            _("Imports from local or private addresses are not allowed (%(host)s).") % {"host": host}, field="url"
+            said(gettext_noop("Imports from local or private addresses are not allowed (%(host)s)."), host=host),
+            field="url",
         )
     return ImportSource(parsed.scheme, host, port, target, addresses, host_allowed)
 

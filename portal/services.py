@@ -24,17 +24,25 @@ from django.utils.translation import gettext as _
 from portal.access import ROLE_ADMIN, is_cloud_admin
 from portal.models import QUOTA_RESOURCES, ApiToken, AuditEvent, LoginFailure, Membership, Quota, Tenant
 from portal.selectors import Lockout, login_address_key, login_lockouts, login_username_key, tenant_usage
+from portal.texts import Said, translated
 
 log = logging.getLogger(__name__)
 
 
 class ServiceError(Exception):
-    """A request the service refuses; ``message`` is user-facing and translated."""
+    """A request the service refuses; ``message`` is user-facing and translated.
+
+    Made from a ``Said`` (a msgid and its parameters), ``message`` is that text in the active language and
+    ``said`` keeps it untranslated: what the worker stores when the refusal ends an operation.
+    """
 
     status = 400
     code = "invalid"
 
-    def __init__(self, message: str, *, field: str | None = None) -> None:
+    def __init__(self, message: str | Said, *, field: str | None = None) -> None:
+        self.said = message if isinstance(message, Said) else None
+        if isinstance(message, Said):
+            message = translated(message.text, message.args)
         super().__init__(message)
         self.message = message
         self.field = field

@@ -15,10 +15,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from django.utils.functional import Promise
-from django.utils.translation import gettext as _
-from django.utils.translation import gettext_lazy
+from django.utils.translation import gettext_lazy, gettext_noop
 
 from portal.services import ConflictError
+from portal.texts import said
 from vms.compute import Capability, compute_for, instance_capabilities
 from vms.models import Host, Instance
 
@@ -348,31 +348,42 @@ def _refused(
     action = ACTIONS[name]
     if instance.state == S.DELETING and (name != "delete" or instance.task):
         if name == "delete" and instance.task == "delete":
-            return lambda: ConflictError(_("Instance “%(name)s” is being deleted already.") % {"name": instance.name})
-        return lambda: ConflictError(_("Instance “%(name)s” is being deleted.") % {"name": instance.name})
+            return lambda: ConflictError(
+                said(gettext_noop("Instance “%(name)s” is being deleted already."), name=instance.name)
+            )
+        return lambda: ConflictError(said(gettext_noop("Instance “%(name)s” is being deleted."), name=instance.name))
     if instance.task and not (action.busy_ok_in_error and instance.state == S.ERROR):
         return lambda: Busy(
-            _("Instance “%(name)s” is busy (%(task)s); try again when it has finished.")
-            % {"name": instance.name, "task": verb(instance.task)}
+            said(
+                gettext_noop("Instance “%(name)s” is busy (%(task)s); try again when it has finished."),
+                name=instance.name,
+                task=ACTIONS[instance.task].verb if instance.task in ACTIONS else instance.task,  # lazy: translated
+            )
         )
     if instance.state not in action.states:
         return lambda: ConflictError(
-            _("Cannot %(action)s instance “%(name)s” while it is %(state)s.")
-            % {"action": action.verb, "name": instance.name, "state": instance.get_state_display().lower()}
+            said(
+                gettext_noop("Cannot %(action)s instance “%(name)s” while it is %(state)s."),
+                action=action.verb,
+                name=instance.name,
+                state=instance.get_state_display().lower(),
+            )
         )
     if action.capability is None:
         return _host_down(instance)
     if instance.host_id is None:
-        return lambda: ConflictError(_("Instance “%(name)s” has no host.") % {"name": instance.name})
+        return lambda: ConflictError(said(gettext_noop("Instance “%(name)s” has no host."), name=instance.name))
     capabilities = instance_capabilities(instance) if capabilities is None else capabilities
     if action.capability not in capabilities:
         return lambda: ConflictError(compute_for(instance.host).missing_reason(instance, str(action.verb)))
     if not action.applies(instance):
-        return lambda: ConflictError(_("Instance “%(name)s” is not installing from an ISO.") % {"name": instance.name})
+        return lambda: ConflictError(
+            said(gettext_noop("Instance “%(name)s” is not installing from an ISO."), name=instance.name)
+        )
     if action.host_down:
         if instance.host.state != Host.State.DOWN:
             return lambda: ConflictError(
-                _("The host of instance “%(name)s” answers: migrate it instead.") % {"name": instance.name}
+                said(gettext_noop("The host of instance “%(name)s” answers: migrate it instead."), name=instance.name)
             )
         return None
     return _host_down(instance)
@@ -391,7 +402,10 @@ def host_refusal(instance: Instance) -> HostUnavailable | None:
     """
     if instance.host_id is not None and instance.host.state == Host.State.DOWN:
         return HostUnavailable(
-            _("The host of instance “%(name)s” is unavailable; try again when it is back.") % {"name": instance.name}
+            said(
+                gettext_noop("The host of instance “%(name)s” is unavailable; try again when it is back."),
+                name=instance.name,
+            )
         )
     return None
 

@@ -87,7 +87,7 @@ def _dispatch(operation: Operation, instance: Instance, action: str) -> None:
     except ServiceError as exc:
         log.warning("operation %s (%s) refused: %s", operation.pk, operation.kind, exc.message)
         cause = exc.__cause__.message if isinstance(exc.__cause__, BackendError) else ""  # the backend's words
-        _fail(operation, instance, host_free(exc.message, instance.host), detail=cause)  # members: no host, no path
+        _fail(operation, instance, _members_words(exc, instance.host), detail=cause)
         return
     except BackendError as exc:
         # The backend's words name hosts and URIs: for cloud admins (error_detail), not for the tenant.
@@ -116,7 +116,7 @@ def _dispatch(operation: Operation, instance: Instance, action: str) -> None:
 def _run(operation: Operation, instance: Instance, action: str) -> str:
     """Carry out ``action`` on the host; the message the finished operation shows."""
     if action not in actions.ACTIONS:
-        raise ServiceError(_("Unknown operation %(kind)s.") % {"kind": operation.kind})
+        raise ServiceError(said(gettext_noop("Unknown operation %(kind)s."), kind=operation.kind))
     if action == "delete":
         return _delete(operation, instance)  # an instance never placed on a host can go too
     adapter = compute_for(instance.host)
@@ -216,6 +216,15 @@ def _requeue(operation_id: int) -> bool:
         fresh.save(update_fields=["params", "state", "heartbeat_at"])
         transaction.on_commit(lambda: operations.send(operation=fresh, task=run_instance_operation))
     return True
+
+
+def _members_words(exc: ServiceError, host) -> str | Said:
+    """A refusal as members read it: without the host's name or address and without server paths; kept as its
+    msgid and parameters when it was made from one (each reader translates it)."""
+    if exc.said is None:
+        return host_free(exc.message, host)
+    args = {k: host_free(v, host) if isinstance(v, str) else v for k, v in exc.said.args.items()}
+    return said(exc.said.text, **args)
 
 
 def _fail(operation: Operation, instance: Instance | None, message: str | Said, *, detail: str = "") -> None:

@@ -3,51 +3,16 @@
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
-from typing import Any
 
 from django.conf import settings
 from django.db import models
-from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
 from portal.access import MEMBER_ROLES, VIEW, RestrictedQuerySet
 from portal.models import Tenant
-
-
-@dataclass(frozen=True)
-class Said:
-    """A message the worker stores untranslated with its parameters: ``said(gettext_noop("… %(name)s …"),
-    name=…)``. Every reader translates it in its own language (``translated``)."""
-
-    text: str
-    args: dict[str, Any]
-
-    def __str__(self) -> str:  # in English, where one language is all a field keeps (an instance's state reason)
-        return self.text % self.args
-
-
-def said(text: str, **args: Any) -> Said:
-    """``text`` (a msgid) with its parameters; a call whose parameters do not fit the text fails here, in the
-    worker, not on a reader's page."""
-    text % args  # raises KeyError/TypeError/ValueError now
-    return Said(text=text, args=args)
-
-
-def translated(text: str, args: dict[str, Any] | None = None) -> str:
-    """A stored message in the active language: the portal's own are msgids (translated here, then their
-    parameters put in); anything else (a backend's words) comes back as it is."""
-    if not text:
-        return ""
-    if not args:
-        return gettext(text)
-    try:
-        return gettext(text) % args
-    except (KeyError, TypeError, ValueError):  # a translation that lost a parameter: the English one
-        try:
-            return text % args
-        except (KeyError, TypeError, ValueError):  # cut at the field's length, say: the text as it is
-            return text
+from portal.texts import Said as Said  # re-exported: the worker's stored messages
+from portal.texts import said as said
+from portal.texts import translated as translated
 
 
 class Operation(models.Model):

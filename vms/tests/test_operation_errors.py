@@ -132,3 +132,49 @@ def test_stored_messages_with_parameters_are_formatted_in_the_readers_language()
         said(STOPPED_TIMES, times=3)
     assert translated("The worker stopped %(n", {"n": 3}) == "The worker stopped %(n"
     assert translated("50% done", {}) == "50% done"  # a backend's words, no parameters: as they are
+
+
+def test_a_refusal_in_the_worker_is_stored_as_its_msgid_and_read_in_each_language(actors):
+    """A service refusal made from ``said`` that ends an operation in the worker is stored untranslated with
+    its parameters: each reader gets it in their language (before, the worker's English was stored)."""
+    from vms import execution
+
+    host = Host.objects.create(name="node-r", uri="test:///default", state=Host.State.UP)
+    flavor = Flavor.objects.create(name="lctest.err3", vcpus=1, ram_mib=256, disk_gib=1)
+    instance = factories.make_instance(actors.tenant, flavor, host, name="web-3", state=Instance.State.RUNNING)
+    operation = Operation.objects.create(
+        kind="instance.bogus",
+        tenant=actors.tenant,
+        target_type="vms.instance",
+        target_id=str(instance.pk),
+        target_repr=instance.name,
+    )
+    execution.execute(operation_id=operation.pk)
+    operation.refresh_from_db()
+    assert (operation.state, operation.error, operation.error_args) == (
+        Operation.State.FAILED,
+        "Unknown operation %(kind)s.",
+        {"kind": "instance.bogus"},
+    )
+    member = actors.client("member")
+    assert member.get(f"/api/v1/operations/{operation.pk}/").json()["error"] == "Unknown operation instance.bogus."
+    chinese = member.get(f"/api/v1/operations/{operation.pk}/", HTTP_ACCEPT_LANGUAGE="zh-hans").json()
+    assert chinese["error"] == "未知操作 instance.bogus。"
+
+
+def test_a_lazily_translated_parameter_is_translated_with_its_text():
+    from django.utils import translation
+    from django.utils.translation import gettext_lazy
+
+    from portal.texts import said, translated
+
+    stored = said(
+        "Cannot %(action)s instance “%(name)s” while it is %(state)s.",
+        action=gettext_lazy("start"),
+        name="web",
+        state="running",
+    )
+    with translation.override("zh-hans"):
+        chinese = translated(stored.text, stored.args)
+    assert "启动" in chinese and "web" in chinese, chinese
+    assert translated(stored.text, stored.args) == "Cannot start instance “web” while it is running."

@@ -20,6 +20,7 @@ from django.db.models import Q
 from django.template.defaultfilters import filesizeformat
 from django.utils import timezone
 from django.utils.translation import gettext as _
+from django.utils.translation import gettext_noop
 
 from images import qemu
 from images.distribution import wait_for_copy
@@ -37,6 +38,7 @@ from portal.backends.libvirt import storage
 from portal.backends.libvirt.driver import LibvirtDriver, random_vnc_password
 from portal.backends.libvirt.serial import SerialConsole
 from portal.services import ConflictError, ServiceError
+from portal.texts import said
 from vms import operations
 from vms.compute import state
 from vms.compute.base import AdapterBase, Capability, ConsoleEndpoint, HostFact, given_credentials
@@ -164,7 +166,7 @@ class LibvirtAdapter(AdapterBase):
         driver = driver_for(host)
         image = instance.image
         if image is None or image.status != Image.Status.ACTIVE:
-            raise ServiceError(_("The image of this instance is gone or no longer active."))
+            raise ServiceError(said(gettext_noop("The image of this instance is gone or no longer active.")))
         if not image.replicas.filter(host=host, state=ImageReplica.State.READY).exists():
             operations.progress(operation=operation, percent=5, message=_("Copying the image to the host"))
 
@@ -339,17 +341,17 @@ class LibvirtAdapter(AdapterBase):
         then = driver.snapshot_spec(uuid, snapshot.name)
         if then is not None and (then.effective_max_memory_mib > instance.ram_mib or then.vcpus > instance.vcpus):
             raise ConflictError(
-                _(
-                    "Snapshot “%(name)s” would bring back %(ram)d MiB of RAM and %(vcpus)d vCPUs, more than the "
-                    "instance counts (%(counted_ram)d MiB, %(counted_vcpus)d vCPUs); resize it first."
+                said(
+                    gettext_noop(
+                        "Snapshot “%(name)s” would bring back %(ram)d MiB of RAM and %(vcpus)d vCPUs, more than the "
+                        "instance counts (%(counted_ram)d MiB, %(counted_vcpus)d vCPUs); resize it first."
+                    ),
+                    name=snapshot.name,
+                    ram=then.effective_max_memory_mib,
+                    vcpus=then.vcpus,
+                    counted_ram=instance.ram_mib,
+                    counted_vcpus=instance.vcpus,
                 )
-                % {
-                    "name": snapshot.name,
-                    "ram": then.effective_max_memory_mib,
-                    "vcpus": then.vcpus,
-                    "counted_ram": instance.ram_mib,
-                    "counted_vcpus": instance.vcpus,
-                }
             )
         _record(instance, driver.snapshot_revert(uuid, snapshot.name))
         self._measure_after_change(instance)
@@ -449,7 +451,10 @@ class LibvirtAdapter(AdapterBase):
             pass
         else:
             raise ConflictError(
-                _("The host of instance “%(name)s” answers again: migrate it instead.") % {"name": instance.name}
+                said(
+                    gettext_noop("The host of instance “%(name)s” answers again: migrate it instead."),
+                    name=instance.name,
+                )
             )
         driver = driver_for(destination)
         pool = destination.storage_pool
@@ -529,7 +534,7 @@ class LibvirtAdapter(AdapterBase):
             target = driver_for(instance.host).set_vnc_password(str(instance.uuid), password, valid_seconds=ttl)
         except BackendError as exc:
             log.warning("console of instance %s: %s", instance.pk, exc.message)
-            raise ConflictError(_("The console of this instance is not available right now.")) from exc
+            raise ConflictError(said(gettext_noop("The console of this instance is not available right now."))) from exc
         return ConsoleEndpoint(vnc_host=target.host, vnc_port=target.port, password=password)
 
     def console_target(self, instance: Instance) -> ConsoleEndpoint:
@@ -545,12 +550,18 @@ class LibvirtAdapter(AdapterBase):
         except BackendError as exc:
             log.warning("capture of instance %s: %s", instance.pk, exc.message)  # names the host: for the log
             raise ConflictError(
-                _("The host of instance “%(name)s” did not answer; try again later.") % {"name": instance.name}
+                said(
+                    gettext_noop("The host of instance “%(name)s” did not answer; try again later."), name=instance.name
+                )
             ) from exc
         if volume is None or not Path(volume.path).exists():
             raise ConflictError(
-                _("The disk of instance “%(name)s” is not on this machine; capture works for local hosts only.")
-                % {"name": instance.name}
+                said(
+                    gettext_noop(
+                        "The disk of instance “%(name)s” is not on this machine; capture works for local hosts only."
+                    ),
+                    name=instance.name,
+                )
             )
         return Path(volume.path)
 
@@ -625,13 +636,13 @@ class LibvirtAdapter(AdapterBase):
 
     def validate_settings(self, host: Host) -> None:
         if not host.uri:
-            raise ServiceError(_("A libvirt host needs its URI."), field="uri")
+            raise ServiceError(said(gettext_noop("A libvirt host needs its URI.")), field="uri")
         if host.cpu_mode == Host.CpuMode.CUSTOM and not host.cpu_model:
-            raise ServiceError(_("CPU mode “custom” needs a CPU model."), field="cpu_model")
+            raise ServiceError(said(gettext_noop("CPU mode “custom” needs a CPU model.")), field="cpu_model")
 
     def apply_login(self, host: Host, *, credentials: dict[str, str], clear: bool) -> None:
         if given_credentials(credentials):
-            raise ServiceError(_("A libvirt host has no cloud credentials."), field="credentials")
+            raise ServiceError(said(gettext_noop("A libvirt host has no cloud credentials.")), field="credentials")
         if clear:
             host.credentials = ""
 

@@ -11,12 +11,14 @@ from collections.abc import Callable
 from celery.exceptions import SoftTimeLimitExceeded
 from django.utils import timezone
 from django.utils.translation import gettext as _
+from django.utils.translation import gettext_noop
 
 from images.distribution import claim_copy, copy_failed, stale_copy
 from images.models import Image, ImageReplica
 from portal.backends.base import BackendError
 from portal.backends.libvirt import storage
 from portal.services import ConflictError, ServiceError
+from portal.texts import said
 from vms import operations
 from vms.compute.libvirt.spec import libvirt_uri
 from vms.models import Host, Operation
@@ -32,7 +34,7 @@ def ensure_image_on_host(
     """The image's volume in the host's pool, uploaded once and reused after; a ConflictError while another
     worker copies it (``images.distribution.wait_for_copy`` waits for that)."""
     if image.status != Image.Status.ACTIVE:
-        raise ServiceError(_("Image “%(name)s” is not active yet.") % {"name": image.name})
+        raise ServiceError(said(gettext_noop("Image “%(name)s” is not active yet."), name=image.name))
     replica, created = ImageReplica.objects.get_or_create(
         image=image,
         host=host,
@@ -46,7 +48,9 @@ def ensure_image_on_host(
         replica.refresh_from_db()
         if replica.state == ImageReplica.State.READY:
             return replica
-        raise ConflictError(_("Image “%(name)s” is being copied to this host already.") % {"name": image.name})
+        raise ConflictError(
+            said(gettext_noop("Image “%(name)s” is being copied to this host already."), name=image.name)
+        )
 
     def report(percent: int) -> None:
         # the copy is alive (best effort: a database restart must not abort the copy)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from django.conf import settings
-from django.utils.translation import gettext as _
+from django.utils.translation import gettext_noop
 
 from images import qemu
 from images.distribution import wait_for_copy
@@ -32,6 +32,7 @@ from portal.backends.libvirt import migration as libvirt_migration
 from portal.backends.libvirt.driver import LibvirtDriver
 from portal.backends.libvirt.migration import DiskMove, MigrationCancelled, MigrationPlan, MigrationProgress
 from portal.services import ConflictError
+from portal.texts import said
 from vms import operations
 from vms.compute.libvirt.images import ensure_image_on_host
 from vms.compute.libvirt.spec import (
@@ -70,11 +71,17 @@ def migrate(operation: Operation, instance: Instance, destination: Host, *, seed
     src, dst = driver_for(source), driver_for(destination)
     if src.snapshot_list(uuid):
         raise ConflictError(
-            _("Instance “%(name)s” has snapshots; delete them before migrating it.") % {"name": instance.name}
+            said(
+                gettext_noop("Instance “%(name)s” has snapshots; delete them before migrating it."), name=instance.name
+            )
         )
     if libvirt_migration.domain_on(dst.uri, uuid) is not None:
         raise ConflictError(
-            _("The destination already has a domain of this instance; a cloud admin must remove it there first.")
+            said(
+                gettext_noop(
+                    "The destination already has a domain of this instance; a cloud admin must remove it there first."
+                )
+            )
         )
     live = src.describe(uuid, inactive=False).active
     # The disks as the persistent definition names them (volumes): a domain that arrived live has file
@@ -193,9 +200,11 @@ def _copy_volume(
         if name not in operation.params.get("made", []):
             # Not ours: the two pools may be one storage nobody declared shared (the file is the guest's disk).
             raise ConflictError(
-                _(
-                    "The destination already has a disk named as this instance's. If the two hosts share their "
-                    "storage, give both the same shared-storage name."
+                said(
+                    gettext_noop(
+                        "The destination already has a disk named as this instance's. If the two hosts share their "
+                        "storage, give both the same shared-storage name."
+                    )
                 )
             )
         dst.delete_volume(pool, name)  # made by an earlier attempt of this migration whose worker died
@@ -205,7 +214,7 @@ def _copy_volume(
         Operation.objects.filter(pk=operation.pk).update(params=operation.params)
     if name == seed_volume(instance):
         if seed is None:
-            raise ConflictError(_("The seed of this instance cannot be rebuilt."))
+            raise ConflictError(said(gettext_noop("The seed of this instance cannot be rebuilt.")))
         dst.upload_bytes(pool, name, seed)
         return
     here = src.find_volume(disk.pool, name)

@@ -14,12 +14,14 @@ from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 from django.conf import settings
 from django.utils.translation import gettext as _
+from django.utils.translation import gettext_noop
 
 from images.distribution import wait_for_copy
 from images.models import Image, ImageReplica
 from portal.backends.base import BackendError, HostUnreachable
 from portal.backends.openstack.driver import AuthFailed, ConsoleUnavailable, QuotaExceeded, ServerState
 from portal.services import ConflictError, ServiceError
+from portal.texts import said
 from vms import operations
 from vms.compute import state
 from vms.compute.base import AdapterBase, Capability, ConsoleEndpoint, HostFact
@@ -87,7 +89,7 @@ def websocket_url_of(novnc_url: str) -> str:
     else:
         ws_path = "/"
     if not token:
-        raise ConflictError(_("The cloud returned a console address without a token."))
+        raise ConflictError(said(gettext_noop("The cloud returned a console address without a token.")))
     scheme = "wss" if parts.scheme == "https" else "ws"
     return urlunsplit((scheme, parts.netloc, ws_path, urlencode({"token": token}), ""))
 
@@ -117,7 +119,7 @@ class OpenStackAdapter(AdapterBase):
         """Project, flavor and image in the cloud (each made once and remembered), then the server, until ACTIVE."""
         host, image = instance.host, instance.image
         if image is None or image.status != Image.Status.ACTIVE:
-            raise ServiceError(_("The image of this instance is gone or no longer active."))
+            raise ServiceError(said(gettext_noop("The image of this instance is gone or no longer active.")))
         driver = cloud_driver(host)
         operations.progress(operation=operation, percent=5, message=_("Preparing the project in the cloud"))
         project_id = project_for(host=host, tenant=instance.tenant)
@@ -159,7 +161,11 @@ class OpenStackAdapter(AdapterBase):
                 server_id = create(image_id)
             except QuotaExceeded as exc:  # the tenant's project is full in the cloud: the member's business
                 raise ConflictError(
-                    _("The cloud refused the new server: the tenant's quota there is used up (ask a cloud admin).")
+                    said(
+                        gettext_noop(
+                            "The cloud refused the new server: the tenant's quota there is used up (ask a cloud admin)."
+                        )
+                    )
                 ) from exc
             except BackendError as exc:
                 if isinstance(exc, HostUnreachable | AuthFailed):
@@ -276,10 +282,12 @@ class OpenStackAdapter(AdapterBase):
             console = cloud_driver(instance.host).console(instance.cloud_id, console_type="novnc")
         except ConsoleUnavailable as exc:
             log.warning("console of instance %s: %s", instance.pk, exc.message)
-            raise ConflictError(_("The cloud has no console for this instance right now.")) from exc
+            raise ConflictError(said(gettext_noop("The cloud has no console for this instance right now."))) from exc
         except BackendError as exc:
             log.warning("console of instance %s: %s", instance.pk, exc.message)
-            raise ConflictError(_("The cloud of this instance did not answer; try again later.")) from exc
+            raise ConflictError(
+                said(gettext_noop("The cloud of this instance did not answer; try again later."))
+            ) from exc
         return ConsoleEndpoint(url=websocket_url_of(console.url))
 
     # ------------------------------------------------------------ hosts
@@ -306,9 +314,11 @@ class OpenStackAdapter(AdapterBase):
 
     def validate_settings(self, host: Host) -> None:
         if not host.auth_url and not host.cloud_name:
-            raise ServiceError(_("Give the Keystone URL or a cloud name from clouds.yaml."), field="auth_url")
+            raise ServiceError(
+                said(gettext_noop("Give the Keystone URL or a cloud name from clouds.yaml.")), field="auth_url"
+            )
         if host.uri:
-            raise ServiceError(_("An OpenStack cloud has no libvirt URI."), field="uri")
+            raise ServiceError(said(gettext_noop("An OpenStack cloud has no libvirt URI.")), field="uri")
 
     def apply_login(self, host: Host, *, credentials: dict[str, str], clear: bool) -> None:
         login.apply_login(host, credentials=credentials, clear=clear)

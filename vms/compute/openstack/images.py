@@ -15,7 +15,7 @@ from collections.abc import Callable
 from django.conf import settings
 from django.db.models import Q
 from django.utils import timezone
-from django.utils.translation import gettext as _
+from django.utils.translation import gettext_noop
 
 from images.distribution import claim_copy, copy_failed, stale_copy
 from images.models import Image, ImageReplica
@@ -23,6 +23,7 @@ from images.selectors import accepting_tenant_ids
 from portal.backends.base import BackendError, NotFound
 from portal.backends.openstack.driver import OpenStackDriver
 from portal.services import ConflictError, ServiceError
+from portal.texts import said
 from vms.compute.openstack.login import cloud_driver
 from vms.models import CloudProject, Host
 
@@ -115,11 +116,13 @@ def cloud_image(
                 return replica.cloud_image_id
             claimable = Q(state=ImageReplica.State.READY)  # gone from Glance: upload it again
         if not claim_copy(replica, claimable=claimable, cloud_image_id=""):
-            raise ConflictError(_("Image “%(name)s” is being uploaded to this cloud already.") % {"name": image.name})
+            raise ConflictError(
+                said(gettext_noop("Image “%(name)s” is being uploaded to this cloud already."), name=image.name)
+            )
     disk_format = image.stored_format or image.disk_format
     try:
         if disk_format not in GLANCE_FORMATS:
-            raise ServiceError(_("Image format %(format)s cannot go to Glance.") % {"format": disk_format})
+            raise ServiceError(said(gettext_noop("Image format %(format)s cannot go to Glance."), format=disk_format))
         if report is not None:
             report(0)
         uploaded = driver.upload_image(

@@ -18,10 +18,12 @@ from cryptography.fernet import Fernet, InvalidToken
 from django.conf import settings
 from django.utils import timezone
 from django.utils.translation import gettext as _
+from django.utils.translation import gettext_noop
 
 from portal.backends.base import BackendError
 from portal.backends.openstack.driver import OpenStackAuth, OpenStackDriver
 from portal.services import ServiceError
+from portal.texts import said
 from vms.compute.base import given_credentials
 from vms.compute.state import host_state_changed, mark_host_down
 from vms.models import Host
@@ -194,9 +196,11 @@ def check_login(*, host: Host, login: dict[str, str]) -> None:
         return
     if login or host.project_mode == Host.ProjectMode.MANAGED:
         raise ServiceError(
-            _(
-                "Give a complete login: username, password and project name, or an application credential id "
-                "and secret (or a cloud name from clouds.yaml)."
+            said(
+                gettext_noop(
+                    "Give a complete login: username, password and project name, or an application credential id "
+                    "and secret (or a cloud name from clouds.yaml)."
+                )
             ),
             field="credentials",
         )
@@ -209,7 +213,7 @@ def apply_login(host: Host, *, credentials: dict[str, str], clear: bool) -> None
     unknown = sorted(set(credentials) - set(CREDENTIAL_FIELDS))
     if unknown:
         raise ServiceError(
-            _("Unknown credential fields: %(fields)s.") % {"fields": ", ".join(unknown)}, field="credentials"
+            said(gettext_noop("Unknown credential fields: %(fields)s."), fields=", ".join(unknown)), field="credentials"
         )
     given = given_credentials(credentials)
     if clear or given:

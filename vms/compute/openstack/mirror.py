@@ -22,10 +22,12 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 from django.utils.translation import gettext as _
+from django.utils.translation import gettext_noop
 
 from portal.backends.base import BackendError
 from portal.models import Tenant
 from portal.services import ServiceError, ensure_quota
+from portal.texts import said
 from vms.compute.openstack.login import cloud_driver
 from vms.models import CloudFlavor, CloudProject, Flavor, Host
 
@@ -43,8 +45,13 @@ def project_for(*, host: Host, tenant: Tenant) -> str:
         return found.project_id
     if host.project_mode != Host.ProjectMode.MANAGED:
         raise ServiceError(
-            _("Tenant “%(tenant)s” is not mapped to a project on cloud %(host)s; an administrator must map it.")
-            % {"tenant": tenant.name, "host": host.name}
+            said(
+                gettext_noop(
+                    "Tenant “%(tenant)s” is not mapped to a project on cloud %(host)s; an administrator must map it."
+                ),
+                tenant=tenant.name,
+                host=host.name,
+            )
         )
     info = cloud_driver(host).ensure_project(
         name=managed_project_name(tenant),
