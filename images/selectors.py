@@ -39,6 +39,13 @@ def images_for(*, user, kind: str | None = None, launchable: bool = False) -> Qu
     return images
 
 
+def launch_sources_for(*, user, tenant) -> QuerySet[Image]:
+    """The images and ISOs ``user`` may launch in ``tenant`` now: active, and public, the tenant's own or shared
+    with it and accepted."""
+    usable = Image.objects.filter(visible_to_tenant(tenant_id=tenant.pk)).values("pk")
+    return images_for(user=user, launchable=True).filter(pk__in=usable)
+
+
 def may_download(*, user, image: Image) -> bool:
     """Whether ``user`` may download the image's file: cloud admins, and the owner tenant's members (the
     CHANGE audience) unless the image is not ``downloadable`` (a capture of an image they could not download).

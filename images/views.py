@@ -26,7 +26,14 @@ from images.access import access_image_by_id, access_share_by_id
 from images.api.filtersets import ImageFilter
 from images.forms import DistributeForm, ImageEditForm, ImageImportForm, ImageUploadForm, ShareForm
 from images.models import Image, ImageShare
-from images.selectors import accepted_share, images_for, incoming_shares, may_download, visible_to_tenant
+from images.selectors import (
+    accepted_share,
+    images_for,
+    incoming_shares,
+    launch_sources_for,
+    may_download,
+    visible_to_tenant,
+)
 from portal.access import ADMIN_ROLES, CHANGE, DELETE, is_cloud_admin, tenant_ids_for
 from portal.middleware import client_ip
 from portal.services import ServiceError
@@ -278,6 +285,11 @@ def _render_detail(request, image: Image, *, status: int = 200, **forms) -> Http
         "can_download": may_download(user=user, image=image) and image.status == Image.Status.ACTIVE,
         "download_url": _api_url("image-file", f"/api/v1/images/{image.pk}/file/", image.pk),
     }
+    # "Launch" only where the launch form would take it: active, and usable by the tenant the user works in.
+    tenant = current_tenant(request)
+    context["can_launch"] = (
+        tenant is not None and launch_sources_for(user=user, tenant=tenant).filter(pk=image.pk).exists()
+    )
     if can_change:
         context["edit_form"] = forms.get("edit_form") or ImageEditForm(image=image, staff=staff)
         context["share_form"] = forms.get("share_form") or ShareForm()

@@ -19,6 +19,7 @@ from images.services import create_image
 from images.sharing import share_image
 from images.tests.conftest import upload
 from portal.factories import share_image_with
+from portal.middleware import SESSION_KEY
 from portal.models import AuditEvent, Membership
 from portal.testing import assert_access_matrix, assert_constant_queries
 from vms.models import Host, Operation
@@ -786,7 +787,7 @@ def test_detail_page_queries(actors, role, private_image, make_tenant):
         response = client.get(reverse("image_detail", args=[private_image.pk]))
         assert response.status_code == 200
 
-    assert_constant_queries(make_rows, request, budget=13)
+    assert_constant_queries(make_rows, request, budget=14)  # 14th: whether the tenant may launch it
 
 
 def test_membership_change_takes_effect_at_once(actors, private_image):
@@ -831,3 +832,24 @@ def test_operation_texts_the_portal_stores_are_shown_in_the_readers_language(act
     client = login(actors.member)
     page = client.get(reverse("image_detail", args=[private_image.pk]), HTTP_ACCEPT_LANGUAGE="zh-hans").content.decode()
     assert "主机没有应答" in page and HOST_DID_NOT_ANSWER not in page
+
+
+def test_detail_offers_launch_only_where_the_launch_form_takes_the_image(actors, make_tenant):
+    """ "Launch" on an image's page opens the launch form with the image chosen; it is offered only for an active
+    image the tenant the user works in may launch (not while uploading, not another tenant's private image)."""
+    active = make_image(actors.tenant, name="ready-disk")
+    uploading = make_image(actors.tenant, name="half-disk", status=Image.Status.UPLOADING)
+    elsewhere = make_image(make_tenant("Other Lab"), name="their-disk")
+    member = login(actors.member)
+    page = member.get(reverse("image_detail", args=[active.pk])).content.decode()
+    launch = f"{reverse('instance_launch')}?image={active.pk}"
+    assert f'href="{launch}" id="lc-image-launch"' in page
+    form = member.get(launch).content.decode()
+    assert re.search(rf'<input[^>]*name="image"[^>]*value="{active.pk}"[^>]*checked', form), "the image is chosen"
+    assert "lc-image-launch" not in member.get(reverse("image_detail", args=[uploading.pk])).content.decode()
+    staff = login(actors.cloud_admin)  # sees every image; working in Tenant A, may not launch Other Lab's own
+    session = staff.session
+    session[SESSION_KEY] = actors.tenant.pk
+    session.save()
+    assert "lc-image-launch" not in staff.get(reverse("image_detail", args=[elsewhere.pk])).content.decode()
+    assert "lc-image-launch" in staff.get(reverse("image_detail", args=[active.pk])).content.decode()

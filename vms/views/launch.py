@@ -13,7 +13,7 @@ from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 
 from images.models import Image
-from images.selectors import images_for, visible_to_tenant
+from images.selectors import launch_sources_for
 from portal.middleware import client_ip
 from portal.models import Quota
 from portal.selectors import heading, quota_overview
@@ -93,8 +93,7 @@ def _impact(quota: dict[str, dict], flavor, count: int) -> list[ImpactLine]:
 
 
 def _launch_sources(user, tenant) -> list[Image]:
-    usable = Image.objects.filter(visible_to_tenant(tenant_id=tenant.pk)).values("pk")
-    return list(images_for(user=user, launchable=True).filter(pk__in=usable).order_by("kind", "name", "id"))
+    return list(launch_sources_for(user=user, tenant=tenant).order_by("kind", "name", "id"))
 
 
 SOURCE_ICONS = {Image.OsType.WINDOWS: "windows", Image.OsType.LINUX: "tux"}
