@@ -11,8 +11,12 @@
   var colours = {
     success: "#198754", warning: "#f0ad00", danger: "#dc3545", info: "#0dcaf0", secondary: "#8a93a6",
   };
+  // The theme's colours (light or dark: static/portal/theme.js), as Bootstrap's variables give them.
+  var theme = getComputedStyle(document.documentElement);
+  var grid = theme.getPropertyValue("--bs-border-color-translucent").trim() || "#eef1f6";
   window.Chart.defaults.font.family = getComputedStyle(document.body).fontFamily;
-  window.Chart.defaults.color = "#6b7488";
+  window.Chart.defaults.color = theme.getPropertyValue("--bs-secondary-color").trim() || "#6b7488";
+  window.Chart.defaults.borderColor = grid;
 
   function data(id) {
     var source = document.getElementById(id);
@@ -41,7 +45,7 @@
         maintainAspectRatio: false,
         animation: { duration: 400 },
         scales: {
-          x: { min: 0, max: 100, ticks: { callback: function (value) { return value + "%"; } }, grid: { color: "#eef1f6" } },
+          x: { min: 0, max: 100, ticks: { callback: function (value) { return value + "%"; } }, grid: { color: grid } },
           y: { grid: { display: false } },
         },
         plugins: {

@@ -8,6 +8,11 @@
 (function () {
   "use strict";
 
+  // Grid lines in the theme's colour (light or dark: static/portal/theme.js).
+  function gridColour() {
+    return getComputedStyle(document.documentElement).getPropertyValue("--bs-border-color-translucent").trim() || "#eef1f6";
+  }
+
   // Numbers and times in the page's language (Chart.js formats ticks and tooltips with Intl).
   var LOCALE = document.documentElement.lang || undefined;
 
@@ -54,7 +59,7 @@
     if (!canvas) {
       return null;
     }
-    var scaleY = Object.assign({ beginAtZero: true, ticks: { callback: tick, maxTicksLimit: 5 }, grid: { color: "#eef1f6" } },
+    var scaleY = Object.assign({ beginAtZero: true, ticks: { callback: tick, maxTicksLimit: 5 }, grid: { color: gridColour() } },
       (options && options.y) || {});
     return new window.Chart(canvas, {
       type: "line",
