@@ -54,7 +54,7 @@ def test_dark_follows_the_system_and_the_choice_is_kept(live_server, lab, dark_s
     assert dark["theme"] == "dark" and max(dark["page"], dark["sidebar"], dark["card"]) < 0.05, dark
     page.screenshot(path=str(SCREENSHOT.parent / "labcloud-overview-dark.png"), full_page=True)
 
-    page.click("#lc-theme-menu")
+    page.click("#lc-user-menu")
     page.click('[data-lc-theme-value="light"]')
     light = page.evaluate(LUMINANCE)
     assert light["theme"] == "light" and min(light["page"], light["sidebar"], light["card"]) > 0.8, light
@@ -62,7 +62,7 @@ def test_dark_follows_the_system_and_the_choice_is_kept(live_server, lab, dark_s
     assert page.evaluate(LUMINANCE)["theme"] == "light"
     assert page.get_attribute('[data-lc-theme-value="light"]', "aria-pressed") == "true"
 
-    page.click("#lc-theme-menu")
+    page.click("#lc-user-menu")
     page.click('[data-lc-theme-value="auto"]')  # back to the system's: dark
     assert page.evaluate(LUMINANCE)["theme"] == "dark"
     page.emulate_media(color_scheme="light")  # the system changes while the page is open
