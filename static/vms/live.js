@@ -185,9 +185,10 @@
   var SECTIONS = ["lc-instance-badges", "lc-instance-actions", "lc-instance-facts", "lc-instance-snapshots", "lc-instance-disks",
     "lc-instance-resize", "lc-instance-resources", "lc-instance-capture"];
 
-  function refreshSections() {
-    // X-LC-Refresh: the page leaves the flash messages for the next real page view (templates/base.html).
-    fetch(window.location.href, { credentials: "same-origin", headers: { Accept: "text/html", "X-LC-Refresh": "1" } })
+  // This page as the server renders it now, parsed. X-LC-Refresh: the page leaves the flash messages for
+  // the next real page view (templates/base.html).
+  function freshPage() {
+    return fetch(window.location.href, { credentials: "same-origin", headers: { Accept: "text/html", "X-LC-Refresh": "1" } })
       .then(function (response) {
         if (!response.ok) {
           throw new Error(String(response.status));
@@ -195,7 +196,13 @@
         return response.text();
       })
       .then(function (html) {
-        var fresh = new DOMParser().parseFromString(html, "text/html");
+        return new DOMParser().parseFromString(html, "text/html");
+      });
+  }
+
+  function refreshSections() {
+    freshPage()
+      .then(function (fresh) {
         SECTIONS.forEach(function (id) {
           var current = document.getElementById(id);
           var next = fresh.getElementById(id);
@@ -239,15 +246,8 @@
   // Fetch the page again and take from it what this page shows live: the instance rows (a row the fresh
   // page lacks is gone; a row keeps its checkbox), the overview's state counts and recent operations.
   function catchUp() {
-    fetch(window.location.href, { credentials: "same-origin", headers: { Accept: "text/html", "X-LC-Refresh": "1" } })
-      .then(function (response) {
-        if (!response.ok) {
-          throw new Error(String(response.status));
-        }
-        return response.text();
-      })
-      .then(function (html) {
-        var fresh = new DOMParser().parseFromString(html, "text/html");
+    freshPage()
+      .then(function (fresh) {
         var rows = document.getElementById("lc-instance-rows");
         var freshRows = fresh.getElementById("lc-instance-rows");
         if (rows && freshRows) {
