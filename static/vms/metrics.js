@@ -42,9 +42,57 @@
     return bytes(value) + (text.perSecond || "/s");
   }
 
+  // An axis of byte values reads in one unit, the one of its largest tick ("1000 B/s" never stands
+  // beside "2.0 KiB/s"), with the decimals its step needs (no two ticks read the same).
+  function byteAxis(factor, suffix) {
+    var units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    return function (value, index, ticks) {
+      var values = ticks.map(function (t) { return Math.abs(t.value * factor); });
+      var top = Math.max.apply(null, values.concat([0]));
+      var i = 0;
+      var scale = 1;
+      while (top / scale >= 1024 && i < units.length - 1) {
+        scale *= 1024;
+        i += 1;
+      }
+      var step = ticks.length > 1 ? Math.abs(ticks[1].value - ticks[0].value) * factor / scale : 1;
+      var decimals = step >= 1 || step === 0 ? 0 : Math.min(3, Math.ceil(-Math.log10(step) - 1e-9));
+      return (value * factor / scale).toFixed(decimals) + " " + units[i] + suffix;
+    };
+  }
+
+  function percentAxis(value, index, ticks) {
+    var step = ticks.length > 1 ? Math.abs(ticks[1].value - ticks[0].value) : 1;
+    return value.toFixed(step >= 1 || step === 0 ? 0 : Math.min(2, Math.ceil(-Math.log10(step) - 1e-9))) + "%";
+  }
+
+  // Points are labelled with their time; the axis shows hours and minutes (and seconds when points come
+  // less than a minute apart), the tooltip the full date and time.
   function label(point) {
-    var at = new Date(point.at);
-    return isNaN(at.getTime()) ? point.at : at.toLocaleTimeString(LOCALE);
+    return point.at;
+  }
+
+  function when(value) {
+    var at = new Date(value);
+    return isNaN(at.getTime()) ? null : at;
+  }
+
+  function timeTick(value) {
+    // "this": the scale (Chart.js), whose chart holds every label.
+    var labels = this.chart.data.labels;
+    var at = when(this.getLabelForValue(value));
+    if (!at) {
+      return this.getLabelForValue(value);
+    }
+    // Seconds when points come less than a minute apart (else two ticks could read the same minute).
+    var seconds = false;
+    for (var i = 1; i < labels.length && !seconds; i++) {
+      var a = when(labels[i - 1]);
+      var b = when(labels[i]);
+      seconds = !!(a && b && Math.abs(b - a) < 60 * 1000);
+    }
+    var options = seconds ? { hour: "2-digit", minute: "2-digit", second: "2-digit" } : { hour: "2-digit", minute: "2-digit" };
+    return at.toLocaleTimeString(LOCALE, options);
   }
 
   function dataset(name, colour, field) {
@@ -54,12 +102,12 @@
     };
   }
 
-  function chart(id, datasets, tick, options) {
+  function chart(id, datasets, axis, tick, options) {
     var canvas = document.getElementById(id);
     if (!canvas) {
       return null;
     }
-    var scaleY = Object.assign({ beginAtZero: true, ticks: { callback: tick, maxTicksLimit: 5 }, grid: { color: gridColour() } },
+    var scaleY = Object.assign({ beginAtZero: true, ticks: { callback: axis, maxTicksLimit: 5 }, grid: { color: gridColour() } },
       (options && options.y) || {});
     return new window.Chart(canvas, {
       type: "line",
@@ -70,11 +118,21 @@
         maintainAspectRatio: false,
         animation: false,
         interaction: { mode: "index", intersect: false },
-        scales: { x: { ticks: { maxTicksLimit: 6, maxRotation: 0 }, grid: { display: false } }, y: scaleY },
+        scales: {
+          x: {
+            ticks: { maxTicksLimit: 6, maxRotation: 0, autoSkip: true, autoSkipPadding: 24, callback: timeTick },
+            grid: { display: false },
+          },
+          y: scaleY,
+        },
         plugins: {
           legend: { display: datasets.length > 1, labels: { boxWidth: 12 } },
           tooltip: {
             callbacks: {
+              title: function (items) {
+                var at = items.length ? when(items[0].label) : null;
+                return at ? at.toLocaleString(LOCALE) : (items.length ? items[0].label : "");
+              },
               label: function (ctx) { return " " + ctx.dataset.label + ": " + tick(ctx.parsed.y); },
             },
           },
@@ -84,20 +142,20 @@
   }
 
   var charts = [
-    chart("lc-metrics-cpu", [dataset(text.cpu || "CPU", colours.primary, "cpu_percent")],
+    chart("lc-metrics-cpu", [dataset(text.cpu || "CPU", colours.primary, "cpu_percent")], percentAxis,
       function (value) { return Math.round(value * 10) / 10 + "%"; }, { y: { suggestedMax: 100 } }),
     chart("lc-metrics-memory", [
       dataset(text.memoryUsed || "Used", colours.success, "memory_used_mib"),
       dataset(text.memoryAvailable || "Available", colours.secondary, "memory_available_mib"),
-    ], function (value) { return bytes((value || 0) * 1024 * 1024); }),
+    ], byteAxis(1024 * 1024, ""), function (value) { return bytes((value || 0) * 1024 * 1024); }),
     chart("lc-metrics-disk", [
       dataset(text.diskRead || "Read", colours.info, "disk_read_bps"),
       dataset(text.diskWrite || "Write", colours.warning, "disk_write_bps"),
-    ], perSecond),
+    ], byteAxis(1, text.perSecond || "/s"), perSecond),
     chart("lc-metrics-net", [
       dataset(text.netRx || "Received", colours.success, "net_rx_bps"),
       dataset(text.netTx || "Sent", colours.primary, "net_tx_bps"),
-    ], perSecond),
+    ], byteAxis(1, text.perSecond || "/s"), perSecond),
   ].filter(Boolean);
 
   function push(point, update) {

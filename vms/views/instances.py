@@ -24,6 +24,7 @@ from django.views.decorators.http import require_GET, require_POST
 from portal.access import CHANGE, DELETE, VIEW, is_cloud_admin
 from portal.middleware import client_ip
 from portal.services import ServiceError
+from portal.sorting import sort_by
 from portal.views import current_tenant
 from vms import actions, lifecycle, moves
 from vms.access import access_disk_by_id, access_instance_by_id, access_snapshot_by_id
@@ -102,6 +103,20 @@ def _instance_for(request, pk: int, action: str = CHANGE) -> Instance:
 # ---------------------------------------------------------------- list and bulk actions
 
 
+def _sort_columns(staff: bool) -> dict[str, tuple[str, ...]]:
+    """The instance list's sortable columns (the tenant and the host for cloud admins only)."""
+    columns = {
+        "name": ("name", "id"),
+        "state": ("state", "name", "id"),
+        "flavor": ("flavor__name", "name", "id"),
+        "image": ("image__name", "name", "id"),
+        "created": ("created_at", "id"),
+    }
+    if staff:
+        columns |= {"tenant": ("tenant__name", "name", "id"), "host": ("host__name", "name", "id")}
+    return columns
+
+
 @login_required
 @require_GET
 def instance_list(request):
@@ -118,6 +133,7 @@ def instance_list(request):
         state = ""
     query = request.GET.get("q", "").strip()[:100]
     instances = InstanceFilter({"state": state, "name": query}, queryset=instances, request=request).qs
+    instances, sorting = sort_by(instances, request.GET.get("sort", ""), _sort_columns(staff))
     page = Paginator(instances, PAGE_SIZE).get_page(request.GET.get("page"))
     rows = list(page.object_list)
     _attach_active_operations(request.user, rows)
@@ -132,6 +148,7 @@ def instance_list(request):
             "state": state,
             "states": Instance.State.choices,
             "query": query,
+            "sorting": sorting,
             "filtered": bool(state or query),
             "bulk_actions": {name: actions.get(name).button for name in actions.BULK_ACTIONS},
             "can_launch": tenant is not None,

@@ -61,6 +61,7 @@ BACKOFF_MIN = 2.0  # seconds before the first retry of a host that went down
 BACKOFF_MAX = 120.0
 TICK = 0.5  # longest wait for an event before the loop looks at its timers and the stop flag
 HEALTH_SECONDS = 2.0  # how often the watched connections are checked for life
+FIRST_POINT_SECONDS = 2.0  # a new instance's second metrics reading, after its first (then the usual interval)
 
 # Lifecycle event → power state, for when the host cannot be asked (the event is all we know).
 EVENT_STATES = {
@@ -267,8 +268,10 @@ class HostWatcher:
         log.info("reconciled host %s: %s", host.name, ", ".join(f"{k} {v}" for k, v in counts.items()))
         return True
 
-    def sample_all(self) -> None:
-        """One metrics round: the counters of every running domain of each connected host, stored as rates."""
+    def sample_all(self) -> int:
+        """One metrics round: the counters of every running domain of each connected host, stored as rates.
+        The number of instances seen for the first time (no point yet: a second reading gives it)."""
+        primed = 0
         for host in self.hosts(enabled_only=True):
             watch = self.watches.get(host.pk)
             if watch is None or not watch.connected:
@@ -281,6 +284,7 @@ class HostWatcher:
                 log.warning("metrics of host %s failed: %s", host.name, exc.message)
                 self.metric_counters.pop(host.pk, None)
                 continue
+            primed += result.primed
             log.debug(
                 "metrics of host %s: %d domains, %d points, %d pruned in %.3f s",
                 host.name,
@@ -292,6 +296,7 @@ class HostWatcher:
         for host_id in set(self.metric_counters) - set(self.watches):
             del self.metric_counters[host_id]
         self.metric_rounds += 1
+        return primed
 
     def once(self) -> None:
         """One capacity refresh and one reconcile of every selected host (``watch_hosts --once``)."""
@@ -475,6 +480,7 @@ class HostWatcher:
         )
         next_reconcile = next_capacity = next_health = 0.0
         next_metrics = 0.0 if self.metrics_seconds > 0 else float("inf")
+        quick = False  # the round under way is the short second reading of new instances
         next_cloud = 0.0
         try:
             while not self.stopping.is_set():
@@ -501,7 +507,13 @@ class HostWatcher:
                         next_health = time.monotonic() + HEALTH_SECONDS
                     if now >= next_metrics:
                         next_metrics = now + self.metrics_seconds  # a steady beat: rates need even intervals
-                        self.sample_all()
+                        primed = self.sample_all()
+                        # A new instance's first point needs a second reading: taken soon, once, not a whole
+                        # interval later (its page would say "No samples yet" meanwhile). Rates use the real
+                        # time between the two readings.
+                        quick = bool(primed) and not quick and self.metrics_seconds > FIRST_POINT_SECONDS
+                        if quick:
+                            next_metrics = time.monotonic() + FIRST_POINT_SECONDS
                 except Exception as exc:  # a database outage or a bug: log, wait, go on (reconcile repairs)
                     kind = "database error" if isinstance(exc, DatabaseError) else "error"
                     log.exception("%s in the watcher loop; retrying in %.0f s", kind, BACKOFF_MIN)

@@ -13,9 +13,11 @@ domain was also seen last round:
 - disk read/write and network receive/transmit in bytes per second (summed over disks and NICs).
 
 So the first round after the watcher starts (or after an instance starts) only primes the
-counters; a counter that went backwards (the domain was restarted between two rounds) also gives
-no point. Each point is published live (``{"type": "metrics", …}``) and the history is pruned to
-the newest ``METRICS_HISTORY`` points per instance in the same round.
+counters, and the watcher then reads again after ``FIRST_POINT_SECONDS`` instead of a whole interval
+(a new instance's graphs fill within seconds); a counter that went backwards (the domain was
+restarted between two rounds) also gives no point. Each point is published live
+(``{"type": "metrics", …}``) and the history is pruned to the newest ``METRICS_HISTORY`` points per
+instance in the same round.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ class Counters:
 class HostSampleResult:
     domains: int  # running domains the host reported
     stored: int  # points stored (instances seen in the previous round too)
+    primed: int  # instances seen for the first time: their first point needs a second reading
     pruned: int  # old points deleted
     seconds: float  # wall time of the whole round for this host
 
@@ -124,11 +127,12 @@ def sample_host(
     counters.update(current)
 
     instances = Instance.objects.filter(host=host, uuid__in=list(current)).only("pk", "uuid", "tenant_id")
-    samples, owners = [], {}
+    samples, owners, primed = [], {}, 0
     for instance in instances:
         key = str(instance.uuid)
         before = previous.get(key)
         if before is None:
+            primed += 1
             continue
         point = compute_point(previous=before, current=current[key])
         if point is None:
@@ -143,5 +147,9 @@ def sample_host(
             tenant_id=owners[sample.instance_id], instance_id=sample.instance_id, point=metric_point(sample)
         )
     return HostSampleResult(
-        domains=len(current), stored=len(samples), pruned=pruned, seconds=time.monotonic() - started
+        domains=len(current),
+        stored=len(samples),
+        primed=primed,
+        pruned=pruned,
+        seconds=time.monotonic() - started,
     )

@@ -48,4 +48,14 @@ def test_metrics_graphs_follow_the_websocket(daphne, lab, browser_page):  # noqa
     page.wait_for_function("window.lcMetricsCharts[0].data.datasets[0].data.length === 4")
     assert page.evaluate("window.lcMetricsCharts[0].data.datasets[0].data[3]") == 42.5
     assert page.evaluate("window.lcMetricsCharts[1].data.datasets[0].data[3]") == 70
+
+    # Each value axis reads in one unit, and no two of its ticks read the same (the disk's now goes up to
+    # 1 KiB/s: before, "1000 B/s" stood beside "1.0 KiB/s"; tiny rates read "1 B/s" on every tick).
+    axes = page.evaluate("window.lcMetricsCharts.map((c) => c.scales.y.ticks.map((t) => t.label))")
+    for axis in axes:
+        assert len(set(axis)) == len(axis) > 1, axes
+        assert len({label.split(" ", 1)[1] for label in axis if " " in label}) <= 1, axes
+    # The time axis: a few short labels, none twice; the tooltip gives the full date and time.
+    times = page.evaluate("window.lcMetricsCharts[0].scales.x.ticks.map((t) => t.label)")
+    assert 1 < len(times) <= 6 and len(set(times)) == len(times) and all(len(t) <= 11 for t in times), times
     assert errors == []

@@ -254,6 +254,33 @@ def test_list_shows_state_task_progress_and_filters(actors, launch):
     assert f'data-instance="{db.pk}"' in by_name and f'data-instance="{web.pk}"' not in by_name
 
 
+def test_list_sorts_by_its_column_headers(actors, launch):
+    """?sort=<column> or -<column>; a header link sets ascending, then descending; filters and sorting keep
+    each other; an unknown column keeps the default order (newest first)."""
+    bravo = launch("bravo", state=Instance.State.RUNNING)[0]
+    alpha = launch("alpha", state=Instance.State.SHUTOFF)[0]
+    charlie = launch("charlie", state=Instance.State.RUNNING)[0]
+    client = login(actors.member)
+
+    def order(**params) -> list[int]:
+        html = client.get(reverse("instances"), params).content.decode()
+        return [int(pk) for pk in re.findall(r'<tr data-instance="(\d+)"', html)]
+
+    assert order() == [charlie.pk, alpha.pk, bravo.pk]  # newest first
+    assert order(sort="name") == [alpha.pk, bravo.pk, charlie.pk]
+    assert order(sort="-name") == [charlie.pk, bravo.pk, alpha.pk]
+    assert order(sort="state") == [bravo.pk, charlie.pk, alpha.pk]  # running before shutoff, then by name
+    assert order(sort="-name", state="running") == [charlie.pk, bravo.pk]
+    assert order(sort="host") == order() and order(sort="nonsense") == order()  # the host: cloud admins only
+    html = client.get(reverse("instances"), {"sort": "name", "state": "running", "page": 1}).content.decode()
+    name = re.search(r'<th scope="col" aria-sort="ascending"><a [^>]*href="([^"]+)"', html)
+    assert name and "sort=-name" in name.group(1) and "state=running" in name.group(1) and "page=" not in name.group(1)
+    assert re.search(r'<th scope="col" aria-sort="none"><a [^>]*href="[^"]*sort=state', html)
+    assert '<input type="hidden" name="sort" value="name">' in html  # the filter form keeps the order
+    staff = login(actors.cloud_admin).get(reverse("instances"), {"sort": "-host"}).content.decode()
+    assert 'aria-sort="descending"' in staff
+
+
 @pytest.mark.parametrize("role", ["member", "cloud_admin"])
 def test_list_query_count_is_constant(actors, launch, role):
     client = login(actors.user(role))
@@ -264,6 +291,7 @@ def test_list_query_count_is_constant(actors, launch, role):
     Quota.objects.filter(tenant=actors.tenant).update(instances=-1, vcpus=-1, ram_mib=-1, disk_gib=-1)
     Host.objects.update(cpu_allocation_ratio=16, ram_allocation_ratio=16, disk_allocation_ratio=16)
     assert_constant_queries(make_rows, lambda: client.get(reverse("instances")), budget=14)
+    assert_constant_queries(make_rows, lambda: client.get(reverse("instances"), {"sort": "-image"}), budget=14)
 
 
 # ---------------------------------------------------------------- bulk actions

@@ -170,8 +170,10 @@ def test_sample_host_primes_counters_and_forgets_stopped_domains(actors, flavor,
     result = sample_host(host=host, counters=counters)
     assert running in counters and "00000000-0000-0000-0000-000000000000" not in counters
     assert result.domains == len(counters) >= 1
+    assert result.primed == 1  # the instance's first reading: the watcher reads again soon for its point
     # test:///default has no CPU counters: no point, ever (a made-up 0 % would be a lie).
-    assert sample_host(host=host, counters=counters).stored == 0
+    again = sample_host(host=host, counters=counters)
+    assert again.stored == 0 and again.primed == 0
     assert not InstanceMetricSample.objects.exists()
 
 
@@ -264,6 +266,17 @@ def test_watcher_samples_a_running_guest(portal_host, guest_media, actors, chann
     assert instance.state == Instance.State.RUNNING, instance.state
 
     live = listen(channel_layer, realtime.instance_group(instance.pk))
+
+    # A new instance's first point comes after a short second reading, not a whole interval (60 s here).
+    slow = HostWatcher(host_names=[portal_host.name], reconcile_seconds=30, capacity_seconds=60, metrics_seconds=60)
+    with watcher_running(slow, name="lctest-metrics-first", join_timeout=15):
+        started = time.monotonic()
+        while not InstanceMetricSample.objects.filter(instance=instance).exists() and time.monotonic() - started < 20:
+            time.sleep(0.2)
+        first_point = time.monotonic() - started
+    assert InstanceMetricSample.objects.filter(instance=instance).count() == 1, f"no first point in {first_point:.1f} s"
+    assert slow.metric_rounds == 2
+
     watcher = HostWatcher(host_names=[portal_host.name], reconcile_seconds=30, capacity_seconds=60, metrics_seconds=1)
 
     with watcher_running(watcher, name="lctest-metrics-watcher", join_timeout=15):
