@@ -37,6 +37,7 @@ from images.selectors import (
 from portal.access import ADMIN_ROLES, CHANGE, DELETE, is_cloud_admin, tenant_ids_for
 from portal.middleware import client_ip
 from portal.services import ServiceError
+from portal.sorting import sort_by
 from portal.views import current_tenant
 from vms.compute import Capability, kinds_with
 from vms.selectors import hosts_for, operations_for_target
@@ -85,6 +86,18 @@ FILTERS = {
 }
 
 
+# The catalogue's sortable columns (portal.sorting); by name unless asked otherwise.
+SORT_COLUMNS = {
+    "name": ("name", "id"),
+    "status": ("status", "name", "id"),
+    "type": ("kind", "name", "id"),
+    "visibility": ("visibility", "name", "id"),
+    "size": ("size", "name", "id"),
+    "owner": ("tenant__name", "name", "id"),
+    "created": ("created_at", "id"),
+}
+
+
 @login_required
 @require_GET
 def image_list(request):
@@ -108,7 +121,8 @@ def image_list(request):
     query = request.GET.get("q", "").strip()[:100]
     if query:
         images = images.filter(name__icontains=query)
-    page = Paginator(images.order_by("name", "id"), PAGE_SIZE).get_page(request.GET.get("page"))
+    images, sorting = sort_by(images.order_by("name", "id"), request.GET.get("sort", ""), SORT_COLUMNS)
+    page = Paginator(images, PAGE_SIZE).get_page(request.GET.get("page"))
     rows = list(page.object_list)
     context = {
         "tenant": tenant,
@@ -118,6 +132,7 @@ def image_list(request):
         "live": any(image.status not in FINAL_STATUSES for image in rows),
         "filtered": bool(query or any(f["value"] for f in filters)),
         "query": query,
+        "sorting": sorting,
         "filters": filters,
         "can_add": staff or tenant is not None,
     }

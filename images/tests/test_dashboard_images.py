@@ -404,6 +404,25 @@ def test_list_is_paginated_and_keeps_the_filters(actors):
     assert 'hx-get="' not in html  # nothing in progress
 
 
+def test_list_sorts_by_its_column_headers(actors):
+    small = make_image(actors.tenant, name="b-small", size=1024)
+    big = make_image(actors.tenant, name="a-big", size=10 * 1024**3)
+    middle = make_image(actors.tenant, name="c-middle", size=1024**2)
+    client = login(actors.member)
+
+    def order(**params) -> list[str]:
+        html = client.get(reverse("images"), params).content.decode()
+        names = re.findall(r'href="/images/(\d+)/"', html)
+        return list(dict.fromkeys(int(pk) for pk in names))
+
+    assert order() == [big.pk, small.pk, middle.pk]  # by name
+    assert order(sort="-size") == [big.pk, middle.pk, small.pk]
+    assert order(sort="size") == [small.pk, middle.pk, big.pk]
+    assert order(sort="bogus") == order()
+    html = client.get(reverse("images"), {"sort": "-size"}).content.decode()
+    assert re.search(r'<th scope="col" aria-sort="descending" class="text-end"><a [^>]*href="[^"]*sort=size', html)
+
+
 def test_list_without_a_tenant(make_user):
     html = login(make_user("loner")).get(reverse("images")).content.decode()
     assert 'id="lc-no-tenant"' in html and "Upload image" not in html
