@@ -189,6 +189,20 @@ def test_flavors_page_for_staff_lists_every_flavor_with_disabled_marked(actors, 
     assert "Tenant B" in gpu_b_row  # who a private flavor is shared with
 
 
+def test_flavors_page_sorts_by_its_column_headers(actors, flavors):
+    client = login(actors.cloud_admin)
+
+    def names(**params) -> list[str]:
+        return [f.name for f in client.get(reverse("flavors"), params).context["flavors"]]
+
+    assert names(sort="name") == ["gpu.a", "gpu.b", "m0.old", "m1.tiny"]
+    assert set(names(sort="-ram")[:2]) == {"gpu.a", "gpu.b"} and names(sort="-ram")[-1] == "m0.old"
+    assert names(sort="vcpus")[0] == "m0.old"
+    assert names(sort="nonsense") == names()  # the usual order
+    html = client.get(reverse("flavors"), {"sort": "-ram"}).content.decode()
+    assert 'aria-sort="descending" class="text-end"><a' in html and "sort=ram" in html
+
+
 def test_private_flavor_follows_its_sharing(actors, flavors):
     _public, for_a, _for_b, _retired = flavors
     client = login(actors.member)
