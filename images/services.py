@@ -17,6 +17,7 @@ import hashlib
 import logging
 import os
 import shutil
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import IO, Any
@@ -24,6 +25,7 @@ from typing import IO, Any
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import transaction
+from django.db.models import QuerySet
 from django.template.defaultfilters import filesizeformat
 from django.utils import timezone
 from django.utils.translation import gettext as _
@@ -34,7 +36,7 @@ from images.inspection import ImageRejected, inspect_file
 from images.models import Image
 from images.selectors import gib
 from images.tasks import distribute_image_task, process_image_task
-from portal.access import is_cloud_admin
+from portal.access import DELETE, is_cloud_admin
 from portal.backends.base import BackendError, HostUnreachable
 from portal.files import private_path
 from portal.models import Tenant
@@ -406,6 +408,26 @@ def delete_image(*, actor, image: Image, ip: str | None = None) -> None:
     with transaction.atomic():
         record_audit(user=actor, action="image.delete", target=image, tenant=image.tenant, ip=ip)
         image.delete()
+
+
+@dataclass(frozen=True)
+class BulkDeletion:
+    deleted: list[str]  # names of the images deleted
+    refused: list[str]  # why the others were not (each service refusal's message)
+
+
+def delete_failed_images(*, actor, images: QuerySet[Image], ip: str | None = None) -> BulkDeletion:
+    """Delete the failed images among ``images`` that ``actor`` may delete, one by one as ``delete_image`` does
+    (each audited; a refusal, a protected image say, leaves that one and goes on)."""
+    deleted, refused = [], []
+    for image in images.restrict(actor, DELETE).filter(status=Image.Status.FAILED).order_by("name", "id"):
+        try:
+            delete_image(actor=actor, image=image, ip=ip)
+        except ServiceError as exc:
+            refused.append(exc.message)
+        else:
+            deleted.append(image.name)
+    return BulkDeletion(deleted=deleted, refused=refused)
 
 
 def purge_stale_uploads(*, older_than: timedelta) -> int:

@@ -6,6 +6,7 @@ urlpatterns = [
     path("images/", views.image_list, name="images"),
     path("images/upload/", views.image_upload, name="image_upload"),
     path("images/import/", views.image_import, name="image_import"),
+    path("images/delete-failed/", views.image_delete_failed, name="image_delete_failed"),
     path("images/<int:pk>/", views.image_detail, name="image_detail"),
     path("images/<int:pk>/live/", views.image_live, name="image_live"),
     path("images/<int:pk>/edit/", views.image_edit, name="image_edit"),

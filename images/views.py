@@ -18,7 +18,7 @@ from django.http import Http404, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import NoReverseMatch, reverse
 from django.utils.translation import gettext as _
-from django.utils.translation import gettext_lazy, pgettext
+from django.utils.translation import gettext_lazy, ngettext, pgettext
 from django.views.decorators.http import require_GET, require_POST
 
 from images import imports, services, sharing
@@ -103,13 +103,7 @@ SORT_COLUMNS = {
 def image_list(request):
     tenant = current_tenant(request)
     staff = is_cloud_admin(request.user)
-    images = images_for(user=request.user)
-    if not staff:
-        # Everyone else sees the catalogue as their active tenant does: its own, shared with it, public.
-        if tenant is None:
-            images = images.none()
-        else:
-            images = images.filter(pk__in=Image.objects.filter(visible_to_tenant(tenant_id=tenant.pk)).values("pk"))
+    catalogue = images = _catalogue(request.user, tenant, staff)
     filters = []
     for name, (label, choices) in FILTERS.items():
         value = request.GET.get(name, "")
@@ -135,6 +129,8 @@ def image_list(request):
         "sorting": sorting,
         "filters": filters,
         "can_add": staff or tenant is not None,
+        # "Delete failed images": offered when some of the catalogue's failed images are the user's to delete.
+        "failed_deletable": catalogue.restrict(request.user, DELETE).filter(status=Image.Status.FAILED).count(),
     }
     if _is_htmx(request):
         return render(request, "images/_image_rows.html", context)
@@ -323,6 +319,39 @@ def _render_detail(request, image: Image, *, status: int = 200, **forms) -> Http
         context["has_hosts"] = hosts.exists()
         context["replicas"] = list(image.replicas.select_related("host").order_by("host__name"))
     return render(request, "images/detail.html", context, status=status)
+
+
+def _catalogue(user, tenant, staff: bool):
+    """The images the list shows: cloud admins all; everyone else what their active tenant sees (its own,
+    shared with it, public)."""
+    images = images_for(user=user)
+    if staff:
+        return images
+    if tenant is None:
+        return images.none()
+    return images.filter(pk__in=Image.objects.filter(visible_to_tenant(tenant_id=tenant.pk)).values("pk"))
+
+
+@login_required
+@require_POST
+def image_delete_failed(request):
+    """Delete every failed image of the list (uploads and imports that went wrong) the user may delete."""
+    done = services.delete_failed_images(
+        actor=request.user,
+        images=_catalogue(request.user, current_tenant(request), is_cloud_admin(request.user)),
+        ip=client_ip(request),
+    )
+    if done.deleted:
+        messages.success(
+            request,
+            ngettext("%(count)d failed image deleted.", "%(count)d failed images deleted.", len(done.deleted))
+            % {"count": len(done.deleted)},
+        )
+    for reason in done.refused:
+        messages.error(request, reason)
+    if not done.deleted and not done.refused:
+        messages.info(request, _("There are no failed images to delete."))
+    return redirect("images")
 
 
 @login_required

@@ -872,3 +872,31 @@ def test_detail_offers_launch_only_where_the_launch_form_takes_the_image(actors,
     session.save()
     assert "lc-image-launch" not in staff.get(reverse("image_detail", args=[elsewhere.pk])).content.decode()
     assert "lc-image-launch" in staff.get(reverse("image_detail", args=[active.pk])).content.decode()
+
+
+def test_failed_images_are_deleted_together(actors, make_tenant):
+    """ "Delete N failed images" on the list: every failed image of the catalogue the user may delete goes (each
+    audited); a protected one stays and says why; active images and other tenants' failed ones are untouched."""
+    failed = [make_image(actors.tenant, name=f"broken-{i}", status=Image.Status.FAILED) for i in range(2)]
+    kept = make_image(actors.tenant, name="guarded", status=Image.Status.FAILED, protected=True)
+    active = make_image(actors.tenant, name="good")
+    theirs = make_image(make_tenant("Other Lab"), name="their-broken", status=Image.Status.FAILED)
+    client = login(actors.member)
+    html = client.get(reverse("images"), {"status": "active"}).content.decode()  # filtered: still offered
+    assert 'id="lc-image-delete-failed"' in html and "Delete 3 failed images" in text(html)
+    response = client.post(reverse("image_delete_failed"), follow=True)
+    notes = [str(m) for m in response.context["messages"]]
+    assert "2 failed images deleted." in notes and any("guarded" in n and "protected" in n for n in notes), notes
+    assert not Image.objects.filter(pk__in=[i.pk for i in failed]).exists()
+    assert Image.objects.filter(pk__in=[kept.pk, active.pk, theirs.pk]).count() == 3
+    assert AuditEvent.objects.filter(action="image.delete").count() == 2
+    assert "lc-image-delete-failed" in client.get(reverse("images")).content.decode()  # the protected one
+    Image.objects.filter(pk=kept.pk).update(protected=False)
+    client.post(reverse("image_delete_failed"))
+    assert "lc-image-delete-failed" not in client.get(reverse("images")).content.decode()
+    assert login(actors.outsider).post(reverse("image_delete_failed")).status_code == 302  # Tenant B's admin
+    assert Image.objects.filter(pk=theirs.pk).exists()  # Other Lab's failed image is not theirs to delete
+    anonymous = Client().post(reverse("image_delete_failed"))
+    assert anonymous.status_code == 302 and "/login/" in anonymous["Location"]
+    assert client.get(reverse("image_delete_failed")).status_code == 405
+    assert Image.objects.filter(pk=theirs.pk).exists()

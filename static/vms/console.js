@@ -279,6 +279,22 @@ class SerialConsole {
     root.querySelector("#lc-serial-connect").addEventListener("click", () => this.connect());
     root.querySelector("#lc-serial-disconnect").addEventListener("click", () => this.disconnect());
     window.addEventListener("resize", () => this.fitNow());
+    // Full screen: the serial pane alone, the terminal refitted to it (and back on leaving).
+    const pane = root.querySelector("#lc-console-serial-pane");
+    root.querySelector("#lc-serial-fullscreen").addEventListener("click", () => {
+      if (document.fullscreenElement) document.exitFullscreen();
+      else if (pane.requestFullscreen) pane.requestFullscreen().then(() => this.terminal && this.terminal.focus());
+    });
+    document.addEventListener("fullscreenchange", () => this.fitNow());
+    // A separate window: this page's session gives way (one serial session per instance), the window takes it.
+    const windowLink = root.querySelector("#lc-serial-window");
+    if (windowLink) {
+      windowLink.addEventListener("click", (event) => {
+        event.preventDefault();
+        this.disconnect();
+        window.open(windowLink.href, `lc-serial-${config.instance}`, "popup,width=1000,height=700");
+      });
+    }
     this.enable(false);
   }
 
@@ -371,6 +387,9 @@ if (config) {
       if (!serial.socket && serial.status.dataset.state === "idle") serial.connect();
     });
   }
-  if (config.autoConnect) graphical.connect();
+  // The separate window of the serial console (?tab=serial) opens on that tab and connects it, not the screen.
+  const serialFirst = new URLSearchParams(window.location.search).get("tab") === "serial";
+  if (serialFirst && serialTab && window.bootstrap) window.bootstrap.Tab.getOrCreateInstance(serialTab).show();
+  else if (config.autoConnect) graphical.connect();
   root.dataset.ready = "true";
 }

@@ -345,3 +345,33 @@ def test_the_serial_console_shows_underscores(daphne, lab, browser_page):
         if page.evaluate(PIXELS_APART, shots) < 10:  # two underscores: a line of pixels about a cell wide each
             hidden.append(offset)
     assert not hidden, f"the underscores are not drawn with the rows {hidden} px lower"
+
+
+def test_the_serial_console_goes_full_screen_and_to_a_window_of_its_own(daphne, lab, browser_page):
+    """Full screen gives the serial pane the whole screen and the terminal the room below its toolbar; "Open in
+    a separate window" opens the console page on its serial tab, connecting the serial console, not the screen."""
+    page, _errors = browser_page  # no guest here: the sockets' failures are not this test's subject
+    from playwright.sync_api import expect
+
+    _alice, _physics, (web, _db) = lab
+    sign_in(page, daphne, "alice", PASSWORD)
+    page.goto(f"{daphne}{reverse('instance_detail', args=[web.pk])}")
+    page.click("#lc-console-tab-serial")
+    terminal = page.locator("#lc-serial-terminal")
+    expect(terminal.locator(".xterm-rows")).to_be_attached()
+    small = terminal.bounding_box()["height"]
+    page.click("#lc-serial-fullscreen")
+    page.wait_for_function("document.fullscreenElement && document.fullscreenElement.id === 'lc-console-serial-pane'")
+    page.wait_for_function(f"document.getElementById('lc-serial-terminal').getBoundingClientRect().height > {small}")
+    page.evaluate("() => document.exitFullscreen()")
+    page.wait_for_function("document.fullscreenElement === null")
+
+    link = page.locator("#lc-serial-window")
+    assert link.get_attribute("href") == reverse("instance_console", args=[web.pk]) + "?tab=serial"
+    with page.context.expect_page() as opened:
+        link.click()
+    window = opened.value
+    window.wait_for_load_state()
+    expect(window.locator("#lc-console-tab-serial")).to_have_attribute("aria-selected", "true")
+    expect(window.locator("#lc-serial-status")).not_to_have_attribute("data-state", "idle")  # it connects
+    expect(window.locator("#lc-vnc-status")).to_have_attribute("data-state", "idle")  # the screen does not
