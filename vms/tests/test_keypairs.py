@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import itertools
+import re
 import shutil
 import subprocess
 
@@ -387,6 +388,18 @@ def test_keypairs_page_lists_the_active_tenants_keypairs(actors, keypair_a):
     assert 'id="lc-keypair-import"' in html and 'id="lc-keypair-generate"' in html
     assert reverse("keypairs") in html  # the nav link
     assert 'data-keypair="laptop"' not in login(actors.outsider).get(reverse("keypairs")).content.decode()
+
+
+def test_keypairs_page_sorts_by_its_column_headers(actors, keypair_a):
+    other = import_keypair(actor=actors.tenant_admin, tenant=actors.tenant, name="desktop", public_key=ed25519_line())
+    client = login(actors.member)
+
+    def names(**params) -> list[str]:
+        return re.findall(r'data-keypair="([^"]+)"', client.get(reverse("keypairs"), params).content.decode())
+
+    assert names(sort="name") == [other.name, keypair_a.name]
+    assert names(sort="-name") == [keypair_a.name, other.name]
+    assert names(sort="-created") == [other.name, keypair_a.name]
 
 
 def test_dashboard_import(actors):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import re
 
 import libvirt
 import pytest
@@ -335,6 +336,18 @@ def test_networks_page_matrix(actors, networks):
         api=False,
         expected={"anonymous": 302, "outsider": 200, "member": 200, "tenant_admin": 200, "cloud_admin": 200},
     )
+
+
+def test_networks_page_sorts_by_its_column_headers(actors, networks):
+    client = login(actors.cloud_admin)
+
+    def names(**params) -> list[str]:
+        return re.findall(r'data-network="([^"]+)"', client.get(reverse("networks"), params).content.decode())
+
+    assert names(sort="name") == ["lab-a", "lab-b", "shared-nat", "uplink"]
+    assert names(sort="-name") == ["uplink", "shared-nat", "lab-b", "lab-a"]
+    assert names(sort="mode") == ["uplink", "lab-a", "lab-b", "shared-nat"]  # bridge, isolated, nat
+    assert names(sort="-visibility")[0] == "shared-nat"
 
 
 def test_networks_page_content(actors, networks):

@@ -20,21 +20,33 @@ from django.views.decorators.http import require_POST
 from portal.access import DELETE, is_cloud_admin
 from portal.middleware import client_ip
 from portal.services import ServiceError
+from portal.sorting import sort_by
 from portal.views import current_tenant
 from vms.access import access_keypair_by_id
 from vms.forms import KeypairGenerateForm, KeypairImportForm
 from vms.keypairs import delete_keypair, generate_keypair, import_keypair, keypairs_for
+from vms.models import Keypair
+
+# The keypair list's sortable columns (portal.sorting).
+KEYPAIR_SORT_COLUMNS = {
+    "name": ("name", "id"),
+    "tenant": ("tenant__name", "name", "id"),
+    "added_by": ("owner__username", "name", "id"),
+    "created": ("created_at", "id"),
+}
 
 
 def _keypairs_page(request, *, import_form=None, generate_form=None, status: int = 200):
     tenant = current_tenant(request)
     staff = is_cloud_admin(request.user)
     if tenant is not None:
-        keypairs = list(keypairs_for(user=request.user, tenant=tenant))
+        keypairs = keypairs_for(user=request.user, tenant=tenant)
     elif staff:
-        keypairs = list(keypairs_for(user=request.user))  # no active tenant: every keypair, to look at
+        keypairs = keypairs_for(user=request.user)  # no active tenant: every keypair, to look at
     else:
-        keypairs = []
+        keypairs = Keypair.objects.none()
+    keypairs, sorting = sort_by(keypairs, request.GET.get("sort", ""), KEYPAIR_SORT_COLUMNS)
+    keypairs = list(keypairs)
     for keypair in keypairs:
         keypair.key_type = keypair.public_key.split(" ", 1)[0]
     return render(
@@ -44,6 +56,7 @@ def _keypairs_page(request, *, import_form=None, generate_form=None, status: int
             "tenant": tenant,
             "staff": staff,
             "keypairs": keypairs,
+            "sorting": sorting,
             "import_form": import_form or KeypairImportForm(),
             "generate_form": generate_form or KeypairGenerateForm(),
         },
