@@ -40,6 +40,7 @@ from portal.services import (
     remove_member,
     revoke_api_token,
 )
+from portal.sorting import sort_by
 from vms.dashboard import host_capacity, instance_states, overview_live_config, recent_operations
 
 # ---------------------------------------------------------------- helpers
@@ -180,6 +181,21 @@ def token_status(token: ApiToken, now) -> str:
     return "active"
 
 
+# Sortable columns of the tokens and members pages (portal.sorting).
+TOKEN_SORT = {
+    "name": ("name", "id"),
+    "scope": ("scope", "name", "id"),
+    "created": ("created_at", "id"),
+    "expires": ("expires_at", "id"),
+    "last_used": ("last_used_at", "id"),
+}
+MEMBER_SORT = {
+    "user": ("user__username", "id"),
+    "role": ("role", "user__username", "id"),
+    "since": ("created_at", "id"),
+}
+
+
 @never_cache  # the response to a creation carries the raw secret
 @login_required
 def tokens(request):
@@ -202,13 +218,14 @@ def tokens(request):
     else:
         form = ApiTokenForm()
     now = timezone.now()
-    token_list = list(ApiToken.objects.restrict(request.user, VIEW))
+    tokens, sorting = sort_by(ApiToken.objects.restrict(request.user, VIEW), request.GET.get("sort", ""), TOKEN_SORT)
+    token_list = list(tokens)
     for token in token_list:
         token.status = token_status(token, now)
     return render(
         request,
         "portal/tokens.html",
-        {"form": form, "tokens": token_list, "created": created, "raw_token": raw},
+        {"form": form, "tokens": token_list, "sorting": sorting, "created": created, "raw_token": raw},
     )
 
 
@@ -251,17 +268,19 @@ def members(request):
                     % {"user": user.get_username(), "tenant": tenant.name, "role": membership.get_role_display()},
                 )
                 return redirect("members")
-    memberships = []
+    memberships = Membership.objects.none()
     if tenant is not None:
-        memberships = list(
-            Membership.objects.restrict(request.user, VIEW).filter(tenant=tenant).select_related("user", "tenant")
-        )
+        memberships = Membership.objects.restrict(request.user, VIEW).filter(tenant=tenant)
+        memberships = memberships.select_related("user", "tenant")
+    memberships, sorting = sort_by(memberships, request.GET.get("sort", ""), MEMBER_SORT)
+    memberships = list(memberships)
     return render(
         request,
         "portal/members.html",
         {
             "tenant": tenant,
             "memberships": memberships,
+            "sorting": sorting,
             "can_manage": can_manage,
             "form": form,
             "role_choices": Membership.Role.choices,

@@ -410,3 +410,16 @@ def test_favicon_ico_leads_to_the_portals_icon(client):
     assert response.status_code == 301
     assert response["Location"].endswith("portal/favicon.svg")
     assert finders.find("portal/favicon.svg")
+
+
+def test_members_and_tokens_pages_sort_by_their_column_headers(actors):
+    client = login(actors.tenant_admin)
+    members = client.get(reverse("members"), {"sort": "-user"}).context["memberships"]
+    assert [m.user.username for m in members] == ["tadmin", "member"]
+    by_role = client.get(reverse("members"), {"sort": "role"}).context["memberships"]
+    assert [m.role for m in by_role] == ["admin", "member"]
+    for name in ("older", "newer"):
+        create_api_token(user=actors.tenant_admin, name=name)
+    tokens = client.get(reverse("tokens"), {"sort": "-created"}).context["tokens"]
+    assert [t.name for t in tokens] == ["newer", "older"]
+    assert [t.name for t in client.get(reverse("tokens"), {"sort": "name"}).context["tokens"]] == ["newer", "older"]
