@@ -391,7 +391,12 @@ def _refused(
 
 def _host_down(instance: Instance) -> Callable[[], HostUnavailable] | None:
     if instance.host_id is not None and instance.host.state == Host.State.DOWN:
-        return lambda: host_refusal(instance)
+        return lambda: HostUnavailable(
+            said(
+                gettext_noop("The host of instance “%(name)s” is unavailable; try again when it is back."),
+                name=instance.name,
+            )
+        )
     return None
 
 
@@ -400,14 +405,8 @@ def host_refusal(instance: Instance) -> HostUnavailable | None:
 
     Said to members without the host's name or address (the hosts page tells cloud admins why it is down).
     """
-    if instance.host_id is not None and instance.host.state == Host.State.DOWN:
-        return HostUnavailable(
-            said(
-                gettext_noop("The host of instance “%(name)s” is unavailable; try again when it is back."),
-                name=instance.name,
-            )
-        )
-    return None
+    why = _host_down(instance)
+    return None if why is None else why()
 
 
 def check(instance: Instance, name: str) -> None:

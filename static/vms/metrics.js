@@ -42,6 +42,11 @@
     return bytes(value) + (text.perSecond || "/s");
   }
 
+  // The decimals a tick step needs so that no two ticks read the same (at most ``most``).
+  function decimals(step, most) {
+    return step >= 1 || step === 0 ? 0 : Math.min(most, Math.ceil(-Math.log10(step) - 1e-9));
+  }
+
   // An axis of byte values reads in one unit, the one of its largest tick ("1000 B/s" never stands
   // beside "2.0 KiB/s"), with the decimals its step needs (no two ticks read the same).
   function byteAxis(factor, suffix) {
@@ -56,14 +61,13 @@
         i += 1;
       }
       var step = ticks.length > 1 ? Math.abs(ticks[1].value - ticks[0].value) * factor / scale : 1;
-      var decimals = step >= 1 || step === 0 ? 0 : Math.min(3, Math.ceil(-Math.log10(step) - 1e-9));
-      return (value * factor / scale).toFixed(decimals) + " " + units[i] + suffix;
+      return (value * factor / scale).toFixed(decimals(step, 3)) + " " + units[i] + suffix;
     };
   }
 
   function percentAxis(value, index, ticks) {
     var step = ticks.length > 1 ? Math.abs(ticks[1].value - ticks[0].value) : 1;
-    return value.toFixed(step >= 1 || step === 0 ? 0 : Math.min(2, Math.ceil(-Math.log10(step) - 1e-9))) + "%";
+    return value.toFixed(decimals(step, 2)) + "%";
   }
 
   // Points are labelled with their time; the axis shows hours and minutes (and seconds when points come
