@@ -104,6 +104,27 @@ class NicFilter:
 
 
 @dataclass(frozen=True)
+class FirewallRule:
+    """One rule of a security group, as a network filter applies it (``nwfilter.group_filter_xml``).
+
+    ``direction`` is ``in`` (to the guest) or ``out`` (from it); ``protocol`` ``all``, ``tcp``,
+    ``udp`` or ``icmp``. Ports are a range for tcp and udp; for icmp ``port_min`` is the ICMP type
+    and ``port_max`` its code. The remote side is a CIDR (``remote_cidr``), or the NICs of a
+    remote group, named by their MAC addresses (``remote_macs``; incoming rules only: they match
+    the sender's MAC, which anti-spoofing guarantees on the same network). A rule with a remote
+    group whose group has no NIC matches nothing.
+    """
+
+    direction: str
+    protocol: str = "all"
+    port_min: int | None = None
+    port_max: int | None = None
+    remote_cidr: str | None = None
+    remote_group: bool = False
+    remote_macs: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class InstanceSpec:
     """Everything a driver needs to define an instance (a libvirt domain).
 

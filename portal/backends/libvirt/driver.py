@@ -28,7 +28,7 @@ import threading
 import time
 import uuid as uuidlib
 import xml.etree.ElementTree as ET
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import urlparse
@@ -40,6 +40,7 @@ from portal.backends.base import (
     ConsoleTarget,
     DiskSpec,
     DomainStats,
+    FirewallRule,
     HostCapacity,
     HostUnreachable,
     InstanceSpec,
@@ -70,7 +71,15 @@ from portal.backends.libvirt.domain import (
 from portal.backends.libvirt.domain import (
     disk_xml as build_disk_xml,
 )
-from portal.backends.libvirt.nwfilter import GUEST_FILTER, nic_filter_for
+from portal.backends.libvirt.nwfilter import (
+    GUEST_FILTER,
+    define_filter,
+    ensure_guest_filter,
+    group_filter_xml,
+    nic_filter_for,
+    port_filter_xml,
+    remove_filter,
+)
 
 log = logging.getLogger(__name__)
 
@@ -395,15 +404,47 @@ class LibvirtDriver:
             dom = self.conn.defineXMLFlags(xml, libvirt.VIR_DOMAIN_DEFINE_VALIDATE)
             return self._state_of(dom)
 
-    def nic_filter(self, network: str) -> NicFilter | None:
+    def nic_filter(self, network: str, *, port: str | None = None) -> NicFilter | None:
         """The anti-spoofing filter of a NIC on libvirt network ``network`` (defined on the host first).
 
+        With ``port``, the NIC's own port filter (``define_port_filter``), which references it.
         ``None`` only on a connection driver without network filters (``test:///``); see nwfilter.py.
         """
         with self._errors(f"network filter for {network!r}"):
-            return nic_filter_for(self.conn, network, self.nic_filter_name)
+            return nic_filter_for(self.conn, network, self.nic_filter_name, port=port)
 
-    def filter_nics(self, uuid: str) -> bool:
+    def define_group_filter(self, name: str, rules: Sequence[FirewallRule]) -> None:
+        """Define or update (live, on every NIC using it) a security group's filter."""
+        with self._errors(f"define network filter {name!r}"):
+            define_filter(self.conn, name, lambda uuid: group_filter_xml(name, tuple(rules), uuid))
+
+    def define_port_filter(self, name: str, groups: Sequence[str]) -> bool:
+        """Define or update (live) a NIC's port filter over the groups' filters; False on a driver without
+        network filters (``test:///``), where NICs stay unfiltered."""
+        with self._errors(f"define network filter {name!r}"):
+            if not ensure_guest_filter(self.conn, self.nic_filter_name):
+                return False
+            define_filter(
+                self.conn, name, lambda uuid: port_filter_xml(name, base=self.nic_filter_name, groups=groups, uuid=uuid)
+            )
+            return True
+
+    def remove_filter(self, name: str) -> bool:
+        """Undefine a group or port filter; False when a running NIC still uses it."""
+        with self._errors(f"remove network filter {name!r}"):
+            return remove_filter(self.conn, name)
+
+    def filter_names(self, prefix: str) -> list[str]:
+        """The network filters on the host whose names start with ``prefix``."""
+        with self._errors("list network filters"):
+            try:
+                return sorted(f.name() for f in self.conn.listAllNWFilters(0) if f.name().startswith(prefix))
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() == libvirt.VIR_ERR_NO_SUPPORT:
+                    return []
+                raise
+
+    def filter_nics(self, uuid: str, *, port: str | None = None) -> bool:
         """Give each NIC of the domain its anti-spoofing filter, live and in its config; True when one changed.
 
         For domains whose NICs were defined unfiltered (before the portal filtered them, by hand, or
@@ -413,7 +454,7 @@ class LibvirtDriver:
 
         def wanted(network: str) -> NicFilter | None:
             if network not in chosen:
-                chosen[network] = self.nic_filter(network)
+                chosen[network] = self.nic_filter(network, port=port)
             return chosen[network]
 
         dom = self._dom(uuid)
@@ -724,7 +765,7 @@ class LibvirtDriver:
             facts = parse_snapshot_domain(dom.snapshotLookupByName(name, 0).getXMLDesc(0))
         return facts.spec if facts is not None else None
 
-    def snapshot_revert(self, uuid: str, name: str) -> InstanceState:
+    def snapshot_revert(self, uuid: str, name: str, *, port: str | None = None) -> InstanceState:
         """Go back to a snapshot; the instance ends up in the state the snapshot captured.
 
         A snapshot brings back the domain definition it was taken with: a guest that ran comes back
@@ -737,7 +778,7 @@ class LibvirtDriver:
             ran = captured in _RUNNING_SNAPSHOT_STATES
             # (REVERT_PAUSED would also start a snapshot of a shut-off domain, paused.)
             dom.revertToSnapshot(snapshot, libvirt.VIR_DOMAIN_SNAPSHOT_REVERT_PAUSED if ran else 0)
-        self.filter_nics(uuid)
+        self.filter_nics(uuid, port=port)
         with self._errors(f"revert instance {uuid} to snapshot {name!r}"):
             if ran and dom.state()[0] == libvirt.VIR_DOMAIN_PAUSED:
                 dom.resume()
