@@ -78,11 +78,15 @@ QUOTA_RESOURCES: dict[str, str] = {
     "snapshot_mib": _("snapshot storage (MiB)"),
     "images": _("images"),
     "image_storage_gib": _("image storage (GiB)"),
+    "security_groups": _("security groups"),
+    "security_group_rules": _("security group rules"),
 }
 
 
-def _quota_field(verbose: str) -> models.IntegerField:
-    return models.IntegerField(verbose, validators=[MinValueValidator(-1)], help_text=_("-1 means unlimited."))
+def _quota_field(verbose: str, **options) -> models.IntegerField:
+    return models.IntegerField(
+        verbose, validators=[MinValueValidator(-1)], help_text=_("-1 means unlimited."), **options
+    )
 
 
 class Quota(models.Model):
@@ -97,6 +101,8 @@ class Quota(models.Model):
     snapshot_mib = _quota_field(_("snapshot storage (MiB)"))
     images = _quota_field(_("images"))
     image_storage_gib = _quota_field(_("image storage (GiB)"))
+    security_groups = _quota_field(_("security groups"), default=10)
+    security_group_rules = _quota_field(_("security group rules"), default=100)
     updated_at = models.DateTimeField(_("updated"), auto_now=True)
 
     access_tenant_field = "tenant"

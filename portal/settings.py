@@ -237,6 +237,9 @@ LABCLOUD_DEFAULT_QUOTA = {
     "snapshot_mib": int(os.environ.get("QUOTA_SNAPSHOT_MIB", "102400")),
     "images": int(os.environ.get("QUOTA_IMAGES", "10")),
     "image_storage_gib": int(os.environ.get("QUOTA_IMAGE_STORAGE_GIB", "100")),
+    # As Neutron's defaults; every tenant's "default" group counts (docs/networking.md).
+    "security_groups": int(os.environ.get("QUOTA_SECURITY_GROUPS", "10")),
+    "security_group_rules": int(os.environ.get("QUOTA_SECURITY_GROUP_RULES", "100")),
 }
 LABCLOUD_DEFAULT_LIBVIRT_URI = os.environ.get("LABCLOUD_DEFAULT_LIBVIRT_URI", "qemu:///system")
 

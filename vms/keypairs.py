@@ -110,7 +110,8 @@ def clean_name(name: str) -> str:
     return name
 
 
-def _check_member(*, actor, tenant: Tenant) -> None:
+def require_member(*, actor, tenant: Tenant) -> None:
+    """ServiceError (field ``tenant``) unless ``actor`` is a member of ``tenant`` or a cloud admin."""
     if is_cloud_admin(actor):
         return
     authenticated = actor is not None and getattr(actor, "is_authenticated", False)
@@ -153,7 +154,7 @@ def _create(*, actor, tenant: Tenant, name: str, public_key: str, fingerprint: s
 def import_keypair(*, actor, tenant: Tenant, name: str, public_key: str, ip: str | None = None) -> Keypair:
     """Store a user's existing public key for ``tenant``."""
     name = clean_name(name)
-    _check_member(actor=actor, tenant=tenant)
+    require_member(actor=actor, tenant=tenant)
     normalised, fingerprint = parse_public_key(public_key)
     return _create(
         actor=actor,
@@ -169,7 +170,7 @@ def import_keypair(*, actor, tenant: Tenant, name: str, public_key: str, ip: str
 def generate_keypair(*, actor, tenant: Tenant, name: str, ip: str | None = None) -> tuple[Keypair, str]:
     """Make a new ed25519 keypair; returns it and the private key (OpenSSH PEM), which is not stored anywhere."""
     name = clean_name(name)
-    _check_member(actor=actor, tenant=tenant)
+    require_member(actor=actor, tenant=tenant)
     private = ed25519.Ed25519PrivateKey.generate()
     public = private.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
     comment = re.sub(r"\s+", "-", name)

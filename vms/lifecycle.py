@@ -10,6 +10,7 @@ The worker's half, which talks to the host through its adapter, is ``vms.executi
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -26,8 +27,9 @@ from portal.models import Tenant
 from portal.services import ConflictError, ServiceError, record_audit, reserve_quota
 from vms import actions, limits, operations, realtime
 from vms.compute import Capability, compute_for, host_can
-from vms.models import Flavor, Instance, InstanceDisk, Keypair, Network, Operation, Snapshot
+from vms.models import Flavor, Instance, InstanceDisk, Keypair, Network, Operation, SecurityGroup, Snapshot
 from vms.scheduler import check_growth, check_storage, place, placement_target
+from vms.security_groups import check_can_filter, clean_instance_groups
 from vms.selectors import instance_shape, snapshot_fits, snapshot_reservation_mib
 from vms.services import reserve_instances
 from vms.tasks import run_instance_operation
@@ -74,13 +76,15 @@ def launch_instances(
     count: int = 1,
     keypair: Keypair | None = None,
     network: Network | None = None,
+    security_groups: Sequence[SecurityGroup] | None = None,
     user_data: str = "",
     ip: str | None = None,
 ) -> Launch:
     """Create ``count`` instances of ``flavor`` from a disk image or an installer ISO, all or none.
 
     In one transaction: quota for all of them is reserved, each is placed on a host by the
-    scheduler, and one launch operation per instance is queued on commit.
+    scheduler, and one launch operation per instance is queued on commit. The instances join
+    ``security_groups`` (of ``tenant``), or the tenant's ``default`` group when it names none.
     """
     if not tenant.enabled:
         raise ConflictError(_("Tenant “%(name)s” is disabled.") % {"name": tenant.name}, field="tenant")
@@ -130,7 +134,10 @@ def launch_instances(
         )
     if "\x00" in user_data:
         raise ServiceError(_("User-data must be text."), field="user_data")
+    if security_groups is not None and not security_groups:
+        raise ServiceError(_("An instance needs at least one security group."), field="security_groups")
     with transaction.atomic():
+        groups = clean_instance_groups(tenant=tenant, groups=security_groups)
         instances = reserve_instances(actor=actor, tenant=tenant, flavor=flavor, names=names, ip=ip)
         target = placement_target(tenant=tenant, flavor=flavor)
         if target is not None:
@@ -153,6 +160,9 @@ def launch_instances(
             instance.domain_name = f"{settings.LABCLOUD_DOMAIN_PREFIX}{instance.uuid}"
             instance.task = "launch"
             instance.save()
+            check_can_filter(host=host, groups=groups, default=security_groups is None)
+            if host_can(host, Capability.SECURITY_GROUPS):
+                instance.security_groups.set(groups)
             ops.append(
                 operations.create_operation(
                     kind="instance.launch", target=instance, tenant=tenant, user=actor, task=run_instance_operation

@@ -40,6 +40,15 @@ def _send_after_commit(task, *args) -> None:
     transaction.on_commit(send)
 
 
+@receiver(post_save, sender=Tenant, dispatch_uid="vms.default_security_group")
+def _tenant_saved(sender, instance: Tenant, created: bool, raw: bool = False, **_kwargs) -> None:
+    """Every tenant has its ``default`` security group from the start, as every OpenStack project does."""
+    if created and not raw:
+        from vms.security_groups import ensure_default_group
+
+        ensure_default_group(tenant=instance)
+
+
 @receiver(post_save, sender=Quota, dispatch_uid="vms.quota_to_clouds")
 def _quota_saved(sender, instance: Quota, **_kwargs) -> None:
     if CloudProject.objects.filter(tenant_id=instance.tenant_id).exists():

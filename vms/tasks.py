@@ -88,6 +88,16 @@ app.steps["consumer"].add(SendUnsentOnConnect)
 
 
 @shared_task
+def sync_firewall_task(tenant_id: int, gone: list[str] | None = None) -> int:
+    """A tenant's security groups onto its hosts' filters (vms.security_groups.sync_firewall)."""
+    from portal.models import Tenant
+    from vms.security_groups import sync_firewall
+
+    tenant = Tenant.objects.filter(pk=tenant_id).first()
+    return 0 if tenant is None else sync_firewall(tenant=tenant, gone=gone or ())
+
+
+@shared_task
 def push_quota_task(tenant_id: int) -> dict[str, bool]:
     from portal.models import Tenant
     from vms.compute.openstack.mirror import push_quota

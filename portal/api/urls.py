@@ -7,7 +7,7 @@ from rest_framework.routers import DefaultRouter
 from images.api import views as images_views
 from portal.api import docs
 from portal.api import views as portal_views
-from vms.api import clouds, flavors, hosts, instances, keypairs, networks, operations
+from vms.api import clouds, flavors, hosts, instances, keypairs, networks, operations, security_groups
 
 router = DefaultRouter()
 router.register("tenants", portal_views.TenantViewSet, basename="tenant")
@@ -25,6 +25,8 @@ router.register("cloud-flavors", clouds.CloudFlavorViewSet, basename="cloudflavo
 router.register("placement-rules", clouds.PlacementRuleViewSet, basename="placementrule")
 router.register("keypairs", keypairs.KeypairViewSet, basename="keypair")
 router.register("networks", networks.NetworkViewSet, basename="network")
+router.register("security-groups", security_groups.SecurityGroupViewSet, basename="securitygroup")
+router.register("security-group-rules", security_groups.SecurityGroupRuleViewSet, basename="securitygrouprule")
 router.register("images", images_views.ImageViewSet, basename="image")
 router.register("image-shares", images_views.ImageShareViewSet, basename="imageshare")
 

@@ -221,4 +221,4 @@ def test_overview_queries_do_not_grow_with_instances_operations_or_hosts(actors,
 
     # 14 (see test_dashboard_queries: quota, members, instances by state, recent operations); cloud admins
     # +3 for the hosts section (hosts, then allocated sizes and extra disks in vms.scheduler.host_loads).
-    assert_constant_queries(make_rows, request, budget=17 if role == "cloud_admin" else 14)
+    assert_constant_queries(make_rows, request, budget=18 if role == "cloud_admin" else 15)

@@ -9,7 +9,7 @@ from rest_framework import serializers
 from images.selectors import images_for
 from portal.access import VIEW
 from vms.compute import Capability, kinds_with
-from vms.models import Flavor, Host, Keypair, Network
+from vms.models import Flavor, Host, Keypair, Network, SecurityGroup
 
 
 class GatedPrimaryKeyField(serializers.PrimaryKeyRelatedField):
@@ -58,3 +58,8 @@ class CloudHostField(GatedPrimaryKeyField):
 @extend_schema_field(OpenApiTypes.INT)
 class VisibleHostField(GatedPrimaryKeyField):
     model = Host
+
+
+@extend_schema_field(OpenApiTypes.INT)
+class VisibleSecurityGroupField(GatedPrimaryKeyField):
+    model = SecurityGroup

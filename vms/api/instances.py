@@ -29,8 +29,15 @@ from portal.api.base import ApiViewSetMixin
 from portal.api.serializers import MAX_INT32, VisibleTenantField
 from portal.services import ConflictError
 from vms import actions, lifecycle, limits, moves
+from vms import security_groups as group_services
 from vms.access import access_disk_by_id, access_snapshot_by_id, may_read_user_data
-from vms.api.fields import VisibleFlavorField, VisibleImageField, VisibleKeypairField, VisibleNetworkField
+from vms.api.fields import (
+    VisibleFlavorField,
+    VisibleImageField,
+    VisibleKeypairField,
+    VisibleNetworkField,
+    VisibleSecurityGroupField,
+)
 from vms.api.filtersets import InstanceFilter
 from vms.api.serializers import OperationSerializer
 from vms.consoles import tokens
@@ -201,12 +208,24 @@ class InstanceCreateSerializer(serializers.Serializer):
         default=None,
         help_text=_("Id of a network shared with the tenant; omitted: the host's default network."),
     )
+    security_groups = VisibleSecurityGroupField(
+        many=True,
+        required=False,
+        allow_empty=False,
+        help_text=_("Ids of security groups of the tenant; omitted: the tenant's “default” group."),
+    )
     user_data = serializers.CharField(
         required=False,
         allow_blank=True,
         default="",
         trim_whitespace=False,
         help_text=_("cloud-init user-data (text, at most 64 KiB by default)."),
+    )
+
+
+class InstanceSecurityGroupsSerializer(serializers.Serializer):
+    security_groups = VisibleSecurityGroupField(
+        many=True, allow_empty=False, help_text=_("Ids of the instance's security groups (of its tenant).")
     )
 
 
@@ -483,6 +502,38 @@ class InstanceViewSet(ApiViewSetMixin, mixins.ListModelMixin, mixins.RetrieveMod
             actor=request.user, instance=instance, host=data.get("host"), ip=self.client_ip
         )
         return accepted(operation)
+
+    # ------------------------------------------------------------ security groups
+
+    @extend_schema(
+        methods=["GET"],
+        summary=_("The instance's security groups"),
+        responses={200: InstanceSecurityGroupsSerializer},
+    )
+    @extend_schema(
+        methods=["PUT"],
+        summary=_("Set the instance's security groups (its NICs follow live)"),
+        request=InstanceSecurityGroupsSerializer,
+        responses={200: InstanceSecurityGroupsSerializer},
+    )
+    @action(
+        detail=True,
+        methods=["get", "put"],
+        url_path="security-groups",
+        filter_backends=[],
+        pagination_class=None,
+    )
+    def security_groups(self, request, *args, **kwargs):
+        if request.method == "PUT":
+            instance = self.get_object_for(CHANGE)
+            groups = self._input(InstanceSecurityGroupsSerializer)["security_groups"]
+            group_services.set_instance_security_groups(
+                actor=request.user, instance=instance, groups=groups, ip=self.client_ip
+            )
+        else:
+            instance = self.get_object_for(VIEW)
+        ids = sorted(instance.security_groups.values_list("pk", flat=True))
+        return Response({"security_groups": ids})
 
     # ------------------------------------------------------------ metrics
 

@@ -33,7 +33,7 @@ from vms.models import Host
 
 if TYPE_CHECKING:
     from images.models import ImageReplica
-    from portal.backends.base import DomainStats
+    from portal.backends.base import DomainStats, FirewallRule
     from vms.models import Instance, InstanceDisk, Operation, Snapshot
 
 
@@ -57,6 +57,7 @@ class Capability(enum.StrEnum):
     METRICS = "metrics"  # the watcher samples CPU, memory, disk and network of the guests
     TENANT_PROJECTS = "tenant_projects"  # tenants live in projects of the backend (mapped by admins)
     MIGRATE = "migrate"  # cloud admins move instances between hosts of the kind (live or cold)
+    SECURITY_GROUPS = "security_groups"  # the tenant's security groups filter the instances' NICs
 
 
 class MissingCapability(ConflictError):
@@ -153,6 +154,22 @@ class ComputeAdapter(Protocol):
 
     def copy_image(self, host: Host, image, *, operation=None, progress=None) -> ImageReplica: ...
 
+    def apply_firewall(self, host: Host, plan: FirewallPlan) -> None: ...
+
+
+@dataclass(frozen=True)
+class FirewallPlan:
+    """What one host must filter for one tenant (``vms.security_groups.firewall_plan``).
+
+    ``groups``: (group UUID, its rules) of every group the tenant's instances there use;
+    ``ports``: (instance UUID, its groups' UUIDs, in order); ``unused_groups``: UUIDs of the
+    tenant's groups (or deleted ones) whose filters the host may drop when nothing uses them.
+    """
+
+    groups: tuple[tuple[str, tuple[FirewallRule, ...]], ...] = ()
+    ports: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    unused_groups: tuple[str, ...] = ()
+
 
 @dataclass(frozen=True)
 class ConsoleEndpoint:
@@ -238,6 +255,9 @@ class AdapterBase:
 
     def copy_image(self, host, image, *, operation=None, progress=None):
         raise self._missing(_("copy images ahead of launches"))
+
+    def apply_firewall(self, host, plan) -> None:
+        raise self._missing(_("apply security groups"))
 
 
 @dataclass(frozen=True)

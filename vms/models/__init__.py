@@ -16,8 +16,10 @@ from vms.models.instances import ConsoleSession, Instance, InstanceDisk, Instanc
 from vms.models.keypairs import Keypair
 from vms.models.networks import Network, NetworkQuerySet
 from vms.models.operations import Operation
+from vms.models.security_groups import DEFAULT_GROUP, SecurityGroup, SecurityGroupRule
 
 __all__ = [
+    "DEFAULT_GROUP",
     "CloudFlavor",
     "CloudProject",
     "ConsoleSession",
@@ -34,6 +36,8 @@ __all__ = [
     "NetworkQuerySet",
     "Operation",
     "PlacementRule",
+    "SecurityGroup",
+    "SecurityGroupRule",
     "SharedWithTenantsQuerySet",
     "Snapshot",
     "UnmanagedDomain",

@@ -73,6 +73,9 @@ class Instance(models.Model):
         related_name="instances",
         verbose_name=_("network"),
     )
+    security_groups = models.ManyToManyField(
+        "vms.SecurityGroup", blank=True, related_name="instances", verbose_name=_("security groups")
+    )
     user_data = models.TextField(_("user-data"), blank=True)
     adopted = models.BooleanField(
         _("adopted"),

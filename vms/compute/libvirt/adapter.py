@@ -41,8 +41,9 @@ from portal.services import ConflictError, ServiceError
 from portal.texts import said
 from vms import operations
 from vms.compute import state
-from vms.compute.base import AdapterBase, Capability, ConsoleEndpoint, HostFact, given_credentials
+from vms.compute.base import AdapterBase, Capability, ConsoleEndpoint, FirewallPlan, HostFact, given_credentials
 from vms.compute.libvirt import migration
+from vms.compute.libvirt.firewall import apply_plan, port_for
 from vms.compute.libvirt.images import ensure_image_on_host, shared_with_others
 from vms.compute.libvirt.spec import (
     build_spec,
@@ -51,6 +52,7 @@ from vms.compute.libvirt.spec import (
     instance_volumes,
     libvirt_uri,
     observed,
+    port_filter_name,
     root_volume,
     seed_volume,
     shared_storage,
@@ -72,6 +74,7 @@ ADOPTED_MISSING = frozenset(
     {
         Capability.RESIZE,
         Capability.LIVE_RESOURCES,
+        Capability.SECURITY_GROUPS,
         Capability.INSTALL_FROM_ISO,
         Capability.EXTRA_DISKS,
         Capability.CAPTURE,
@@ -98,14 +101,15 @@ SETTINGS_FIELDS = (
 # ---------------------------------------------------------------- names and the driver
 
 
-def _nic_filter(driver: LibvirtDriver, network: str | None) -> NicFilter | None:
-    """Anti-spoofing for the instance's NIC (every NIC the portal defines gets it: networks are shared)."""
-    return driver.nic_filter(network) if network else None
+def _nic_filter(driver: LibvirtDriver, network: str | None, port: str | None = None) -> NicFilter | None:
+    """Anti-spoofing for the instance's NIC (every NIC the portal defines gets it: networks are shared), through
+    its port filter (its security groups) when it has one."""
+    return driver.nic_filter(network, port=port) if network else None
 
 
-def _start(driver: LibvirtDriver, uuid: str) -> InstanceState:
+def _start(driver: LibvirtDriver, uuid: str, port: str | None) -> InstanceState:
     """Start a domain, its NICs filtered first (a domain defined before they were keeps no unfiltered NIC)."""
-    driver.filter_nics(uuid)
+    driver.filter_nics(uuid, port=port)
     return driver.start(uuid)
 
 
@@ -196,13 +200,14 @@ class LibvirtAdapter(AdapterBase):
         if not instance.installing:  # always written: a crash may have left a partial seed behind
             driver.upload_bytes(pool, seed_volume(instance), _seed(instance))
         network = _network_name(instance)
+        port = port_for(driver, instance) if network else None
         try:
             facts = driver.describe(str(instance.uuid))
         except NotFound:
-            driver.define(build_spec(instance, network=network, nic_filter=_nic_filter(driver, network)))
+            driver.define(build_spec(instance, network=network, nic_filter=_nic_filter(driver, network, port)))
             facts = driver.describe(str(instance.uuid))
         else:  # defined by an earlier attempt
-            driver.filter_nics(str(instance.uuid))
+            driver.filter_nics(str(instance.uuid), port=port)
         mac = facts.spec.mac_address or instance.mac_address  # libvirt picks the MAC when the domain is defined
         if start:
             operations.progress(operation=operation, percent=90, message=_("Starting"))
@@ -220,7 +225,7 @@ class LibvirtAdapter(AdapterBase):
         driver = driver_for(instance.host)
         uuid = str(instance.uuid)
         handlers = {
-            "start": lambda: _start(driver, uuid),
+            "start": lambda: _start(driver, uuid, port_for(driver, instance)),
             "stop": lambda: driver.power_off(uuid),
             "reboot": lambda: driver.reboot(uuid),
             "reset": lambda: driver.reset(uuid),
@@ -249,13 +254,15 @@ class LibvirtAdapter(AdapterBase):
         driver.power_off(uuid)
         Instance.objects.filter(pk=instance.pk).update(installing=False)
         instance.installing = False
-        self._redefine(driver, instance)  # the same domain without the installer, disk first
-        _record(instance, _start(driver, uuid))
+        port = self._redefine(driver, instance)  # the same domain without the installer, disk first
+        _record(instance, _start(driver, uuid, port))
 
     @staticmethod
-    def _redefine(driver: LibvirtDriver, instance: Instance) -> None:
+    def _redefine(driver: LibvirtDriver, instance: Instance) -> str | None:
         network = driver.describe(str(instance.uuid)).spec.network
-        driver.define(build_spec(instance, network=network, nic_filter=_nic_filter(driver, network)))
+        port = port_for(driver, instance) if network else None
+        driver.define(build_spec(instance, network=network, nic_filter=_nic_filter(driver, network, port)))
+        return port
 
     # ------------------------------------------------------------ sizes and disks
 
@@ -353,7 +360,7 @@ class LibvirtAdapter(AdapterBase):
                     counted_vcpus=instance.vcpus,
                 )
             )
-        _record(instance, driver.snapshot_revert(uuid, snapshot.name))
+        _record(instance, driver.snapshot_revert(uuid, snapshot.name, port=port_for(driver, instance)))
         self._measure_after_change(instance)
 
     def delete_snapshot(self, operation: Operation, instance: Instance, snapshot: Snapshot) -> None:
@@ -516,6 +523,7 @@ class LibvirtAdapter(AdapterBase):
             operations.progress(operation=operation, percent=20, message=_("Removing the domain"))
         try:
             driver.undefine(str(instance.uuid))
+            driver.remove_filter(port_filter_name(str(instance.uuid)))
             if operation is not None:
                 operations.progress(operation=operation, percent=60, message=_("Deleting the disks"))
             for volume in instance_volumes(instance):
@@ -669,3 +677,6 @@ class LibvirtAdapter(AdapterBase):
 
     def copy_image(self, host: Host, image: Image, *, operation=None, progress=None) -> ImageReplica:
         return ensure_image_on_host(image=image, host=host, operation=operation, progress=progress)
+
+    def apply_firewall(self, host: Host, plan: FirewallPlan) -> None:
+        apply_plan(driver_for(host), plan)

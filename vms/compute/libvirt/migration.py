@@ -34,11 +34,13 @@ from portal.backends.libvirt.migration import DiskMove, MigrationCancelled, Migr
 from portal.services import ConflictError
 from portal.texts import said
 from vms import operations
+from vms.compute.libvirt.firewall import port_for
 from vms.compute.libvirt.images import ensure_image_on_host
 from vms.compute.libvirt.spec import (
     driver_for,
     instance_volumes,
     libvirt_uri,
+    port_filter_name,
     root_volume,
     seed_volume,
     shared_storage,
@@ -161,7 +163,7 @@ def _networks(instance: Instance, source: Host, destination: Host, dst: LibvirtD
         there = destination.default_network
     else:
         there = network  # a network the admins made with the same name on every host
-    return {network: there}, {there: dst.nic_filter(there)}
+    return {network: there}, {there: dst.nic_filter(there, port=port_for(dst, instance, host=destination))}
 
 
 def _prepare_disks(operation, instance, src, dst, destination, disks, shared, live, seed, made) -> list[DiskMove]:
@@ -271,10 +273,15 @@ def _undo(instance: Instance, src: LibvirtDriver, dst: LibvirtDriver, made: _Mad
 
 
 def remove_source_copies(instance: Instance, source: Host, destination: Host) -> None:
-    """After the move: the instance's volumes on its old host go (unless the two hosts share the files)."""
+    """After the move: the instance's port filter and volumes on its old host go (unless the two hosts share the
+    files)."""
+    src = driver_for(source)
+    try:
+        src.remove_filter(port_filter_name(str(instance.uuid)))
+    except BackendError:
+        log.warning("instance %s: network filter left on %s", instance.uuid, source.name)
     if shared_storage(source, destination):
         return
-    src = driver_for(source)
     for volume in instance_volumes(instance):
         try:
             src.delete_volume(source.storage_pool, volume)

@@ -37,6 +37,16 @@ def nic_filter_name() -> str:
     return f"{settings.LABCLOUD_DOMAIN_PREFIX}clean-traffic"
 
 
+def group_filter_name(group_uuid: str) -> str:
+    """A security group's network filter on the hosts (portal/backends/libvirt/nwfilter.py)."""
+    return f"{settings.LABCLOUD_DOMAIN_PREFIX}sg-{group_uuid}"
+
+
+def port_filter_name(instance_uuid: str) -> str:
+    """The network filter an instance's NIC references: anti-spoofing and its security groups."""
+    return f"{settings.LABCLOUD_DOMAIN_PREFIX}port-{instance_uuid}"
+
+
 def root_volume(instance: Instance) -> str:
     return f"{settings.LABCLOUD_DOMAIN_PREFIX}{instance.uuid}-root.qcow2"
 

@@ -35,7 +35,7 @@ from portal.backends.libvirt.driver import LibvirtDriver
 from portal.backends.libvirt.network import NetworkSpec, delete_network, ensure_network, network_xml
 from portal.backends.libvirt.nwfilter import GUEST_FILTER, dhcp_server_of, ensure_guest_filter, guest_filter_xml
 from vms import lifecycle
-from vms.compute.libvirt.spec import nic_filter_name
+from vms.compute.libvirt.spec import nic_filter_name, port_filter_name
 from vms.models import Flavor, Instance, Operation
 from vms.tests.compute.test_libvirt_guests import BOOTED, wait_for_marker
 from vms.tests.conftest import QEMU_URI, TEST_URI, active_image, leftovers
@@ -354,7 +354,10 @@ def test_a_guest_on_a_shared_network_cannot_spoof_or_serve_dhcp(
     ok(Operation.objects.get(pk=launch.operations[0].pk))
     uuid = str(instance.uuid)
     assert nic_filter_name().startswith(portal_host.lctest.prefix)  # the test's own filter, removed after it
-    assert driver.describe(uuid).spec.nic_filter == learning_dhcp(gateway, nic_filter_name())
+    # The NIC references its port filter (its security groups), which references the anti-spoofing filter.
+    assert driver.describe(uuid).spec.nic_filter == learning_dhcp(gateway, port_filter_name(uuid))
+    port = ET.fromstring(conn.nwfilterLookupByName(port_filter_name(uuid)).XMLDesc(0))  # noqa: S314
+    assert port.find("filterref").get("filter") == nic_filter_name()
 
     # A domain defined before NICs were filtered (an upgrade): starting it through the portal filters it.
     ok(run_tasks(lambda: lifecycle.request_action(actor=user, instance=instance, action="stop")))
@@ -364,7 +367,7 @@ def test_a_guest_on_a_shared_network_cannot_spoof_or_serve_dhcp(
     conn.defineXML(ET.tostring(old, encoding="unicode"))
     assert driver.describe(uuid).spec.nic_filter is None
     ok(run_tasks(lambda: lifecycle.request_action(actor=user, instance=instance, action="start")))
-    assert driver.describe(uuid, inactive=False).spec.nic_filter == learning_dhcp(gateway, nic_filter_name())
+    assert driver.describe(uuid, inactive=False).spec.nic_filter == learning_dhcp(gateway, port_filter_name(uuid))
     instance.refresh_from_db()
     assert instance.state == Instance.State.RUNNING
     mac = instance.mac_address
