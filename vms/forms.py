@@ -10,7 +10,7 @@ from images.models import Image
 from portal.forms import BootstrapForm
 from vms import actions, limits
 from vms.keypairs import KEY_MAX
-from vms.models import Flavor, Host, Instance
+from vms.models import Flavor, Host, Instance, SecurityGroupRule
 
 
 def _size(mib: int) -> str:
@@ -59,6 +59,13 @@ class LaunchForm(BootstrapForm):
         empty_label=_("Host default network"),
     )
     keypair = forms.ModelChoiceField(label=_("Keypair"), queryset=None, required=False, empty_label=_("No keypair"))
+    security_groups = forms.ModelMultipleChoiceField(
+        label=_("Security groups"),
+        queryset=None,
+        required=False,
+        widget=forms.CheckboxSelectMultiple,
+        help_text=_("Traffic the instances let in and out; “default” lets in only its own members."),
+    )
     user_data = forms.CharField(
         label=_("User-data"),
         required=False,
@@ -67,8 +74,10 @@ class LaunchForm(BootstrapForm):
         help_text=_("cloud-init user-data (e.g. “#cloud-config …”); used by disk images only."),
     )
 
-    def __init__(self, *args, images, flavors, networks, keypairs, **kwargs) -> None:
+    def __init__(self, *args, images, flavors, networks, keypairs, security_groups, **kwargs) -> None:
         super().__init__(*args, **kwargs)
+        self.fields["security_groups"].queryset = security_groups
+        self.fields["security_groups"].widget.attrs["class"] = "form-check-input"
         self.images = {image.pk: image for image in images}
         disks = [(i.pk, source_label(i)) for i in images if i.kind == Image.Kind.DISK]
         isos = [(i.pk, source_label(i)) for i in images if i.kind == Image.Kind.ISO]
@@ -90,6 +99,51 @@ class LaunchForm(BootstrapForm):
         if image is None:
             raise forms.ValidationError(_("Choose a disk image or ISO available to this tenant."))
         return image
+
+
+class InstanceSecurityGroupsForm(BootstrapForm):
+    security_groups = forms.ModelMultipleChoiceField(
+        label=_("Security groups"), queryset=None, required=False, widget=forms.CheckboxSelectMultiple
+    )
+
+    def __init__(self, *args, groups, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["security_groups"].queryset = groups
+        self.fields["security_groups"].widget.attrs["class"] = "form-check-input"
+
+
+class SecurityGroupForm(BootstrapForm):
+    name = forms.CharField(
+        label=_("Name"),
+        max_length=100,
+        widget=forms.TextInput(attrs={"placeholder": _("e.g. web"), "autocomplete": "off"}),
+    )
+    description = forms.CharField(label=_("Description"), max_length=255, required=False)
+
+
+class SecurityGroupRuleForm(BootstrapForm):
+    """A rule; the service checks the combination (ports need a protocol, a remote group is for ingress…)."""
+
+    direction = forms.ChoiceField(label=_("Direction"), choices=SecurityGroupRule.Direction.choices)
+    protocol = forms.ChoiceField(label=_("Protocol"), choices=SecurityGroupRule.Protocol.choices, initial="tcp")
+    port_min = forms.IntegerField(label=_("Port from"), required=False, min_value=0, max_value=65535,
+                                  help_text=_("ICMP: the type."))  # fmt: skip
+    port_max = forms.IntegerField(label=_("Port to"), required=False, min_value=0, max_value=65535,
+                                  help_text=_("ICMP: the code."))  # fmt: skip
+    remote_cidr = forms.CharField(
+        label=_("Remote CIDR"),
+        max_length=18,
+        required=False,
+        widget=forms.TextInput(attrs={"placeholder": "0.0.0.0/0"}),
+    )
+    remote_group = forms.ModelChoiceField(
+        label=_("Remote group"), queryset=None, required=False, empty_label=_("— (use the CIDR)")
+    )
+    description = forms.CharField(label=_("Description"), max_length=255, required=False)
+
+    def __init__(self, *args, groups, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["remote_group"].queryset = groups
 
 
 class ResizeForm(BootstrapForm):

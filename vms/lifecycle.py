@@ -160,7 +160,7 @@ def launch_instances(
             instance.domain_name = f"{settings.LABCLOUD_DOMAIN_PREFIX}{instance.uuid}"
             instance.task = "launch"
             instance.save()
-            check_can_filter(host=host, groups=groups, default=security_groups is None)
+            check_can_filter(host=host, groups=groups)
             if host_can(host, Capability.SECURITY_GROUPS):
                 instance.security_groups.set(groups)
             ops.append(

@@ -28,8 +28,8 @@ from django.utils.translation import gettext as _
 
 from portal.access import VIEW
 from portal.backends.base import FirewallRule
-from portal.models import Tenant
-from portal.services import ConflictError, ServiceError, record_audit, reserve_quota
+from portal.models import Quota, Tenant
+from portal.services import ConflictError, QuotaExceeded, ServiceError, record_audit, reserve_quota
 from vms.compute.base import Capability, FirewallPlan, MissingCapability, compute_for, host_can
 from vms.keypairs import clean_name, require_member
 from vms.models import DEFAULT_GROUP, Host, Instance, SecurityGroup, SecurityGroupRule
@@ -204,6 +204,21 @@ def ensure_default_group(*, tenant: Tenant) -> SecurityGroup:
     except IntegrityError:
         group = SecurityGroup.objects.get(tenant=tenant, name=DEFAULT_GROUP)
     return group
+
+
+def check_new_group(*, tenant: Tenant, name: str) -> str:
+    """The cleaned name of a new group of ``tenant``; ServiceError if it is taken or the quota is full (a check
+    for forms: ``create_security_group`` checks again under the quota lock)."""
+    name = _clean_group_name(name)
+    if SecurityGroup.objects.filter(tenant=tenant, name=name).exists():
+        raise ConflictError(
+            _("This tenant already has a security group named “%(name)s”.") % {"name": name}, field="name"
+        )
+    limit = Quota.objects.filter(tenant=tenant).values_list("security_groups", flat=True).first()
+    used = SecurityGroup.objects.filter(tenant=tenant).count()
+    if limit is not None and limit >= 0 and used + 1 > limit:
+        raise QuotaExceeded(resource="security_groups", requested=1, limit=limit, in_use=used)
+    return name
 
 
 def create_security_group(
@@ -408,9 +423,9 @@ def clean_instance_groups(*, tenant: Tenant, groups: Sequence[SecurityGroup] | N
     return chosen
 
 
-def check_can_filter(*, host: Host | None, groups: Sequence[SecurityGroup], default: bool) -> None:
-    """Refuse groups a host cannot apply; the default group on such a host is simply not applied."""
-    if host is None or host_can(host, Capability.SECURITY_GROUPS) or (default and len(groups) <= 1):
+def check_can_filter(*, host: Host | None, groups: Sequence[SecurityGroup]) -> None:
+    """Refuse groups a host cannot apply; the default group alone on such a host is simply not applied there."""
+    if host is None or host_can(host, Capability.SECURITY_GROUPS) or all(g.is_default for g in groups):
         return
     raise MissingCapability(
         _("%(host)s does not apply the portal's security groups.") % {"host": compute_for(host).describe(host)}

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from vms.views import consoles, flavors, hosts, instances, keypairs, launch, networks
+from vms.views import consoles, flavors, hosts, instances, keypairs, launch, networks, security_groups
 
 urlpatterns = [
     path("flavors/", flavors.flavor_list, name="flavors"),
@@ -38,6 +38,21 @@ urlpatterns = [
     path("hosts/<int:pk>/refresh/", hosts.host_refresh, name="host_refresh"),
     path("hosts/<int:pk>/drain/", hosts.host_drain, name="host_drain"),
     path("hosts/<int:pk>/evacuate/", hosts.host_evacuate, name="host_evacuate"),
+    path("security-groups/", security_groups.security_group_list, name="security_groups"),
+    path("security-groups/create/", security_groups.security_group_create, name="security_group_create"),
+    path("security-groups/<int:pk>/", security_groups.security_group_detail, name="security_group_detail"),
+    path("security-groups/<int:pk>/delete/", security_groups.security_group_delete, name="security_group_delete"),
+    path("security-groups/<int:pk>/rules/", security_groups.security_group_rule_add, name="security_group_rule_add"),
+    path(
+        "security-groups/<int:pk>/rules/<int:rule_pk>/delete/",
+        security_groups.security_group_rule_delete,
+        name="security_group_rule_delete",
+    ),
+    path(
+        "instances/<int:pk>/security-groups/",
+        security_groups.instance_security_groups,
+        name="instance_security_groups",
+    ),
     path("keypairs/", keypairs.keypair_list, name="keypairs"),
     path("keypairs/import/", keypairs.keypair_import, name="keypair_import"),
     path("keypairs/generate/", keypairs.keypair_generate, name="keypair_generate"),

@@ -4,6 +4,8 @@ and query budgets. The filters themselves on a real libvirt host and real guests
 from __future__ import annotations
 
 import pytest
+from django.test import Client
+from django.urls import reverse
 
 from portal.factories import make_host, make_instance
 from portal.models import AuditEvent, Quota
@@ -300,3 +302,105 @@ def test_api_lists_have_query_budgets(actors):
     client = actors.client("member")
     assert_constant_queries(make_rows, lambda: client.get(GROUPS), budget=8)
     assert_constant_queries(make_rows, lambda: client.get(RULES), budget=6)
+
+
+# ---------------------------------------------------------------- dashboard
+
+
+def login(user) -> Client:
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+def test_pages_matrix(actors, web):
+    assert_access_matrix(
+        actors,
+        method="get",
+        url=reverse("security_groups"),
+        api=False,
+        expected={"anonymous": 302, "outsider": 200, "member": 200, "tenant_admin": 200, "cloud_admin": 200},
+    )
+    assert_access_matrix(
+        actors,
+        method="get",
+        url=reverse("security_group_detail", args=[web.pk]),
+        api=False,
+        expected={"anonymous": 302, "outsider": 404, "member": 200, "tenant_admin": 200, "cloud_admin": 200},
+    )
+    html = login(actors.member).get(reverse("security_groups")).content.decode()
+    assert 'data-group="web"' in html and f'data-group="{DEFAULT_GROUP}"' in html
+    assert 'data-group="web"' not in login(actors.outsider).get(reverse("security_groups")).content.decode()
+
+
+def test_dashboard_create_add_and_remove_a_rule(actors):
+    client = login(actors.member)
+    response = client.post(reverse("security_group_create"), {"name": "db", "description": "PostgreSQL"})
+    assert response.status_code == 302
+    group = SecurityGroup.objects.get(tenant=actors.tenant, name="db")
+    url = reverse("security_group_rule_add", args=[group.pk])
+    response = client.post(url, {"direction": "ingress", "protocol": "tcp", "port_min": "5432", "remote_group": ""})
+    assert response.status_code == 302
+    rule = group.rules.get(port_min=5432)
+    page = client.get(reverse("security_group_detail", args=[group.pk])).content.decode()
+    assert f'data-rule="{rule.pk}"' in page and "5432" in page
+    bad = client.post(url, {"direction": "ingress", "protocol": "tcp", "port_min": "90", "port_max": "80"})
+    assert bad.status_code == 400 and "is-invalid" in bad.content.decode()
+    delete = reverse("security_group_rule_delete", args=[group.pk, rule.pk])
+    assert login(actors.outsider).post(delete).status_code == 404
+    assert client.post(delete).status_code == 302
+    assert not group.rules.filter(pk=rule.pk).exists()
+    assert login(actors.outsider).post(reverse("security_group_delete", args=[group.pk])).status_code == 404
+    assert client.post(reverse("security_group_delete", args=[group.pk])).status_code == 302
+    assert not SecurityGroup.objects.filter(pk=group.pk).exists()
+
+
+def test_dashboard_instance_groups(actors, web, host):
+    instance = make_instance(tenant=actors.tenant, host=host)
+    instance.security_groups.set([default_of(actors.tenant)])
+    page = login(actors.member).get(reverse("instance_detail", args=[instance.pk])).content.decode()
+    assert 'id="lc-instance-security-groups"' in page
+    url = reverse("instance_security_groups", args=[instance.pk])
+    assert login(actors.outsider).post(url, {"security_groups": [web.pk]}).status_code == 404
+    assert login(actors.member).post(url, {"security_groups": [web.pk]}).status_code == 302
+    assert list(instance.security_groups.all()) == [web]
+    assert login(actors.member).post(url, {}).status_code == 302  # none: refused with a message
+    assert list(instance.security_groups.all()) == [web]
+
+
+@pytest.mark.parametrize("role", ["member", "cloud_admin"])
+def test_groups_page_queries(actors, role):
+    Quota.objects.filter(tenant=actors.tenant).update(security_groups=-1, security_group_rules=-1)
+
+    def make_rows(n: int) -> None:
+        start = SecurityGroup.objects.count()
+        for i in range(n):
+            create_security_group(actor=actors.member, tenant=actors.tenant, name=f"p{start + i}")
+
+    client = login(actors.user(role))
+
+    def request():
+        assert client.get(reverse("security_groups")).status_code == 200
+
+    assert_constant_queries(make_rows, request, budget=8)
+
+
+# ---------------------------------------------------------------- admin
+
+
+def test_admin_lists_creates_and_deletes_through_the_services(actors, web):
+    client = login(actors.cloud_admin)
+    listing = client.get("/admin/vms/securitygroup/")
+    assert listing.status_code == 200 and "web" in listing.content.decode()
+    assert client.get(f"/admin/vms/securitygroup/{web.pk}/change/").status_code == 200
+    inline = {"rules-TOTAL_FORMS": "0", "rules-INITIAL_FORMS": "0"}  # the rules' (read-only) inline
+    taken = client.post("/admin/vms/securitygroup/add/", {"tenant": actors.tenant.pk, "name": "web", **inline})
+    assert taken.status_code == 200 and "already has" in taken.content.decode()
+    made = client.post("/admin/vms/securitygroup/add/", {"tenant": actors.tenant.pk, "name": "ops", **inline})
+    assert made.status_code == 302
+    group = SecurityGroup.objects.get(tenant=actors.tenant, name="ops")
+    assert [r.direction for r in group.rules.all()] == ["egress"]
+    assert AuditEvent.objects.filter(action="security_group.create", target_id=str(group.pk)).exists()
+    assert client.post(f"/admin/vms/securitygroup/{group.pk}/delete/", {"post": "yes"}).status_code == 302
+    assert not SecurityGroup.objects.filter(pk=group.pk).exists()
+    assert login(actors.member).get("/admin/vms/securitygroup/").status_code == 302

@@ -35,12 +35,13 @@ from vms.forms import (
     AttachDiskForm,
     BulkActionForm,
     CaptureForm,
+    InstanceSecurityGroupsForm,
     MigrateForm,
     ResizeForm,
     ResourcesForm,
     SnapshotForm,
 )
-from vms.models import Instance, InstanceDisk, Operation, Snapshot
+from vms.models import Instance, InstanceDisk, Operation, SecurityGroup, Snapshot
 from vms.selectors import (
     flavors_for,
     instance_shape,
@@ -225,6 +226,16 @@ def _limits(instance: Instance, offered: list[str]) -> dict:
     return {"not_offered": missing, "limits_note": compute_for(instance.host).limits_note(instance)}
 
 
+def _groups_form(instance: Instance) -> InstanceSecurityGroupsForm | None:
+    """The instance's security groups to change, where its host applies them."""
+    if Capability.SECURITY_GROUPS not in instance_capabilities(instance):
+        return None
+    groups = SecurityGroup.objects.filter(tenant_id=instance.tenant_id).order_by("name")
+    return InstanceSecurityGroupsForm(
+        groups=groups, initial={"security_groups": list(instance.security_groups.values_list("pk", flat=True))}
+    )
+
+
 @login_required
 @require_GET
 def instance_detail(request, pk: int):
@@ -266,6 +277,8 @@ def instance_detail(request, pk: int):
             "live_config": live_config(tenant_id=instance.tenant_id, instance_id=instance.pk),
             "console_config": console_config(request, instance, auto_connect=False) if can_console else None,
             "offered_metrics": Capability.METRICS in instance_capabilities(instance),
+            "groups_form": _groups_form(instance),
+            "can_console": can_console,
             "metrics_data": _metrics_data(user, instance),
         },
     )

@@ -24,6 +24,7 @@ from vms.compute import Capability, compute_for, host_can
 from vms.forms import LaunchForm, source_needs
 from vms.keypairs import keypairs_for
 from vms.networks import networks_for
+from vms.security_groups import ensure_default_group, security_groups_for
 from vms.selectors import flavors_for, tenant_placement
 
 QUOTA_RESOURCES_OF_LAUNCH = ("instances", "vcpus", "ram_mib", "disk_gib")
@@ -157,6 +158,7 @@ def instance_launch(request):
         "flavors": flavors_for(user=user, tenant=tenant),
         "networks": networks_for(user=user, tenant=tenant),
         "keypairs": keypairs_for(user=user, tenant=tenant),
+        "security_groups": security_groups_for(user=user, tenant=tenant),
     }
     if request.method == "POST":
         form = LaunchForm(request.POST, **form_kwargs)
@@ -172,6 +174,7 @@ def instance_launch(request):
                     count=data["count"],
                     keypair=data["keypair"],
                     network=data["network"],
+                    security_groups=list(data["security_groups"]),
                     user_data=data["user_data"],
                     ip=client_ip(request),
                 )
@@ -184,7 +187,7 @@ def instance_launch(request):
                     return redirect("instance_detail", pk=launch.instances[0].pk)
                 return redirect("instances")
     else:
-        initial = {"count": 1}
+        initial = {"count": 1, "security_groups": [ensure_default_group(tenant=tenant).pk]}
         if flavors:
             initial["flavor"] = flavors[0].pk
         if request.GET.get("image", "").isdigit():
