@@ -126,11 +126,14 @@ def undefine_nwfilters(conn, prefix: str) -> list[str]:
     import libvirt
 
     found = []
-    for nwfilter in conn.listAllNWFilters(0):
-        if nwfilter.name().startswith(prefix):
-            found.append(nwfilter.name())
-            with contextlib.suppress(libvirt.libvirtError):
-                nwfilter.undefine()
+    # Port filters reference group filters, which reference nothing of ours: those first.
+    filters = sorted(
+        (f for f in conn.listAllNWFilters(0) if f.name().startswith(prefix)), key=lambda f: "-port-" not in f.name()
+    )
+    for nwfilter in filters:
+        found.append(nwfilter.name())
+        with contextlib.suppress(libvirt.libvirtError):
+            nwfilter.undefine()
     return found
 
 

@@ -679,4 +679,12 @@ class LibvirtAdapter(AdapterBase):
         return ensure_image_on_host(image=image, host=host, operation=operation, progress=progress)
 
     def apply_firewall(self, host: Host, plan: FirewallPlan) -> None:
-        apply_plan(driver_for(host), plan)
+        """The plan's filters, then each instance's NICs pointed at its port filter, live and in the config (a
+        domain defined before security groups existed, or edited on the host, is brought in line)."""
+        driver = driver_for(host)
+        apply_plan(driver, plan)
+        for uuid, _groups in plan.ports:
+            try:
+                driver.filter_nics(uuid, port=port_filter_name(uuid))
+            except NotFound:
+                continue  # not defined yet (its launch gives it the filter) or gone

@@ -16,8 +16,9 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from portal.backends.base import BackendError, FirewallRule
+from portal.backends.base import BackendError, FirewallRule, InstanceSpec
 from portal.backends.libvirt.connection import connect
+from portal.backends.libvirt.network import NetworkSpec, ensure_network
 from portal.backends.libvirt.nwfilter import (
     GROUP_RULE_PRIORITY,
     PORT_DHCP_PRIORITY,
@@ -25,10 +26,17 @@ from portal.backends.libvirt.nwfilter import (
     group_filter_xml,
     port_filter_xml,
 )
+from portal.factories import make_instance
 from vms import lifecycle
 from vms.compute.libvirt.spec import group_filter_name, port_filter_name
 from vms.models import DEFAULT_GROUP, Flavor, Instance, Operation, SecurityGroup
-from vms.security_groups import add_rule, create_security_group, delete_rule, set_instance_security_groups
+from vms.security_groups import (
+    add_rule,
+    create_security_group,
+    delete_rule,
+    set_instance_security_groups,
+    sync_firewall,
+)
 from vms.tests.compute.test_libvirt_guests import BOOTED, wait_for_marker
 from vms.tests.conftest import QEMU_URI, active_image
 from vms.tests.guest_shell import GuestShell
@@ -240,3 +248,29 @@ def lease_of(shell: GuestShell) -> str:
     found = re.search(r"inet (\d+\.\d+\.\d+\.\d+)/", output)
     assert status == 0 and found, output
     return found.group(1)
+
+
+@pytest.mark.django_db
+def test_a_sync_points_a_running_domain_made_before_groups_at_its_port_filter(portal_host, lctest_network, make_tenant):
+    """A domain whose NIC has only the anti-spoofing filter (defined before security groups): the tenant's sync
+    gives its running NIC and its config the port filter of the instance's groups."""
+    driver = portal_host.lctest.driver
+    name = lctest_network.libvirt_name
+    ensure_network(QEMU_URI, NetworkSpec(name=name, mode="isolated", cidr=lctest_network.cidr))
+    tenant = make_tenant("older")
+    instance = make_instance(tenant, host=portal_host, mac_address="52:54:00:12:34:56")
+    instance.security_groups.set([SecurityGroup.objects.get(tenant=tenant, name=DEFAULT_GROUP)])
+    uuid = str(instance.uuid)
+    portal_host.lctest.track(uuid)
+    old = driver.nic_filter(name)
+    driver.define(
+        InstanceSpec(uuid=uuid, name=portal_host.lctest.name("old"), memory_mib=64, virt_type="qemu", network=name,
+                     mac_address=instance.mac_address, nic_filter=old)
+    )  # fmt: skip
+    driver.start(uuid, paused=True)  # QEMU runs with the NIC's tap on the bridge; nothing boots
+    assert sync_firewall(tenant=tenant) == 1
+    port = port_filter_name(uuid)
+    assert driver.describe(uuid, inactive=False).spec.nic_filter.name == port
+    assert driver.describe(uuid).spec.nic_filter.name == port
+    assert driver.describe(uuid).spec.nic_filter.parameters == old.parameters
+    assert driver.undefine(uuid) is True
