@@ -234,6 +234,17 @@ done
 timeout 10 virsh -c qemu:///system nwfilter-dumpxml clean-traffic >/dev/null 2>&1 ||
     die "libvirt has no clean-traffic network filter (package libvirt-daemon-config-nwfilter?)"
 if ((missing_filters)); then done_ "defined $missing_filters standard network filters"; else done_ "network filters present"; fi
+# Security groups are iptables rules on the guests' bridge ports (docs/networking.md): bridged frames
+# must pass through iptables (br_netfilter). The test machines have it on; a host without it gets it
+# switched on, or a warning when the kernel has no br_netfilter.
+bridge_nf=/proc/sys/net/bridge/bridge-nf-call-iptables
+if [[ ! -e $bridge_nf ]] && command -v modprobe >/dev/null; then as_root modprobe br_netfilter 2>/dev/null || true; fi
+if [[ -e $bridge_nf ]]; then
+    [[ $(cat "$bridge_nf") == 1 ]] || echo 1 | as_root tee "$bridge_nf" >/dev/null || warn "cannot set $bridge_nf to 1"
+    done_ "bridged traffic passes iptables (security groups)"
+else
+    warn "no $bridge_nf (kernel module br_netfilter): security group rules will not apply on this host"
+fi
 # The local host's storage pool ("default", a folder): libvirt-daemon-system would define it; without
 # systemd nobody does, and the portal keeps images and instance disks there.
 if timeout 10 virsh -c qemu:///system pool-info default >/dev/null 2>&1; then

@@ -197,9 +197,7 @@ def ensure_default_group(*, tenant: Tenant) -> SecurityGroup:
         return group
     try:
         with transaction.atomic():
-            group = SecurityGroup.objects.create(
-                tenant=tenant, name=DEFAULT_GROUP, description=_("Default security group")
-            )
+            group = SecurityGroup.objects.create(tenant=tenant, name=DEFAULT_GROUP)  # described when shown
             _add_default_rules(group)
     except IntegrityError:
         group = SecurityGroup.objects.get(tenant=tenant, name=DEFAULT_GROUP)

@@ -10,9 +10,7 @@ def forwards(apps, schema_editor):
     SecurityGroupRule = apps.get_model("vms", "SecurityGroupRule")
     Instance = apps.get_model("vms", "Instance")
     for tenant in Tenant.objects.all():
-        group, created = SecurityGroup.objects.get_or_create(
-            tenant=tenant, name="default", defaults={"description": "Default security group"}
-        )
+        group, created = SecurityGroup.objects.get_or_create(tenant=tenant, name="default")
         if created:
             SecurityGroupRule.objects.create(group=group, direction="egress", protocol="any")
             SecurityGroupRule.objects.create(group=group, direction="ingress", protocol="any", remote_group=group)

@@ -19,7 +19,7 @@ from django.urls import reverse
 
 from vms import lifecycle
 from vms.keypairs import import_keypair
-from vms.models import Flavor, Host, Instance, Network, Operation, Snapshot
+from vms.models import Flavor, Host, Instance, Network, Operation, SecurityGroup, Snapshot
 from vms.tests.conftest import fake_ssh_key
 from vms.tests.views.test_instances import make_image
 
@@ -30,6 +30,10 @@ pytestmark = pytest.mark.django_db
 KEPT = {
     *[
         "API",
+        "CIDR",
+        "TCP",
+        "UDP",
+        "ICMP",
         "REST",
         "JSON",
         "URL",
@@ -186,6 +190,8 @@ def test_no_english_on_the_chinese_pages(actors, lab):
             reverse("image_import"),
             reverse("keypairs"),
             reverse("networks"),
+            reverse("security_groups"),
+            reverse("security_group_detail", args=[SecurityGroup.objects.get(tenant=actors.tenant, name="default").pk]),
             reverse("flavors"),
             reverse("tokens"),
         ],
