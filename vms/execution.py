@@ -231,10 +231,13 @@ def _fail(operation: Operation, instance: Instance | None, message: str | Said, 
     """Fail the operation and undo what its request reserved; a failed launch leaves nothing on the host.
 
     ``message`` is what members see (also as a failed launch's state reason); ``detail`` is for cloud admins.
+    The instance's row is put right before the operation reads failed (whoever waits on the operation then
+    reads the instance as it stays); what is left on the host is cleaned up last, best effort.
     """
-    operations.fail(operation=operation, error=message, detail=detail)
     if instance is None:
+        operations.fail(operation=operation, error=message, detail=detail)
         return
+    cleanups: list = []
     action = operation.kind.removeprefix("instance.")
     params = operation.params
     fields: dict = {"task": ""}
@@ -242,23 +245,23 @@ def _fail(operation: Operation, instance: Instance | None, message: str | Said, 
     if action == "launch":
         fields.update(state=Instance.State.ERROR, state_reason=str(message)[:REASON_MAX])
         if adapter is not None:
-            adapter.remove(instance)  # best effort: what the launch made goes
+            cleanups.append(lambda: adapter.remove(instance))  # best effort: what the launch made goes
     elif action == "delete":
         fields.update(state=Instance.State.ERROR, state_reason=str(message)[:REASON_MAX])
     elif action.startswith("snapshot_"):
         snapshot = Snapshot.objects.filter(pk=params.get("snapshot_id")).first()
         if snapshot is not None and action == "snapshot_create":
             if adapter is not None:
-                adapter.discard_snapshot(instance, snapshot)
-            snapshot.delete()  # nothing was created: give the quota back
+                cleanups.append(lambda: adapter.discard_snapshot(instance, snapshot))
+            Snapshot.objects.filter(pk=snapshot.pk).delete()  # nothing was created: give the quota back
         elif snapshot is not None:
             Snapshot.objects.filter(pk=snapshot.pk).update(state=Snapshot.State.AVAILABLE)
     elif action == "attach_disk":
         disk = InstanceDisk.objects.filter(pk=params.get("disk_id")).first()
         if disk is not None and not disk.attached:
             if adapter is not None and disk.volume:
-                adapter.discard_disk(instance, disk)
-            disk.delete()
+                cleanups.append(lambda: adapter.discard_disk(instance, disk))
+            InstanceDisk.objects.filter(pk=disk.pk).delete()
     elif action == "resize":  # back to the old flavor: the quota reserved for the new one is released
         vcpus, ram_mib, disk_gib = params["from_sizes"]
         fields.update(flavor_id=params["from_flavor_id"], vcpus=vcpus, ram_mib=ram_mib, disk_gib=disk_gib)
@@ -270,6 +273,9 @@ def _fail(operation: Operation, instance: Instance | None, message: str | Said, 
     for key, value in fields.items():
         setattr(instance, key, value)
     realtime.instance_changed(instance)
+    operations.fail(operation=operation, error=message, detail=detail)
+    for cleanup in cleanups:
+        cleanup()
 
 
 STOPPED_TIMES = gettext_noop("The worker running this operation stopped %(n)d times.")
