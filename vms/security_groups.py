@@ -76,8 +76,11 @@ def _macs_by_group(tenant_id: int) -> dict[int, list[str]]:
     return {group_id: sorted(set(found)) for group_id, found in macs.items()}
 
 
-def firewall_rule(rule: SecurityGroupRule, macs_by_group: dict[int, list[str]]) -> FirewallRule:
-    """A rule as the backends apply it: a remote group becomes its members' NICs."""
+def firewall_rule(
+    rule: SecurityGroupRule, macs_by_group: dict[int, list[str]], uuids: dict[int, str] | None = None
+) -> FirewallRule:
+    """A rule as the backends apply it: a remote group becomes its members' NICs (and its UUID)."""
+    remote = rule.remote_group_id
     return FirewallRule(
         direction="in" if rule.direction == Rule.Direction.INGRESS else "out",
         protocol="all" if rule.protocol == Rule.Protocol.ANY else rule.protocol,
@@ -85,7 +88,8 @@ def firewall_rule(rule: SecurityGroupRule, macs_by_group: dict[int, list[str]]) 
         port_max=rule.port_max,
         remote_cidr=rule.remote_cidr or None,
         remote_group=rule.remote_group_id is not None,
-        remote_macs=tuple(macs_by_group.get(rule.remote_group_id, ())) if rule.remote_group_id else (),
+        remote_macs=tuple(macs_by_group.get(remote, ())) if remote else (),
+        remote_group_id=(uuids or {}).get(remote) if remote else None,
     )
 
 
@@ -109,13 +113,14 @@ def firewall_plan(
     used = {group for _uuid, groups in ports for group in groups}
     groups = list(SecurityGroup.objects.filter(tenant=tenant).prefetch_related("rules"))
     macs = _macs_by_group(tenant.pk)
+    uuids = {g.pk: str(g.uuid) for g in groups}
     rules = tuple(
-        (str(g.uuid), tuple(firewall_rule(r, macs) for r in g.rules.all()))
+        (str(g.uuid), tuple(firewall_rule(r, macs, uuids) for r in g.rules.all()))
         for g in sorted(groups, key=lambda g: g.pk)
         if str(g.uuid) in used
     )
     unused = tuple(sorted({str(g.uuid) for g in groups} - used | set(gone)))
-    return FirewallPlan(groups=rules, ports=ports, unused_groups=unused)
+    return FirewallPlan(groups=rules, ports=ports, unused_groups=unused, tenant_id=tenant.pk)
 
 
 def firewall_hosts(*, tenant: Tenant) -> list[Host]:

@@ -112,7 +112,8 @@ class FirewallRule:
     and ``port_max`` its code. The remote side is a CIDR (``remote_cidr``), or the NICs of a
     remote group, named by their MAC addresses (``remote_macs``; incoming rules only: they match
     the sender's MAC, which anti-spoofing guarantees on the same network). A rule with a remote
-    group whose group has no NIC matches nothing.
+    group whose group has no NIC matches nothing. A cloud applies the remote group itself
+    (``remote_group_id``).
     """
 
     direction: str
@@ -122,6 +123,7 @@ class FirewallRule:
     remote_cidr: str | None = None
     remote_group: bool = False
     remote_macs: tuple[str, ...] = ()
+    remote_group_id: str | None = None  # the remote group's UUID (a cloud maps it to its own group)
 
 
 @dataclass(frozen=True)

@@ -163,12 +163,14 @@ class FirewallPlan:
 
     ``groups``: (group UUID, its rules) of every group the tenant's instances there use;
     ``ports``: (instance UUID, its groups' UUIDs, in order); ``unused_groups``: UUIDs of the
-    tenant's groups (or deleted ones) whose filters the host may drop when nothing uses them.
+    tenant's groups (or deleted ones) whose filters the host may drop when nothing uses them;
+    ``tenant_id``: whose plan it is (a cloud keeps each tenant's groups in the tenant's project).
     """
 
     groups: tuple[tuple[str, tuple[FirewallRule, ...]], ...] = ()
     ports: tuple[tuple[str, tuple[str, ...]], ...] = ()
     unused_groups: tuple[str, ...] = ()
+    tenant_id: int | None = None
 
 
 @dataclass(frozen=True)

@@ -404,3 +404,29 @@ def test_admin_lists_creates_and_deletes_through_the_services(actors, web):
     assert client.post(f"/admin/vms/securitygroup/{group.pk}/delete/", {"post": "yes"}).status_code == 302
     assert not SecurityGroup.objects.filter(pk=group.pk).exists()
     assert login(actors.member).get("/admin/vms/securitygroup/").status_code == 302
+
+
+# ---------------------------------------------------------------- the cloud's mapping (no cloud)
+
+
+def test_rules_map_to_neutron_rules():
+    from portal.backends.base import FirewallRule
+    from vms.compute.openstack.firewall import neutron_rule
+
+    ids = {"g-uuid": "neutron-g"}
+    tcp = neutron_rule(FirewallRule(direction="in", protocol="tcp", port_min=22, remote_cidr="10.0.0.0/8"), ids)
+    assert tcp.attrs() == {
+        "direction": "ingress",
+        "ethertype": "IPv4",
+        "protocol": "tcp",
+        "port_range_min": 22,
+        "port_range_max": 22,
+        "remote_ip_prefix": "10.0.0.0/8",
+    }
+    anything = neutron_rule(FirewallRule(direction="out"), ids)
+    assert anything.attrs() == {"direction": "egress", "ethertype": "IPv4"}
+    assert anything.key() == neutron_rule(FirewallRule(direction="out", remote_cidr="0.0.0.0/0"), ids).key()
+    ping = neutron_rule(FirewallRule(direction="in", protocol="icmp", port_min=8), ids)
+    assert (ping.port_range_min, ping.port_range_max) == (8, None)  # a type, every code
+    grouped = neutron_rule(FirewallRule(direction="in", remote_group=True, remote_group_id="g-uuid"), ids)
+    assert grouped.attrs()["remote_group_id"] == "neutron-g"

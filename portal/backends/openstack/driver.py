@@ -239,6 +239,50 @@ class ServerState:
         return self.task_state is not None
 
 
+@dataclass(frozen=True)
+class NeutronRule:
+    """A Neutron security group rule (IPv4): what ``set_security_group_rules`` compares and creates."""
+
+    direction: str  # ingress | egress
+    protocol: str | None = None  # None: any
+    port_range_min: int | None = None
+    port_range_max: int | None = None
+    remote_ip_prefix: str | None = None
+    remote_group_id: str | None = None
+
+    def key(self) -> tuple:
+        prefix = None if self.remote_ip_prefix in (None, "", "0.0.0.0/0") else self.remote_ip_prefix
+        return (
+            self.direction,
+            self.protocol,
+            self.port_range_min,
+            self.port_range_max,
+            prefix,
+            self.remote_group_id,
+        )
+
+    def attrs(self) -> dict[str, Any]:
+        attrs: dict[str, Any] = {"direction": self.direction, "ethertype": "IPv4"}
+        for name in ("protocol", "port_range_min", "port_range_max", "remote_ip_prefix", "remote_group_id"):
+            value = getattr(self, name)
+            if value is not None:
+                attrs[name] = value
+        return attrs
+
+    @classmethod
+    def from_sdk(cls, rule: Any) -> NeutronRule:
+        if (rule.ether_type or "IPv4") != "IPv4":
+            return cls(direction=f"{rule.direction}-{rule.ether_type}")  # an IPv6 rule: never wanted
+        return cls(
+            direction=rule.direction,
+            protocol=rule.protocol,
+            port_range_min=rule.port_range_min,
+            port_range_max=rule.port_range_max,
+            remote_ip_prefix=rule.remote_ip_prefix,
+            remote_group_id=rule.remote_group_id,
+        )
+
+
 def server_state_of(server: Any) -> ServerState:
     """Translate an openstacksdk Server (or any object with its attributes) into a ServerState."""
     status = (server.status or "UNKNOWN").upper()
@@ -831,6 +875,89 @@ class OpenStackDriver:
                 return False
         return True
 
+    # ------------------------------------------------------------------ security groups (Neutron)
+
+    def ensure_security_group(self, *, project_id: str, name: str, description: str = "") -> str:
+        """The id of the project's Neutron security group ``name``, made if missing (without Neutron's two
+        default egress rules: ``set_security_group_rules`` says what it allows)."""
+        net = self.project_conn(project_id).network
+        with self._errors(f"security group {name}"):
+            for group in net.security_groups(name=name, project_id=project_id):
+                return group.id
+            group = net.create_security_group(name=name, description=description[:255], project_id=project_id)
+            for rule in group.security_group_rules or ():
+                net.delete_security_group_rule(rule["id"], ignore_missing=True)
+            return group.id
+
+    def security_group_ids(self, *, project_id: str, names: Iterable[str]) -> dict[str, str]:
+        """Name → id of the project's security groups among ``names``."""
+        wanted = set(names)
+        with self._errors("security groups"):
+            groups = self.project_conn(project_id).network.security_groups(project_id=project_id)
+            return {g.name: g.id for g in groups if g.name in wanted}
+
+    def set_security_group_rules(self, *, project_id: str, group_id: str, rules: Iterable[NeutronRule]) -> int:
+        """Make the group's rules exactly ``rules`` (added and deleted as needed); the number of changes."""
+        net = self.project_conn(project_id).network
+        wanted = {rule.key(): rule for rule in rules}
+        changes = 0
+        with self._errors(f"rules of security group {group_id}"):
+            present = {}
+            for rule in net.security_group_rules(security_group_id=group_id):
+                key = NeutronRule.from_sdk(rule).key()
+                if key in wanted and key not in present:
+                    present[key] = rule.id
+                else:
+                    net.delete_security_group_rule(rule.id, ignore_missing=True)
+                    changes += 1
+            for key, rule in wanted.items():
+                if key in present:
+                    continue
+                try:
+                    net.create_security_group_rule(security_group_id=group_id, **rule.attrs())
+                except os_exc.ConflictException:
+                    continue  # added meanwhile by a concurrent sync
+                changes += 1
+        return changes
+
+    def delete_security_group(self, *, project_id: str, name: str) -> bool:
+        """Delete the project's group ``name``; False when it is not there or a port still uses it."""
+        net = self.project_conn(project_id).network
+        with self._errors(f"delete security group {name}"):
+            for group in net.security_groups(name=name, project_id=project_id):
+                try:
+                    net.delete_security_group(group, ignore_missing=True)
+                except os_exc.ConflictException:
+                    return False  # in use by a port
+                return True
+        return False
+
+    def server_security_groups(self, server_id: str, *, project_id: str) -> list[str]:
+        """Names of the security groups of a server's ports (Nova's view)."""
+        compute = self.project_conn(project_id).compute
+        with self._errors(f"security groups of server {server_id}"):
+            server = compute.fetch_server_security_groups(compute.get_server(server_id))
+            return sorted({g["name"] for g in server.security_groups or ()})
+
+    def set_server_security_groups(self, server_id: str, *, project_id: str, group_ids: Mapping[str, str]) -> bool:
+        """Give the server exactly the groups ``group_ids`` (name → id, of its project); True when it changed.
+
+        Nova names groups by id or name in the caller's project, so this acts in the server's project, by id.
+        """
+        current = set(self.server_security_groups(server_id, project_id=project_id))
+        wanted = set(group_ids)
+        if current == wanted:
+            return False
+        compute = self.project_conn(project_id).compute
+        known = self.security_group_ids(project_id=project_id, names=current - wanted)
+        with self._errors(f"security groups of server {server_id}"):
+            server = compute.get_server(server_id)
+            for name in sorted(wanted - current):
+                compute.add_security_group_to_server(server, group_ids[name])
+            for name in sorted(current - wanted):
+                compute.remove_security_group_from_server(server, known.get(name, name))
+        return True
+
     # ------------------------------------------------------------------ servers
 
     def create(
@@ -841,6 +968,7 @@ class OpenStackDriver:
         flavor_id: str,
         image_id: str,
         network_id: str | None = None,
+        security_group_ids: Iterable[str] = (),
         public_key: str | None = None,
         key_name: str | None = None,
         user_data: str | bytes | None = None,
@@ -864,6 +992,8 @@ class OpenStackDriver:
             "image_id": image_id,
             "networks": [{"uuid": network_id}] if network_id else "none",
         }
+        if network_id and security_group_ids:  # a server without a port has no groups
+            attrs["security_groups"] = [{"name": group_id} for group_id in security_group_ids]
         if key_name:
             attrs["key_name"] = key_name
         if user_data is not None:

@@ -24,13 +24,15 @@ from portal.services import ConflictError, ServiceError
 from portal.texts import said
 from vms import operations
 from vms.compute import state
-from vms.compute.base import AdapterBase, Capability, ConsoleEndpoint, HostFact
+from vms.compute.base import AdapterBase, Capability, ConsoleEndpoint, FirewallPlan, HostFact
 from vms.compute.openstack import login
+from vms.compute.openstack.firewall import apply_plan as apply_firewall_plan
 from vms.compute.openstack.images import cloud_image
 from vms.compute.openstack.login import cloud_driver
 from vms.compute.openstack.mirror import cloud_flavor, project_for
 from vms.compute.state import Observed, mark_host_answered, mark_host_down
 from vms.models import CloudProject, Host, Instance, Operation, Snapshot
+from vms.security_groups import firewall_plan
 
 log = logging.getLogger(__name__)
 
@@ -105,10 +107,11 @@ class OpenStackAdapter(AdapterBase):
     # ------------------------------------------------------------ capabilities
 
     def host_capabilities(self, host: Host) -> frozenset[Capability]:
-        return CAPABILITIES
+        # Security groups live on the servers' ports: a cloud whose servers get no network has none.
+        return CAPABILITIES | {Capability.SECURITY_GROUPS} if host.os_network else CAPABILITIES
 
     def capabilities(self, instance: Instance) -> frozenset[Capability]:
-        return CAPABILITIES
+        return self.host_capabilities(instance.host) if instance.host is not None else CAPABILITIES
 
     def describe(self, host: Host) -> str:
         return _("an OpenStack cloud")
@@ -145,6 +148,8 @@ class OpenStackAdapter(AdapterBase):
             operation.params = {**operation.params, "server_requested": True}
             Operation.objects.filter(pk=operation.pk).update(params=operation.params)
 
+            groups = self._groups_for(driver, instance)
+
             def create(image_id: str) -> str:
                 return driver.create(
                     project_id=project_id,
@@ -152,6 +157,7 @@ class OpenStackAdapter(AdapterBase):
                     flavor_id=flavor_id,
                     image_id=image_id,
                     network_id=host.os_network or None,
+                    security_group_ids=groups,
                     public_key=instance.keypair.public_key if instance.keypair is not None else None,
                     user_data=instance.user_data or None,
                     metadata={"labcloud_instance": str(instance.uuid), "labcloud_tenant": instance.tenant.slug},
@@ -182,6 +188,17 @@ class OpenStackAdapter(AdapterBase):
             instance, driver.wait_for(server_id, states=("running",), timeout=settings.LABCLOUD_CLOUD_BUILD_TIMEOUT)
         )
         return _("Instance is running.")
+
+    def _groups_for(self, driver, instance: Instance) -> list[str]:
+        """The Neutron ids of the instance's security groups, the tenant's groups pushed to its project first."""
+        host = instance.host
+        if Capability.SECURITY_GROUPS not in self.host_capabilities(host) or not instance.security_groups.exists():
+            return []
+        ids = apply_firewall_plan(driver, host, firewall_plan(tenant=instance.tenant, host=host, including=instance))
+        return [ids[str(g.uuid)] for g in instance.security_groups.all() if str(g.uuid) in ids]
+
+    def apply_firewall(self, host: Host, plan: FirewallPlan) -> None:
+        apply_firewall_plan(cloud_driver(host), host, plan)
 
     @staticmethod
     def _find_server(instance: Instance, project_id: str | None = None) -> str:

@@ -58,7 +58,7 @@ from vms import execution, lifecycle, moves, networks
 from vms import hosts as host_services
 from vms.compute import compute_for
 from vms.compute.libvirt import migration as compute_migration
-from vms.compute.libvirt.spec import nic_filter_name
+from vms.compute.libvirt.spec import port_filter_name
 from vms.models import Flavor, Host, Instance, Network, Operation, PlacementRule, Snapshot
 from vms.tests.compute.test_libvirt_guests import BOOTED, wait_for_marker
 from vms.tests.conftest import QEMU_URI, active_image, watcher_running
@@ -250,13 +250,15 @@ def test_live_there_and_back_then_cold_with_copied_storage(
     lab_bridge, hosts, nic_guest, make_user, run_tasks, second_host
 ):
     """With a NIC on a bridge both hosts reach: it keeps its MAC and network, its tap lands on the bridge on
-    each host in turn and its anti-spoofing filter is bound there (the source's tap and binding go)."""
+    each host in turn and its port filter (anti-spoofing and security groups) is defined and bound there (the
+    source's tap, binding and port filter go)."""
     system, second = hosts
     guest = nic_guest
     staff = admin(make_user)
     uuid = str(guest.uuid)
     *nic, tap = nic_on(QEMU_URI, uuid)
-    assert nic == [guest.mac_address, lab_bridge.libvirt_name, nic_filter_name(), lab_bridge.bridge]
+    port = port_filter_name(uuid)
+    assert nic == [guest.mac_address, lab_bridge.libvirt_name, port, lab_bridge.bridge]
     assert taps_on(lab_bridge.bridge) == {tap}
     with GuestShell(system.uri, uuid) as shell:
         shell.ready()
@@ -285,6 +287,7 @@ def test_live_there_and_back_then_cold_with_copied_storage(
     *there, new_tap = nic_on(second_host.tcp_uri, uuid)
     assert there == nic and taps_on(lab_bridge.bridge) == {new_tap}  # the source's tap went
     assert tap not in bound_taps(QEMU_URI)  # and its filter binding
+    assert port not in LibvirtDriver(system.uri).filter_names(port) and LibvirtDriver(second.uri).filter_names(port)
     tap = new_tap
     with GuestShell(second.uri, uuid) as shell:
         shell.ready()

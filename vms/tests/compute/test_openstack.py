@@ -30,9 +30,29 @@ from portal.testing import free_port
 from vms import lifecycle, operations
 from vms.compute import compute_for
 from vms.compute.openstack import login, mirror
+from vms.compute.openstack.firewall import cloud_group_name
 from vms.consoles import tokens
-from vms.models import CloudFlavor, CloudProject, Flavor, Host, Instance, Keypair, Operation, PlacementRule, Snapshot
+from vms.models import (
+    DEFAULT_GROUP,
+    CloudFlavor,
+    CloudProject,
+    Flavor,
+    Host,
+    Instance,
+    Keypair,
+    Operation,
+    PlacementRule,
+    SecurityGroup,
+    Snapshot,
+)
 from vms.scheduler import NoValidHost
+from vms.security_groups import (
+    add_rule,
+    create_security_group,
+    delete_rule,
+    delete_security_group,
+    set_instance_security_groups,
+)
 from vms.tests.conftest import active_image, fake_ssh_key, watcher_running
 from vms.watcher import HostWatcher
 
@@ -64,6 +84,9 @@ def _cleanup(drv: OpenStackDriver) -> None:
     for server in drv.list_servers():
         if server.name.startswith(PREFIX):
             drv.delete(server.id)
+    for group in conn.network.security_groups():
+        if (group.name or "").startswith(PREFIX):
+            conn.network.delete_security_group(group, ignore_missing=True)
     for image in conn.image.images():
         if (image.name or "").startswith(PREFIX):
             drv.delete_image(image_id=image.id)
@@ -547,3 +570,68 @@ def test_a_glance_copy_deleted_in_the_cloud_is_uploaded_again(scene, os_cloud, a
     ok(op)
     new_copy = ImageReplica.objects.get(image=image, host=os_cloud).cloud_image_id
     assert new_copy != copy_id and admin_driver.state(instance.cloud_id).image_id == new_copy
+
+
+def test_security_groups_are_neutron_groups_of_the_tenants_project(scene, os_cloud, admin_driver, run_tasks):
+    """The tenant's groups become Neutron groups in its project with the same rules (IPv4, the remote group as
+    Neutron's), its server gets the instance's groups; rule and group changes follow; a deleted group goes."""
+    tenant, user, small, _, image = scene
+    net_api = admin_driver.conn.network
+    net = net_api.create_network(name=f"{PREFIX}sgnet", shared=True)
+    try:
+        net_api.create_subnet(network_id=net.id, ip_version=4, cidr="10.98.0.0/24", enable_dhcp=False)
+        os_cloud.os_network = net.id
+        os_cloud.save()
+        default = SecurityGroup.objects.get(tenant=tenant, name=DEFAULT_GROUP)
+        web = create_security_group(actor=user, tenant=tenant, name="web")
+        add_rule(actor=user, group=web, direction="ingress", protocol="tcp", port_min=80, remote_cidr="10.0.0.0/8")
+        instance, op = launch(
+            run_tasks,
+            tenant=tenant,
+            user=user,
+            flavor=small,
+            image=image,
+            name="guarded",
+            security_groups=[default, web],
+        )
+        ok(op)
+        project_id = CloudProject.objects.get(host=os_cloud, tenant=tenant).project_id
+        names = {g: cloud_group_name(str(g.uuid)) for g in (default, web)}
+
+        def neutron_rules(group) -> set[tuple]:
+            (found,) = list(net_api.security_groups(name=names[group], project_id=project_id))
+            return {
+                (r.direction, r.ether_type, r.protocol, r.port_range_min, r.port_range_max, r.remote_ip_prefix,
+                 r.remote_group_id)
+                for r in net_api.security_group_rules(security_group_id=found.id)
+            }  # fmt: skip
+
+        def group_id(group) -> str:
+            return next(iter(net_api.security_groups(name=names[group], project_id=project_id))).id
+
+        assert neutron_rules(default) == {
+            ("egress", "IPv4", None, None, None, None, None),
+            ("ingress", "IPv4", None, None, None, None, group_id(default)),
+        }
+        assert neutron_rules(web) == {
+            ("egress", "IPv4", None, None, None, None, None),
+            ("ingress", "IPv4", "tcp", 80, 80, "10.0.0.0/8", None),
+        }
+        server_groups = admin_driver.server_security_groups(instance.cloud_id, project_id=project_id)
+        assert server_groups == sorted(names.values())
+
+        rule = run_tasks(lambda: add_rule(actor=user, group=web, direction="ingress", protocol="icmp"))
+        assert ("ingress", "IPv4", "icmp", None, None, None, None) in neutron_rules(web)
+        run_tasks(lambda: delete_rule(actor=user, rule=rule))
+        assert ("ingress", "IPv4", "icmp", None, None, None, None) not in neutron_rules(web)
+
+        run_tasks(lambda: set_instance_security_groups(actor=user, instance=instance, groups=[web]))
+        assert admin_driver.server_security_groups(instance.cloud_id, project_id=project_id) == [names[web]]
+
+        ok(run_tasks(lambda: lifecycle.delete_instance(actor=user, instance=instance)))
+        run_tasks(lambda: delete_security_group(actor=user, group=web))
+        assert not list(net_api.security_groups(name=names[web], project_id=project_id))
+    finally:
+        for port in net_api.ports(network_id=net.id):
+            net_api.delete_port(port)
+        net_api.delete_network(net)
