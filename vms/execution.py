@@ -34,6 +34,7 @@ from vms.compute import compute_for, host_free
 from vms.compute.state import REASON_MAX
 from vms.models import Host, Instance, InstanceDisk, Operation, Snapshot
 from vms.operations import Said, said
+from vms.security_groups import queue_sync
 from vms.tasks import run_instance_operation
 
 log = logging.getLogger(__name__)
@@ -111,6 +112,10 @@ def _dispatch(operation: Operation, instance: Instance, action: str) -> None:
         instance.task = ""
         realtime.instance_changed(instance)
     operations.succeed(operation=operation, message=message)
+    if action in MEMBERSHIP_CHANGES:
+        # A remote-group rule names its members' NICs: every host of the tenant learns of the NIC that came,
+        # went or moved (its own host was brought up to date before the guest started).
+        queue_sync(instance.tenant)
 
 
 def _run(operation: Operation, instance: Instance, action: str) -> str:
@@ -277,6 +282,8 @@ def _fail(operation: Operation, instance: Instance | None, message: str | Said, 
     for cleanup in cleanups:
         cleanup()
 
+
+MEMBERSHIP_CHANGES = frozenset({"launch", "delete", "migrate", "evacuate"})
 
 STOPPED_TIMES = gettext_noop("The worker running this operation stopped %(n)d times.")
 

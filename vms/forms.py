@@ -64,7 +64,9 @@ class LaunchForm(BootstrapForm):
         queryset=None,
         required=False,
         widget=forms.CheckboxSelectMultiple,
-        help_text=_("Traffic the instances let in and out; “default” lets in only its own members."),
+        help_text=_(
+            "Traffic the instances let in and out; “default” (also when none is ticked) lets in only its own members."
+        ),
     )
     user_data = forms.CharField(
         label=_("User-data"),

@@ -27,7 +27,7 @@ from django.db.models import Count, Q, QuerySet
 from django.utils.translation import gettext as _
 
 from portal.access import VIEW
-from portal.backends.base import FirewallRule
+from portal.backends.base import BackendError, FirewallRule
 from portal.models import Quota, Tenant
 from portal.services import ConflictError, QuotaExceeded, ServiceError, record_audit, reserve_quota
 from vms.compute.base import Capability, FirewallPlan, MissingCapability, compute_for, host_can
@@ -123,9 +123,13 @@ def firewall_plan(
     return FirewallPlan(groups=rules, ports=ports, unused_groups=unused, tenant_id=tenant.pk)
 
 
-def firewall_hosts(*, tenant: Tenant) -> list[Host]:
-    """The hosts whose filters hold something of ``tenant``: where its instances are, on kinds that filter."""
-    hosts = Host.objects.filter(instances__tenant=tenant).distinct()
+def firewall_hosts(*, tenant: Tenant, everywhere: bool = False) -> list[Host]:
+    """The hosts whose filters hold something of ``tenant``: where its instances are (``everywhere``: every host,
+    to remove a deleted group wherever it was), on kinds that filter, and up (a host that is down is brought in
+    line when an instance starts there: ``port_for``)."""
+    hosts = Host.objects.filter(state=Host.State.UP)
+    if not everywhere:
+        hosts = hosts.filter(instances__tenant=tenant).distinct()
     return [host for host in hosts if host_can(host, Capability.SECURITY_GROUPS)]
 
 
@@ -136,21 +140,25 @@ def sync_firewall(*, tenant: Tenant, gone: Sequence[str] = (), hosts: Sequence[H
     the newer rows whatever their order.
     """
     done = 0
-    for host in hosts if hosts is not None else firewall_hosts(tenant=tenant):
+    for host in hosts if hosts is not None else firewall_hosts(tenant=tenant, everywhere=bool(gone)):
         applied = None
-        for _attempt in range(5):
-            plan = firewall_plan(tenant=tenant, host=host, gone=gone)
-            if plan == applied:
-                break
-            compute_for(host).apply_firewall(host, plan)
-            applied = plan
+        try:
+            for _attempt in range(5):
+                plan = firewall_plan(tenant=tenant, host=host, gone=gone)
+                if plan == applied:
+                    break
+                compute_for(host).apply_firewall(host, plan)
+                applied = plan
+        except BackendError as exc:  # the other hosts still follow; this one at its next sync or start
+            log.warning("security groups of tenant %s not applied on %s: %s", tenant.pk, host.name, exc.message)
+            continue
         done += 1
     return done
 
 
-def _sync_later(tenant: Tenant, gone: Sequence[str] = ()) -> None:
-    """Queue the tenant's filter sync once the transaction commits. With the broker away the change stands and
-    the hosts follow at the tenant's next change or launch (the log says so)."""
+def queue_sync(tenant: Tenant, gone: Sequence[str] = ()) -> None:
+    """Queue the tenant's filter sync once the transaction commits (at once outside one). With the broker away
+    the change stands and the hosts follow at the tenant's next change or launch (the log says so)."""
     tenant_id, gone = tenant.pk, list(gone)
 
     def send() -> None:
@@ -293,7 +301,7 @@ def delete_security_group(*, actor, group: SecurityGroup, ip: str | None = None)
         gone = str(group.uuid)
         record_audit(user=actor, action="security_group.delete", target=group, tenant=group.tenant, ip=ip)
         group.delete()
-        _sync_later(group.tenant, gone=[gone])
+        queue_sync(group.tenant, gone=[gone])
 
 
 def _clean_rule(
@@ -396,7 +404,7 @@ def add_rule(
             ip=ip,
             detail={"rule": str(rule)},
         )
-        _sync_later(group.tenant)
+        queue_sync(group.tenant)
     return rule
 
 
@@ -413,7 +421,7 @@ def delete_rule(*, actor, rule: SecurityGroupRule, ip: str | None = None) -> Non
             detail={"rule": str(rule)},
         )
         rule.delete()
-        _sync_later(group.tenant)
+        queue_sync(group.tenant)
 
 
 def clean_instance_groups(*, tenant: Tenant, groups: Sequence[SecurityGroup] | None) -> list[SecurityGroup]:
@@ -431,7 +439,9 @@ def check_can_filter(*, host: Host | None, groups: Sequence[SecurityGroup]) -> N
     if host is None or host_can(host, Capability.SECURITY_GROUPS) or all(g.is_default for g in groups):
         return
     raise MissingCapability(
-        _("%(host)s does not apply the portal's security groups.") % {"host": compute_for(host).describe(host)}
+        _("Security groups other than “default” cannot be applied on %(host)s.")
+        % {"host": compute_for(host).describe(host)},
+        field="security_groups",
     )
 
 
@@ -455,7 +465,7 @@ def set_instance_security_groups(
             ip=ip,
             detail={"groups": sorted(g.name for g in chosen)},
         )
-        _sync_later(instance.tenant)
+        queue_sync(instance.tenant)
     return instance
 
 

@@ -65,8 +65,9 @@ def test_overview_shows_the_tenants_quota_usage(actors, make_tenant):
     # The chart gets the limited resources only, with their percentages.
     chart = response.context["chart"]
     assert chart["labels"][0] == "vCPUs" and chart["values"][0] == 75
-    # Every resource but the unlimited instances: vCPUs, RAM, disk, snapshots, snapshot storage, images, image storage.
-    assert len(chart["values"]) == len(QUOTA_RESOURCES) - 1 == 7
+    # Every resource but the unlimited instances: vCPUs, RAM, disk, snapshots, snapshot storage, images, image storage,
+    # security groups and their rules.
+    assert len(chart["values"]) == len(QUOTA_RESOURCES) - 1 == 9
     assert 'id="lc-quota-chart-data"' in html
     assert "vendor/chartjs/chart.umd.min.js" in html
 

@@ -7,7 +7,7 @@ import pytest
 from django.test import Client
 from django.urls import reverse
 
-from portal.factories import make_host, make_instance
+from portal.factories import make_flavor, make_host, make_instance
 from portal.models import AuditEvent, Quota
 from portal.services import ConflictError, QuotaExceeded, ServiceError
 from portal.testing import assert_access_matrix, assert_constant_queries, assert_problem
@@ -430,3 +430,30 @@ def test_rules_map_to_neutron_rules():
     assert (ping.port_range_min, ping.port_range_max) == (8, None)  # a type, every code
     grouped = neutron_rule(FirewallRule(direction="in", remote_group=True, remote_group_id="g-uuid"), ids)
     assert grouped.attrs()["remote_group_id"] == "neutron-g"
+
+
+def test_a_cloud_without_a_network_takes_no_group_but_default(actors, web):
+    from vms import lifecycle
+    from vms.compute.base import MissingCapability
+    from vms.models import Host, PlacementRule
+    from vms.tests.views.test_instances import make_image
+
+    cloud = Host.objects.create(
+        name="cloud", kind=Host.Kind.OPENSTACK, auth_url="http://127.0.0.1:9/v3", state=Host.State.UP
+    )
+    PlacementRule.objects.create(tenant=actors.tenant, host=cloud)
+    image, flavor = make_image(actors.tenant, name="debian"), make_flavor("lctest.sg", disk_gib=10)
+    with pytest.raises(MissingCapability) as caught:
+        lifecycle.launch_instances(
+            actor=actors.member, tenant=actors.tenant, name="x", flavor=flavor, image=image, security_groups=[web]
+        )
+    assert caught.value.field == "security_groups" and "cloud" in caught.value.message
+    assert not Instance.objects.exists()  # nothing half-made
+    launch = lifecycle.launch_instances(actor=actors.member, tenant=actors.tenant, name="y", flavor=flavor, image=image)
+    assert list(launch.instances[0].security_groups.all()) == []  # "default" is not applied there
+    cloud.os_network = "net-1"
+    cloud.save()
+    launch = lifecycle.launch_instances(
+        actor=actors.member, tenant=actors.tenant, name="z", flavor=flavor, image=image, security_groups=[web]
+    )
+    assert list(launch.instances[0].security_groups.all()) == [web]  # a cloud with a network applies them

@@ -174,7 +174,7 @@ def instance_launch(request):
                     count=data["count"],
                     keypair=data["keypair"],
                     network=data["network"],
-                    security_groups=list(data["security_groups"]),
+                    security_groups=list(data["security_groups"]) or None,  # none ticked: "default"
                     user_data=data["user_data"],
                     ip=client_ip(request),
                 )

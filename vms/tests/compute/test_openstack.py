@@ -629,8 +629,9 @@ def test_security_groups_are_neutron_groups_of_the_tenants_project(scene, os_clo
         assert admin_driver.server_security_groups(instance.cloud_id, project_id=project_id) == [names[web]]
 
         ok(run_tasks(lambda: lifecycle.delete_instance(actor=user, instance=instance)))
+        web_name = names[web]
         run_tasks(lambda: delete_security_group(actor=user, group=web))
-        assert not list(net_api.security_groups(name=names[web], project_id=project_id))
+        assert not list(net_api.security_groups(name=web_name, project_id=project_id))
     finally:
         for port in net_api.ports(network_id=net.id):
             net_api.delete_port(port)
