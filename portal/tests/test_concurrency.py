@@ -113,3 +113,56 @@ def test_twenty_snapshots_race_for_snapshot_storage_of_five(make_user, make_tena
     assert sorted(outcomes) == ["ok"] * 5 + ["quota"] * 15, outcomes
     assert Snapshot.objects.filter(tenant=tenant).count() == 5
     assert tenant_usage(tenant_ids=[tenant.pk])[tenant.pk]["snapshot_mib"] == 5 * 128
+
+
+def _race(threads_n: int, attempt) -> list[str]:
+    """``attempt(i)`` in ``threads_n`` threads released at once; each outcome "ok", "quota" or the error."""
+    barrier = threading.Barrier(threads_n)
+    outcomes: list[str] = []
+    lock = threading.Lock()
+
+    def worker(i: int) -> None:
+        try:
+            barrier.wait(timeout=30)
+            attempt(i)
+            result = "ok"
+        except QuotaExceeded:
+            result = "quota"
+        except Exception as exc:  # reported in the caller's assertion
+            result = f"error: {exc!r}"
+        finally:
+            connection.close()
+        with lock:
+            outcomes.append(result)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(threads_n)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert len(outcomes) == threads_n
+    return outcomes
+
+
+def test_security_groups_and_rules_race_for_their_quotas(make_user, make_tenant):
+    """20 groups against room for 4 more (the default group counts), then 20 rules against room for 5 more."""
+    from vms.models import SecurityGroup, SecurityGroupRule
+    from vms.security_groups import add_rule, create_security_group
+
+    admin = make_user("sg-admin", staff=True)
+    tenant = make_tenant("Race groups")
+    set_quota(actor=admin, tenant=tenant, limits={"security_groups": 5, "security_group_rules": -1})
+    outcomes = _race(20, lambda i: create_security_group(actor=admin, tenant=tenant, name=f"race-{i}"))
+    assert outcomes.count("ok") == 4 and outcomes.count("quota") == 16, outcomes
+    assert SecurityGroup.objects.filter(tenant=tenant).count() == 5
+
+    group = SecurityGroup.objects.filter(tenant=tenant).exclude(name="default").first()
+    used = SecurityGroupRule.objects.filter(group__tenant=tenant).count()  # 2 of default, 1 per new group
+    set_quota(actor=admin, tenant=tenant, limits={"security_group_rules": used + 5})
+    outcomes = _race(
+        20,
+        lambda i: add_rule(actor=admin, group=group, direction="ingress", protocol="tcp", port_min=1000 + i),
+    )
+    assert outcomes.count("ok") == 5 and outcomes.count("quota") == 15, outcomes
+    assert SecurityGroupRule.objects.filter(group__tenant=tenant).count() == used + 5
+    assert tenant_usage(tenant_ids=[tenant.pk])[tenant.pk]["security_group_rules"] == used + 5

@@ -345,7 +345,7 @@ def test_dashboard_create_add_and_remove_a_rule(actors):
     page = client.get(reverse("security_group_detail", args=[group.pk])).content.decode()
     assert f'data-rule="{rule.pk}"' in page and "5432" in page
     bad = client.post(url, {"direction": "ingress", "protocol": "tcp", "port_min": "90", "port_max": "80"})
-    assert bad.status_code == 400 and "is-invalid" in bad.content.decode()
+    assert bad.status_code == 200 and "is-invalid" in bad.content.decode()
     delete = reverse("security_group_rule_delete", args=[group.pk, rule.pk])
     assert login(actors.outsider).post(delete).status_code == 404
     assert client.post(delete).status_code == 302

@@ -89,7 +89,7 @@ def security_group_create(request):
         else:
             messages.success(request, _("Security group “%(name)s” created.") % {"name": group.name})
             return redirect("security_group_detail", pk=group.pk)
-    return _groups_page(request, form=form, status=400)
+    return _groups_page(request, form=form)
 
 
 def _detail_page(request, group: SecurityGroup, *, form=None, status: int = 200):
@@ -141,7 +141,7 @@ def security_group_rule_add(request, pk: int):
         else:
             messages.success(request, _("Rule added; the group's instances follow within a moment."))
             return redirect("security_group_detail", pk=group.pk)
-    return _detail_page(request, group, form=form, status=400)
+    return _detail_page(request, group, form=form)
 
 
 @login_required
