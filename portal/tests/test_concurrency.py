@@ -21,13 +21,8 @@ pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 BROKER = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0").rsplit("/", 1)[0] + "/14"
 
 
-def test_twenty_threads_against_a_quota_of_five(make_user, make_tenant):
-    admin = make_user("root-admin", staff=True)
-    tenant = make_tenant("Race")
-    set_quota(actor=admin, tenant=tenant, limits={"instances": 5, "vcpus": -1, "ram_mib": -1, "disk_gib": -1})
-    flavor = create_flavor(actor=admin, name="race.tiny", vcpus=1, ram_mib=128, disk_gib=1)
-
-    threads_n = 20
+def _race(threads_n: int, attempt) -> list[str]:
+    """``attempt(i)`` in ``threads_n`` threads released at once; each outcome "ok", "quota" or the error."""
     barrier = threading.Barrier(threads_n)
     outcomes: list[str] = []
     lock = threading.Lock()
@@ -35,11 +30,11 @@ def test_twenty_threads_against_a_quota_of_five(make_user, make_tenant):
     def worker(i: int) -> None:
         try:
             barrier.wait(timeout=30)
-            reserve_instances(actor=admin, tenant=tenant, flavor=flavor, names=[f"race-{i}"])
+            attempt(i)
             result = "ok"
         except QuotaExceeded:
             result = "quota"
-        except Exception as exc:  # reported in the assertion below
+        except Exception as exc:  # reported in the caller's assertion
             result = f"error: {exc!r}"
         finally:
             connection.close()
@@ -51,8 +46,17 @@ def test_twenty_threads_against_a_quota_of_five(make_user, make_tenant):
         thread.start()
     for thread in threads:
         thread.join(timeout=120)
-
     assert len(outcomes) == threads_n
+    return outcomes
+
+
+def test_twenty_threads_against_a_quota_of_five(make_user, make_tenant):
+    admin = make_user("root-admin", staff=True)
+    tenant = make_tenant("Race")
+    set_quota(actor=admin, tenant=tenant, limits={"instances": 5, "vcpus": -1, "ram_mib": -1, "disk_gib": -1})
+    flavor = create_flavor(actor=admin, name="race.tiny", vcpus=1, ram_mib=128, disk_gib=1)
+
+    outcomes = _race(20, lambda i: reserve_instances(actor=admin, tenant=tenant, flavor=flavor, names=[f"race-{i}"]))
     assert outcomes.count("ok") == 5, outcomes
     assert outcomes.count("quota") == 15, outcomes
     assert Instance.objects.filter(tenant=tenant).count() == 5
@@ -115,37 +119,9 @@ def test_twenty_snapshots_race_for_snapshot_storage_of_five(make_user, make_tena
     assert tenant_usage(tenant_ids=[tenant.pk])[tenant.pk]["snapshot_mib"] == 5 * 128
 
 
-def _race(threads_n: int, attempt) -> list[str]:
-    """``attempt(i)`` in ``threads_n`` threads released at once; each outcome "ok", "quota" or the error."""
-    barrier = threading.Barrier(threads_n)
-    outcomes: list[str] = []
-    lock = threading.Lock()
-
-    def worker(i: int) -> None:
-        try:
-            barrier.wait(timeout=30)
-            attempt(i)
-            result = "ok"
-        except QuotaExceeded:
-            result = "quota"
-        except Exception as exc:  # reported in the caller's assertion
-            result = f"error: {exc!r}"
-        finally:
-            connection.close()
-        with lock:
-            outcomes.append(result)
-
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(threads_n)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=120)
-    assert len(outcomes) == threads_n
-    return outcomes
-
-
-def test_security_groups_and_rules_race_for_their_quotas(make_user, make_tenant):
-    """20 groups against room for 4 more (the default group counts), then 20 rules against room for 5 more."""
+def test_security_groups_and_rules_race_for_their_quotas(make_user, make_tenant, private_queue):
+    """20 groups against room for 4 more (the default group counts), then 20 rules against room for 5 more (their
+    firewall syncs go to the test's private queue)."""
     from vms.models import SecurityGroup, SecurityGroupRule
     from vms.security_groups import add_rule, create_security_group
 
