@@ -29,7 +29,7 @@ from vms import actions, limits, operations, realtime
 from vms.compute import Capability, compute_for, host_can
 from vms.models import Flavor, Instance, InstanceDisk, Keypair, Network, Operation, SecurityGroup, Snapshot
 from vms.scheduler import check_growth, check_storage, place, placement_target
-from vms.security_groups import check_can_filter, clean_instance_groups
+from vms.security_groups import check_can_filter, check_groups_exist, clean_instance_groups
 from vms.selectors import instance_shape, snapshot_fits, snapshot_reservation_mib
 from vms.services import reserve_instances
 from vms.tasks import run_instance_operation
@@ -139,6 +139,7 @@ def launch_instances(
     with transaction.atomic():
         groups = clean_instance_groups(tenant=tenant, groups=security_groups)
         instances = reserve_instances(actor=actor, tenant=tenant, flavor=flavor, names=names, ip=ip)
+        check_groups_exist(groups)  # under the quota lock: a group deleted meanwhile is refused, not a 500
         target = placement_target(tenant=tenant, flavor=flavor)
         if target is not None:
             _check_target(target, image=image, network=network)

@@ -30,7 +30,14 @@ from portal.access import VIEW
 from portal.backends.base import BackendError, FirewallRule
 from portal.models import Quota, Tenant
 from portal.services import ConflictError, QuotaExceeded, ServiceError, record_audit, reserve_quota
-from vms.compute.base import Capability, FirewallPlan, MissingCapability, compute_for, host_can
+from vms.compute.base import (
+    Capability,
+    FirewallPlan,
+    MissingCapability,
+    compute_for,
+    host_can,
+    instance_capabilities,
+)
 from vms.keypairs import clean_name, require_member
 from vms.models import DEFAULT_GROUP, Host, Instance, SecurityGroup, SecurityGroupRule
 from vms.operations import BROKER_ERRORS
@@ -125,35 +132,55 @@ def firewall_plan(
 
 def firewall_hosts(*, tenant: Tenant, everywhere: bool = False) -> list[Host]:
     """The hosts whose filters hold something of ``tenant``: where its instances are (``everywhere``: every host,
-    to remove a deleted group wherever it was), on kinds that filter, and up (a host that is down is brought in
-    line when an instance starts there: ``port_for``)."""
-    hosts = Host.objects.filter(state=Host.State.UP)
+    to remove a deleted group wherever it was), on kinds that filter, and not known to be down (a host that comes
+    back is synced then: ``vms.compute.state.mark_host_answered``)."""
+    hosts = Host.objects.exclude(state=Host.State.DOWN)
     if not everywhere:
         hosts = hosts.filter(instances__tenant=tenant).distinct()
     return [host for host in hosts if host_can(host, Capability.SECURITY_GROUPS)]
 
 
 def sync_firewall(*, tenant: Tenant, gone: Sequence[str] = (), hosts: Sequence[Host] | None = None) -> int:
-    """Make the filters of ``tenant`` on its hosts what the database says; the number of hosts changed.
+    """Make the filters of ``tenant`` on its hosts what the database says; the number of hosts done.
 
     Runs until the plan read after applying it is the one applied, so two syncs that race end on
-    the newer rows whatever their order.
+    the newer rows whatever their order. A host that fails is logged and the others still follow; it
+    catches up when the watcher sees it answer again (``vms.compute.state.mark_host_answered``) or an
+    instance starts there (``port_for``).
     """
     done = 0
     for host in hosts if hosts is not None else firewall_hosts(tenant=tenant, everywhere=bool(gone)):
-        applied = None
+        adapter = compute_for(host)
         try:
-            for _attempt in range(5):
-                plan = firewall_plan(tenant=tenant, host=host, gone=gone)
-                if plan == applied:
-                    break
-                compute_for(host).apply_firewall(host, plan)
-                applied = plan
-        except BackendError as exc:  # the other hosts still follow; this one at its next sync or start
+            apply_until_current(
+                tenant=tenant, host=host, gone=gone, apply=lambda plan, h=host, a=adapter: a.apply_firewall(h, plan)
+            )
+        except BackendError as exc:  # the other hosts still follow; this one when the task retries
             log.warning("security groups of tenant %s not applied on %s: %s", tenant.pk, host.name, exc.message)
             continue
         done += 1
     return done
+
+
+def sync_host(*, host: Host) -> None:
+    """Queue the sync of every tenant with instances on ``host`` (a host that answers again)."""
+    for tenant in Tenant.objects.filter(instances__host=host).distinct():
+        queue_sync(tenant)
+
+
+def apply_until_current(
+    *, tenant: Tenant, host: Host, apply, gone: Sequence[str] = (), including: Instance | None = None
+) -> FirewallPlan | None:
+    """``apply(plan)`` until the plan read after applying is the one applied, so that of two applies that race
+    (a sync, a start) the newer rows win whatever the order: the plan applied last."""
+    applied = None
+    for _attempt in range(5):
+        plan = firewall_plan(tenant=tenant, host=host, gone=gone, including=including)
+        if plan == applied:
+            break
+        apply(plan)
+        applied = plan
+    return applied
 
 
 def queue_sync(tenant: Tenant, gone: Sequence[str] = ()) -> None:
@@ -276,13 +303,25 @@ def update_security_group(
     if description is not None:
         changes["description"] = _clean_description(description)
     if changes:
-        with transaction.atomic():
-            SecurityGroup.objects.filter(pk=group.pk).update(**changes)
-            for field, value in changes.items():
-                setattr(group, field, value)
-            record_audit(
-                user=actor, action="security_group.update", target=group, tenant=group.tenant, ip=ip, detail=changes
-            )
+        try:
+            with transaction.atomic():
+                SecurityGroup.objects.filter(pk=group.pk).update(**changes)
+                record_audit(
+                    user=actor,
+                    action="security_group.update",
+                    target=group,
+                    tenant=group.tenant,
+                    ip=ip,
+                    detail=changes,
+                )
+        except IntegrityError as exc:
+            raise ConflictError(
+                _("A security group named “%(name)s” was created at the same time; pick another name.")
+                % {"name": changes.get("name", group.name)},
+                field="name",
+            ) from exc
+        for field, value in changes.items():
+            setattr(group, field, value)
     return group
 
 
@@ -445,17 +484,22 @@ def check_can_filter(*, host: Host | None, groups: Sequence[SecurityGroup]) -> N
     )
 
 
+def check_groups_exist(groups: Sequence[SecurityGroup]) -> None:
+    """Under the tenant's quota lock (which a group's deletion takes too): ConflictError if one is gone."""
+    if SecurityGroup.objects.filter(pk__in=[g.pk for g in groups]).count() != len(groups):
+        raise ConflictError(_("A security group was deleted meanwhile."), field="security_groups")
+
+
 def set_instance_security_groups(
     *, actor, instance: Instance, groups: Sequence[SecurityGroup], ip: str | None = None
 ) -> Instance:
     """Change the groups of an instance; its NICs follow live (running or not)."""
     chosen = clean_instance_groups(tenant=instance.tenant, groups=groups)
-    if instance.host is None or not host_can(instance.host, Capability.SECURITY_GROUPS):
+    if instance.host is None or Capability.SECURITY_GROUPS not in instance_capabilities(instance):
         raise MissingCapability(_("This instance's host does not apply the portal's security groups."))
     with transaction.atomic():
         reserve_quota(tenant=instance.tenant, request={})  # against a group deleted at the same moment
-        if SecurityGroup.objects.filter(pk__in=[g.pk for g in chosen]).count() != len(chosen):
-            raise ConflictError(_("A security group was deleted meanwhile."), field="security_groups")
+        check_groups_exist(chosen)
         instance.security_groups.set(chosen)
         record_audit(
             user=actor,

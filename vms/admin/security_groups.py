@@ -84,11 +84,11 @@ class SecurityGroupAdmin(RestrictedAdminMixin, admin.ModelAdmin):
         adopt_saved(obj, group)
 
     def delete_model(self, request, obj):
-        services.delete_security_group(actor=request.user, group=obj, ip=client_ip(request))
+        try:
+            services.delete_security_group(actor=request.user, group=obj, ip=client_ip(request))
+        except ServiceError as exc:  # the default group, or one in use
+            self.message_user(request, exc.message, messages.ERROR)
 
     def delete_queryset(self, request, queryset):
         for group in queryset:
-            try:
-                self.delete_model(request, group)
-            except ServiceError as exc:
-                messages.error(request, exc.message)
+            self.delete_model(request, group)

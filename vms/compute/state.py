@@ -20,6 +20,7 @@ from django.utils import timezone
 
 from vms import realtime
 from vms.models import Host, Instance
+from vms.security_groups import sync_host
 
 # A backend's power state (portal.backends.base.POWER_STATES, and "error" from clouds) → Instance.State.
 # "building", "unknown" and anything else change nothing.
@@ -136,6 +137,7 @@ def mark_host_answered(*, host: Host) -> None:
         host.state, host.state_reason = Host.State.UP, ""
         if was_down:
             host_state_changed(host_id=host.pk)
+            sync_host(host=host)  # security-group changes made while it was down
     else:
         Host.objects.filter(pk=host.pk).update(last_seen=now)
     host.last_seen = now

@@ -403,6 +403,10 @@ def test_admin_lists_creates_and_deletes_through_the_services(actors, web):
     assert AuditEvent.objects.filter(action="security_group.create", target_id=str(group.pk)).exists()
     assert client.post(f"/admin/vms/securitygroup/{group.pk}/delete/", {"post": "yes"}).status_code == 302
     assert not SecurityGroup.objects.filter(pk=group.pk).exists()
+    default = default_of(actors.tenant)  # refused by the service: said, not a server error
+    refused = client.post(f"/admin/vms/securitygroup/{default.pk}/delete/", {"post": "yes"}, follow=True)
+    assert refused.status_code == 200 and "cannot be deleted" in refused.content.decode()
+    assert SecurityGroup.objects.filter(pk=default.pk).exists()
     assert login(actors.member).get("/admin/vms/securitygroup/").status_code == 302
 
 
@@ -457,3 +461,27 @@ def test_a_cloud_without_a_network_takes_no_group_but_default(actors, web):
         actor=actors.member, tenant=actors.tenant, name="z", flavor=flavor, image=image, security_groups=[web]
     )
     assert list(launch.instances[0].security_groups.all()) == [web]  # a cloud with a network applies them
+
+
+def test_an_adopted_instance_takes_no_groups(actors, web, host):
+    from vms.compute.base import MissingCapability
+
+    adopted = make_instance(tenant=actors.tenant, host=host, adopted=True)
+    with pytest.raises(MissingCapability):
+        set_instance_security_groups(actor=actors.member, instance=adopted, groups=[web])
+    response = actors.client("member").put(
+        f"/api/v1/instances/{adopted.pk}/security-groups/", {"security_groups": [web.pk]}, format="json"
+    )
+    assert_problem(response, 409)
+    assert not adopted.security_groups.exists()
+
+
+def test_a_group_deleted_meanwhile_is_refused_not_a_server_error(actors, web):
+    from vms.security_groups import check_groups_exist
+
+    check_groups_exist([web])
+    gone = SecurityGroup.objects.get(pk=web.pk)
+    SecurityGroup.objects.filter(pk=web.pk).delete()
+    with pytest.raises(ConflictError) as caught:
+        check_groups_exist([gone])
+    assert caught.value.field == "security_groups"

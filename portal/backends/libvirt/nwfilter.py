@@ -182,15 +182,19 @@ def _lookup(conn: libvirt.virConnect, name: str) -> libvirt.virNWFilter | None:
 def define_filter(conn: libvirt.virConnect, name: str, build) -> None:
     """Make filter ``name`` be ``build(uuid)`` on the host: defined, or redefined in place (same UUID, so every
     NIC using it changes live) when its rules differ. Raises BackendError when libvirt refuses."""
-    try:
-        existing = _lookup(conn, name)
-        if existing is not None and _rules_of(existing.XMLDesc(0)) == _rules_of(build(None)):
+    for attempt in range(3):
+        try:
+            existing = _lookup(conn, name)
+            if existing is not None and _rules_of(existing.XMLDesc(0)) == _rules_of(build(None)):
+                return
+            conn.nwfilterDefineXML(build(existing.UUIDString() if existing is not None else None))
             return
-        conn.nwfilterDefineXML(build(existing.UUIDString() if existing is not None else None))
-    except libvirt.libvirtError as exc:
-        if exc.get_error_code() == libvirt.VIR_ERR_NO_SUPPORT:
-            return  # a driver without network filters (test:///): its NICs are not filtered at all
-        raise BackendError(f"cannot define network filter {name!r}: {exc.get_error_message()}") from exc
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() == libvirt.VIR_ERR_NO_SUPPORT:
+                return  # a driver without network filters (test:///): its NICs are not filtered at all
+            if exc.get_error_code() == libvirt.VIR_ERR_OPERATION_FAILED and attempt < 2:
+                continue  # defined at the same moment by another worker (another UUID): again, with its UUID
+            raise BackendError(f"cannot define network filter {name!r}: {exc.get_error_message()}") from exc
 
 
 def remove_filter(conn: libvirt.virConnect, name: str) -> bool:

@@ -879,15 +879,23 @@ class OpenStackDriver:
 
     def ensure_security_group(self, *, project_id: str, name: str, description: str = "") -> str:
         """The id of the project's Neutron security group ``name``, made if missing (without Neutron's two
-        default egress rules: ``set_security_group_rules`` says what it allows)."""
+        default egress rules: ``set_security_group_rules`` says what it allows).
+
+        Neutron allows two groups of one name: two callers that made one each at the same moment both keep
+        the one with the smaller id and delete the other, so they agree.
+        """
         net = self.project_conn(project_id).network
         with self._errors(f"security group {name}"):
-            for group in net.security_groups(name=name, project_id=project_id):
-                return group.id
-            group = net.create_security_group(name=name, description=description[:255], project_id=project_id)
-            for rule in group.security_group_rules or ():
-                net.delete_security_group_rule(rule["id"], ignore_missing=True)
-            return group.id
+            groups = sorted(net.security_groups(name=name, project_id=project_id), key=lambda g: g.id)
+            if not groups:
+                made = net.create_security_group(name=name, description=description[:255], project_id=project_id)
+                for rule in made.security_group_rules or ():
+                    net.delete_security_group_rule(rule["id"], ignore_missing=True)
+                groups = sorted(net.security_groups(name=name, project_id=project_id), key=lambda g: g.id)
+            for extra in groups[1:]:
+                with contextlib.suppress(os_exc.ConflictException):
+                    net.delete_security_group(extra, ignore_missing=True)
+            return groups[0].id
 
     def security_group_ids(self, *, project_id: str, names: Iterable[str]) -> dict[str, str]:
         """Name → id of the project's security groups among ``names``."""
@@ -932,31 +940,23 @@ class OpenStackDriver:
                 return True
         return False
 
-    def server_security_groups(self, server_id: str, *, project_id: str) -> list[str]:
-        """Names of the security groups of a server's ports (Nova's view)."""
-        compute = self.project_conn(project_id).compute
+    def server_security_group_ids(self, server_id: str, *, project_id: str) -> set[str]:
+        """Ids of the security groups of a server's ports."""
+        net = self.project_conn(project_id).network
         with self._errors(f"security groups of server {server_id}"):
-            server = compute.fetch_server_security_groups(compute.get_server(server_id))
-            return sorted({g["name"] for g in server.security_groups or ()})
+            return {g for port in net.ports(device_id=server_id) for g in port.security_group_ids or ()}
 
-    def set_server_security_groups(self, server_id: str, *, project_id: str, group_ids: Mapping[str, str]) -> bool:
-        """Give the server exactly the groups ``group_ids`` (name → id, of its project); True when it changed.
-
-        Nova names groups by id or name in the caller's project, so this acts in the server's project, by id.
-        """
-        current = set(self.server_security_groups(server_id, project_id=project_id))
-        wanted = set(group_ids)
-        if current == wanted:
-            return False
-        compute = self.project_conn(project_id).compute
-        known = self.security_group_ids(project_id=project_id, names=current - wanted)
+    def set_server_security_groups(self, server_id: str, *, project_id: str, group_ids: Iterable[str]) -> bool:
+        """Give every port of the server exactly the groups ``group_ids`` (Neutron ids); True when one changed."""
+        wanted = sorted(set(group_ids))
+        net = self.project_conn(project_id).network
+        changed = False
         with self._errors(f"security groups of server {server_id}"):
-            server = compute.get_server(server_id)
-            for name in sorted(wanted - current):
-                compute.add_security_group_to_server(server, group_ids[name])
-            for name in sorted(current - wanted):
-                compute.remove_security_group_from_server(server, known.get(name, name))
-        return True
+            for port in net.ports(device_id=server_id):
+                if sorted(port.security_group_ids or ()) != wanted:
+                    net.update_port(port, security_groups=wanted)
+                    changed = True
+        return changed
 
     # ------------------------------------------------------------------ servers
 

@@ -11,7 +11,7 @@ from portal.backends.libvirt.driver import LibvirtDriver
 from vms.compute.base import FirewallPlan
 from vms.compute.libvirt.spec import group_filter_name, port_filter_name
 from vms.models import Host, Instance
-from vms.security_groups import firewall_plan, random_mac
+from vms.security_groups import apply_until_current, random_mac
 
 
 def apply_plan(driver: LibvirtDriver, plan: FirewallPlan) -> None:
@@ -34,5 +34,10 @@ def port_for(driver: LibvirtDriver, instance: Instance, *, host: Host | None = N
     if not instance.mac_address:
         instance.mac_address = random_mac()
         Instance.objects.filter(pk=instance.pk).update(mac_address=instance.mac_address)
-    apply_plan(driver, firewall_plan(tenant=instance.tenant, host=host or instance.host, including=instance))
+    apply_until_current(
+        tenant=instance.tenant,
+        host=host or instance.host,
+        including=instance,
+        apply=lambda plan: apply_plan(driver, plan),
+    )
     return port_filter_name(str(instance.uuid))

@@ -266,6 +266,7 @@ def _undo(instance: Instance, src: LibvirtDriver, dst: LibvirtDriver, made: _Mad
             return
         if there == "defined":
             dst.undefine(uuid)
+        dst.remove_filter(port_filter_name(uuid))  # the instance's port filter, defined there for it
         for name in made.volumes:
             dst.delete_volume(made.pool, name)
     except BackendError:

@@ -53,8 +53,11 @@ def apply_plan(driver: OpenStackDriver, host: Host, plan: FirewallPlan) -> dict[
         return {}
     ids = group_ids(driver, project_id, plan)
     for uuid, rules in plan.groups:
+        # A remote group always has its id here (group_ids made it); should one lack it, the rule is left
+        # out rather than opened to everyone.
+        kept = [r for r in rules if not r.remote_group or ids.get(r.remote_group_id or "")]
         driver.set_security_group_rules(
-            project_id=project_id, group_id=ids[uuid], rules=[neutron_rule(r, ids) for r in rules]
+            project_id=project_id, group_id=ids[uuid], rules=[neutron_rule(r, ids) for r in kept]
         )
     rows = Instance.objects.filter(uuid__in=[uuid for uuid, _groups in plan.ports]).exclude(cloud_id="")
     servers = {str(uuid): cloud_id for uuid, cloud_id in rows.values_list("uuid", "cloud_id")}
@@ -63,9 +66,7 @@ def apply_plan(driver: OpenStackDriver, host: Host, plan: FirewallPlan) -> dict[
         if not server_id:
             continue  # not created yet: its launch names its groups
         try:
-            driver.set_server_security_groups(
-                server_id, project_id=project_id, group_ids={cloud_group_name(g): ids[g] for g in groups}
-            )
+            driver.set_server_security_groups(server_id, project_id=project_id, group_ids=[ids[g] for g in groups])
         except NotFound:
             continue  # deleted meanwhile
     named = {r.remote_group_id for _uuid, rules in plan.groups for r in rules}

@@ -274,3 +274,19 @@ def test_a_sync_points_a_running_domain_made_before_groups_at_its_port_filter(po
     assert driver.describe(uuid).spec.nic_filter.name == port
     assert driver.describe(uuid).spec.nic_filter.parameters == old.parameters
     assert driver.undefine(uuid) is True
+
+
+@pytest.mark.django_db
+def test_the_sync_command_brings_every_tenant_in_line(portal_host, lctest_network, make_tenant):
+    """``manage.py sync_security_groups`` (after an upgrade): the instances' port filters are defined on their host."""
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    tenant = make_tenant("upgraded")
+    instance = make_instance(tenant, host=portal_host, mac_address="52:54:00:12:34:57")
+    instance.security_groups.set([SecurityGroup.objects.get(tenant=tenant, name=DEFAULT_GROUP)])
+    out = StringIO()
+    call_command("sync_security_groups", "--tenant", tenant.slug, stdout=out)
+    assert f"{tenant.slug}: 1 host(s)" in out.getvalue()
+    assert port_filter_name(str(instance.uuid)) in portal_host.lctest.driver.filter_names(portal_host.lctest.prefix)

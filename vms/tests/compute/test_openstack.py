@@ -617,8 +617,8 @@ def test_security_groups_are_neutron_groups_of_the_tenants_project(scene, os_clo
             ("egress", "IPv4", None, None, None, None, None),
             ("ingress", "IPv4", "tcp", 80, 80, "10.0.0.0/8", None),
         }
-        server_groups = admin_driver.server_security_groups(instance.cloud_id, project_id=project_id)
-        assert server_groups == sorted(names.values())
+        server_groups = admin_driver.server_security_group_ids(instance.cloud_id, project_id=project_id)
+        assert server_groups == {group_id(default), group_id(web)}
 
         rule = run_tasks(lambda: add_rule(actor=user, group=web, direction="ingress", protocol="icmp"))
         assert ("ingress", "IPv4", "icmp", None, None, None, None) in neutron_rules(web)
@@ -626,12 +626,19 @@ def test_security_groups_are_neutron_groups_of_the_tenants_project(scene, os_clo
         assert ("ingress", "IPv4", "icmp", None, None, None, None) not in neutron_rules(web)
 
         run_tasks(lambda: set_instance_security_groups(actor=user, instance=instance, groups=[web]))
-        assert admin_driver.server_security_groups(instance.cloud_id, project_id=project_id) == [names[web]]
+        assert admin_driver.server_security_group_ids(instance.cloud_id, project_id=project_id) == {group_id(web)}
 
         ok(run_tasks(lambda: lifecycle.delete_instance(actor=user, instance=instance)))
         web_name = names[web]
         run_tasks(lambda: delete_security_group(actor=user, group=web))
         assert not list(net_api.security_groups(name=web_name, project_id=project_id))
+        # Two groups of one name (two launches that made it at once): both callers settle on the same one.
+        name = cloud_group_name("race")
+        first = net_api.create_security_group(name=name, project_id=project_id)
+        second = net_api.create_security_group(name=name, project_id=project_id)
+        kept = admin_driver.ensure_security_group(project_id=project_id, name=name)
+        assert kept == min(first.id, second.id)
+        assert [g.id for g in net_api.security_groups(name=name, project_id=project_id)] == [kept]
     finally:
         for port in net_api.ports(network_id=net.id):
             net_api.delete_port(port)
