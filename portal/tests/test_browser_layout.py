@@ -12,7 +12,7 @@ from django.urls import reverse
 
 from portal.testing import sign_in
 from portal.tests.test_browser import PASSWORD, SCREENSHOT, lab  # noqa: F401 - fixture
-from vms.models import Instance
+from vms.models import Instance, SecurityGroup
 
 pytestmark = pytest.mark.browser
 
@@ -24,6 +24,7 @@ PAGES = [
     ("images", []),
     ("keypairs", []),
     ("networks", []),
+    ("security_groups", []),
     ("members", []),
     ("tokens", []),
 ]
@@ -54,6 +55,8 @@ def test_pages_fit_the_screen_and_name_their_controls(live_server, lab, browser_
     instance = Instance.objects.filter(tenant=lab[1]).first()
     urls = [reverse(name, args=args) for name, args in PAGES]
     urls.append(reverse("instance_detail", args=[instance.pk]))
+    default = SecurityGroup.objects.get(tenant=lab[1], name="default")
+    urls.append(reverse("security_group_detail", args=[default.pk]))
     problems = {}
     for url in urls:
         page.goto(live_server.url + url)
