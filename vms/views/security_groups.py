@@ -45,7 +45,7 @@ def _group(request, pk: int, action: str = VIEW) -> SecurityGroup:
     return access_by_id(security_groups_for(user=request.user), user=request.user, pk=pk, action=action)
 
 
-def _groups_page(request, *, form=None, status: int = 200):
+def _groups_page(request, *, form=None):
     tenant = current_tenant(request)
     staff = is_cloud_admin(request.user)
     if tenant is not None:
@@ -65,7 +65,6 @@ def _groups_page(request, *, form=None, status: int = 200):
             "sorting": sorting,
             "form": form or SecurityGroupForm(),
         },
-        status=status,
     )
 
 
@@ -92,7 +91,7 @@ def security_group_create(request):
     return _groups_page(request, form=form)
 
 
-def _detail_page(request, group: SecurityGroup, *, form=None, status: int = 200):
+def _detail_page(request, group: SecurityGroup, *, form=None):
     tenant_groups = SecurityGroup.objects.filter(tenant_id=group.tenant_id).order_by("name")
     rules = rules_for(user=request.user, group=group).order_by("direction", "protocol", "port_min", "id")
     return render(
@@ -105,7 +104,6 @@ def _detail_page(request, group: SecurityGroup, *, form=None, status: int = 200)
             "form": form or SecurityGroupRuleForm(groups=tenant_groups),
             "can_change": SecurityGroup.objects.restrict(request.user, CHANGE).filter(pk=group.pk).exists(),
         },
-        status=status,
     )
 
 
