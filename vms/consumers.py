@@ -48,6 +48,8 @@ from vms.realtime import STAFF_GROUP, instance_group, tenant_group
 log = logging.getLogger(__name__)
 
 CLOSE_BAD_REQUEST = 4400
+# The stored texts each event kind carries untranslated (with ``<field>_args``), translated per reader.
+LOCALISED = {"operation": ("message", "error"), "instance": ("state_reason",)}
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_FORBIDDEN = 4403
 
@@ -216,13 +218,14 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
             await self.send_json(self._in_language(event))
 
     def _in_language(self, event: dict[str, Any]) -> dict[str, Any]:
-        """An operation's message and error as its reader's page reads them: stored untranslated (with their
-        parameters), translated here in the page's language."""
+        """An operation's message and error, an instance's state reason, as its reader's page reads them:
+        stored untranslated (with their parameters), translated here in the page's language."""
         data = event.get("data")
-        if event.get("type") != "operation" or not isinstance(data, dict):
+        fields = LOCALISED.get(event.get("type"))
+        if fields is None or not isinstance(data, dict):
             return event
         data = dict(data)
         with translation.override(self.language):
-            for field in ("message", "error"):
+            for field in fields:
                 data[field] = translated(data.get(field) or "", data.pop(f"{field}_args", None))
         return {**event, "data": data}

@@ -232,6 +232,14 @@ def _members_words(exc: ServiceError, host) -> str | Said:
     return said(exc.said.text, **args)
 
 
+def _reason_fields(message: str | Said) -> dict:
+    """An error state's reason as the row keeps it: the portal's own message as its msgid and parameters (each
+    reader translates it), anything else (a backend's words) as it is, cut to the column."""
+    if isinstance(message, Said) and len(message.text) <= REASON_MAX:
+        return {"state_reason": message.text, "state_reason_args": message.args}
+    return {"state_reason": str(message)[:REASON_MAX], "state_reason_args": {}}
+
+
 def _fail(operation: Operation, instance: Instance | None, message: str | Said, *, detail: str = "") -> None:
     """Fail the operation and undo what its request reserved; a failed launch leaves nothing on the host.
 
@@ -248,11 +256,11 @@ def _fail(operation: Operation, instance: Instance | None, message: str | Said, 
     fields: dict = {"task": ""}
     adapter = compute_for(instance.host) if instance.host_id is not None else None
     if action == "launch":
-        fields.update(state=Instance.State.ERROR, state_reason=str(message)[:REASON_MAX])
+        fields.update(state=Instance.State.ERROR, **_reason_fields(message))
         if adapter is not None:
             cleanups.append(lambda: adapter.remove(instance))  # best effort: what the launch made goes
     elif action == "delete":
-        fields.update(state=Instance.State.ERROR, state_reason=str(message)[:REASON_MAX])
+        fields.update(state=Instance.State.ERROR, **_reason_fields(message))
     elif action.startswith("snapshot_"):
         snapshot = Snapshot.objects.filter(pk=params.get("snapshot_id")).first()
         if snapshot is not None and action == "snapshot_create":

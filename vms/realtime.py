@@ -163,6 +163,7 @@ def instance_payload(instance, *, staff: bool = False) -> dict[str, Any]:
         "state": instance.state,
         "state_display": str(instance.get_state_display()),
         "state_reason": instance.state_reason,
+        "state_reason_args": instance.state_reason_args,
         "task": instance.task,
         "desired_power_state": instance.desired_power_state,
         "installing": instance.installing,

@@ -82,7 +82,7 @@ class InstanceAdmin(AuditedAdminMixin, RestrictedAdminMixin, admin.ModelAdmin):
         "user_data",
         "installing",
         "state",
-        "state_reason",
+        "state_reason_text",
         "desired_power_state",
         "task",
         "mac_address",
@@ -91,6 +91,10 @@ class InstanceAdmin(AuditedAdminMixin, RestrictedAdminMixin, admin.ModelAdmin):
         "updated_at",
     ]
     actions = ["start_instances", "shutdown_instances", "migrate_instances", "delete_selected"]
+
+    @admin.display(description=_("state reason"))
+    def state_reason_text(self, obj: Instance) -> str:
+        return obj.reason
 
     def has_add_permission(self, request) -> bool:
         return False  # instances are launched through the dashboard or the API, which reserve quota

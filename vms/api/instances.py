@@ -58,6 +58,11 @@ class InstanceSerializer(serializers.ModelSerializer):
         allow_null=True,
         help_text=_("Name of the host it runs on (cloud admins only; null for others)."),
     )
+    state_reason = serializers.CharField(
+        source="reason",
+        read_only=True,
+        help_text=_("Why the instance is in its state (an error's cause), in the reader's language; empty if none."),
+    )
     allowed_actions = serializers.SerializerMethodField(
         help_text=_(
             "The actions the instance accepts now (its state, its task and what its host can do); "
@@ -125,7 +130,7 @@ class InstanceSerializer(serializers.ModelSerializer):
             "host": instance.host.name if self._staff and instance.host_id is not None else None,
             "state": instance.state,
             # The portal's own reasons (a failed launch's) are stored untranslated: in the reader's language here.
-            "state_reason": gettext(instance.state_reason) if instance.state_reason else "",
+            "state_reason": instance.reason,
             "task": instance.task,
             "desired_power_state": instance.desired_power_state,
             "installing": instance.installing,

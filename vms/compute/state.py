@@ -70,7 +70,8 @@ def _fields(instance: Instance, observed: Observed, *, by_task: bool) -> dict:
     target = BACKEND_STATES.get(observed.state)
     if target is not None and not observed.busy:
         keep_reason = not by_task or target == Instance.State.ERROR
-        fields.update(state=target, state_reason=(observed.reason if keep_reason else "")[:REASON_MAX])
+        reason = (observed.reason if keep_reason else "")[:REASON_MAX]
+        fields.update(state=target, state_reason=reason, state_reason_args={})
     if observed.addresses is not None and (by_task or not instance.task):
         fields["addresses"] = list(observed.addresses)
     return fields

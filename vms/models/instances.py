@@ -11,6 +11,7 @@ from django.utils.translation import gettext_lazy as _
 
 from portal.access import CHANGE, MEMBER_ROLES, VIEW, RestrictedQuerySet
 from portal.models import Tenant
+from portal.texts import translated
 from vms.models.flavors import Flavor
 from vms.models.hosts import Host
 
@@ -89,6 +90,12 @@ class Instance(models.Model):
     )
     state = models.CharField(_("state"), max_length=16, choices=State.choices, default=State.BUILDING)
     state_reason = models.CharField(_("state reason"), max_length=255, blank=True)
+    state_reason_args = models.JSONField(
+        _("state reason parameters"),
+        default=dict,
+        blank=True,
+        help_text=_("The parameters of a state reason the portal wrote (stored untranslated, read in any language)."),
+    )
     desired_power_state = models.CharField(
         _("desired power state"), max_length=16, choices=PowerState.choices, default=PowerState.RUNNING
     )
@@ -136,6 +143,12 @@ class Instance(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    @property
+    def reason(self) -> str:
+        """The state reason in the reader's language: the portal's own (a msgid with its parameters) translated,
+        a backend's words as they are."""
+        return translated(self.state_reason, self.state_reason_args)
 
 
 class InstanceDisk(models.Model):

@@ -11,10 +11,12 @@ in their language and cloud admins ``error_detail``.
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 
 import pytest
 from asgiref.sync import async_to_sync
 from django.core.cache import cache
+from django.utils import timezone
 
 from portal import factories
 from portal.celery import app as celery_app
@@ -178,3 +180,76 @@ def test_a_lazily_translated_parameter_is_translated_with_its_text():
         chinese = translated(stored.text, stored.args)
     assert "启动" in chinese and "web" in chinese, chinese
     assert translated(stored.text, stored.args) == "Cannot start instance “web” while it is running."
+
+
+def test_a_failed_launchs_reason_with_parameters_is_in_each_readers_language(
+    actors, django_capture_on_commit_callbacks
+):
+    """A launch that fails with a parametrised message (its worker died three times: the stale-operation sweep
+    gives up on it) keeps the msgid and its parameters as the instance's state reason: the API, the page, the
+    admin and the live updates give it in each reader's language. Before, the worker's English was stored, and
+    a reader in Chinese got it in English."""
+    from django.utils import translation
+
+    from images.models import Image
+    from vms import execution
+    from vms.consumers import LiveConsumer
+
+    Host.objects.create(
+        name="node-l",
+        uri="test:///default",
+        state=Host.State.UP,
+        cpus=8,
+        memory_mib=16384,
+        pool_capacity=100 << 30,
+        pool_available=90 << 30,
+    )
+    flavor = Flavor.objects.create(name="lctest.err4", vcpus=1, ram_mib=256, disk_gib=1)
+    image = Image.objects.create(
+        name="bookworm",
+        tenant=actors.tenant,
+        owner=actors.member,
+        disk_format="qcow2",
+        stored_format="qcow2",
+        size=1024,
+        virtual_size=1 << 30,
+        status=Image.Status.ACTIVE,
+    )
+    member = actors.client("member")
+    with django_capture_on_commit_callbacks(execute=False):  # no worker takes it: it "dies" below
+        response = member.post(
+            URL,
+            {"tenant": actors.tenant.pk, "name": "web-4", "flavor": flavor.pk, "image": image.pk},
+            format="json",
+        )
+    assert response.status_code == 202, response.content
+    operation = Operation.objects.get(pk=response.json()["operations"][0]["id"])
+    long_ago = timezone.now() - timedelta(hours=1)
+    Operation.objects.filter(pk=operation.pk).update(
+        state=Operation.State.RUNNING, started_at=long_ago, heartbeat_at=long_ago, params={"attempts": 3}
+    )
+    execution.recover_stale_operations(stale_after=timedelta(minutes=5), max_attempts=3)
+    assert Operation.objects.get(pk=operation.pk).state == Operation.State.FAILED
+
+    instance = Instance.objects.get(name="web-4")
+    assert instance.state == Instance.State.ERROR
+    assert (instance.state_reason, instance.state_reason_args) == (execution.STOPPED_TIMES, {"n": 3})
+    english = "The worker running this operation stopped 3 times."
+    chinese = "执行此操作的后台任务已停止 3 次。"
+    assert member.get(f"{URL}{instance.pk}/").json()["state_reason"] == english
+    assert member.get(f"{URL}{instance.pk}/", HTTP_ACCEPT_LANGUAGE="zh-hans").json()["state_reason"] == chinese
+    listed = member.get(URL, HTTP_ACCEPT_LANGUAGE="zh-hans").json()["results"]
+    assert [row["state_reason"] for row in listed if row["id"] == instance.pk] == [chinese]
+    page = actors.client("member", api=False).get(f"/instances/{instance.pk}/", HTTP_ACCEPT_LANGUAGE="zh-hans")
+    assert chinese in page.content.decode() and "%(n)d" not in page.content.decode()
+    admin_page = actors.client("cloud_admin", api=False).get(f"/admin/vms/instance/{instance.pk}/change/")
+    assert english in admin_page.content.decode()
+
+    event = {"type": "instance", "data": realtime.instance_payload(instance)}
+    consumer = LiveConsumer()
+    for language, expected in (("en", english), ("zh-hans", chinese)):
+        consumer.language = language
+        assert consumer._in_language(event)["data"]["state_reason"] == expected
+        assert "state_reason_args" not in consumer._in_language(event)["data"]
+    with translation.override("zh-hans"):
+        assert instance.reason == chinese
