@@ -375,3 +375,51 @@ def test_the_serial_console_goes_full_screen_and_to_a_window_of_its_own(daphne, 
     expect(window.locator("#lc-console-tab-serial")).to_have_attribute("aria-selected", "true")
     expect(window.locator("#lc-serial-status")).not_to_have_attribute("data-state", "idle")  # it connects
     expect(window.locator("#lc-vnc-status")).to_have_attribute("data-state", "idle")  # the screen does not
+
+
+@pytest.mark.parametrize("reader", ["alice", "root"])
+def test_the_instance_table_at_phone_width(daphne, lab, browser_page, make_user, reader):
+    """At 390 px the instance table shows what a member acts on (select, name with its size, state with its
+    task, addresses) without scrolling sideways; the flavor (its size is under the name), the image, the creation
+    date and, for cloud admins, the tenant and the host wait for a wider screen, where every column shows."""
+    page, errors = browser_page
+    from playwright.sync_api import expect
+
+    make_user("root", staff=True, password=PASSWORD)
+    _alice, _physics, (web, db) = lab
+    Instance.objects.filter(pk=web.pk).update(addresses=["192.168.150.11", "fd00:150::11"])
+    # A long name without a break, and a task in progress: neither may push the table wider.
+    Instance.objects.filter(pk=db.pk).update(name="postgresql-primary-replica-01", task="reboot")
+    page.set_viewport_size({"width": 390, "height": 844})
+    sign_in(page, daphne, reader, PASSWORD)
+    page.goto(f"{daphne}{reverse('instances')}")
+    headers = page.locator("#lc-instances thead th")
+    expect(headers.first).to_be_visible()
+
+    def shown() -> list[str]:
+        return [
+            text.strip()
+            for text in page.locator("#lc-instances thead th").evaluate_all(
+                "cells => cells.filter(c => c.offsetParent !== null).map(c => c.innerText)"
+            )
+        ]
+
+    always = ["", "Name", "State", "Addresses"]
+    assert shown() == always
+    scroller = page.locator("#lc-instances").locator("xpath=..")
+    assert scroller.evaluate("el => el.scrollWidth <= el.clientWidth"), "the table scrolls sideways at 390 px"
+    row = page.locator(f'tr[data-instance="{web.pk}"]')
+    expect(row.locator(".lc-instance-name a")).to_be_in_viewport()
+    expect(row.locator(".lc-vm-state")).to_be_in_viewport()
+    expect(row.locator('[data-lc-field="addresses"]')).to_contain_text("192.168.150.11")
+    expect(row.locator('[data-lc-field="addresses"]')).to_be_in_viewport()
+    assert "1 vCPU" in row.locator(".lc-instance-name").inner_text()  # the size, with the flavor hidden
+    expect(page.locator(f'tr[data-instance="{db.pk}"] [data-lc-field="task"]')).to_be_in_viewport()
+    page.screenshot(path=str(SHOTS / f"labcloud-instances-phone-{reader}.png"), full_page=True)
+
+    page.set_viewport_size({"width": 1280, "height": 900})
+    wide = ["", "Name"] + (["Tenant"] if reader == "root" else []) + ["State", "Flavor", "Image", "Addresses"]
+    wide += (["Host"] if reader == "root" else []) + ["Created"]
+    expect(headers.filter(has_text="Created")).to_be_visible()
+    assert shown() == wide
+    assert not errors, errors
