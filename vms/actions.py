@@ -311,6 +311,8 @@ POWER_CARD = (*POWER_ACTIONS, "finish_install")
 BULK_ACTIONS = tuple(a.name for a in ACTIONS.values() if a.bulk)
 REQUESTABLE = tuple(name for name, a in ACTIONS.items() if name != "launch" and not a.admin)
 ADMIN_ACTIONS = tuple(name for name, a in ACTIONS.items() if a.admin)
+# The distinct "applies now" tests of the registry: part of what decides an instance's actions.
+APPLIES = tuple({a.applies: None for a in ACTIONS.values()})
 
 
 def get(name: str) -> Action:
@@ -421,9 +423,25 @@ def verb(name: str) -> str:
     return str(action.verb) if action is not None else name
 
 
-def allowed_actions(instance: Instance) -> list[str]:
-    """The actions the instance accepts now (what its buttons enable), in the registry's order."""
-    return _accepted(instance, REQUESTABLE)
+def allowed_actions(instance: Instance, *, memo: dict | None = None) -> list[str]:
+    """The actions the instance accepts now (what its buttons enable), in the registry's order.
+
+    ``memo`` (a dict kept for one page) answers rows alike from the first one's answer: the answer depends on
+    nothing but what ``_answer_key`` reads (a 500-row API page asks this of every row)."""
+    if memo is None:
+        return _accepted(instance, REQUESTABLE)
+    capabilities = instance_capabilities(instance)
+    key = _answer_key(instance, capabilities)
+    if key not in memo:
+        memo[key] = _accepted(instance, REQUESTABLE, capabilities)
+    return list(memo[key])
+
+
+def _answer_key(instance: Instance, capabilities: frozenset[Capability]) -> tuple:
+    """Everything ``offered`` and ``_refused`` read to decide (their messages read more, but only when shown)."""
+    host_state = instance.host.state if instance.host_id is not None else None
+    applies = tuple(applies(instance) for applies in APPLIES)
+    return (instance.state, instance.task, host_state, instance.host_id is None, capabilities, applies)
 
 
 def allowed_admin_actions(instance: Instance) -> list[str]:
@@ -431,8 +449,10 @@ def allowed_admin_actions(instance: Instance) -> list[str]:
     return _accepted(instance, ADMIN_ACTIONS)
 
 
-def _accepted(instance: Instance, names: tuple[str, ...]) -> list[str]:
-    capabilities = instance_capabilities(instance)
+def _accepted(
+    instance: Instance, names: tuple[str, ...], capabilities: frozenset[Capability] | None = None
+) -> list[str]:
+    capabilities = instance_capabilities(instance) if capabilities is None else capabilities
     return [
         name
         for name in names

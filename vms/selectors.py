@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from django.contrib.auth import get_user_model
 from django.db.models import Case, Count, F, Q, QuerySet, Sum, Value, When
 
 from portal.access import VIEW
@@ -95,7 +96,23 @@ def instances_for(*, user, tenant: Tenant | None = None) -> QuerySet[Instance]:
 def instance_rows_for(*, user) -> QuerySet[Instance]:
     """Instances the user may see, joined with only what the API's list shows: the owner's, the flavor's and the
     host's names, and the host's kind (what the instance can do). The other relations are shown by id."""
-    return Instance.objects.restrict(user, VIEW).select_related("flavor", "host", "owner")
+    return (
+        Instance.objects.restrict(user, VIEW)
+        .select_related("flavor", "host", "owner")
+        .defer("user_data")
+        .defer(*(f"host__{name}" for name in HOST_FIELDS_NOT_LISTED))
+        .defer(
+            *(f"owner__{f.name}" for f in get_user_model()._meta.concrete_fields if f.name not in ("id", "username"))
+        )
+        .defer(*(f"flavor__{f.name}" for f in Flavor._meta.concrete_fields if f.name not in ("id", "name")))
+    )
+
+
+# What an instance row never reads of its host: its connection, placement and capacity settings (a 500-row
+# page builds 500 hosts; the adapters decide an instance's actions from the host's kind, state and network).
+HOST_FIELDS_NOT_LISTED = tuple(
+    f.name for f in Host._meta.concrete_fields if f.name not in ("id", "name", "kind", "state", "enabled", "os_network")
+)
 
 
 def flavors_for(*, user, tenant: Tenant | None = None) -> QuerySet[Flavor]:

@@ -617,3 +617,48 @@ def test_staff_cannot_launch_into_a_disabled_tenant(actors, flavors, image, host
     response = actors.client("cloud_admin").post(URL, launch_body(actors, flavors, image), format="json")
     assert response.status_code in (400, 404, 409), response.content
     assert not Instance.objects.exists() and not Operation.objects.exists()
+
+
+def test_list_rows_decide_actions_as_each_instance_alone(actors, make_instance, host, flavors, image):
+    """The list answers rows alike from one answer (``allowed_actions(memo=…)``) and reads only some of the
+    host's, owner's and flavor's columns: over instances that differ in every way the decision reads (state,
+    task, installing, adoption, a host down, an OpenStack cloud with and without a network, no host), each row's
+    actions are what the instance alone gets, and the page costs the same queries with one row as with all."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from vms.actions import allowed_actions
+
+    down = Host.objects.create(name="node-down", uri="test:///default", state=Host.State.DOWN)
+    cloud = Host.objects.create(name="cloud", kind=Host.Kind.OPENSTACK, state=Host.State.UP, os_network="net-1")
+    bare_cloud = Host.objects.create(name="cloud-2", kind=Host.Kind.OPENSTACK, state=Host.State.UP)
+    make_instance(name="solo")
+    client = actors.client("cloud_admin")
+    with CaptureQueriesContext(connection) as one:
+        assert client.get(URL).status_code == 200
+    variants = [
+        {"state": Instance.State.SHUTOFF},
+        {"state": Instance.State.PAUSED},
+        {"state": Instance.State.ERROR, "task": "delete"},
+        {"state": Instance.State.RUNNING, "task": "reboot"},
+        {"state": Instance.State.DELETING, "task": "delete"},
+        {"state": Instance.State.RUNNING, "installing": True},
+        {"state": Instance.State.RUNNING, "adopted": True},
+        {"state": Instance.State.RUNNING, "host": down},
+        {"state": Instance.State.SHUTOFF, "host": down},
+        {"state": Instance.State.RUNNING, "host": cloud},
+        {"state": Instance.State.RUNNING, "host": bare_cloud},
+        {"state": Instance.State.BUILDING, "host": None},
+    ]
+    for number, fields in enumerate(variants):
+        target = fields.pop("host", host)
+        instance = make_instance(name=f"v{number}", **fields)
+        Instance.objects.filter(pk=instance.pk).update(host=target)
+    with CaptureQueriesContext(connection) as many:
+        rows = client.get(URL, {"page_size": 100}).json()["results"]
+    assert len(many) == len(one)
+    assert len(rows) == len(variants) + 1
+    for row in rows:
+        alone = Instance.objects.select_related("host").get(pk=row["id"])
+        assert row["allowed_actions"] == allowed_actions(alone), row["name"]
+    assert len({tuple(row["allowed_actions"]) for row in rows}) >= 8  # the variants do differ
