@@ -12,6 +12,7 @@ from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
+from portal.gc_tuning import tune_for_serving  # noqa: E402
 from portal.request_limits import RequestBodyLimit  # noqa: E402
 from portal.routing import websocket_urlpatterns  # noqa: E402
 
@@ -21,3 +22,5 @@ application = ProtocolTypeRouter(
         "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
     }
 )
+
+tune_for_serving()  # last: what start-up made is frozen (portal/gc_tuning.py)

@@ -288,6 +288,9 @@ LABCLOUD_USER_DATA_MAX_BYTES = int(os.environ.get("INSTANCE_USER_DATA_MAX_BYTES"
 # A libvirt host whose storage pool has less than this share (percent of its capacity) free takes
 # no new instances, extra disks, disk growth or snapshots, whatever the nominal sizes say.
 LABCLOUD_POOL_MIN_FREE_PERCENT = float(os.environ.get("POOL_MIN_FREE_PERCENT", "10"))
+# The web process freezes what start-up made and collects its young generation after this many
+# allocations (CPython: 700); 0 leaves the collector as it is. See portal/gc_tuning.py.
+LABCLOUD_GC_THRESHOLD = int(os.environ.get("WEB_GC_THRESHOLD", "50000"))
 # A running operation without a heartbeat for this long is re-queued (its worker died).
 LABCLOUD_OPERATION_STALE_SECONDS = int(os.environ.get("OPERATION_STALE_SECONDS", "120"))
 # Celery time limits, seconds. At a task's soft limit it gets SoftTimeLimitExceeded and fails its operation
