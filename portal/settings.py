@@ -158,7 +158,13 @@ CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
         # Several portals (or concurrent test runs) can share one Redis with different prefixes.
-        "CONFIG": {"hosts": [REDIS_URL], "prefix": os.environ.get("CHANNEL_LAYER_PREFIX", "asgi")},
+        # A socket's receive is a blocking pop of up to 5 s on the server (channels_redis' brpop_timeout);
+        # redis-py 8 reads with a 5 s socket timeout by default, which lost that race on every quiet socket
+        # (the consumer died, the page saw a 1011 close). Reads wait longer than the pop.
+        "CONFIG": {
+            "hosts": [{"address": REDIS_URL, "socket_timeout": 30}],
+            "prefix": os.environ.get("CHANNEL_LAYER_PREFIX", "asgi"),
+        },
     }
 }
 CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", REDIS_URL)

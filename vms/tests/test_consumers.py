@@ -343,3 +343,24 @@ def test_pages_ask_their_socket_for_their_language(actors, client):
     client.cookies["django_language"] = "zh-hans"
     page = client.get(reverse("instances")).content.decode()
     assert "lang=zh-hans" in page
+
+
+def test_an_idle_socket_stays_open_and_still_gets_events(actors, instances):
+    """A page left open with nothing happening keeps its socket. redis-py 8 reads with a 5 s socket timeout by
+    default, as long as the channel layer's blocking pop waits for a message on the server (5 s): the read
+    lost that race, the consumer died with "Timeout reading from …" and the page saw a 1011 close every
+    few seconds of quiet. The layer's connections now wait longer than its pops (``portal.settings``)."""
+    from channels_redis.core import RedisChannelLayer
+
+    mine, _theirs = instances
+    quiet = RedisChannelLayer.brpop_timeout + 5  # one blocking pop and the old client timeout, all idle
+
+    async def scenario():
+        communicator = await connect(actors.member)
+        assert await communicator.receive_nothing(timeout=quiet, interval=0.5)
+        await publish(mine)
+        event = await next_event(communicator)
+        assert event["type"] == "instance" and event["data"]["id"] == mine.pk
+        await communicator.disconnect()
+
+    async_to_sync(scenario)()
