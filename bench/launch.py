@@ -109,15 +109,10 @@ class Bench:
             pool_available=cap.pool_available,
         )
         self.tenant = Tenant.objects.create(name="bench", slug="bench")
-        Quota.objects.create(
-            tenant=self.tenant,
-            instances=-1,
-            vcpus=-1,
-            ram_mib=-1,
-            disk_gib=-1,
-            snapshots=-1,
-            images=-1,
-            image_storage_gib=-1,
+        # every limit unlimited, whatever quotas exist now (a new quota field must not break the bench)
+        limits = {f.name: -1 for f in Quota._meta.concrete_fields if f.get_internal_type().endswith("IntegerField")}
+        Quota.objects.update_or_create(
+            tenant=self.tenant, defaults={k: v for k, v in limits.items() if k not in ("id", "tenant")}
         )
         self.user = get_user_model().objects.create_user("bench-user")
         Membership.objects.create(user=self.user, tenant=self.tenant, role="member")
