@@ -1,6 +1,16 @@
 from django.urls import path
 
-from vms.views import consoles, flavors, hosts, instances, keypairs, launch, networks, security_groups
+from vms.views import (
+    consoles,
+    flavors,
+    hosts,
+    instances,
+    keypairs,
+    launch,
+    networks,
+    notifications,
+    security_groups,
+)
 
 urlpatterns = [
     path("flavors/", flavors.flavor_list, name="flavors"),
@@ -58,4 +68,7 @@ urlpatterns = [
     path("keypairs/generate/", keypairs.keypair_generate, name="keypair_generate"),
     path("keypairs/<int:pk>/delete/", keypairs.keypair_delete, name="keypair_delete"),
     path("networks/", networks.network_list, name="networks"),
+    path("notifications/", notifications.notification_list, name="notifications"),
+    path("notifications/menu/", notifications.notification_menu, name="notification_menu"),
+    path("notifications/read/", notifications.notifications_read, name="notifications_read"),
 ]

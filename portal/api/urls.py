@@ -7,7 +7,17 @@ from rest_framework.routers import DefaultRouter
 from images.api import views as images_views
 from portal.api import docs
 from portal.api import views as portal_views
-from vms.api import clouds, flavors, hosts, instances, keypairs, networks, operations, security_groups
+from vms.api import (
+    clouds,
+    flavors,
+    hosts,
+    instances,
+    keypairs,
+    networks,
+    notifications,
+    operations,
+    security_groups,
+)
 
 router = DefaultRouter()
 router.register("tenants", portal_views.TenantViewSet, basename="tenant")
@@ -17,6 +27,7 @@ router.register("tokens", portal_views.ApiTokenViewSet, basename="apitoken")
 router.register("audit-events", portal_views.AuditEventViewSet, basename="auditevent")
 router.register("flavors", flavors.FlavorViewSet, basename="flavor")
 router.register("operations", operations.OperationViewSet, basename="operation")
+router.register("notifications", notifications.NotificationViewSet, basename="notification")
 router.register("instances", instances.InstanceViewSet, basename="instance")
 router.register("hosts", hosts.HostViewSet, basename="host")
 router.register("unmanaged-domains", hosts.UnmanagedDomainViewSet, basename="unmanageddomain")

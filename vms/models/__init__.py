@@ -15,6 +15,7 @@ from vms.models.hosts import (
 from vms.models.instances import ConsoleSession, Instance, InstanceDisk, InstanceMetricSample, Snapshot
 from vms.models.keypairs import Keypair
 from vms.models.networks import Network, NetworkQuerySet
+from vms.models.notifications import NotificationMark
 from vms.models.operations import Operation
 from vms.models.security_groups import DEFAULT_GROUP, SecurityGroup, SecurityGroupRule
 
@@ -34,6 +35,7 @@ __all__ = [
     "Keypair",
     "Network",
     "NetworkQuerySet",
+    "NotificationMark",
     "Operation",
     "PlacementRule",
     "SecurityGroup",

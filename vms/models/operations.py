@@ -66,7 +66,11 @@ class Operation(models.Model):
 
     class Meta:
         ordering = ["-created_at", "-id"]
-        indexes = [models.Index(fields=["target_type", "target_id"], name="operation_target_idx")]
+        indexes = [
+            models.Index(fields=["target_type", "target_id"], name="operation_target_idx"),
+            # The notification history: a user's tenants' finished operations, newest first (vms.notifications).
+            models.Index(fields=["tenant", "-finished_at"], name="operation_finished_idx"),
+        ]
         verbose_name = _("operation")
         verbose_name_plural = _("operations")
 

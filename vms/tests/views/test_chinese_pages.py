@@ -16,6 +16,7 @@ import pytest
 from django.conf import settings
 from django.test import Client
 from django.urls import reverse
+from django.utils import timezone
 
 from vms import lifecycle
 from vms.keypairs import import_keypair
@@ -145,11 +146,11 @@ def lab(actors, make_user):
     instance = result.instances[0]
     Instance.objects.filter(pk=instance.pk).update(state=Instance.State.RUNNING, task="")
     Operation.objects.filter(pk=result.operations[0].pk).update(
-        state=Operation.State.SUCCEEDED, progress=100, message="Instance is running."
+        state=Operation.State.SUCCEEDED, progress=100, message="Instance is running.", finished_at=timezone.now()
     )
     Operation.objects.create(
         kind="instance.reboot", tenant=actors.tenant, target_type="vms.instance", target_id=str(instance.pk),
-        target_repr=instance.name, state=Operation.State.FAILED,
+        target_repr=instance.name, state=Operation.State.FAILED, finished_at=timezone.now(),
         error="The worker running this operation stopped %(n)d times.", error_args={"n": 3},
     )  # fmt: skip
     Snapshot.objects.create(
@@ -194,9 +195,17 @@ def test_no_english_on_the_chinese_pages(actors, lab):
             reverse("security_group_detail", args=[SecurityGroup.objects.get(tenant=actors.tenant, name="default").pk]),
             reverse("flavors"),
             reverse("tokens"),
+            reverse("notifications"),
+            reverse("notifications") + "?failed=1",
+            reverse("notification_menu"),
         ],
         actors.tenant_admin: [reverse("members")],
-        actors.cloud_admin: [reverse("overview"), reverse("hosts"), reverse("instance_detail", args=[instance.pk])],
+        actors.cloud_admin: [
+            reverse("overview"),
+            reverse("hosts"),
+            reverse("instance_detail", args=[instance.pk]),
+            reverse("notifications"),
+        ],
     }
     found = {}
     signed_out = Client()
