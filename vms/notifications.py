@@ -15,7 +15,7 @@ whatever the number of rows.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from django.apps import apps
 from django.db.models import DateTimeField, QuerySet, Subquery, Value
@@ -57,6 +57,11 @@ class Notification:
     @property
     def tone(self) -> str:
         return OPERATION_TONES.get(self.state, "secondary")
+
+    @property
+    def just_now(self) -> bool:
+        """Finished within the last minute (said so, not "0 minutes ago")."""
+        return timezone.now() - self.finished_at < timedelta(minutes=1)
 
 
 def notifications_for(*, user, failed_only: bool = False) -> QuerySet[Operation]:
