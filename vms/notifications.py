@@ -5,8 +5,8 @@ access gate shows the user (``Operation.objects.restrict``: their tenants' opera
 as their live socket's ``staff`` group does). What the user has read is one timestamp per user
 (``NotificationMark.seen_until``): operations that finished after it are unread. Nothing is written when an
 operation ends, a user joining a tenant sees its history at once, and losing a membership takes that tenant's
-operations out of the history at the next request. Without a mark, what finished after the user joined is
-unread.
+operations out of the history at the next request. Without a mark, what finished after the user's account was
+made (``date_joined``) is unread; a tenant joined later brings what it did since the user's mark as unread.
 
 Selectors (reads) and the one service (``mark_all_read``); every function runs a fixed number of queries,
 whatever the number of rows.

@@ -106,7 +106,7 @@ def test_mark_all_read_counts_again_from_there(actors, lab):
     assert NotificationMark.objects.get(user=actors.member).seen_until == mark.seen_until
 
 
-def test_what_finished_before_a_user_joined_is_read(actors, lab, make_user):
+def test_what_finished_before_a_users_account_was_made_is_read(actors, lab, make_user):
     mine, _theirs = lab
     finish(mine)
     newcomer = make_user("newcomer")
