@@ -5,7 +5,8 @@
  * that ends (succeeded or failed) adds one, once per operation. Opening the menu loads the newest
  * notifications from the server (an HTML fragment, rendered and translated there, whose data-unread
  * is the count as of now); "Mark all read" posts without leaving the page. After a reconnect the count
- * is fetched once again (events sent while the socket was down are lost). No polling.
+ * is fetched once again (events sent while the socket was down are lost), and so it is on the first
+ * connection when the page was rendered with work in progress. No polling.
  * #lc-bell[data-lc-live-state] says "connecting", "live" or "offline".
  */
 (function () {
@@ -49,6 +50,10 @@
           return;
         }
         var current = document.getElementById("lc-bell-items") || items;
+        // What the server counted is not counted again when its event comes after this answer.
+        fresh.querySelectorAll("[data-operation]").forEach(function (item) {
+          counted[item.getAttribute("data-operation")] = true;
+        });
         current.replaceWith(document.importNode(fresh, true));
         setCount(parseInt(fresh.getAttribute("data-unread"), 10) || 0);
         bell.setAttribute("data-lc-loaded", String(Date.now()));
@@ -81,6 +86,15 @@
         form.submit(); // the plain form then: it comes back to this page
       });
     });
+  }
+
+  // The page was rendered with work in progress (an instance's task, an operation queued or running):
+  // what ended before this socket joined its groups sent its event to nobody here.
+  function workInProgress() {
+    return !!document.querySelector(
+      '[data-lc-field="task"]:not([data-task=""]), [data-operation][data-state="queued"], ' +
+      '[data-operation][data-state="running"]'
+    );
   }
 
   function onOperation(data) {
@@ -123,8 +137,8 @@
       }
       if (message.type === "ready") {
         delay = 1000;
-        if (everReady) {
-          load(); // what ended while the socket was down
+        if (everReady || workInProgress()) {
+          load(); // what ended while the socket was down, or before it joined while the page showed it running
         }
         everReady = true;
         bell.setAttribute("data-lc-live-state", "live");

@@ -102,3 +102,44 @@ def test_the_bell_counts_live_lists_and_clears(daphne, lab, browser_page):  # no
     )
     page.screenshot(path=str(SHOTS / "labcloud-notifications-history.png"), full_page=True)
     assert not errors, errors
+
+
+def test_the_bell_catches_up_with_what_ended_before_its_socket_joined(daphne, lab, browser_page):  # noqa: F811
+    """The page was rendered while a reboot ran, and the reboot ended before the page's sockets joined their
+    groups (its event reached nobody here): once the bell's socket says it is ready, the bell asks the server
+    and counts it, without a reload."""
+    import re
+
+    from vms import realtime
+    from vms.models import Instance
+
+    page, errors = browser_page
+    from playwright.sync_api import expect
+
+    alice, _physics, (web, _db) = lab
+    operation = operations.begin(
+        operation_id=operations.create_operation(kind="instance.reboot", target=web, tenant=web.tenant, user=alice).pk
+    )
+    Instance.objects.filter(pk=web.pk).update(task="reboot")
+    sign_in(page, daphne, "alice", PASSWORD)
+    ended = []
+
+    def finished():
+        Instance.objects.filter(pk=web.pk).update(task="")
+        operations.succeed(operation=operation, message=gettext_noop("Instance is running."))
+        realtime.flush()  # handed to the channel layer: sent before the page's sockets join
+
+    def reboot_ends_before_the_sockets_join(socket):
+        if not ended:
+            ended.append(True)
+            publish(finished)
+        socket.connect_to_server()
+
+    page.route_web_socket(re.compile(r"/ws/live/"), reboot_ends_before_the_sockets_join)
+    response = page.goto(daphne + reverse("instances"))
+    assert 'data-task="reboot"' in response.text()  # rendered mid-task
+    page.evaluate("window.lcNotReloaded = true")
+    expect(page.locator("#lc-bell")).to_have_attribute("data-lc-live-state", "live")
+    expect(page.locator("#lc-bell-count")).to_have_text("1")
+    assert page.evaluate("window.lcNotReloaded") is True
+    assert not errors, errors
