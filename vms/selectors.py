@@ -3,19 +3,27 @@
 from __future__ import annotations
 
 import math
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.db.models import Case, Count, F, Q, QuerySet, Sum, Value, When
+from django.utils import timezone
+from django.utils.translation import gettext as _
 
 from portal.access import VIEW
 from portal.models import Tenant
+from portal.services import ServiceError
 from vms.compute import compute_for
+from vms.metric_ranges import DEFAULT_RANGE, RANGES, MetricRange
 from vms.models import (
     Flavor,
     Host,
+    HostMetricRollup,
+    HostMetricSample,
     Instance,
     InstanceDisk,
+    InstanceMetricRollup,
     InstanceMetricSample,
     Operation,
     PlacementRule,
@@ -175,8 +183,94 @@ def metric_samples_for(*, user, instance: Instance) -> QuerySet:
     return InstanceMetricSample.objects.restrict(user, VIEW).filter(instance=instance).order_by("at", "id")
 
 
-def metric_points_for(*, user, instance: Instance) -> list[dict[str, Any]]:
-    return [metric_point(sample) for sample in metric_samples_for(user=user, instance=instance)]
+def metric_range(key: str | None) -> MetricRange:
+    """The graphs' time range named ``key`` (``1h``, ``1d``, ``1w``, ``1mo``; empty: 1 hour); ServiceError otherwise."""
+    if not key:
+        return RANGES[DEFAULT_RANGE]
+    found = RANGES.get(key)
+    if found is None:
+        raise ServiceError(
+            _("Unknown range %(range)s: use one of %(ranges)s.") % {"range": key[:20], "ranges": ", ".join(RANGES)},
+            field="range",
+        )
+    return found
+
+
+def _rollup_point(row, fields: tuple[str, ...]) -> dict[str, Any]:
+    """One roll-up bucket as a point: averages under the raw points' names, plus the CPU peak and the count."""
+    point = {"at": row.bucket.isoformat(), "interval": float(row.tier)}
+    point.update({field: getattr(row, field) for field in fields})
+    point["cpu_max_percent"] = row.cpu_max_percent
+    point["samples"] = row.samples
+    return point
+
+
+INSTANCE_ROLLUP_FIELDS = (
+    "cpu_percent",
+    "vcpus",
+    "memory_used_mib",
+    "memory_available_mib",
+    "disk_read_bps",
+    "disk_write_bps",
+    "net_rx_bps",
+    "net_tx_bps",
+)
+HOST_POINT_FIELDS = ("cpu_percent", "memory_used_mib", "memory_total_mib", "instances")
+
+
+def metric_points_for(
+    *, user, instance: Instance, metric_range: MetricRange | None = None, now: datetime | None = None
+) -> list[dict[str, Any]]:
+    """The instance's history over ``metric_range`` (default 1 hour), oldest first: one query.
+
+    One hour: the raw points. Longer: one point per roll-up bucket of the range's tier (averages, with
+    ``cpu_max_percent`` and ``samples`` added), from ``now`` minus the range on.
+    """
+    metric_range = metric_range or RANGES[DEFAULT_RANGE]
+    if metric_range.tier is None:
+        return [metric_point(sample) for sample in metric_samples_for(user=user, instance=instance)]
+    start = (now or timezone.now()) - timedelta(seconds=metric_range.seconds)
+    rows = (
+        InstanceMetricRollup.objects.restrict(user, VIEW)
+        .filter(instance=instance, tier=metric_range.tier, bucket__gte=start)
+        .order_by("bucket")
+    )
+    return [_rollup_point(row, INSTANCE_ROLLUP_FIELDS) for row in rows]
+
+
+def host_metric_point(sample) -> dict[str, Any]:
+    """One point of a host's own history as the API and the host page carry it."""
+    point = {"at": sample.at.isoformat(), "interval": sample.interval}
+    point.update({field: getattr(sample, field) for field in HOST_POINT_FIELDS})
+    return point
+
+
+def host_metric_points_for(
+    *, user, host: Host, metric_range: MetricRange | None = None, now: datetime | None = None
+) -> list[dict[str, Any]]:
+    """The host's own history (CPU, memory, running instances) over ``metric_range``, oldest first: one query."""
+    metric_range = metric_range or RANGES[DEFAULT_RANGE]
+    if metric_range.tier is None:
+        samples = HostMetricSample.objects.restrict(user, VIEW).filter(host=host).order_by("at", "id")
+        return [host_metric_point(sample) for sample in samples]
+    start = (now or timezone.now()) - timedelta(seconds=metric_range.seconds)
+    rows = (
+        HostMetricRollup.objects.restrict(user, VIEW)
+        .filter(host=host, tier=metric_range.tier, bucket__gte=start)
+        .order_by("bucket")
+    )
+    return [_rollup_point(row, HOST_POINT_FIELDS) for row in rows]
+
+
+def host_instances_for(*, user, host: Host) -> QuerySet:
+    """The instances placed on a host with their tenant, by name (one query), through the access gate."""
+    return (
+        Instance.objects.restrict(user, VIEW)
+        .filter(host=host)
+        .select_related("tenant")
+        .only("pk", "name", "state", "vcpus", "ram_mib", "tenant__name", "tenant__slug", "host_id")
+        .order_by("name", "pk")
+    )
 
 
 def host_figures() -> list[tuple[Host, Any]]:

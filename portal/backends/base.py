@@ -222,6 +222,21 @@ class InstanceState:
 
 
 @dataclass(frozen=True)
+class HostStats:
+    """Raw figures of a hypervisor host at one moment; None = the hypervisor does not report it.
+
+    CPU times are nanoseconds summed over all CPUs since boot (only grow: rates are the caller's
+    business, compare two readings); memory figures are KiB (``memory_free_kib`` already counts
+    buffers and page cache as free, so used = total - free).
+    """
+
+    cpu_busy_ns: int | None = None
+    cpu_total_ns: int | None = None
+    memory_total_kib: int | None = None
+    memory_free_kib: int | None = None
+
+
+@dataclass(frozen=True)
 class DomainStats:
     """Raw counters of one running domain at one moment (libvirt's bulk domain stats); None = not reported.
 

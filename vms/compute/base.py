@@ -33,7 +33,7 @@ from vms.models import Host
 
 if TYPE_CHECKING:
     from images.models import ImageReplica
-    from portal.backends.base import DomainStats, FirewallRule
+    from portal.backends.base import DomainStats, FirewallRule, HostStats
     from vms.models import Instance, InstanceDisk, Operation, Snapshot
 
 
@@ -55,6 +55,7 @@ class Capability(enum.StrEnum):
     CAPACITY = "capacity"  # the portal knows the host's size: scheduler, overcommit bars, metrics limits
     IMAGE_COPIES = "image_copies"  # admins copy images to the host ahead of launches
     METRICS = "metrics"  # the watcher samples CPU, memory, disk and network of the guests
+    HOST_METRICS = "host_metrics"  # the watcher samples the host's own CPU and memory (the host page's graphs)
     TENANT_PROJECTS = "tenant_projects"  # tenants live in projects of the backend (mapped by admins)
     MIGRATE = "migrate"  # cloud admins move instances between hosts of the kind (live or cold)
     SECURITY_GROUPS = "security_groups"  # the tenant's security groups filter the instances' NICs
@@ -149,6 +150,8 @@ class ComputeAdapter(Protocol):
     def remove_image_copy(self, replica: ImageReplica) -> None: ...
 
     def guest_stats(self, host: Host) -> list[DomainStats]: ...
+
+    def host_stats(self, host: Host) -> HostStats: ...
 
     def serial_console(self, host: Host, uuid: str, *, on_data, on_end): ...
 
@@ -251,6 +254,9 @@ class AdapterBase:
 
     def guest_stats(self, host) -> list:
         raise self._missing(_("sample metrics"))
+
+    def host_stats(self, host):
+        raise self._missing(_("sample the host's metrics"))
 
     def serial_console(self, host, uuid, *, on_data, on_end):
         raise self._missing(_("open the serial console"))

@@ -14,6 +14,7 @@ from vms.models.hosts import (
 )
 from vms.models.instances import ConsoleSession, Instance, InstanceDisk, InstanceMetricSample, Snapshot
 from vms.models.keypairs import Keypair
+from vms.models.metrics import HostMetricRollup, HostMetricSample, InstanceMetricRollup
 from vms.models.networks import Network, NetworkQuerySet
 from vms.models.notifications import NotificationMark
 from vms.models.operations import Operation
@@ -27,10 +28,13 @@ __all__ = [
     "Flavor",
     "FlavorQuerySet",
     "Host",
+    "HostMetricRollup",
+    "HostMetricSample",
     "HostQuerySet",
     "InfrastructureQuerySet",
     "Instance",
     "InstanceDisk",
+    "InstanceMetricRollup",
     "InstanceMetricSample",
     "Keypair",
     "Network",

@@ -126,6 +126,7 @@ class HostWatcher:
         )  # 0: no sampling
         # Raw counters of the previous metrics round, per host id then domain UUID (rates need two readings).
         self.metric_counters: dict[int, dict[str, metrics.Counters]] = {}
+        self.host_readings: dict[int, metrics.Counters] = {}  # each host's own last reading (its CPU times)
         self.metric_rounds = 0  # metrics rounds done (for tests and the benchmark)
         self.events: queue.Queue[DomainEvent] = queue.Queue()
         self.watches: dict[int, Watch] = {}
@@ -276,14 +277,20 @@ class HostWatcher:
             watch = self.watches.get(host.pk)
             if watch is None or not watch.connected:
                 self.metric_counters.pop(host.pk, None)  # down or not watched yet: start afresh
+                self.host_readings.pop(host.pk, None)
                 continue
             counters = self.metric_counters.setdefault(host.pk, {})
             try:
-                result = metrics.sample_host(host=host, counters=counters)
+                result = metrics.sample_host(
+                    host=host, counters=counters, host_previous=self.host_readings.get(host.pk)
+                )
             except BackendError as exc:  # the health check and reconcile deal with the host itself
                 log.warning("metrics of host %s failed: %s", host.name, exc.message)
                 self.metric_counters.pop(host.pk, None)
+                self.host_readings.pop(host.pk, None)
                 continue
+            if result.host_reading is not None:
+                self.host_readings[host.pk] = result.host_reading
             primed += result.primed
             log.debug(
                 "metrics of host %s: %d domains, %d points, %d pruned in %.3f s",
@@ -295,6 +302,8 @@ class HostWatcher:
             )
         for host_id in set(self.metric_counters) - set(self.watches):
             del self.metric_counters[host_id]
+        for host_id in set(self.host_readings) - set(self.watches):
+            del self.host_readings[host_id]
         self.metric_rounds += 1
         return primed
 

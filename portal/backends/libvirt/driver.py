@@ -42,6 +42,7 @@ from portal.backends.base import (
     DomainStats,
     FirewallRule,
     HostCapacity,
+    HostStats,
     HostUnreachable,
     InstanceSpec,
     InstanceState,
@@ -512,6 +513,35 @@ class LibvirtDriver:
                 continue
             found.append(_domain_stats(uuid, name, values))
         return found
+
+    def host_stats(self) -> HostStats:
+        """CPU times and memory of the host itself (``virNodeGetCPUStats``/``virNodeGetMemoryStats``, all cells).
+
+        A figure the hypervisor driver does not report (test:///default has no memory statistics) is
+        None; a lost connection raises ``HostUnreachable`` like every other call.
+        """
+        cpu = self._node_stats(lambda: self.conn.getCPUStats(-1, 0), "CPU")
+        memory = self._node_stats(lambda: self.conn.getMemoryStats(-1, 0), "memory")
+        busy = total = None
+        if cpu and "idle" in cpu:
+            parts = [int(cpu.get(key, 0)) for key in ("kernel", "user", "iowait", "idle")]
+            total = sum(parts)
+            busy = total - int(cpu["idle"]) - int(cpu.get("iowait", 0))
+        memory_total = memory_free = None
+        if memory and "total" in memory and "free" in memory:
+            memory_total = int(memory["total"])
+            memory_free = int(memory["free"]) + int(memory.get("buffers", 0)) + int(memory.get("cached", 0))
+        return HostStats(
+            cpu_busy_ns=busy, cpu_total_ns=total, memory_total_kib=memory_total, memory_free_kib=memory_free
+        )
+
+    def _node_stats(self, call, what: str) -> dict | None:
+        try:
+            return call()
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() in (libvirt.VIR_ERR_NO_SUPPORT, libvirt.VIR_ERR_ARGUMENT_UNSUPPORTED):
+                return None
+            raise self._translate(exc, f"host {what} statistics of {self.uri}") from exc
 
     def addresses(self, uuid: str) -> list[str]:
         """IP addresses of a running instance's NICs, from the DHCP leases of its libvirt networks (no agent)."""

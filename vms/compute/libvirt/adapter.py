@@ -29,6 +29,7 @@ from portal.backends.base import (
     BackendError,
     DiskSpec,
     DomainStats,
+    HostStats,
     InstanceState,
     NicFilter,
     NotFound,
@@ -670,6 +671,10 @@ class LibvirtAdapter(AdapterBase):
     def guest_stats(self, host: Host) -> list[DomainStats]:
         """The raw counters of every running domain of the host (one driver call), for the metrics."""
         return driver_for(host).domain_stats()
+
+    def host_stats(self, host: Host) -> HostStats:
+        """The host's own CPU times and memory (two driver calls), for the host page's graphs."""
+        return driver_for(host).host_stats()
 
     def serial_console(self, host: Host, uuid: str, *, on_data, on_end) -> SerialConsole:
         """The domain's serial console as a byte pipe, on a connection of its own (not opened yet)."""

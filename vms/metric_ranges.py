@@ -1,0 +1,48 @@
+"""The time ranges of the metrics graphs and the roll-up tier that serves each (docs/metrics.md).
+
+``1h`` reads the raw points (one per ``METRICS_INTERVAL_SECONDS``, the newest ``METRICS_HISTORY``);
+every longer range reads the roll-up rows of one tier, whose bucket length keeps it at 288–360 points.
+Each tier is computed from the one before it (raw → 5 min → 30 min → 2 h), which always still holds
+the whole bucket being refreshed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from django.utils.translation import gettext_lazy as _
+
+
+@dataclass(frozen=True)
+class MetricRange:
+    key: str
+    label: object  # lazy translated text
+    seconds: int
+    tier: int | None  # bucket length in seconds; None = the raw points
+
+
+RANGES: dict[str, MetricRange] = {
+    r.key: r
+    for r in (
+        MetricRange("1h", _("1 hour"), 3600, None),
+        MetricRange("1d", _("1 day"), 86400, 300),  # 288 buckets of 5 min
+        MetricRange("1w", _("1 week"), 7 * 86400, 1800),  # 336 buckets of 30 min
+        MetricRange("1mo", _("1 month"), 30 * 86400, 7200),  # 360 buckets of 2 h
+    )
+}
+DEFAULT_RANGE = "1h"
+TIERS: tuple[int, ...] = tuple(r.tier for r in RANGES.values() if r.tier)
+TIER_RANGE: dict[int, int] = {r.tier: r.seconds for r in RANGES.values() if r.tier}
+
+
+def bucket_start(at: datetime, tier: int) -> datetime:
+    """The start of the ``tier``-second bucket ``at`` falls in (buckets are aligned on the Unix epoch, UTC)."""
+    seconds = int(at.timestamp()) // tier * tier
+    return datetime.fromtimestamp(seconds, tz=UTC)
+
+
+def since(*, now: datetime, metric_range: MetricRange) -> datetime:
+    """The oldest bucket start a range shows: exactly ``seconds`` back, aligned down to its tier."""
+    start = now - timedelta(seconds=metric_range.seconds)
+    return bucket_start(start, metric_range.tier) if metric_range.tier else start
