@@ -184,8 +184,8 @@ def metric_samples_for(*, user, instance: Instance) -> QuerySet:
 
 
 def metric_range(key: str | None) -> MetricRange:
-    """The graphs' time range named ``key`` (``1h``, ``1d``, ``1w``, ``1mo``; empty: 1 hour); ServiceError otherwise."""
-    if not key:
+    """The graphs' time range named ``key`` (``1h``, ``1d``, ``1w``, ``1mo``; None: 1 hour); ServiceError otherwise."""
+    if key is None:
         return RANGES[DEFAULT_RANGE]
     found = RANGES.get(key)
     if found is None:

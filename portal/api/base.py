@@ -45,6 +45,8 @@ class ProblemAutoSchema(AutoSchema):
             statuses |= {400, 404}  # bad filter values; a page past the end
         elif "{" in self.path:
             statuses.add(404)
+        if method == "GET" and self.get_override_parameters():
+            statuses.add(400)  # a declared query parameter with a value it does not take
         if method in {"POST", "PUT", "PATCH"}:
             statuses |= {400, 403, 409}
         elif method == "DELETE":

@@ -16,11 +16,11 @@ from portal.api.serializers import MAX_INT32, VisibleTenantField
 from vms import hosts, limits, moves
 from vms.api.fields import VisibleFlavorField
 from vms.api.filtersets import HostFilter, UnmanagedDomainFilter
-from vms.api.instances import InstanceDetailSerializer
+from vms.api.instances import InstanceDetailSerializer, metrics_range_parameter
 from vms.api.serializers import OperationSerializer
 from vms.compute.openstack.login import credentials_summary
 from vms.models import Host, UnmanagedDomain
-from vms.selectors import instances_for
+from vms.selectors import host_metric_points_for, instances_for, metric_range
 
 
 class CloudCredentialsSerializer(serializers.Serializer):
@@ -129,6 +129,19 @@ def save_host_from(view, serializer: HostSerializer, host: Host | None) -> Host:
     )
 
 
+class HostMetricPointSerializer(serializers.Serializer):
+    """One point of a host's own history (the watcher's sample, or a bucket's averages beyond an hour)."""
+
+    at = serializers.DateTimeField()
+    interval = serializers.FloatField(help_text=_("Seconds since the previous point, or the bucket's length."))
+    cpu_percent = serializers.FloatField(allow_null=True, help_text=_("Share of the host's CPUs busy, 0–100."))
+    memory_used_mib = serializers.FloatField(allow_null=True)
+    memory_total_mib = serializers.FloatField(allow_null=True)
+    instances = serializers.FloatField(help_text=_("Running instances (averaged over a bucket)."))
+    cpu_max_percent = serializers.FloatField(required=False, allow_null=True)
+    samples = serializers.IntegerField(required=False)
+
+
 class EvacuateSerializer(serializers.Serializer):
     confirm = serializers.BooleanField(
         default=False,
@@ -177,6 +190,17 @@ class HostViewSet(ApiViewSetMixin, mixins.ListModelMixin, mixins.RetrieveModelMi
         host = self.get_object_for(DELETE)
         hosts.delete_host(actor=request.user, host=host, ip=self.client_ip)
         return Response(status=status.HTTP_204_NO_CONTENT)
+
+    @extend_schema(
+        summary=_("The host's own metrics history (CPU, memory, running instances), oldest first"),
+        parameters=[metrics_range_parameter()],
+        responses={200: HostMetricPointSerializer(many=True)},
+    )
+    @action(detail=True, methods=["get"], filter_backends=[], pagination_class=None)
+    def metrics(self, request, *args, **kwargs):
+        host = self.get_object()
+        chosen = metric_range(request.query_params.get("range"))
+        return Response(host_metric_points_for(user=request.user, host=host, metric_range=chosen))
 
     @extend_schema(
         summary=_("Ask the host for its capacity now (an unreachable host is marked down)"),

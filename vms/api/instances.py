@@ -15,7 +15,13 @@ from django.http import Http404
 from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 from drf_spectacular.extensions import OpenApiSerializerExtension
-from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_field, extend_schema_view
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    OpenApiResponse,
+    extend_schema,
+    extend_schema_field,
+    extend_schema_view,
+)
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import NotFound
@@ -41,8 +47,10 @@ from vms.api.fields import (
 from vms.api.filtersets import InstanceFilter
 from vms.api.serializers import OperationSerializer
 from vms.consoles import tokens
+from vms.metric_ranges import DEFAULT_RANGE, RANGES
 from vms.models import Host, Instance, InstanceDisk, Operation, Snapshot
 from vms.selectors import instance_rows_for, instances_for, metric_points_for
+from vms.selectors import metric_range as metric_range_named
 
 
 class InstanceSerializer(serializers.ModelSerializer):
@@ -298,6 +306,26 @@ class MetricPointSerializer(serializers.Serializer):
     disk_write_bps = serializers.FloatField(allow_null=True, help_text=_("Bytes per second."))
     net_rx_bps = serializers.FloatField(allow_null=True, help_text=_("Bytes per second."))
     net_tx_bps = serializers.FloatField(allow_null=True, help_text=_("Bytes per second."))
+    cpu_max_percent = serializers.FloatField(
+        required=False, allow_null=True, help_text=_("Ranges longer than an hour: the highest CPU point of the bucket.")
+    )
+    samples = serializers.IntegerField(
+        required=False, help_text=_("Ranges longer than an hour: the raw points averaged into this bucket.")
+    )
+
+
+def metrics_range_parameter() -> OpenApiParameter:
+    """The ``range`` query parameter of the metrics endpoints (``vms.metric_ranges``)."""
+    return OpenApiParameter(
+        "range",
+        str,
+        enum=list(RANGES),
+        default=DEFAULT_RANGE,
+        description=_(
+            "Time range: 1h gives the raw points (one per sampling interval); 1d, 1w and 1mo give averages "
+            "per 5 min, 30 min and 2 h."
+        ),
+    )
 
 
 class InstanceDiskSerializer(serializers.ModelSerializer):
@@ -544,12 +572,14 @@ class InstanceViewSet(ApiViewSetMixin, mixins.ListModelMixin, mixins.RetrieveMod
 
     @extend_schema(
         summary=_("Metrics history of an instance (CPU, memory, disk and network), oldest first"),
+        parameters=[metrics_range_parameter()],
         responses={200: MetricPointSerializer(many=True)},
     )
     @action(detail=True, methods=["get"], filter_backends=[], pagination_class=None)
     def metrics(self, request, *args, **kwargs):
         instance = self.get_object()
-        return Response(metric_points_for(user=request.user, instance=instance))
+        metric_range = metric_range_named(request.query_params.get("range"))
+        return Response(metric_points_for(user=request.user, instance=instance, metric_range=metric_range))
 
     # ------------------------------------------------------------ extra disks
 

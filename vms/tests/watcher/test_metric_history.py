@@ -14,7 +14,7 @@ import pytest
 from portal.backends.base import DomainStats, HostStats
 from portal.backends.libvirt.driver import LibvirtDriver
 from portal.factories import make_host, make_instance
-from portal.testing import count_queries
+from portal.testing import assert_access_matrix, assert_constant_queries, count_queries
 from vms.metric_ranges import RANGES, bucket_start
 from vms.models import Flavor, HostMetricRollup, HostMetricSample, InstanceMetricRollup, InstanceMetricSample
 from vms.selectors import host_metric_points_for, metric_points_for
@@ -227,3 +227,73 @@ def test_sample_host_stores_a_host_point_on_the_second_round(flavor, actors, tes
     point = HostMetricSample.objects.get(host=host)
     assert point.memory_total_mib is None  # not reported by test:///default: no made-up figure
     assert HostMetricRollup.objects.filter(host=host).count() == 3
+
+
+# ---------------------------------------------------------------- the API
+
+
+def test_metrics_api_ranges_and_a_bad_range(flavor, actors):
+    host = make_host()
+    instance = make_instance(actors.tenant, flavor, host)
+    run_rounds(host, [instance], [10.0] * 3)
+    url = f"/api/v1/instances/{instance.pk}/metrics/"
+    client = actors.client("member")
+    # The rounds are at T0 (in the past): the hour gives the raw points, longer ranges from now on have none.
+    assert len(client.get(url).json()) == 3
+    assert len(client.get(url + "?range=1h").json()) == 3
+    InstanceMetricRollup.objects.update(bucket=bucket_start(datetime.now(tz=UTC), 300))
+    for key in ("1d", "1w", "1mo"):
+        body = client.get(url + f"?range={key}").json()
+        assert len(body) == 1 and body[0]["samples"] == 3 and body[0]["cpu_max_percent"] == pytest.approx(10.0), key
+    for bad in ("2h", "", "1H", "x" * 300):
+        response = client.get(url, {"range": bad})
+        assert response.status_code == 400, bad
+        assert response["Content-Type"].startswith("application/problem+json")
+        assert "range" in response.json()["detail"] or "range" in str(response.json()), response.json()
+    for key in ("1h", "1d"):
+        assert_access_matrix(
+            actors,
+            method="GET",
+            url=f"{url}?range={key}",
+            expected={"anonymous": 401, "outsider": 404, "member": 200, "tenant_admin": 200, "cloud_admin": 200},
+        )
+    other = make_instance(actors.other_tenant, flavor, host)
+    assert client.get(f"/api/v1/instances/{other.pk}/metrics/?range=1d").status_code == 404
+
+
+def test_host_metrics_api(flavor, actors):
+    host = make_host()
+    run_rounds(host, [make_instance(actors.tenant, flavor, host)], [10.0, 20.0])
+    url = f"/api/v1/hosts/{host.pk}/metrics/"
+    admin = actors.client("cloud_admin")
+    body = admin.get(url).json()
+    assert [p["cpu_percent"] for p in body] == [pytest.approx(20.0), pytest.approx(40.0)]
+    assert body[0]["memory_used_mib"] == 4096.0 and body[0]["memory_total_mib"] == 16384.0 and body[0]["instances"] == 1
+    assert admin.get(url + "?range=1mo").status_code == 200
+    assert admin.get(url + "?range=1y").status_code == 400
+    assert_access_matrix(
+        actors,
+        method="GET",
+        url=url,
+        expected={"anonymous": 401, "outsider": 404, "member": 404, "tenant_admin": 404, "cloud_admin": 200},
+    )
+
+
+def test_metrics_api_reads_are_constant_whatever_the_history(flavor, actors):
+    host = make_host()
+    instance = make_instance(actors.tenant, flavor, host)
+    rounds = Rounds(host, [instance], start=bucket_start(datetime.now(tz=UTC) - timedelta(minutes=30), 300))
+    client, admin = actors.client("member"), actors.client("cloud_admin")
+
+    def requests():
+        for key in RANGES:
+            assert client.get(f"/api/v1/instances/{instance.pk}/metrics/?range={key}").status_code == 200
+            assert admin.get(f"/api/v1/hosts/{host.pk}/metrics/?range={key}").status_code == 200
+
+    def more(n):  # n rounds: new buckets of 5 min, and more points in every bucket
+        rounds.run([5.0] * n)
+
+    assert_constant_queries(more, requests, budget=40)
+    assert (
+        len(client.get(f"/api/v1/instances/{instance.pk}/metrics/?range=1d").json()) == 2
+    )  # 22 rounds of 15 s: two buckets of 5 min
