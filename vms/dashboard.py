@@ -192,9 +192,11 @@ class HostCapacity:
     evacuate: str = ""  # down, with instances to rebuild elsewhere: what an evacuation would lose (the confirmation)
 
 
-def host_capacity(*, user) -> list[HostCapacity]:
-    """Every host the user may see with its allocation (two queries; cloud admins only see hosts)."""
-    hosts = list(hosts_for(user=user))
+def host_capacity(*, user, host_id: int | None = None) -> list[HostCapacity]:
+    """Every host the user may see (or only host ``host_id``) with its allocation (two queries; cloud admins only
+    see hosts)."""
+    hosts = hosts_for(user=user)
+    hosts = list(hosts if host_id is None else hosts.filter(pk=host_id))
     loads = host_loads(hosts)
     rows = []
     for host in hosts:

@@ -18,6 +18,7 @@ from django.utils.translation import gettext_lazy as _
 class MetricRange:
     key: str
     label: object  # lazy translated text
+    short: object  # the range button's text
     seconds: int
     tier: int | None  # bucket length in seconds; None = the raw points
 
@@ -25,10 +26,10 @@ class MetricRange:
 RANGES: dict[str, MetricRange] = {
     r.key: r
     for r in (
-        MetricRange("1h", _("1 hour"), 3600, None),
-        MetricRange("1d", _("1 day"), 86400, 300),  # 288 buckets of 5 min
-        MetricRange("1w", _("1 week"), 7 * 86400, 1800),  # 336 buckets of 30 min
-        MetricRange("1mo", _("1 month"), 30 * 86400, 7200),  # 360 buckets of 2 h
+        MetricRange("1h", _("1 hour"), _("1 h"), 3600, None),
+        MetricRange("1d", _("1 day"), _("1 d"), 86400, 300),  # 288 buckets of 5 min
+        MetricRange("1w", _("1 week"), _("1 w"), 7 * 86400, 1800),  # 336 buckets of 30 min
+        MetricRange("1mo", _("1 month"), _("1 mo"), 30 * 86400, 7200),  # 360 buckets of 2 h
     )
 }
 DEFAULT_RANGE = "1h"

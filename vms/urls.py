@@ -45,6 +45,7 @@ urlpatterns = [
     path("instances/<int:pk>/console/", consoles.instance_console, name="instance_console"),
     path("instances/<int:pk>/console/ticket/", consoles.instance_console_ticket, name="instance_console_ticket"),
     path("hosts/", hosts.host_list, name="hosts"),
+    path("hosts/<int:pk>/", hosts.host_detail, name="host_detail"),
     path("hosts/<int:pk>/refresh/", hosts.host_refresh, name="host_refresh"),
     path("hosts/<int:pk>/drain/", hosts.host_drain, name="host_drain"),
     path("hosts/<int:pk>/evacuate/", hosts.host_evacuate, name="host_evacuate"),

@@ -6,6 +6,7 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.http import Http404
 from django.shortcuts import redirect, render
+from django.urls import reverse
 from django.utils.translation import gettext as _
 from django.views.decorators.http import require_GET, require_POST
 
@@ -14,10 +15,14 @@ from portal.middleware import client_ip
 from portal.services import ServiceError
 from vms import moves
 from vms.access import access_host_by_id
+from vms.compute import Capability
+from vms.compute.base import host_can
 from vms.dashboard import host_capacity
 from vms.hosts import check_host
 from vms.models import Host
+from vms.selectors import host_instances_for, host_metric_points_for
 from vms.views.common import admin_url, report
+from vms.views.graphs import graph_config, page_range
 
 
 def _staff_only(request) -> None:
@@ -32,6 +37,36 @@ def host_list(request):
     _staff_only(request)
     rows = host_capacity(user=request.user)
     return render(request, "vms/hosts.html", {"rows": rows, "add_url": admin_url("vms_host_add")})
+
+
+@login_required
+@require_GET
+def host_detail(request, pk: int):
+    """One host: its facts and capacity, the graphs of its own CPU, memory and running instances (where its
+    kind samples them), and the instances placed on it."""
+    _staff_only(request)
+    host = access_host_by_id(user=request.user, host_id=pk)
+    metric_range = page_range(request)
+    graphs = None
+    if host_can(host, Capability.HOST_METRICS):
+        graphs = graph_config(
+            kind="host",
+            owner_id=host.pk,
+            points=host_metric_points_for(user=request.user, host=host, metric_range=metric_range),
+            metric_range=metric_range,
+            api=reverse("host-metrics", args=[host.pk]),
+            text={"memoryUsed": _("Used (MiB)"), "memoryTotal": _("Total (MiB)"), "instances": _("Running")},
+        )
+    return render(
+        request,
+        "vms/host_detail.html",
+        {
+            "host": host,
+            "row": host_capacity(user=request.user, host_id=host.pk)[0],
+            "metrics_data": graphs,
+            "instances": list(host_instances_for(user=request.user, host=host)),
+        },
+    )
 
 
 @login_required

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
 from django.http import Http404, HttpResponse
 from django.shortcuts import redirect, render
+from django.urls import reverse
 from django.utils.translation import gettext as _
 from django.views.decorators.http import require_GET, require_POST
 
@@ -41,6 +41,7 @@ from vms.forms import (
     ResourcesForm,
     SnapshotForm,
 )
+from vms.metric_ranges import MetricRange
 from vms.models import Instance, InstanceDisk, Operation, SecurityGroup, Snapshot
 from vms.selectors import (
     flavors_for,
@@ -53,6 +54,7 @@ from vms.selectors import (
 )
 from vms.views.common import form_errors, report
 from vms.views.consoles import console_config
+from vms.views.graphs import graph_config, page_range
 
 PAGE_SIZE = 50
 OPERATIONS_SHOWN = 10
@@ -279,7 +281,7 @@ def instance_detail(request, pk: int):
             "offered_metrics": Capability.METRICS in instance_capabilities(instance),
             "groups_form": _groups_form(instance),
             "can_console": can_console,
-            "metrics_data": _metrics_data(user, instance),
+            "metrics_data": _metrics_data(user, instance, page_range(request)),
         },
     )
 
@@ -294,23 +296,24 @@ def _snapshots(user, instance: Instance) -> list[Snapshot]:
     return snapshots
 
 
-def _metrics_data(user, instance: Instance) -> dict:
-    """What static/vms/metrics.js needs: the history so far and the graphs' texts (live points come over ws/live/)."""
-    return {
-        "instance": instance.pk,
-        "points": metric_points_for(user=user, instance=instance),
-        "keep": settings.METRICS_HISTORY,
-        "text": {
-            "cpu": _("CPU (%)"),
+def _metrics_data(user, instance: Instance, metric_range: MetricRange) -> dict:
+    """What static/vms/metrics.js needs: the history of the range so far and the graphs' texts (live points come
+    over ws/live/, other ranges from the API)."""
+    return graph_config(
+        kind="instance",
+        owner_id=instance.pk,
+        points=metric_points_for(user=user, instance=instance, metric_range=metric_range),
+        metric_range=metric_range,
+        api=reverse("instance-metrics", args=[instance.pk]),
+        text={
             "memoryUsed": _("Used (MiB)"),
             "memoryAvailable": _("Available (MiB)"),
             "diskRead": _("Read"),
             "diskWrite": _("Write"),
             "netRx": _("Received"),
             "netTx": _("Sent"),
-            "perSecond": _("/s"),
         },
-    }
+    )
 
 
 # ---------------------------------------------------------------- detail actions
