@@ -99,10 +99,11 @@
     if (!at) {
       return this.getLabelForValue(value);
     }
-    // Beyond a day and a half: the date (a week or a month of buckets); else hours and minutes.
+    // Buckets spread over more than two days (a week or a month): the date, as ticks are then more than a
+    // day apart; else hours and minutes.
     var first = when(labels[0]);
     var last = when(labels[labels.length - 1]);
-    if (first && last && last - first > 36 * 3600 * 1000) {
+    if (state.tier && first && last && last - first > 2 * 86400 * 1000) {
       return at.toLocaleDateString(LOCALE, { month: "short", day: "numeric" });
     }
     // Seconds when points come less than a minute apart (else two ticks could read the same minute).
