@@ -223,20 +223,22 @@ def roll_up(*, spec: Rollup, host: Host, at: datetime) -> None:
     for tier in TIERS:
         bucket_params += [tier, connection.ops.adapt_datetimefield_value(bucket_start(at, tier))]
     columns = [owner, "tier", "bucket", "samples", *map(q, spec.averages), *(q(col) for col, _src in spec.peaks)]
+    # Grouped, so that one owner never proposes the same bucket twice (PostgreSQL refuses that in one upsert).
     selected = [
         f"r.{owner}",
         "b.tier",
         "b.bucket",
-        "1",
-        *(f"r.{q(col)}" for col in spec.averages),
-        *(f"r.{q(src)}" for _col, src in spec.peaks),
+        "COUNT(*)",
+        *(f"AVG(r.{q(col)})" for col in spec.averages),
+        *(f"MAX(r.{q(src)})" for _col, src in spec.peaks),
     ]
-    updates = [f"samples = {target}.samples + 1"]
+    updates = [f"samples = {target}.samples + excluded.samples"]
     for col in map(q, spec.averages):
         updates.append(
             f"{col} = CASE WHEN excluded.{col} IS NULL THEN {target}.{col} "
             f"WHEN {target}.{col} IS NULL THEN excluded.{col} "
-            f"ELSE ({target}.{col} * {target}.samples + excluded.{col}) / ({target}.samples + 1) END"
+            f"ELSE ({target}.{col} * {target}.samples + excluded.{col} * excluded.samples) "
+            f"/ ({target}.samples + excluded.samples) END"
         )
     for col in (q(col) for col, _src in spec.peaks):
         updates.append(
@@ -247,6 +249,7 @@ def roll_up(*, spec: Rollup, host: Host, at: datetime) -> None:
         f"INSERT INTO {target} ({', '.join(columns)}) "  # noqa: S608 - quoted model names; values are parameters
         f"SELECT {', '.join(selected)} FROM {q(raw.db_table)} r, ({buckets}) b "
         f"WHERE {scope} AND r.{q(raw.get_field('at').column)} = %s "
+        f"GROUP BY r.{owner}, b.tier, b.bucket "
         f"ON CONFLICT ({owner}, tier, bucket) DO UPDATE SET {', '.join(updates)}"
     )
     params = [*bucket_params, *scope_params, connection.ops.adapt_datetimefield_value(at)]
