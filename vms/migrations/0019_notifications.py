@@ -10,7 +10,7 @@ class Migration(migrations.Migration):
     dependencies = [
         ('auth', '0012_alter_user_first_name_max_length'),
         ('portal', '0004_security_groups'),
-        ('vms', '0017_default_security_groups'),
+        ('vms', '0018_instance_state_reason_args'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 

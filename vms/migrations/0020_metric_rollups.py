@@ -7,7 +7,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('vms', '0017_default_security_groups'),
+        ('vms', '0019_notifications'),
     ]
 
     operations = [
