@@ -5,10 +5,16 @@ from __future__ import annotations
 import django_filters
 from django.db.models import Q
 from django.utils.translation import gettext_lazy as _
+from drf_spectacular.utils import extend_schema_field
 
 from images.models import Image, ImageShare
 from portal.access import MEMBER_ROLES, tenant_ids_for
 from portal.api.filtersets import TenantChoiceFilter
+
+
+@extend_schema_field({"type": "integer", "minimum": 1, "maximum": 2**63 - 1})
+class ImageIdFilter(django_filters.NumberFilter):
+    """An image id: a whole number from 1."""
 
 
 class ImageFilter(django_filters.FilterSet):
@@ -29,7 +35,7 @@ class ImageShareFilter(django_filters.FilterSet):
 
     direction = django_filters.ChoiceFilter(choices=DIRECTIONS, method="filter_direction", label=_("direction"))
     tenant = TenantChoiceFilter(help_text=_("Shares offered to this tenant (one you are a member of)."))
-    image = django_filters.NumberFilter(field_name="image_id", label=_("image"), min_value=1, max_value=2**63 - 1)
+    image = ImageIdFilter(field_name="image_id", label=_("image"), min_value=1, max_value=2**63 - 1)
     status = django_filters.ChoiceFilter(choices=ImageShare.Status.choices, label=_("status"))
 
     class Meta:

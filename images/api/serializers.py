@@ -11,6 +11,7 @@ from rest_framework import serializers
 from images.models import Image, ImageShare
 from portal.access import MEMBER_ROLES, is_cloud_admin, tenant_ids_for
 from portal.api.serializers import MAX_INT32, VisibleTenantField
+from portal.api.strict import StrictModelSerializer, StrictSerializer
 from vms.compute import Capability, kinds_with
 from vms.models import Host
 
@@ -31,7 +32,7 @@ def requester_tenant_ids(context: dict) -> set[int]:
     return context[key]
 
 
-class ImageSerializer(serializers.ModelSerializer):
+class ImageSerializer(StrictModelSerializer):
     """An image or installer ISO of the catalogue."""
 
     owner = serializers.CharField(
@@ -114,7 +115,7 @@ class ImageSerializer(serializers.ModelSerializer):
         return reverse("image-file", args=[image.pk])
 
 
-class ImageMetadataSerializer(serializers.Serializer):
+class ImageMetadataSerializer(StrictSerializer):
     """Descriptive fields shared by creation and import."""
 
     description = serializers.CharField(max_length=255, required=False, allow_blank=True, default="")
@@ -157,7 +158,7 @@ class ImageImportSerializer(ImageMetadataSerializer):
     disk_format = serializers.ChoiceField(choices=Image.DiskFormat.choices)
 
 
-class ImageUpdateSerializer(serializers.Serializer):
+class ImageUpdateSerializer(StrictSerializer):
     name = serializers.CharField(max_length=100, required=False)
     description = serializers.CharField(max_length=255, required=False, allow_blank=True)
     visibility = serializers.ChoiceField(choices=Image.Visibility.choices, required=False)
@@ -172,8 +173,19 @@ class ImageUpdateSerializer(serializers.Serializer):
 class TenantReferenceField(serializers.CharField):
     """A tenant named by its id or its slug (JSON number or string)."""
 
+    checks_json_type = True  # an integer from 1 or a string, as its schema says
 
-class ImageShareRequestSerializer(serializers.Serializer):
+    def to_internal_value(self, data):
+        if isinstance(data, int) and not isinstance(data, bool):
+            if data < 1:
+                self.fail("invalid")
+            return str(data)
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+class ImageShareRequestSerializer(StrictSerializer):
     tenant = TenantReferenceField(
         max_length=100,
         help_text=_(
@@ -183,7 +195,7 @@ class ImageShareRequestSerializer(serializers.Serializer):
     )
 
 
-class ImageShareSerializer(serializers.ModelSerializer):
+class ImageShareSerializer(StrictModelSerializer):
     """An image offered to a tenant: pending until an admin of the receiving tenant accepts (or rejects) it."""
 
     image_name = serializers.CharField(source="image.name", read_only=True)
@@ -261,6 +273,7 @@ class ImageShareSerializer(serializers.ModelSerializer):
         return share.decided_by.username
 
 
+@extend_schema_field({"type": "integer", "minimum": 1})
 class CopyHostField(serializers.PrimaryKeyRelatedField):
     """The id of a host images are copied to ahead of launches (a libvirt host; clouds get them at launch)."""
 
@@ -268,10 +281,10 @@ class CopyHostField(serializers.PrimaryKeyRelatedField):
         return Host.objects.filter(kind__in=kinds_with(Capability.IMAGE_COPIES))
 
 
-class ImageDistributeSerializer(serializers.Serializer):
+class ImageDistributeSerializer(StrictSerializer):
     host = CopyHostField(help_text=_("Id of the libvirt host."))
 
 
-class UploadProgressSerializer(serializers.Serializer):
+class UploadProgressSerializer(StrictSerializer):
     received_bytes = serializers.IntegerField(help_text=_("Bytes stored so far: where the next chunk starts."))
     status = serializers.ChoiceField(choices=Image.Status.choices)

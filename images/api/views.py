@@ -21,7 +21,7 @@ from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_sche
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import ValidationError
-from rest_framework.filters import OrderingFilter, SearchFilter
+from rest_framework.filters import SearchFilter
 from rest_framework.parsers import BaseParser, DataAndFiles
 from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
@@ -42,6 +42,7 @@ from images.models import Image, ImageShare
 from portal.access import CHANGE, DELETE
 from portal.api.base import ApiViewSetMixin
 from portal.api.exceptions import PROBLEM_CONTENT_TYPE, problem
+from portal.api.ordering import StrictOrderingFilter
 from portal.api.serializers import ProblemSerializer
 from portal.services import ConflictError
 from vms.api.serializers import OperationSerializer
@@ -96,7 +97,7 @@ class ImageViewSet(ApiViewSetMixin, mixins.ListModelMixin, mixins.RetrieveModelM
     model = Image
     serializer_class = ImageSerializer
     filterset_class = ImageFilter
-    filter_backends = [DjangoFilterBackend, SearchFilter, OrderingFilter]
+    filter_backends = [DjangoFilterBackend, SearchFilter, StrictOrderingFilter]
     search_fields = ["name"]
     ordering_fields = ["name", "created_at", "size"]
 

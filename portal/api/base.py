@@ -8,12 +8,14 @@ from django.utils.translation import gettext_lazy as _
 from django_filters.rest_framework import DjangoFilterBackend
 from drf_spectacular.openapi import AutoSchema
 from drf_spectacular.utils import OpenApiResponse
+from rest_framework import serializers
 from rest_framework.exceptions import NotFound
-from rest_framework.filters import OrderingFilter
 from rest_framework.parsers import JSONParser
+from rest_framework.relations import ManyRelatedField
 
 from portal.access import VIEW, access_by_id, is_cloud_admin
 from portal.api.exceptions import PROBLEM_CONTENT_TYPE
+from portal.api.ordering import StrictOrderingFilter
 from portal.api.serializers import ProblemSerializer
 from portal.middleware import client_ip as request_ip
 
@@ -23,6 +25,8 @@ PROBLEM_DESCRIPTIONS = {
     403: _("Not allowed (role, read-only token or quota)."),
     404: _("Not found, or not visible to you."),
     409: _("Conflicts with the current state (duplicate name, last tenant admin, still in use…)."),
+    413: _("The request body is larger than the portal accepts."),
+    415: _("The request body is not of a media type the operation reads."),
     429: _("Too many requests."),
 }
 
@@ -38,6 +42,27 @@ class ProblemAutoSchema(AutoSchema):
                 parameter["schema"] = {"type": "integer", "minimum": 1}
         return parameters
 
+    def _map_serializer_field(self, field, direction, bypass_extensions=False):
+        schema = super()._map_serializer_field(field, direction, bypass_extensions)
+        if isinstance(field, serializers.IPAddressField) and "format" not in schema and direction == "request":
+            # DRF's field takes both families (drf-spectacular then documents a plain string)
+            schema = {k: v for k, v in schema.items() if k not in {"minLength", "maxLength"}}
+            schema["anyOf"] = [{"format": "ipv4"}, {"format": "ipv6"}]
+            if any(getattr(validator, "refuses_unspecified_and_multicast", False) for validator in field.validators):
+                schema["not"] = {
+                    "anyOf": [{"pattern": "^[0:.]+$"}, {"pattern": "^(22[4-9]|23[0-9])\\."}, {"pattern": "^[fF][fF]"}]
+                }
+        if isinstance(field, ManyRelatedField) and not field.allow_empty and direction == "request":
+            schema["minItems"] = 1
+        return schema
+
+    def _map_basic_serializer(self, serializer, direction):
+        schema = super()._map_basic_serializer(serializer, direction)
+        minimum = getattr(serializer, "schema_min_properties", None)
+        if minimum and direction == "request":
+            schema["minProperties"] = minimum
+        return schema
+
     def problem_statuses(self) -> list[int]:
         method = self.method.upper()
         statuses = {401, 429}
@@ -48,7 +73,7 @@ class ProblemAutoSchema(AutoSchema):
         if method == "GET" and self.get_override_parameters():
             statuses.add(400)  # a declared query parameter with a value it does not take
         if method in {"POST", "PUT", "PATCH"}:
-            statuses |= {400, 403, 409}
+            statuses |= {400, 403, 409, 413, 415}
         elif method == "DELETE":
             statuses |= {403, 409}
         return sorted(statuses)
@@ -70,7 +95,7 @@ class ApiViewSetMixin:
 
     parser_classes = [JSONParser]
     lookup_value_regex = r"[0-9]+"
-    filter_backends = [DjangoFilterBackend, OrderingFilter]
+    filter_backends = [DjangoFilterBackend, StrictOrderingFilter]
     #: the model whose ``objects.restrict(user, action)`` decides what may be changed or deleted
     model = None
 

@@ -35,6 +35,28 @@ class UtcIsoDateTimeFromToRangeFilter(django_filters.IsoDateTimeFromToRangeFilte
     field_class = UtcIsoDateTimeRangeField
 
 
+class StrictBooleanField(forms.Field):
+    """``true`` or ``false`` (any case), as OpenAPI writes a boolean in a query; anything else is refused."""
+
+    default_error_messages = {"invalid": _("Use true or false.")}
+
+    def to_python(self, value):
+        if value is None:
+            return None
+        text = str(value).lower()
+        if text not in {"true", "false"}:
+            raise forms.ValidationError(self.error_messages["invalid"], code="invalid")
+        return text == "true"
+
+
+@extend_schema_field(OpenApiTypes.BOOL)
+class StrictBooleanFilter(django_filters.BooleanFilter):
+    """django-filter's BooleanFilter reads a value it does not know (``2``, ``abc``) as no filter at all;
+    this one answers 400, so a query parameter the schema calls a boolean is one."""
+
+    field_class = StrictBooleanField
+
+
 def visible_tenants(request):
     """Queryset of the tenant filters: the tenants ``request.user`` may see (none without a request)."""
     user = getattr(request, "user", None)
@@ -52,7 +74,7 @@ class TenantChoiceFilter(django_filters.ModelChoiceFilter):
 
 
 class TenantFilter(django_filters.FilterSet):
-    enabled = django_filters.BooleanFilter(label=_("enabled"))
+    enabled = StrictBooleanFilter(label=_("enabled"))
 
     class Meta:
         model = Tenant
@@ -79,7 +101,7 @@ class QuotaFilter(django_filters.FilterSet):
 
 class ApiTokenFilter(django_filters.FilterSet):
     scope = django_filters.ChoiceFilter(choices=ApiToken.Scope.choices, label=_("scope"))
-    active = django_filters.BooleanFilter(method="filter_active", label=_("active (not revoked, not expired)"))
+    active = StrictBooleanFilter(method="filter_active", label=_("active (not revoked, not expired)"))
 
     class Meta:
         model = ApiToken

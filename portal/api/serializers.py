@@ -11,6 +11,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from portal.access import VIEW
+from portal.api.strict import StrictModelSerializer, StrictSerializer
 from portal.models import QUOTA_RESOURCES, ApiToken, AuditEvent, Membership, Quota, Tenant
 from portal.selectors import tenant_usage
 
@@ -21,7 +22,7 @@ MAX_INT32 = 2**31 - 1
 # ---------------------------------------------------------------- errors (schema only)
 
 
-class ProblemSerializer(serializers.Serializer):
+class ProblemSerializer(StrictSerializer):
     """RFC 7807 problem document: the body of every error answer."""
 
     type = serializers.CharField(help_text=_("URI identifying the kind of problem."))
@@ -51,7 +52,7 @@ def _amounts_serializer(name: str, *, read_only: bool) -> type[serializers.Seria
             fields[resource] = serializers.IntegerField(
                 required=False, min_value=-1, max_value=MAX_INT32, label=label, help_text=_("-1 means unlimited.")
             )
-    return type(name, (serializers.Serializer,), fields)
+    return type(name, (StrictSerializer,), fields)
 
 
 QuotaAmountsSerializer = _amounts_serializer("QuotaAmountsSerializer", read_only=True)
@@ -79,7 +80,7 @@ class QuotaLimitsInputExtension(OpenApiSerializerExtension):
         return schema
 
 
-class QuotaSerializer(serializers.ModelSerializer):
+class QuotaSerializer(StrictModelSerializer):
     """Quota limits of one tenant and its current usage; -1 means unlimited."""
 
     tenant_name = serializers.CharField(source="tenant.name", read_only=True)
@@ -104,14 +105,14 @@ class QuotaSerializer(serializers.ModelSerializer):
         return usage[quota.tenant_id]
 
 
-class QuotaUpdateSerializer(serializers.Serializer):
+class QuotaUpdateSerializer(StrictSerializer):
     limits = QuotaLimitsInputSerializer(required=False, help_text=_("The limits to change; others stay as they are."))
 
 
 # ---------------------------------------------------------------- tenants
 
 
-class TenantSerializer(serializers.ModelSerializer):
+class TenantSerializer(StrictModelSerializer):
     role = serializers.ChoiceField(
         choices=Membership.Role.choices,
         allow_null=True,
@@ -125,7 +126,7 @@ class TenantSerializer(serializers.ModelSerializer):
         read_only_fields = ["id", "slug", "enabled", "created_at", "role"]
 
 
-class TenantCreateSerializer(serializers.Serializer):
+class TenantCreateSerializer(StrictSerializer):
     name = serializers.CharField(max_length=100)
     slug = serializers.SlugField(max_length=100, required=False, help_text=_("Derived from the name when omitted."))
     description = serializers.CharField(required=False, allow_blank=True, default="")
@@ -133,7 +134,7 @@ class TenantCreateSerializer(serializers.Serializer):
     limits = QuotaLimitsInputSerializer(required=False, help_text=_("Initial quota; defaults fill the rest."))
 
 
-class TenantUpdateSerializer(serializers.Serializer):
+class TenantUpdateSerializer(StrictSerializer):
     name = serializers.CharField(max_length=100, required=False)
     description = serializers.CharField(required=False, allow_blank=True)
     enabled = serializers.BooleanField(required=False, help_text=_("Cloud admins only."))
@@ -151,7 +152,7 @@ class VisibleTenantField(serializers.PrimaryKeyRelatedField):
         return Tenant.objects.restrict(getattr(request, "user", None), VIEW)
 
 
-class MembershipSerializer(serializers.ModelSerializer):
+class MembershipSerializer(StrictModelSerializer):
     user = serializers.CharField(source="user.username", read_only=True, help_text=_("Username of the member."))
 
     class Meta:
@@ -160,20 +161,20 @@ class MembershipSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
-class MembershipCreateSerializer(serializers.Serializer):
+class MembershipCreateSerializer(StrictSerializer):
     tenant = VisibleTenantField()
     username = serializers.CharField(max_length=150)
     role = serializers.ChoiceField(choices=Membership.Role.choices, default=Membership.Role.MEMBER)
 
 
-class MembershipUpdateSerializer(serializers.Serializer):
+class MembershipUpdateSerializer(StrictSerializer):
     role = serializers.ChoiceField(choices=Membership.Role.choices)
 
 
 # ---------------------------------------------------------------- API tokens
 
 
-class ApiTokenSerializer(serializers.ModelSerializer):
+class ApiTokenSerializer(StrictModelSerializer):
     is_active = serializers.BooleanField(read_only=True)
 
     class Meta:
@@ -192,7 +193,7 @@ class ApiTokenSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
-class ApiTokenCreateSerializer(serializers.Serializer):
+class ApiTokenCreateSerializer(StrictSerializer):
     name = serializers.CharField(max_length=100)
     scope = serializers.ChoiceField(choices=ApiToken.Scope.choices, default=ApiToken.Scope.READ)
     expires_at = serializers.DateTimeField(required=False, allow_null=True, default=None)
@@ -209,7 +210,7 @@ class ApiTokenCreatedSerializer(ApiTokenSerializer):
 # ---------------------------------------------------------------- audit
 
 
-class AuditEventSerializer(serializers.ModelSerializer):
+class AuditEventSerializer(StrictModelSerializer):
     ip = serializers.CharField(read_only=True, allow_null=True)
     detail = serializers.SerializerMethodField(
         help_text=_("What else was recorded; hosts and clouds are named to cloud admins only.")

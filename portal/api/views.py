@@ -17,7 +17,7 @@ from drf_spectacular.utils import extend_schema, extend_schema_view
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import api_view, permission_classes
 from rest_framework.exceptions import NotFound
-from rest_framework.filters import OrderingFilter, SearchFilter
+from rest_framework.filters import SearchFilter
 from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 
@@ -25,6 +25,7 @@ from portal import services
 from portal.access import CHANGE, DELETE, VIEW
 from portal.api.base import ApiViewSetMixin
 from portal.api.filtersets import ApiTokenFilter, AuditEventFilter, MembershipFilter, QuotaFilter, TenantFilter
+from portal.api.ordering import StrictOrderingFilter
 from portal.api.serializers import (
     ApiTokenCreatedSerializer,
     ApiTokenCreateSerializer,
@@ -73,7 +74,7 @@ class TenantViewSet(ApiViewSetMixin, mixins.ListModelMixin, mixins.RetrieveModel
     model = Tenant
     serializer_class = TenantSerializer
     filterset_class = TenantFilter
-    filter_backends = [DjangoFilterBackend, SearchFilter, OrderingFilter]
+    filter_backends = [DjangoFilterBackend, SearchFilter, StrictOrderingFilter]
     search_fields = ["name", "slug"]
     ordering_fields = ["name", "created_at"]
 
@@ -144,7 +145,7 @@ class MembershipViewSet(ApiViewSetMixin, mixins.ListModelMixin, mixins.RetrieveM
     model = Membership
     serializer_class = MembershipSerializer
     filterset_class = MembershipFilter
-    filter_backends = [DjangoFilterBackend, SearchFilter, OrderingFilter]
+    filter_backends = [DjangoFilterBackend, SearchFilter, StrictOrderingFilter]
     search_fields = ["user__username"]
     ordering_fields = ["created_at", "role", "user__username", "tenant__name"]
 

@@ -12,6 +12,7 @@ from rest_framework.response import Response
 from portal.access import CHANGE, DELETE, VIEW
 from portal.api.base import ApiViewSetMixin
 from portal.api.serializers import VisibleTenantField
+from portal.api.strict import StrictModelSerializer, StrictSerializer
 from vms import hosts
 from vms.api.fields import CloudHostField, VisibleFlavorField, VisibleHostField
 from vms.api.filtersets import CloudFlavorFilter, CloudProjectFilter, PlacementRuleFilter
@@ -19,7 +20,7 @@ from vms.compute.openstack.mirror import push_quota
 from vms.models import CloudFlavor, CloudProject, PlacementRule
 
 
-class CloudProjectSerializer(serializers.ModelSerializer):
+class CloudProjectSerializer(StrictModelSerializer):
     """The Keystone project a tenant's servers live in on one cloud (created by the portal, or mapped)."""
 
     host = CloudHostField(help_text=_("Id of the OpenStack cloud."))
@@ -45,11 +46,11 @@ class CloudProjectSerializer(serializers.ModelSerializer):
         validators = []  # a taken tenant or project on the cloud is a 409 from the service
 
 
-class CloudProjectUpdateSerializer(serializers.Serializer):
+class CloudProjectUpdateSerializer(StrictSerializer):
     project_id = serializers.CharField(max_length=64, help_text=_("Id of the existing Keystone project."))
 
 
-class PushQuotaSerializer(serializers.Serializer):
+class PushQuotaSerializer(StrictSerializer):
     pushed = serializers.DictField(
         child=serializers.BooleanField(), help_text=_("Per cloud name: whether the quota was set.")
     )
@@ -125,7 +126,7 @@ class CloudProjectViewSet(ApiViewSetMixin, mixins.ListModelMixin, mixins.Retriev
         return Response({"pushed": pushed, "project": self.get_serializer(project).data})
 
 
-class PlacementRuleSerializer(serializers.ModelSerializer):
+class PlacementRuleSerializer(StrictModelSerializer):
     """Admin policy: new instances of a tenant and/or a flavor go to this host or cloud (most specific wins)."""
 
     tenant = VisibleTenantField(required=False, allow_null=True, help_text=_("Id of the tenant; null: any tenant."))
@@ -183,7 +184,7 @@ class PlacementRuleViewSet(ApiViewSetMixin, mixins.ListModelMixin, mixins.Retrie
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
-class CloudFlavorSerializer(serializers.ModelSerializer):
+class CloudFlavorSerializer(StrictModelSerializer):
     """A portal flavor as created in one cloud's Nova (written by the portal only)."""
 
     host_name = serializers.CharField(source="host.name", read_only=True)

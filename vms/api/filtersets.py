@@ -8,7 +8,7 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 
 from portal.access import VIEW
-from portal.api.filtersets import TenantChoiceFilter
+from portal.api.filtersets import StrictBooleanFilter, TenantChoiceFilter
 from vms.models import CloudFlavor, CloudProject, Flavor, Host, Instance, Operation, PlacementRule, UnmanagedDomain
 
 
@@ -17,8 +17,8 @@ class FlavorFilter(django_filters.FilterSet):
         method="filter_tenant",
         help_text=_("Only the flavors this tenant may launch (one of your tenants)."),
     )
-    is_public = django_filters.BooleanFilter(label=_("public"))
-    disabled = django_filters.BooleanFilter(label=_("disabled"))
+    is_public = StrictBooleanFilter(label=_("public"))
+    disabled = StrictBooleanFilter(label=_("disabled"))
 
     class Meta:
         model = Flavor
@@ -85,7 +85,7 @@ class InstanceFilter(django_filters.FilterSet):
 class HostFilter(django_filters.FilterSet):
     kind = django_filters.ChoiceFilter(choices=Host.Kind.choices, label=_("kind"))
     state = django_filters.ChoiceFilter(choices=Host.State.choices, label=_("state"))
-    enabled = django_filters.BooleanFilter(label=_("enabled"))
+    enabled = StrictBooleanFilter(label=_("enabled"))
     name = django_filters.CharFilter(lookup_expr="icontains", label=_("name contains"))
 
     class Meta:
@@ -96,7 +96,7 @@ class HostFilter(django_filters.FilterSet):
 class CloudProjectFilter(django_filters.FilterSet):
     host = HostChoiceFilter(label=_("cloud"))
     tenant = TenantChoiceFilter()
-    managed = django_filters.BooleanFilter(label=_("managed"))
+    managed = StrictBooleanFilter(label=_("managed"))
 
     class Meta:
         model = CloudProject

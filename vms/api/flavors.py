@@ -6,11 +6,12 @@ from django.utils.translation import gettext_lazy as _
 from django_filters.rest_framework import DjangoFilterBackend
 from drf_spectacular.utils import extend_schema, extend_schema_view
 from rest_framework import mixins, status, viewsets
-from rest_framework.filters import OrderingFilter, SearchFilter
+from rest_framework.filters import SearchFilter
 from rest_framework.response import Response
 
 from portal.access import CHANGE, DELETE, VIEW, is_cloud_admin
 from portal.api.base import ApiViewSetMixin
+from portal.api.ordering import StrictOrderingFilter
 from vms import services
 from vms.api.filtersets import FlavorFilter
 from vms.api.serializers import FlavorSerializer
@@ -30,7 +31,7 @@ class FlavorViewSet(ApiViewSetMixin, mixins.ListModelMixin, mixins.RetrieveModel
     model = Flavor
     serializer_class = FlavorSerializer
     filterset_class = FlavorFilter
-    filter_backends = [DjangoFilterBackend, SearchFilter, OrderingFilter]
+    filter_backends = [DjangoFilterBackend, SearchFilter, StrictOrderingFilter]
     search_fields = ["name", "description"]
     ordering_fields = ["name", "vcpus", "ram_mib", "disk_gib", "created_at"]
 

@@ -13,6 +13,7 @@ from rest_framework.response import Response
 from portal.access import CHANGE, DELETE, VIEW
 from portal.api.base import ApiViewSetMixin
 from portal.api.serializers import MAX_INT32, VisibleTenantField
+from portal.api.strict import StrictModelSerializer, StrictSerializer
 from vms import hosts, limits, moves
 from vms.api.fields import VisibleFlavorField
 from vms.api.filtersets import HostFilter, UnmanagedDomainFilter
@@ -23,7 +24,7 @@ from vms.models import Host, UnmanagedDomain
 from vms.selectors import host_metric_points_for, instances_for, metric_range
 
 
-class CloudCredentialsSerializer(serializers.Serializer):
+class CloudCredentialsSerializer(StrictSerializer):
     """How the portal logs in to an OpenStack cloud. Write-only: never returned by any request.
 
     Blank or omitted fields keep what is stored; a new username or application credential id drops the
@@ -47,7 +48,7 @@ class CloudCredentialsSerializer(serializers.Serializer):
 REPORTED = [name if name != "backend_version" else "libvirt_version" for name in Host.REPORTED_FIELDS]
 
 
-class HostSerializer(serializers.ModelSerializer):
+class HostSerializer(StrictModelSerializer):
     """A libvirt host or an OpenStack cloud. Capacity and state are reported by the host (refresh/verify,
     watcher), never written here; a cloud's credentials are write-only."""
 
@@ -142,7 +143,7 @@ class HostMetricPointSerializer(serializers.Serializer):
     samples = serializers.IntegerField(required=False)
 
 
-class EvacuateSerializer(serializers.Serializer):
+class EvacuateSerializer(StrictSerializer):
     confirm = serializers.BooleanField(
         default=False,
         help_text=_(
@@ -251,7 +252,7 @@ class HostViewSet(ApiViewSetMixin, mixins.ListModelMixin, mixins.RetrieveModelMi
         return Response(OperationSerializer(operation).data, status=status.HTTP_202_ACCEPTED)
 
 
-class UnmanagedDomainSerializer(serializers.ModelSerializer):
+class UnmanagedDomainSerializer(StrictModelSerializer):
     """A domain found on a host that no instance owns."""
 
     host_name = serializers.CharField(source="host.name", read_only=True)
@@ -262,7 +263,7 @@ class UnmanagedDomainSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
-class AdoptSerializer(serializers.Serializer):
+class AdoptSerializer(StrictSerializer):
     tenant = VisibleTenantField(help_text=_("Id of the tenant that will own the instance."))
     flavor = VisibleFlavorField(help_text=_("Id of the flavor whose sizes the tenant's quota counts."))
     name = serializers.CharField(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.core.validators import RegexValidator
 from django.http import Http404
 from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
@@ -33,6 +34,7 @@ from images.selectors import images_for
 from portal.access import CHANGE, DELETE, VIEW, is_cloud_admin
 from portal.api.base import ApiViewSetMixin
 from portal.api.serializers import MAX_INT32, VisibleTenantField
+from portal.api.strict import StrictModelSerializer, StrictSerializer
 from portal.services import ConflictError
 from vms import actions, lifecycle, limits, moves
 from vms import security_groups as group_services
@@ -53,7 +55,7 @@ from vms.selectors import instance_rows_for, instances_for, metric_points_for
 from vms.selectors import metric_range as metric_range_named
 
 
-class InstanceSerializer(serializers.ModelSerializer):
+class InstanceSerializer(StrictModelSerializer):
     """An instance as lists show it (never its user-data)."""
 
     owner = serializers.CharField(
@@ -198,7 +200,7 @@ class InstanceDetailSchema(OpenApiSerializerExtension):
         return {"allOf": [base.ref, extra]}
 
 
-class InstanceCreateSerializer(serializers.Serializer):
+class InstanceCreateSerializer(StrictSerializer):
     tenant = VisibleTenantField(help_text=_("Id of the tenant the instances belong to (one of yours)."))
     name = serializers.CharField(
         max_length=limits.NAME_MAX,
@@ -236,22 +238,22 @@ class InstanceCreateSerializer(serializers.Serializer):
     )
 
 
-class InstanceSecurityGroupsSerializer(serializers.Serializer):
+class InstanceSecurityGroupsSerializer(StrictSerializer):
     security_groups = VisibleSecurityGroupField(
         many=True, allow_empty=False, help_text=_("Ids of the instance's security groups (of its tenant).")
     )
 
 
-class LaunchSerializer(serializers.Serializer):
+class LaunchSerializer(StrictSerializer):
     instances = InstanceSerializer(many=True, read_only=True)
     operations = OperationSerializer(many=True, read_only=True, help_text=_("One launch operation per instance."))
 
 
-class ResizeSerializer(serializers.Serializer):
+class ResizeSerializer(StrictSerializer):
     flavor = VisibleFlavorField(help_text=_("Id of the new flavor (disks only grow)."))
 
 
-class ResourcesSerializer(serializers.Serializer):
+class ResourcesSerializer(StrictSerializer):
     vcpus = serializers.IntegerField(
         min_value=1, max_value=MAX_INT32, required=False, help_text=_("New vCPU count, up to the flavor's.")
     )
@@ -262,24 +264,26 @@ class ResourcesSerializer(serializers.Serializer):
         help_text=_("New RAM in MiB, up to the flavor's; only while the instance is shut off."),
     )
 
+    schema_min_properties = 1  # vcpus, ram_mib or both
+
     def validate(self, attrs):
         if not attrs:
             raise serializers.ValidationError(_("Give vcpus, ram_mib or both."))
         return attrs
 
 
-class CaptureSerializer(serializers.Serializer):
+class CaptureSerializer(StrictSerializer):
     name = serializers.CharField(
         max_length=limits.IMAGE_NAME_MAX, help_text=_("Name of the new image of the instance's tenant.")
     )
 
 
-class CaptureResultSerializer(serializers.Serializer):
+class CaptureResultSerializer(StrictSerializer):
     image = ImageSerializer(read_only=True)
     operation = OperationSerializer(read_only=True, allow_null=True, help_text=_("The capture operation."))
 
 
-class MigrateSerializer(serializers.Serializer):
+class MigrateSerializer(StrictSerializer):
     host = serializers.PrimaryKeyRelatedField(
         queryset=Host.objects.all(),
         required=False,
@@ -293,7 +297,7 @@ class MigrateSerializer(serializers.Serializer):
     )
 
 
-class MetricPointSerializer(serializers.Serializer):
+class MetricPointSerializer(StrictSerializer):
     """One point of an instance's metrics history (rates per second over ``interval`` seconds)."""
 
     at = serializers.DateTimeField()
@@ -328,7 +332,7 @@ def metrics_range_parameter() -> OpenApiParameter:
     )
 
 
-class InstanceDiskSerializer(serializers.ModelSerializer):
+class InstanceDiskSerializer(StrictModelSerializer):
     """An extra blank disk of an instance (counted in the tenant's disk quota)."""
 
     class Meta:
@@ -338,13 +342,13 @@ class InstanceDiskSerializer(serializers.ModelSerializer):
         extra_kwargs = {"target": {"help_text": _("Device name in the guest (vdb…) once attached.")}}
 
 
-class DiskCreateSerializer(serializers.Serializer):
+class DiskCreateSerializer(StrictSerializer):
     size_gib = serializers.IntegerField(
         min_value=limits.DISK_MIN_GIB, max_value=limits.DISK_MAX_GIB, help_text=_("Size of the new blank disk.")
     )
 
 
-class SnapshotSerializer(serializers.ModelSerializer):
+class SnapshotSerializer(StrictModelSerializer):
     """A snapshot of an instance (counted in the tenant's snapshot quota)."""
 
     class Meta:
@@ -354,15 +358,16 @@ class SnapshotSerializer(serializers.ModelSerializer):
         extra_kwargs = {"vm_state": {"help_text": _("The instance's state when the snapshot was taken.")}}
 
 
-class SnapshotCreateSerializer(serializers.Serializer):
+class SnapshotCreateSerializer(StrictSerializer):
     name = serializers.CharField(
         max_length=limits.SNAPSHOT_NAME_MAX,
+        validators=[RegexValidator(lifecycle.SNAPSHOT_NAME_RE)],
         help_text=_("Letters, digits, dots, dashes and underscores; starts with a letter or digit."),
     )
     description = serializers.CharField(max_length=255, required=False, allow_blank=True, default="")
 
 
-class ConsoleTicketSerializer(serializers.Serializer):
+class ConsoleTicketSerializer(StrictSerializer):
     url = serializers.CharField(help_text=_("WebSocket URL of the console proxy, with the one-time token."))
     token = serializers.CharField(help_text=_("The console token (valid for one connection, shortly)."))
     password = serializers.CharField(help_text=_("One-time VNC password for this connection."))

@@ -7,18 +7,20 @@ from django.utils.translation import gettext_lazy as _
 from django_filters.rest_framework import DjangoFilterBackend
 from drf_spectacular.utils import extend_schema, extend_schema_view
 from rest_framework import mixins, serializers, status, viewsets
-from rest_framework.filters import OrderingFilter, SearchFilter
+from rest_framework.filters import SearchFilter
 from rest_framework.response import Response
 
 from portal.access import DELETE
 from portal.api.base import ApiViewSetMixin
 from portal.api.filtersets import TenantChoiceFilter
+from portal.api.ordering import StrictOrderingFilter
 from portal.api.serializers import VisibleTenantField
+from portal.api.strict import StrictModelSerializer, StrictSerializer
 from vms import keypairs as services
 from vms.models import Keypair
 
 
-class KeypairSerializer(serializers.ModelSerializer):
+class KeypairSerializer(StrictModelSerializer):
     """An SSH public key of a tenant, injected into the guests launched with it."""
 
     owner = serializers.CharField(
@@ -47,7 +49,7 @@ class KeypairCreatedSerializer(KeypairSerializer):
         read_only_fields = fields
 
 
-class KeypairCreateSerializer(serializers.Serializer):
+class KeypairCreateSerializer(StrictSerializer):
     tenant = VisibleTenantField(help_text=_("Id of the tenant the keypair belongs to (one of yours)."))
     name = serializers.CharField(max_length=100)
     public_key = serializers.CharField(
@@ -90,7 +92,7 @@ class KeypairViewSet(
     model = Keypair
     serializer_class = KeypairSerializer
     filterset_class = KeypairFilter
-    filter_backends = [DjangoFilterBackend, SearchFilter, OrderingFilter]
+    filter_backends = [DjangoFilterBackend, SearchFilter, StrictOrderingFilter]
     search_fields = ["name", "fingerprint"]
     ordering_fields = ["name", "created_at"]
 

@@ -8,18 +8,20 @@ from django.utils.translation import gettext_lazy as _
 from django_filters.rest_framework import DjangoFilterBackend
 from drf_spectacular.utils import extend_schema, extend_schema_view
 from rest_framework import mixins, serializers, status, viewsets
-from rest_framework.filters import OrderingFilter, SearchFilter
+from rest_framework.filters import SearchFilter
 from rest_framework.response import Response
 
 from portal.access import CHANGE, DELETE, is_cloud_admin
 from portal.api.base import ApiViewSetMixin
-from portal.api.filtersets import TenantChoiceFilter
+from portal.api.filtersets import StrictBooleanFilter, TenantChoiceFilter
+from portal.api.ordering import StrictOrderingFilter
+from portal.api.strict import StrictModelSerializer
 from portal.models import Tenant
 from vms import networks as services
 from vms.models import Network
 
 
-class NetworkSerializer(serializers.ModelSerializer):
+class NetworkSerializer(StrictModelSerializer):
     """A network. `tenants` (who may use a network that is not shared with all) is for cloud admins only."""
 
     tenants = serializers.PrimaryKeyRelatedField(
@@ -74,7 +76,7 @@ class NetworkFilter(django_filters.FilterSet):
         method="filter_tenant", help_text=_("Only the networks this tenant may use (one of your tenants).")
     )
     mode = django_filters.ChoiceFilter(choices=Network.Mode.choices, label=_("mode"))
-    is_public = django_filters.BooleanFilter(label=_("shared with all tenants"))
+    is_public = StrictBooleanFilter(label=_("shared with all tenants"))
 
     class Meta:
         model = Network
@@ -99,7 +101,7 @@ class NetworkViewSet(ApiViewSetMixin, mixins.ListModelMixin, mixins.RetrieveMode
     model = Network
     serializer_class = NetworkSerializer
     filterset_class = NetworkFilter
-    filter_backends = [DjangoFilterBackend, SearchFilter, OrderingFilter]
+    filter_backends = [DjangoFilterBackend, SearchFilter, StrictOrderingFilter]
     search_fields = ["name", "description"]
     ordering_fields = ["name", "mode", "created_at"]
 

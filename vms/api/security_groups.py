@@ -11,19 +11,21 @@ from django.utils.translation import gettext_lazy as _
 from django_filters.rest_framework import DjangoFilterBackend
 from drf_spectacular.utils import extend_schema, extend_schema_view
 from rest_framework import mixins, serializers, status, viewsets
-from rest_framework.filters import OrderingFilter, SearchFilter
+from rest_framework.filters import SearchFilter
 from rest_framework.response import Response
 
 from portal.access import CHANGE, DELETE
 from portal.api.base import ApiViewSetMixin
 from portal.api.filtersets import TenantChoiceFilter
+from portal.api.ordering import StrictOrderingFilter
 from portal.api.serializers import VisibleTenantField
+from portal.api.strict import StrictModelSerializer, StrictSerializer
 from vms import security_groups as services
 from vms.api.fields import VisibleSecurityGroupField
 from vms.models import SecurityGroup, SecurityGroupRule
 
 
-class SecurityGroupRuleSerializer(serializers.ModelSerializer):
+class SecurityGroupRuleSerializer(StrictModelSerializer):
     """Traffic a group lets through. Without ports: every port; without a remote: 0.0.0.0/0."""
 
     group = serializers.PrimaryKeyRelatedField(read_only=True, help_text=_("Id of the group it belongs to."))
@@ -48,7 +50,7 @@ class SecurityGroupRuleSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
-class SecurityGroupSerializer(serializers.ModelSerializer):
+class SecurityGroupSerializer(StrictModelSerializer):
     """A tenant's named set of rules; instances let through what one of their groups allows."""
 
     rules = SecurityGroupRuleSerializer(many=True, read_only=True)
@@ -60,18 +62,18 @@ class SecurityGroupSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
-class SecurityGroupCreateSerializer(serializers.Serializer):
+class SecurityGroupCreateSerializer(StrictSerializer):
     tenant = VisibleTenantField(help_text=_("Id of the tenant the group belongs to (one of yours)."))
     name = serializers.CharField(max_length=services.NAME_MAX)
     description = serializers.CharField(max_length=services.DESCRIPTION_MAX, required=False, allow_blank=True)
 
 
-class SecurityGroupUpdateSerializer(serializers.Serializer):
+class SecurityGroupUpdateSerializer(StrictSerializer):
     name = serializers.CharField(max_length=services.NAME_MAX, required=False)
     description = serializers.CharField(max_length=services.DESCRIPTION_MAX, required=False, allow_blank=True)
 
 
-class RuleCreateSerializer(serializers.Serializer):
+class RuleCreateSerializer(StrictSerializer):
     group = VisibleSecurityGroupField(help_text=_("Id of the group the rule goes into."))
     direction = serializers.ChoiceField(choices=SecurityGroupRule.Direction.choices)
     protocol = serializers.ChoiceField(choices=SecurityGroupRule.Protocol.choices, default="any")
@@ -140,7 +142,7 @@ class SecurityGroupViewSet(ApiViewSetMixin, mixins.ListModelMixin, mixins.Retrie
     model = SecurityGroup
     serializer_class = SecurityGroupSerializer
     filterset_class = GroupFilter
-    filter_backends = [DjangoFilterBackend, SearchFilter, OrderingFilter]
+    filter_backends = [DjangoFilterBackend, SearchFilter, StrictOrderingFilter]
     search_fields = ["name", "description"]
     ordering_fields = ["name", "created_at"]
     http_method_names = ["get", "post", "patch", "delete", "head", "options"]
@@ -192,7 +194,7 @@ class SecurityGroupRuleViewSet(
     model = SecurityGroupRule
     serializer_class = SecurityGroupRuleSerializer
     filterset_class = RuleFilter
-    filter_backends = [DjangoFilterBackend, OrderingFilter]
+    filter_backends = [DjangoFilterBackend, StrictOrderingFilter]
     ordering_fields = ["created_at", "port_min"]
 
     def get_queryset(self):

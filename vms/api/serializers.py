@@ -8,11 +8,12 @@ from rest_framework import serializers
 
 from portal.access import is_cloud_admin
 from portal.api.serializers import MAX_INT32
+from portal.api.strict import StrictModelSerializer
 from portal.models import Tenant
 from vms.models import Flavor, Operation
 
 
-class FlavorSerializer(serializers.ModelSerializer):
+class FlavorSerializer(StrictModelSerializer):
     """A flavor. `tenants` (who may use a private flavor) is shown to and set by cloud admins only."""
 
     tenants = serializers.PrimaryKeyRelatedField(
@@ -56,7 +57,7 @@ class FlavorSerializer(serializers.ModelSerializer):
         return fields
 
 
-class OperationSerializer(serializers.ModelSerializer):
+class OperationSerializer(StrictModelSerializer):
     """A long action run by the workers (image processing, copies to hosts, boots…) and its progress."""
 
     user = serializers.CharField(

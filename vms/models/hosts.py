@@ -43,6 +43,9 @@ def validate_vnc_listen(value: str) -> None:
         raise ValidationError(_("VNC must not listen on every address; use 127.0.0.1 or the management address."))
 
 
+validate_vnc_listen.refuses_unspecified_and_multicast = True  # the API schema says so (portal.api.base)
+
+
 class InfrastructureQuerySet(models.QuerySet):
     def restrict(self, user, action: str = VIEW) -> InfrastructureQuerySet:
         """Hosts, clouds and what the portal keeps about them are infrastructure: only cloud admins see them."""
