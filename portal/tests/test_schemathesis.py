@@ -3,10 +3,34 @@
 Every operation of the published schema (so endpoints added later are covered by
 themselves) is called with generated requests, authenticated by a read-write API token,
 once as a member of a tenant and once as a cloud admin (who can reach every write).
-No answer may be a server error, and every answer must match the documented status,
-media type and body schema. Each example runs in a rolled-back savepoint, so examples
-do not leak state into each other (a generated DELETE cannot revoke the token in use).
-An active image made through the real pipeline is the target of every image operation.
+The requests are both schema-valid (positive) and schema-violating (negative), from
+Schemathesis's examples, coverage and fuzzing phases, and every answer goes through
+Schemathesis's checks as ``--checks all`` names them (``CHECKS`` below): no server error,
+the documented status, media type, headers and body; negative data refused, missing
+required headers and unsupported methods refused, deleted resources gone, created ones
+reachable, authentication not ignored.
+
+Each example runs in a rolled-back savepoint, so examples do not leak state into each
+other (a generated DELETE cannot revoke the token in use). An active image made through
+the real pipeline is the target of every image operation, and ids in the path are aimed
+at seeded objects when the generated id is a valid one (a negative id stays as it is).
+The token is the test's: Schemathesis does not generate (or mutate) the Authorization
+header, which the caller would replace anyway.
+
+Check left out, and why:
+
+- ``max_response_time``: enabled by ``--checks all`` only with a limit; a time limit on a
+  shared machine would make the test flaky, and speed is measured by ``bench/``.
+- ``positive_data_acceptance`` (not yet passing, issue #19): it wants every schema-valid request to succeed
+  (or answer 401/403/404/409/429), but the API answers 400 to schema-valid requests for what an OpenAPI
+  schema cannot say: ids in a body or a filter of objects that do not exist or are not the requester's
+  ("Invalid pk", "Select a valid choice"), cross-field rules (a libvirt host needs a URI, an ISO has the
+  disk format iso, a minimum disk not below the image's virtual size), an import URL whose host does not
+  resolve, vCPUs and RAM within the instance's flavor, a Content-Range that must match the body, an image
+  made public by a non-admin. Each needs either a data source of real ids for the generator or a
+  status other than 400 from the API; until then the check is run by hand (docs/api.md).
+
+The run is reproducible: a fixed Schemathesis seed and Hypothesis's ``derandomize``.
 """
 
 from __future__ import annotations
@@ -20,8 +44,8 @@ from django.core.cache import cache
 from django.core.signals import request_finished, request_started
 from django.db import close_old_connections, transaction
 from hypothesis import HealthCheck, settings
-from schemathesis.checks import not_a_server_error
-from schemathesis.specs.openapi.checks import content_type_conformance, response_schema_conformance
+from schemathesis.checks import CHECKS as REGISTERED_CHECKS
+from schemathesis.checks import load_all_checks
 
 from images.models import Image
 from images.services import create_image, process_image, receive_chunk
@@ -31,8 +55,13 @@ from portal.wsgi import application
 from vms.models import Flavor, Host, Instance, InstanceDisk, Operation, Snapshot, UnmanagedDomain
 
 schema = schemathesis.openapi.from_wsgi("/api/v1/schema/?format=json", application)
+schema.config.seed = 19
+schema.config.generation.update(modes=["positive", "negative"], with_security_parameters=False)
+schema.config.checks.update(included_check_names=["all"])
 
-CHECKS = [not_a_server_error, response_schema_conformance, content_type_conformance]
+load_all_checks()
+LEFT_OUT = {"max_response_time", "positive_data_acceptance"}
+CHECKS = [REGISTERED_CHECKS.get_one(name) for name in REGISTERED_CHECKS.get_all_names() if name not in LEFT_OUT]
 
 
 @pytest.fixture
@@ -126,6 +155,10 @@ SEEDED = {
 }
 
 
+def _is_id(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
 @pytest.mark.django_db
 @schema.parametrize()
 @settings(
@@ -136,15 +169,18 @@ SEEDED = {
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
 def test_api_conforms_to_its_schema(case, auth_headers, existing_image, existing_instance):
-    if case.path.startswith("/api/v1/images/{id}") and case.path_parameters:
-        # Random ids almost never exist: aim the image operations at the real image.
-        case.path_parameters["id"] = existing_image.pk
+    # Random ids almost never exist: aim the operations at the seeded objects, but only ids that are valid
+    # as generated, so a negative case (a path id of 0, -1 or 1.5) stays negative.
+    targets = {}
+    if case.path.startswith("/api/v1/images/{id}"):
+        targets["id"] = existing_image.pk
     for prefix, key in SEEDED.items():
-        if case.path.startswith(prefix) and case.path_parameters:
-            case.path_parameters["id"] = existing_instance[key].pk
-    for parameter, key in (("disk_id", "disk"), ("snapshot_id", "snapshot")):
-        if parameter in (case.path_parameters or {}):
-            case.path_parameters[parameter] = existing_instance[key].pk
+        if case.path.startswith(prefix):
+            targets["id"] = existing_instance[key].pk
+    targets |= {"disk_id": existing_instance["disk"].pk, "snapshot_id": existing_instance["snapshot"].pk}
+    for parameter, value in (case.path_parameters or {}).items():
+        if parameter in targets and _is_id(value):
+            case.path_parameters[parameter] = targets[parameter]
     with transaction.atomic():
         case.call_and_validate(headers=auth_headers, checks=CHECKS)
         transaction.set_rollback(True)
