@@ -9,7 +9,7 @@ from __future__ import annotations
 import django_filters
 from django.utils.translation import gettext_lazy as _
 from django_filters.rest_framework import DjangoFilterBackend
-from drf_spectacular.utils import extend_schema, extend_schema_view
+from drf_spectacular.utils import extend_schema, extend_schema_field, extend_schema_view
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.filters import SearchFilter
 from rest_framework.response import Response
@@ -113,8 +113,13 @@ class GroupFilter(django_filters.FilterSet):
         fields = ["tenant"]
 
 
+@extend_schema_field({"type": "integer", "minimum": 1, "maximum": 2**31 - 1})
+class GroupIdFilter(django_filters.NumberFilter):
+    """A security group id: a whole number from 1."""
+
+
 class RuleFilter(django_filters.FilterSet):
-    group = django_filters.NumberFilter(field_name="group_id", min_value=1, max_value=2**31 - 1)
+    group = GroupIdFilter(field_name="group_id", min_value=1, max_value=2**31 - 1)
 
     class Meta:
         model = SecurityGroupRule
