@@ -139,3 +139,17 @@ def test_other_bad_requests_django_refuses_are_problems_too(actors):
     """Django's own 400s (SuspiciousOperation: here a Host header it does not serve) under /api/."""
     response = actors.client("member").get("/api/v1/tenants/", HTTP_HOST="evil.example")
     assert_problem(response, 400, "bad_request")
+
+
+def test_json_values_of_another_type_are_refused_not_converted(actors):
+    """DRF reads ``"name": 5`` as "5" and ``"enabled": 0`` as false; the API takes what its schema describes
+    (``portal.api.strict``), and says which fields had the wrong type, with the other fields' errors."""
+    admin = actors.client("cloud_admin")
+    body = assert_problem(admin.post("/api/v1/tenants/", {"name": 5}, format="json"), 400)
+    assert body["errors"]["name"] == ["Incorrect type. Expected a string."]
+    tenant = f"/api/v1/tenants/{actors.tenant.pk}/"
+    body = assert_problem(admin.patch(tenant, {"enabled": 0, "name": ""}, format="json"), 400)
+    assert body["errors"]["enabled"] == ["Incorrect type. Expected a boolean."] and "name" in body["errors"]
+    actors.tenant.refresh_from_db()
+    assert actors.tenant.enabled  # nothing changed
+    assert admin.patch(tenant, {"enabled": True}, format="json").status_code == 200
