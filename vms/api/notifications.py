@@ -12,6 +12,7 @@ from rest_framework.decorators import action
 from rest_framework.parsers import JSONParser
 from rest_framework.response import Response
 
+from portal.api.filtersets import StrictBooleanFilter
 from vms.models import Operation
 from vms.notifications import UNREAD_LIMIT, describe, mark_all_read, notifications_for, seen_until, unread_count
 
@@ -47,7 +48,7 @@ class NotificationSerializer(serializers.Serializer):
 
 
 class NotificationFilter(django_filters.FilterSet):
-    failed = django_filters.BooleanFilter(
+    failed = StrictBooleanFilter(
         method="failed_only", label=_("failed"), help_text=_("true: only the operations that failed.")
     )
 
