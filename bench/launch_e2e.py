@@ -27,6 +27,7 @@ import base64
 import contextlib
 import json
 import os
+import queue
 import secrets
 import shutil
 import socket
@@ -84,8 +85,9 @@ def wait_running(conn: libvirt.virConnect, uuids: list[str], timeout: float = 30
 
 
 class Socket:
-    """The live socket's text frames as JSON (RFC 6455, server frames are not masked); a wait that times out
-    loses nothing of a frame that was arriving."""
+    """The live socket's text frames as JSON (RFC 6455; server frames are not masked). A thread of its own reads
+    the socket all the time and answers daphne's keep-alive pings, as a browser does: between the portal's runs
+    the bench does other work for longer than daphne waits for a pong."""
 
     def __init__(self, port: int, cookie: str, path: str) -> None:
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
@@ -99,58 +101,61 @@ class Socket:
         )
         self.buffer = b""
         while b"\r\n\r\n" not in self.buffer:
-            self._fill(time.monotonic() + 10)
+            self._fill()
         head, self.buffer = self.buffer.split(b"\r\n\r\n", 1)
         if b" 101 " not in head.split(b"\r\n", 1)[0]:
             raise SystemExit(f"websocket refused: {head[:80]!r}")
+        self.sock.settimeout(None)
+        self.messages: queue.Queue = queue.Queue()
+        self.closed: str | None = None
+        threading.Thread(target=self._read, daemon=True).start()
 
-    def _fill(self, deadline: float) -> bool:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            return False
-        self.sock.settimeout(left)
-        try:
-            chunk = self.sock.recv(65536)
-        except TimeoutError:
-            return False
+    def _fill(self) -> None:
+        chunk = self.sock.recv(65536)
         if not chunk:
-            raise SystemExit("the live socket was closed by the server")
+            raise ConnectionError("the live socket was closed by the server")
         self.buffer += chunk
-        return True
 
-    def _frame(self) -> tuple[int, bytes] | None:
-        if len(self.buffer) < 2:
-            return None
-        opcode, length, at = self.buffer[0] & 0x0F, self.buffer[1] & 0x7F, 2
-        if length == 126:
-            if len(self.buffer) < 4:
-                return None
-            length, at = struct.unpack("!H", self.buffer[2:4])[0], 4
-        elif length == 127:
-            if len(self.buffer) < 10:
-                return None
-            length, at = struct.unpack("!Q", self.buffer[2:10])[0], 10
-        if len(self.buffer) < at + length:
-            return None
-        payload, self.buffer = self.buffer[at : at + length], self.buffer[at + length :]
-        return opcode, payload
+    def _frame(self) -> tuple[int, bytes]:
+        """The next whole frame (opcode, payload), reading the socket until it is in the buffer."""
+        while True:
+            header = 2 + {126: 2, 127: 8}.get(self.buffer[1] & 0x7F, 0) if len(self.buffer) >= 2 else 2
+            if len(self.buffer) >= header:
+                length = self.buffer[1] & 0x7F
+                if header == 4:
+                    length = struct.unpack("!H", self.buffer[2:4])[0]
+                elif header == 10:
+                    length = struct.unpack("!Q", self.buffer[2:10])[0]
+                if len(self.buffer) >= header + length:
+                    opcode = self.buffer[0] & 0x0F
+                    payload = self.buffer[header : header + length]
+                    self.buffer = self.buffer[header + length :]
+                    return opcode, payload
+            self._fill()
+
+    def _read(self) -> None:
+        try:
+            while True:
+                opcode, payload = self._frame()
+                if opcode == 0x1:
+                    self.messages.put(json.loads(payload))
+                elif opcode == 0x9:  # ping: a browser answers it, or daphne closes the socket
+                    self._send(0xA, payload)
+                elif opcode == 0x8:
+                    raise ConnectionError(f"the live socket was closed: {payload[:2].hex()}")
+        except (OSError, ConnectionError) as exc:
+            self.closed = str(exc)
+            self.messages.put(None)
 
     def receive(self, timeout: float) -> dict | None:
-        """The next text frame as JSON, or None when none was complete within ``timeout`` seconds."""
-        deadline = time.monotonic() + timeout
-        while True:
-            frame = self._frame()
-            if frame is not None:
-                opcode, payload = frame
-                if opcode == 0x8:
-                    raise SystemExit(f"the live socket was closed: {payload[:2].hex()}")
-                if opcode == 0x1:
-                    return json.loads(payload)
-                if opcode == 0x9:  # daphne's keep-alive ping: a browser answers it, or the socket is closed
-                    self._send(0xA, payload)
-                continue
-            if not self._fill(deadline):
-                return None
+        """The next text frame as JSON, or None when none came within ``timeout`` seconds."""
+        try:
+            message = self.messages.get(timeout=timeout)
+        except queue.Empty:
+            return None
+        if message is None:
+            raise SystemExit(self.closed or "the live socket was closed")
+        return message
 
     def _send(self, opcode: int, payload: bytes) -> None:
         mask = secrets.token_bytes(4)  # a client's frames are masked
