@@ -87,7 +87,7 @@ class Bench:
         from images.models import Image
         from portal.backends.libvirt.driver import LibvirtDriver
         from portal.celery import app as celery_app
-        from portal.models import Membership, Quota, Tenant
+        from portal.models import QUOTA_RESOURCES, Membership, Quota, Tenant
         from vms.compute.libvirt.images import ensure_image_on_host
         from vms.models import Flavor, Host
 
@@ -110,10 +110,7 @@ class Bench:
         )
         self.tenant = Tenant.objects.create(name="bench", slug="bench")
         # every limit unlimited, whatever quotas exist now (a new quota field must not break the bench)
-        limits = {f.name: -1 for f in Quota._meta.concrete_fields if f.get_internal_type().endswith("IntegerField")}
-        Quota.objects.update_or_create(
-            tenant=self.tenant, defaults={k: v for k, v in limits.items() if k not in ("id", "tenant")}
-        )
+        Quota.objects.update_or_create(tenant=self.tenant, defaults=dict.fromkeys(QUOTA_RESOURCES, -1))
         self.user = get_user_model().objects.create_user("bench-user")
         Membership.objects.create(user=self.user, tenant=self.tenant, role="member")
         self.flavor = Flavor.objects.create(name="bench", vcpus=1, ram_mib=self.ram, disk_gib=1)

@@ -173,7 +173,7 @@ class Bench:
 
         from images.models import Image
         from portal.backends.libvirt.driver import LibvirtDriver
-        from portal.models import Membership, Quota, Tenant
+        from portal.models import QUOTA_RESOURCES, Membership, Quota, Tenant
         from portal.services import create_api_token
         from vms.models import Flavor, Host
 
@@ -201,10 +201,7 @@ class Bench:
             pool_available=cap.pool_available,
         )
         self.tenant = Tenant.objects.create(name="bench", slug="bench")
-        limits = {f.name: -1 for f in Quota._meta.concrete_fields if f.get_internal_type().endswith("IntegerField")}
-        Quota.objects.update_or_create(
-            tenant=self.tenant, defaults={k: v for k, v in limits.items() if k not in ("id", "tenant")}
-        )
+        Quota.objects.update_or_create(tenant=self.tenant, defaults=dict.fromkeys(QUOTA_RESOURCES, -1))
         user = get_user_model().objects.create_user("bench-member")
         Membership.objects.create(user=user, tenant=self.tenant, role="member")
         self.flavor = Flavor.objects.create(name="bench", vcpus=1, ram_mib=ram, disk_gib=1)
@@ -251,7 +248,7 @@ class Bench:
         )
         assert reply.status == 202, reply.body
         ids = {row["id"] for row in reply.body["instances"]}
-        api_done: list[float] = []
+        api_done: queue.Queue = queue.Queue()
         threading.Thread(target=self._poll_api, args=(set(ids), t0, api_done), daemon=True).start()
         pending = set(ids)
         deadline = time.monotonic() + 300
@@ -263,22 +260,27 @@ class Bench:
             if message.get("type") == "instance" and data.get("state") == "running":
                 pending.discard(data.get("id"))
         socket_took = time.perf_counter() - t0
-        while not api_done:
-            time.sleep(0.01)
+        api_took = api_done.get(timeout=300)
+        if isinstance(api_took, BaseException):
+            raise SystemExit(f"the API poll failed: {api_took}")
         self._delete(ids)
-        return socket_took, api_done[0]
+        return socket_took, api_took
 
-    def _poll_api(self, pending: set[int], t0: float, done: list[float]) -> None:
-        while pending:
-            for instance_id in list(pending):
-                body = self.api.instance(instance_id)
-                if body["state"] == "running":
-                    pending.discard(instance_id)
-                elif body["state"] == "error":
-                    raise SystemExit(f"instance {instance_id} failed: {body['state_reason']}")
-            if pending:
-                time.sleep(0.01)
-        done.append(time.perf_counter() - t0)
+    def _poll_api(self, pending: set[int], t0: float, done: queue.Queue) -> None:
+        """Puts the seconds until the API read every instance running, or what went wrong, in ``done``."""
+        try:
+            while pending:
+                for instance_id in list(pending):
+                    body = self.api.instance(instance_id)
+                    if body["state"] == "running":
+                        pending.discard(instance_id)
+                    elif body["state"] == "error":
+                        raise RuntimeError(f"instance {instance_id} failed: {body['state_reason']}")
+                if pending:
+                    time.sleep(0.01)
+            done.put(time.perf_counter() - t0)
+        except Exception as exc:  # handed to the main thread, which stops the bench
+            done.put(exc)
 
     def _delete(self, ids: set[int]) -> None:
         operations = []

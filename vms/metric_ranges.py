@@ -2,14 +2,14 @@
 
 ``1h`` reads the raw points (one per ``METRICS_INTERVAL_SECONDS``, the newest ``METRICS_HISTORY``);
 every longer range reads the roll-up rows of one tier, whose bucket length keeps it at 288–360 points.
-Each tier is computed from the one before it (raw → 5 min → 30 min → 2 h), which always still holds
-the whole bucket being refreshed.
+The watcher folds each round's raw points into the current bucket of every tier directly
+(``vms.watcher.metrics.roll_up``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 from django.utils.translation import gettext_lazy as _
 
@@ -41,9 +41,3 @@ def bucket_start(at: datetime, tier: int) -> datetime:
     """The start of the ``tier``-second bucket ``at`` falls in (buckets are aligned on the Unix epoch, UTC)."""
     seconds = int(at.timestamp()) // tier * tier
     return datetime.fromtimestamp(seconds, tz=UTC)
-
-
-def since(*, now: datetime, metric_range: MetricRange) -> datetime:
-    """The oldest bucket start a range shows: exactly ``seconds`` back, aligned down to its tier."""
-    start = now - timedelta(seconds=metric_range.seconds)
-    return bucket_start(start, metric_range.tier) if metric_range.tier else start
