@@ -70,6 +70,8 @@ class Operation(models.Model):
             models.Index(fields=["target_type", "target_id"], name="operation_target_idx"),
             # The notification history: a user's tenants' finished operations, newest first (vms.notifications).
             models.Index(fields=["tenant", "-finished_at"], name="operation_finished_idx"),
+            # …and a cloud admin's, which is every tenant's: no tenant to lead with.
+            models.Index(fields=["-finished_at", "-id"], name="operation_recent_idx"),
         ]
         verbose_name = _("operation")
         verbose_name_plural = _("operations")
