@@ -201,12 +201,15 @@ class Bench:
         return took
 
     def cleanup(self) -> None:
+        from portal.testing import undefine_nwfilters
+
         for dom in self.conn.listAllDomains(0):
             if dom.name().startswith(self.prefix):
                 with contextlib.suppress(libvirt.libvirtError):
                     dom.destroy()
                 with contextlib.suppress(libvirt.libvirtError):
                     dom.undefine()
+        undefine_nwfilters(self.conn, self.prefix)  # the instances' port filters and their groups' filters
         with contextlib.suppress(libvirt.libvirtError):
             for vol in self.pool.listAllVolumes(0):
                 vol.delete(0)

@@ -64,7 +64,7 @@ from portal.backends.cloudinit import build_nocloud_seed  # noqa: E402
 from portal.backends.libvirt.connection import connect  # noqa: E402
 from portal.backends.libvirt.domain import build_domain_xml  # noqa: E402
 from portal.backends.libvirt.storage import overlay_xml, upload_bytes  # noqa: E402
-from portal.testing import OwnRedis  # noqa: E402
+from portal.testing import OwnRedis, undefine_nwfilters  # noqa: E402
 from vms.tests.faults import Api, Portal  # noqa: E402
 
 URI = "qemu:///system"
@@ -350,6 +350,7 @@ class Bench:
                     dom.destroy()
                 with contextlib.suppress(libvirt.libvirtError):
                     dom.undefine()
+        undefine_nwfilters(self.conn, PREFIX)  # the instances' port filters and their groups' filters
         with contextlib.suppress(libvirt.libvirtError):
             for vol in self.pool.listAllVolumes(0):
                 vol.delete(0)
