@@ -36,6 +36,19 @@ DEFAULT_RANGE = "1h"
 TIERS: tuple[int, ...] = tuple(r.tier for r in RANGES.values() if r.tier)
 TIER_RANGE: dict[int, int] = {r.tier: r.seconds for r in RANGES.values() if r.tier}
 
+# The columns a roll-up bucket averages, named as in the raw points (the watcher writes them, the selectors
+# read them back under the raw points' names).
+INSTANCE_AVERAGES: tuple[str, ...] = (
+    "cpu_percent",
+    "memory_used_mib",
+    "memory_available_mib",
+    "disk_read_bps",
+    "disk_write_bps",
+    "net_rx_bps",
+    "net_tx_bps",
+)
+HOST_AVERAGES: tuple[str, ...] = ("cpu_percent", "memory_used_mib", "memory_total_mib", "instances")
+
 
 def bucket_start(at: datetime, tier: int) -> datetime:
     """The start of the ``tier``-second bucket ``at`` falls in (buckets are aligned on the Unix epoch, UTC)."""

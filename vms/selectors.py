@@ -15,7 +15,7 @@ from portal.access import VIEW
 from portal.models import Tenant
 from portal.services import ServiceError
 from vms.compute import compute_for
-from vms.metric_ranges import DEFAULT_RANGE, RANGES, MetricRange
+from vms.metric_ranges import DEFAULT_RANGE, HOST_AVERAGES, INSTANCE_AVERAGES, RANGES, MetricRange
 from vms.models import (
     Flavor,
     Host,
@@ -205,17 +205,8 @@ def _rollup_point(row, fields: tuple[str, ...]) -> dict[str, Any]:
     return point
 
 
-INSTANCE_ROLLUP_FIELDS = (
-    "cpu_percent",
-    "vcpus",
-    "memory_used_mib",
-    "memory_available_mib",
-    "disk_read_bps",
-    "disk_write_bps",
-    "net_rx_bps",
-    "net_tx_bps",
-)
-HOST_POINT_FIELDS = ("cpu_percent", "memory_used_mib", "memory_total_mib", "instances")
+INSTANCE_ROLLUP_FIELDS = (*INSTANCE_AVERAGES, "vcpus")  # the bucket's highest vCPU count, under its name
+HOST_POINT_FIELDS = HOST_AVERAGES
 
 
 def metric_points_for(

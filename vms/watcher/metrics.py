@@ -44,7 +44,7 @@ from portal.backends.base import DomainStats, HostStats
 from vms import realtime
 from vms.compute import compute_for
 from vms.compute.base import Capability
-from vms.metric_ranges import TIER_RANGE, TIERS, bucket_start
+from vms.metric_ranges import HOST_AVERAGES, INSTANCE_AVERAGES, TIER_RANGE, TIERS, bucket_start
 from vms.models import (
     Host,
     HostMetricRollup,
@@ -178,22 +178,14 @@ INSTANCE_ROLLUP = Rollup(
     raw=InstanceMetricSample,
     rollup=InstanceMetricRollup,
     owner="instance",
-    averages=(
-        "cpu_percent",
-        "memory_used_mib",
-        "memory_available_mib",
-        "disk_read_bps",
-        "disk_write_bps",
-        "net_rx_bps",
-        "net_tx_bps",
-    ),
+    averages=INSTANCE_AVERAGES,
     peaks=(("cpu_max_percent", "cpu_percent"), ("vcpus", "vcpus")),
 )
 HOST_ROLLUP = Rollup(
     raw=HostMetricSample,
     rollup=HostMetricRollup,
     owner="host",
-    averages=("cpu_percent", "memory_used_mib", "memory_total_mib", "instances"),
+    averages=HOST_AVERAGES,
     peaks=(("cpu_max_percent", "cpu_percent"),),
 )
 
